@@ -1,0 +1,214 @@
+//! The command line: `run`, `topics apply`, `config check`.
+//!
+//! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
+//! configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app;
+use crate::config::{Config, LogFormat};
+use crate::kafka::{client_config, topics};
+use crate::logging;
+use crate::roles::Role;
+
+/// Pendo <-> Segment through Apache Kafka, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "pendo-segment", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: ./pendo-segment.toml if it exists). Environment variables
+    /// PENDO_SEGMENT_<SECTION>__<KEY> override it.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format (overrides observability.log_format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one or more roles in this process until SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Manage the pipeline's Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Which roles to run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A role to run; repeat to run several in one process.
+    #[arg(
+        long = "role",
+        value_enum,
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub roles: Vec<Role>,
+    /// Run every role in this process (local use).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `topics` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create missing topics and report drift of existing ones (partitions, cleanup.policy,
+    /// retention.ms). Exits 1 if drift remains unfixed.
+    Apply {
+        /// Also repair drift: alter configs and raise partition counts.
+        #[arg(long)]
+        fix: bool,
+        /// Only report what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration, then print it with every secret redacted.
+    Check,
+}
+
+/// Parses arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(
+        cli.log_format.unwrap_or(config.observability.log_format),
+        &config.observability.log_level,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Config(ConfigCommand::Check) => {
+                print!("{}", config.to_redacted_toml());
+                eprintln!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Command::Topics(TopicsCommand::Apply { fix, dry_run }) => {
+                topics_apply(&config, fix, dry_run).await
+            }
+            Command::Run(args) => run(&config, args).await,
+        }
+    })
+}
+
+async fn run(config: &Config, args: RunArgs) -> ExitCode {
+    let mut tasks = Vec::new();
+    if args.all {
+        // `--all` is the local "everything that exists" mode: run every built role and say
+        // which ones this build does not have yet.
+        for role in Role::ALL {
+            match role.task(config) {
+                Ok(t) => tasks.push(t),
+                Err(e) => eprintln!("note: skipping: {e}"),
+            }
+        }
+        if tasks.is_empty() {
+            eprintln!("error: no role is built yet; nothing to run");
+            return ExitCode::from(2);
+        }
+    } else {
+        let mut roles = args.roles;
+        roles.dedup();
+        for role in roles {
+            match role.task(config) {
+                Ok(t) => tasks.push(t),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    match app::run_roles(config, tasks).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn topics_apply(config: &Config, fix: bool, dry_run: bool) -> ExitCode {
+    let admin = match topics::TopicAdmin::new(
+        &client_config::admin(config),
+        Duration::from_millis(config.kafka.admin_timeout_ms),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let specs = topics::desired_topics(config);
+    let plan = match admin.plan(&specs).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for note in &plan.notes {
+        println!("note: {note}");
+    }
+    if plan.changes.is_empty() {
+        println!(
+            "no changes: all {} topics match the configuration",
+            plan.topics
+        );
+        return ExitCode::SUCCESS;
+    }
+    for change in &plan.changes {
+        println!("{change}");
+    }
+    if dry_run {
+        println!("dry run: nothing changed");
+        return ExitCode::SUCCESS;
+    }
+    match admin.apply(&plan, fix).await {
+        Ok(done) => {
+            for d in &done {
+                println!("done: {d}");
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let drift = plan.changes.iter().filter(|c| c.is_drift()).count();
+    if drift > 0 && !fix {
+        println!("{drift} drifted setting(s) left as they are; run `topics apply --fix` to repair");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,668 @@
+//! Configuration: one TOML file plus `PENDO_SEGMENT_*` environment overrides.
+//!
+//! Loading is strict on purpose: an unknown key is an error (a typo must not silently fall back
+//! to a default), a missing required value names its key, and values that would break a delivery
+//! guarantee (for example `enable.idempotence=false`) are refused with the reason. Secrets are
+//! [`Secret`]s and every librdkafka property that looks sensitive is redacted when printed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::kafka::topics::TopicId;
+use crate::secret::Secret;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "pendo-segment.toml";
+/// Prefix of environment overrides; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "PENDO_SEGMENT_";
+
+/// Why configuration could not be loaded; the message names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an environment override, or a value's type was wrong.
+    #[error("configuration error: {0}")]
+    Load(String),
+    /// Values parsed but are not acceptable together or on their own.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole effective configuration of a process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach Kafka and how to configure every client.
+    pub kafka: KafkaConfig,
+    /// Topic names, partition counts and retention.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Commit cadence and shutdown behaviour of every consumer role.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    /// The `/metrics`, `/healthz`, `/readyz` server and logging.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+    /// Segment's HTTP Tracking API (used by the Segment sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentConfig>,
+    /// Pendo's REST API (used by the poller and the Pendo sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pendo: Option<PendoConfig>,
+}
+
+/// Kafka connection settings shared by every client of the process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`. Required: there is no safe default for production.
+    pub bootstrap_servers: String,
+    /// `client.id` prefix; the role name is appended so broker logs tell roles apart.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Consumer group ids are `<group_id_prefix>.<role>`.
+    #[serde(default = "default_client_id")]
+    pub group_id_prefix: String,
+    /// librdkafka properties for every client (SASL, SSL, timeouts...).
+    #[serde(default)]
+    pub properties: KafkaProperties,
+    /// librdkafka properties for producers only.
+    #[serde(default)]
+    pub producer_properties: KafkaProperties,
+    /// librdkafka properties for consumers only.
+    #[serde(default)]
+    pub consumer_properties: KafkaProperties,
+    /// Deadline for admin and metadata requests, in milliseconds.
+    #[serde(default = "default_admin_timeout_ms")]
+    pub admin_timeout_ms: u64,
+}
+
+fn default_client_id() -> String {
+    "pendo-segment".to_string()
+}
+fn default_admin_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Topic provisioning: names, partitions, replication and per-topic overrides.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Prepended to every default topic name (e.g. `acme.` for a shared cluster).
+    #[serde(default)]
+    pub prefix: String,
+    /// Partitions of every topic unless overridden. Caps the parallelism of each role.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor for new topics; `-1` uses the broker's `default.replication.factor`.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Per-topic settings keyed by the topic's default name, e.g. `[topics.overrides."pendo.raw.webhook"]`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, TopicOverride>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication_factor() -> i32 {
+    -1
+}
+
+/// Settings of one topic that differ from the defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicOverride {
+    /// The topic's full name (the prefix is not applied to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Partition count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// `retention.ms` (delete-policy topics only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<i64>,
+}
+
+/// How consumer roles commit and stop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// Commit (or commit the transaction) at least this often while records flow, in ms.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Commit after this many records even if the interval has not passed.
+    #[serde(default = "default_commit_max_records")]
+    pub commit_max_records: usize,
+    /// After SIGTERM/SIGINT, how long in-flight work may take to finish and commit, in ms.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// librdkafka statistics interval (feeds the consumer-lag gauges), in ms; 0 disables.
+    #[serde(default = "default_statistics_interval_ms")]
+    pub statistics_interval_ms: u64,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval_ms: default_commit_interval_ms(),
+            commit_max_records: default_commit_max_records(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+            statistics_interval_ms: default_statistics_interval_ms(),
+        }
+    }
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1_000
+}
+fn default_commit_max_records() -> usize {
+    5_000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
+}
+fn default_statistics_interval_ms() -> u64 {
+    5_000
+}
+
+/// Operational HTTP endpoints and logging.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` server (port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `text` for people, `json` for log pipelines. `--log-format` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,rdkafka=warn`. `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            log_format: LogFormat::default(),
+            log_level: default_log_level(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Segment's data region; explicit because data sent to the wrong region is silently lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentRegion {
+    /// `https://api.segment.io`
+    Us,
+    /// `https://events.eu1.segmentapis.com`
+    Eu,
+}
+
+/// Segment HTTP Tracking API access.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Required: the write key's workspace region.
+    pub region: SegmentRegion,
+    /// Overrides the region's base URL (Segment-compatible APIs, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The source's write key.
+    pub write_key: Secret,
+}
+
+/// Pendo data region; an integration key works only in its own region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PendoRegion {
+    /// `https://app.pendo.io`
+    Us,
+    /// `https://us1.app.pendo.io`
+    Us1,
+    /// `https://app.eu.pendo.io`
+    Eu,
+    /// `https://app.jpn.pendo.io`
+    Jpn,
+    /// `https://app.au.pendo.io`
+    Au,
+}
+
+/// Pendo REST API access.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendoConfig {
+    /// Required: the subscription's data region.
+    pub region: PendoRegion,
+    /// Overrides the region's base URL (tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Integration key (`x-pendo-integration-key`).
+    pub integration_key: Secret,
+}
+
+/// A librdkafka property value: plain text, or a secret read from env/file.
+#[derive(Clone)]
+pub enum PropertyValue {
+    /// A value written in the configuration (numbers and booleans are stringified).
+    Plain(String),
+    /// A value from `{ env = "..." }` or `{ file = "..." }`.
+    Secret(Secret),
+}
+
+impl PropertyValue {
+    /// The value handed to librdkafka.
+    pub fn expose(&self) -> &str {
+        match self {
+            PropertyValue::Plain(v) => v,
+            PropertyValue::Secret(s) => s.expose(),
+        }
+    }
+}
+
+/// librdkafka properties by name. Keys are normalised (`_` -> `.`, since librdkafka names never
+/// contain `_` and environment variable names cannot contain `.`), and values of sensitive keys
+/// are redacted whenever the map is printed.
+#[derive(Clone, Default)]
+pub struct KafkaProperties(pub BTreeMap<String, PropertyValue>);
+
+/// Whether a librdkafka property holds a credential and must never be printed.
+pub fn is_sensitive_property(key: &str) -> bool {
+    const MARKERS: [&str; 5] = [
+        "password",
+        "secret",
+        "jaas",
+        "oauthbearer.config",
+        "key.pem",
+    ];
+    MARKERS.iter().any(|m| key.contains(m))
+}
+
+impl KafkaProperties {
+    /// Iterates `(name, value)` pairs to pass to librdkafka.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.expose()))
+    }
+
+    /// The value of one property.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(PropertyValue::expose)
+    }
+
+    fn redacted(&self) -> BTreeMap<&str, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let shown = match v {
+                    PropertyValue::Secret(s) => s.to_string(),
+                    PropertyValue::Plain(_) if is_sensitive_property(k) => "<redacted>".to_string(),
+                    PropertyValue::Plain(p) => p.clone(),
+                };
+                (k.as_str(), shown)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.redacted().serialize(serializer)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPropertyValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Secret(Secret),
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = BTreeMap::<String, RawPropertyValue>::deserialize(deserializer)?;
+        let map = raw
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    RawPropertyValue::Text(s) => PropertyValue::Plain(s),
+                    RawPropertyValue::Int(i) => PropertyValue::Plain(i.to_string()),
+                    RawPropertyValue::Float(f) => PropertyValue::Plain(f.to_string()),
+                    RawPropertyValue::Bool(b) => PropertyValue::Plain(b.to_string()),
+                    RawPropertyValue::Secret(s) => PropertyValue::Secret(s),
+                };
+                (k.to_ascii_lowercase().replace('_', "."), value)
+            })
+            .collect();
+        Ok(KafkaProperties(map))
+    }
+}
+
+/// librdkafka settings this project relies on for its guarantees; overriding them is refused.
+const GUARANTEE_PROPERTIES: [(&str, &str, &str); 5] = [
+    (
+        "enable.idempotence",
+        "true",
+        "the producer must be idempotent so retries never duplicate or reorder records",
+    ),
+    (
+        "acks",
+        "all",
+        "a record is acknowledged only when every in-sync replica has it",
+    ),
+    (
+        "enable.auto.commit",
+        "false",
+        "offsets are committed only after records are processed",
+    ),
+    (
+        "isolation.level",
+        "read_committed",
+        "consumers must not see records of aborted transactions",
+    ),
+    (
+        "enable.auto.offset.store",
+        "false",
+        "offsets are stored only after records are processed",
+    ),
+];
+
+impl Config {
+    /// Loads `path` (or `pendo-segment.toml` if present when `path` is `None`), applies the
+    /// `PENDO_SEGMENT_*` environment overrides, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_with_env(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(ConfigError::Load(format!(
+                        "config file {} does not exist",
+                        p.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(p));
+            }
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+                if default.exists() {
+                    figment = figment.merge(Toml::file_exact(default));
+                }
+            }
+        }
+        figment = figment.merge(env);
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks constraints that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return invalid("kafka.bootstrap_servers is empty".into());
+        }
+        for (section, props) in [
+            ("kafka.properties", &self.kafka.properties),
+            ("kafka.producer_properties", &self.kafka.producer_properties),
+            ("kafka.consumer_properties", &self.kafka.consumer_properties),
+        ] {
+            for (key, required, why) in GUARANTEE_PROPERTIES {
+                if let Some(v) = props.get(key)
+                    && !v.eq_ignore_ascii_case(required)
+                    && !(key == "acks" && v == "-1")
+                {
+                    return invalid(format!(
+                        "{section}.\"{key}\" = \"{v}\" is not allowed: it must stay \"{required}\" because {why}"
+                    ));
+                }
+            }
+            for managed in ["bootstrap.servers", "group.id", "transactional.id"] {
+                if props.0.contains_key(managed) {
+                    return invalid(format!(
+                        "{section}.\"{managed}\" is set by pendo-segment itself; use kafka.bootstrap_servers / kafka.group_id_prefix"
+                    ));
+                }
+            }
+        }
+        let t = &self.topics;
+        if t.partitions < 1 {
+            return invalid(format!(
+                "topics.partitions must be >= 1, got {}",
+                t.partitions
+            ));
+        }
+        if t.replication_factor == 0 || t.replication_factor < -1 {
+            return invalid(format!(
+                "topics.replication_factor must be >= 1 or -1 (broker default), got {}",
+                t.replication_factor
+            ));
+        }
+        for (id, o) in &t.overrides {
+            if TopicId::from_default_name(id).is_none() {
+                let known: Vec<&str> = TopicId::ALL.iter().map(|t| t.default_name()).collect();
+                return invalid(format!(
+                    "topics.overrides.\"{id}\" names no known topic; known: {}",
+                    known.join(", ")
+                ));
+            }
+            if let Some(p) = o.partitions
+                && p < 1
+            {
+                return invalid(format!("topics.overrides.\"{id}\".partitions must be >= 1"));
+            }
+            if let Some(r) = o.retention_ms
+                && r < -1
+            {
+                return invalid(format!(
+                    "topics.overrides.\"{id}\".retention_ms must be >= -1 (-1 = forever)"
+                ));
+            }
+        }
+        for &id in TopicId::ALL {
+            let name = self.topic_name(id);
+            if let Err(why) = validate_topic_name(&name) {
+                return invalid(format!(
+                    "topic name \"{name}\" ({}): {why}",
+                    id.default_name()
+                ));
+            }
+        }
+        let p = &self.processing;
+        if p.commit_max_records == 0 || p.commit_interval_ms == 0 {
+            return invalid(
+                "processing.commit_max_records and processing.commit_interval_ms must be > 0"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective name of a topic (override, else prefix + default name).
+    pub fn topic_name(&self, id: TopicId) -> String {
+        self.topics
+            .overrides
+            .get(id.default_name())
+            .and_then(|o| o.name.clone())
+            .unwrap_or_else(|| format!("{}{}", self.topics.prefix, id.default_name()))
+    }
+
+    /// Consumer group id of a role.
+    pub fn group_id(&self, role: &str) -> String {
+        format!("{}.{}", self.kafka.group_id_prefix, role)
+    }
+
+    /// The effective configuration as TOML with every secret redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn validate_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 249 {
+        return Err("must be 1 to 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("must not be . or ..");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err("may contain only ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// figment's messages say "for key default.kafka"; users wrote no `default`, so drop it.
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let mut msg = err.kind.to_string();
+            let path: Vec<&str> = err.path.iter().map(String::as_str).collect();
+            if !path.is_empty() {
+                msg.push_str(&format!(" (at key `{}`)", path.join(".")));
+            }
+            if let Some(md) = &err.metadata {
+                match &md.source {
+                    Some(src) => msg.push_str(&format!(" in {src}")),
+                    None => msg.push_str(&format!(" in {}", md.name)),
+                }
+            }
+            msg
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml_text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        Config::load_with_env(
+            Some(&path),
+            Env::prefixed("PS_UNIT_TEST_NOTHING_").split("__"),
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load_str("[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n").unwrap();
+        assert_eq!(c.topics.partitions, 6);
+        assert_eq!(c.topic_name(TopicId::PendoRawWebhook), "pendo.raw.webhook");
+        assert_eq!(
+            c.group_id("transform-pendo"),
+            "pendo-segment.transform-pendo"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("[kafka]\nbootstrap_servers = \"x:1\"\nbootstrap_server = \"y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap_server"), "{err}");
+    }
+
+    #[test]
+    fn missing_bootstrap_is_named() {
+        let err = load_str("[kafka]\nclient_id = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap_servers"), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_reports_line() {
+        let err = load_str("[kafka]\nbootstrap_servers = \"x:1\nfoo\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn guarantee_properties_cannot_be_weakened() {
+        let err = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[kafka.producer_properties]\n\"enable.idempotence\" = false\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("enable.idempotence"), "{err}");
+    }
+
+    #[test]
+    fn property_keys_are_normalised_and_sensitive_values_redacted() {
+        let c = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[kafka.properties]\nsasl_password = \"hunter2\"\n\"socket.timeout.ms\" = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.kafka.properties.get("sasl.password"), Some("hunter2"));
+        assert_eq!(c.kafka.properties.get("socket.timeout.ms"), Some("1000"));
+        let printed = c.to_redacted_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_topic_override_lists_known_topics() {
+        let err = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[topics.overrides.\"pendo.raw.webhooks\"]\npartitions = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pendo.raw.webhook,"), "{err}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Builds librdkafka client configurations from [`Config`].
+//!
+//! Order of precedence: our defaults, then `kafka.properties`, then the producer/consumer
+//! tables, then the settings our guarantees depend on (which `Config::validate` already refuses
+//! to see overridden). Every client gets a `client.id` naming its role so broker-side logs and
+//! quotas can tell roles apart.
+
+use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+
+use crate::config::Config;
+
+fn base(config: &Config, role: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("client.id", format!("{}.{role}", config.kafka.client_id))
+        .set_log_level(RDKafkaLogLevel::Warning);
+    for (k, v) in config.kafka.properties.iter() {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Configuration for admin clients (topic provisioning, inspection).
+pub fn admin(config: &Config) -> ClientConfig {
+    base(config, "admin")
+}
+
+/// An idempotent `acks=all` producer: a record is acknowledged only once every in-sync replica
+/// has it, and librdkafka's retries can neither duplicate nor reorder it.
+pub fn producer(config: &Config, role: &str) -> ClientConfig {
+    let mut c = base(config, role);
+    c.set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in config.kafka.producer_properties.iter() {
+        c.set(k, v);
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
+    c
+}
+
+/// A consumer in group `<group_id_prefix>.<role>` that never commits on its own and never sees
+/// records of aborted transactions.
+pub fn consumer(config: &Config, role: &str) -> ClientConfig {
+    let mut c = base(config, role);
+    c.set("group.id", config.group_id(role))
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "statistics.interval.ms",
+            config.processing.statistics_interval_ms.to_string(),
+        );
+    for (k, v) in config.kafka.consumer_properties.iter() {
+        c.set(k, v);
+    }
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed");
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarantees_win_and_user_properties_pass_through() {
+        let config: Config = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n[kafka.producer_properties]\n\"linger.ms\" = 50\n",
+        )
+        .unwrap();
+        let p = producer(&config, "pendo-webhook");
+        assert_eq!(p.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(p.get("linger.ms"), Some("50"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("client.id"), Some("pendo-segment.pendo-webhook"));
+        let c = consumer(&config, "segment-sink");
+        assert_eq!(c.get("group.id"), Some("pendo-segment.segment-sink"));
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+    }
+}

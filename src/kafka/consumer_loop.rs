@@ -1,0 +1,401 @@
+//! The one consume -> process -> commit loop that every consumer role runs.
+//!
+//! A role supplies a [`RecordProcessor`]; the loop owns the consumer, the group membership,
+//! offsets, commit cadence, rebalances and shutdown. The contract:
+//!
+//! * `process` is called once per record, in partition order. When it returns `Ok`, the record is
+//!   either done or buffered by the processor.
+//! * At each commit point (every `commit_max_records` records or `commit_interval`, and at
+//!   shutdown) the loop calls `checkpoint`; once that returns `Ok`, everything processed so far is
+//!   durable downstream, and the loop commits `last processed offset + 1` of every partition.
+//! * When partitions are revoked, their uncommitted work is abandoned (`partitions_revoked`), never
+//!   committed; the next owner re-reads it from the last commit. Records of partitions this
+//!   member no longer owns are skipped.
+//! * On shutdown the loop stops polling, lets the record in progress finish, checkpoints,
+//!   commits, and leaves the group.
+//!
+//! Any `Err` from the processor stops the role without committing the unfinished work: the
+//! process exits non-zero and a restart resumes from the last commit. Bad *records* are not
+//! errors: processors send them to a dead-letter topic and return `Ok`.
+//!
+//! Commits here are consumer-group offset commits. Transactional roles (consume-transform-produce)
+//! plug in at the same points by committing offsets through `send_offsets_to_transaction`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::health::ReadinessHandle;
+use crate::kafka::context::{LoopContext, RebalanceEvent, TopicPartition};
+use crate::metrics::metrics;
+use crate::shutdown::Shutdown;
+
+/// A role's per-record work.
+pub trait RecordProcessor: Send {
+    /// Handles one record. `Ok` means done, or buffered until the next [`checkpoint`](Self::checkpoint).
+    fn process(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+
+    /// Makes everything processed so far durable; the loop commits right after `Ok`.
+    fn checkpoint(&mut self) -> impl Future<Output = Result<(), ProcessError>> + Send;
+
+    /// These partitions were taken away: drop any buffered, uncheckpointed work of theirs.
+    fn partitions_revoked(&mut self, _partitions: &[TopicPartition]) {}
+}
+
+/// A failure that stops the role (not a bad record: those are dead-lettered).
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct ProcessError {
+    /// A short, bounded label for metrics (e.g. `produce`, `http`).
+    pub kind: &'static str,
+    /// What went wrong, for the log.
+    pub message: String,
+}
+
+impl ProcessError {
+    /// An error of `kind` with a message.
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a consumer loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// Creating or subscribing the consumer, or a fatal consumer error.
+    #[error("kafka consumer of {stage}: {source}")]
+    Kafka {
+        /// The stage.
+        stage: &'static str,
+        /// The client error.
+        source: KafkaError,
+    },
+    /// The processor failed.
+    #[error("{stage} stopped: {source}")]
+    Process {
+        /// The stage.
+        stage: &'static str,
+        /// The processor's error.
+        source: ProcessError,
+    },
+}
+
+/// What the loop consumes and how often it commits.
+#[derive(Debug, Clone)]
+pub struct LoopSpec {
+    /// Stage (role) name, for metrics and logs.
+    pub stage: &'static str,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Commit after this many processed records.
+    pub commit_max_records: usize,
+    /// Commit at least this often while there is uncommitted work.
+    pub commit_interval: Duration,
+}
+
+/// Summary of a loop that stopped cleanly.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Records handed to the processor.
+    pub processed: u64,
+    /// Successful commits.
+    pub commits: u64,
+}
+
+/// Offsets processed but not yet committed: partition -> next offset to read.
+#[derive(Default)]
+struct PendingOffsets {
+    next: HashMap<TopicPartition, i64>,
+    records: usize,
+    since: Option<Instant>,
+}
+
+impl PendingOffsets {
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        // The committed offset is the last processed offset + 1: the next record to read.
+        match self.next.get_mut(&(topic.to_string(), partition)) {
+            Some(next) => *next = offset + 1,
+            None => {
+                self.next.insert((topic.to_string(), partition), offset + 1);
+            }
+        }
+        self.records += 1;
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn forget(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.next.remove(tp);
+        }
+        if self.next.is_empty() {
+            self.records = 0;
+            self.since = None;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+
+    fn due(&self, spec: &LoopSpec) -> bool {
+        self.records >= spec.commit_max_records
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= spec.commit_interval)
+    }
+
+    fn to_list(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.next {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .expect("a valid offset");
+        }
+        tpl
+    }
+
+    /// After a failed commit: wait a full interval (or batch) before trying again.
+    fn backoff(&mut self) {
+        self.records = 0;
+        self.since = Some(Instant::now());
+    }
+
+    fn clear(&mut self) {
+        *self = PendingOffsets::default();
+    }
+}
+
+/// Runs `processor` over `spec.topics` until `shutdown` fires or an error stops it.
+pub async fn run_consumer_loop<P: RecordProcessor>(
+    client_config: &ClientConfig,
+    spec: LoopSpec,
+    mut processor: P,
+    shutdown: Shutdown,
+    readiness: ReadinessHandle,
+) -> Result<LoopStats, LoopError> {
+    let stage = spec.stage;
+    let kafka_err = |source| LoopError::Kafka { stage, source };
+    let consumer: Arc<StreamConsumer<LoopContext>> = Arc::new(
+        client_config
+            .create_with_context(LoopContext::new(stage, readiness.clone()))
+            .map_err(kafka_err)?,
+    );
+    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(kafka_err)?;
+    tracing::info!(stage, topics = ?spec.topics, "consumer loop started");
+
+    let m = metrics();
+    let mut assigned: HashSet<TopicPartition> = HashSet::new();
+    let mut pending = PendingOffsets::default();
+    let mut stats = LoopStats::default();
+    let mut tick = tokio::time::interval((spec.commit_interval / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let result: Result<(), LoopError> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(()),
+                received = consumer.recv() => {
+                    apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor);
+                    let record = match received {
+                        Ok(r) => r,
+                        Err(e) => {
+                            handle_consume_error(stage, e)?;
+                            continue;
+                        }
+                    };
+                    let topic = record.topic();
+                    m.records_in.with_label_values(&[stage, topic]).inc();
+                    if !assigned.contains(&(topic.to_string(), record.partition())) {
+                        m.records_skipped.with_label_values(&[stage, topic]).inc();
+                        continue;
+                    }
+                    processor
+                        .process(&record)
+                        .await
+                        .map_err(|source| LoopError::Process { stage, source })?;
+                    m.records_processed.with_label_values(&[stage, topic]).inc();
+                    pending.record(topic, record.partition(), record.offset());
+                    stats.processed += 1;
+                    if pending.due(&spec) {
+                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats).await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor);
+                    if pending.due(&spec) {
+                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats).await?;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+
+    readiness.set_ready(false);
+    match result {
+        Ok(()) => {
+            apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor);
+            if let Some(source) =
+                commit(&consumer, &spec, &mut pending, &mut processor, &mut stats).await?
+            {
+                // Processed work is durable downstream but its offsets are not: the next owner
+                // re-reads it. Say so loudly instead of exiting as if all was committed.
+                return Err(LoopError::Kafka { stage, source });
+            }
+            consumer.unsubscribe();
+            tracing::info!(
+                stage,
+                processed = stats.processed,
+                commits = stats.commits,
+                "consumer loop stopped cleanly"
+            );
+            Ok(stats)
+        }
+        Err(e) => {
+            m.errors.with_label_values(&[stage, error_kind(&e)]).inc();
+            tracing::error!(stage, error = %e, "consumer loop stopped; uncommitted work will be re-read after restart");
+            Err(e)
+        }
+    }
+}
+
+fn error_kind(e: &LoopError) -> &'static str {
+    match e {
+        LoopError::Kafka { .. } => "kafka",
+        LoopError::Process { source, .. } => source.kind,
+    }
+}
+
+/// Consumer errors are mostly transient (librdkafka retries them itself); fatal ones stop the role.
+fn handle_consume_error(stage: &'static str, e: KafkaError) -> Result<(), LoopError> {
+    let fatal = matches!(
+        e.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::Fatal)
+    );
+    metrics()
+        .errors
+        .with_label_values(&[stage, if fatal { "consume_fatal" } else { "consume" }])
+        .inc();
+    if fatal {
+        return Err(LoopError::Kafka { stage, source: e });
+    }
+    tracing::warn!(stage, error = %e, "consumer error (retrying)");
+    Ok(())
+}
+
+fn apply_rebalances<P: RecordProcessor>(
+    consumer: &StreamConsumer<LoopContext>,
+    assigned: &mut HashSet<TopicPartition>,
+    pending: &mut PendingOffsets,
+    processor: &mut P,
+) {
+    for event in consumer.context().take_events() {
+        match event {
+            RebalanceEvent::Assigned(parts) => assigned.extend(parts),
+            RebalanceEvent::Revoked(parts) => {
+                for p in &parts {
+                    assigned.remove(p);
+                }
+                pending.forget(&parts);
+                processor.partitions_revoked(&parts);
+            }
+        }
+    }
+}
+
+/// Checkpoints the processor and commits pending offsets. A processor failure is an error; a
+/// failed offset commit is returned as `Ok(Some(..))` and retried at the next commit point.
+async fn commit<P: RecordProcessor>(
+    consumer: &Arc<StreamConsumer<LoopContext>>,
+    spec: &LoopSpec,
+    pending: &mut PendingOffsets,
+    processor: &mut P,
+    stats: &mut LoopStats,
+) -> Result<Option<KafkaError>, LoopError> {
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let stage = spec.stage;
+    let started = Instant::now();
+    processor
+        .checkpoint()
+        .await
+        .map_err(|source| LoopError::Process { stage, source })?;
+    let tpl = pending.to_list();
+    let c = consumer.clone();
+    let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
+        .await
+        .expect("commit task panicked");
+    let m = metrics();
+    m.commit_duration
+        .with_label_values(&[stage])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            m.commits.with_label_values(&[stage, "ok"]).inc();
+            stats.commits += 1;
+            pending.clear();
+            Ok(None)
+        }
+        Err(e) => {
+            // The work is durable downstream but the offsets are not stored: keep them and try
+            // again at the next commit point (commits are cumulative). If the partitions were
+            // revoked meanwhile, their new owner re-reads them: at-least-once, deduplicated
+            // downstream by deterministic ids.
+            m.commits.with_label_values(&[stage, "error"]).inc();
+            tracing::warn!(stage, error = %e, "offset commit failed; will retry");
+            pending.backoff();
+            Ok(Some(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LoopSpec {
+        LoopSpec {
+            stage: "t",
+            topics: vec![],
+            commit_max_records: 3,
+            commit_interval: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn pending_offsets_commit_last_plus_one_and_forget_revoked() {
+        let mut p = PendingOffsets::default();
+        p.record("a", 0, 10);
+        p.record("a", 0, 11);
+        p.record("a", 1, 5);
+        assert!(p.due(&spec()));
+        let tpl = p.to_list();
+        assert_eq!(
+            tpl.find_partition("a", 0).unwrap().offset(),
+            Offset::Offset(12)
+        );
+        assert_eq!(
+            tpl.find_partition("a", 1).unwrap().offset(),
+            Offset::Offset(6)
+        );
+        p.forget(&[("a".to_string(), 0)]);
+        assert!(p.to_list().find_partition("a", 0).is_none());
+        p.forget(&[("a".to_string(), 1)]);
+        assert!(p.is_empty());
+        assert!(!p.due(&spec()));
+    }
+}

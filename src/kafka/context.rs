@@ -1,0 +1,120 @@
+//! The librdkafka client context of consumer roles: turns rebalance callbacks into events the
+//! consumer loop handles between records, and statistics into consumer-lag gauges.
+
+use std::sync::Mutex;
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+
+use crate::health::ReadinessHandle;
+use crate::metrics::metrics;
+
+/// A partition of a topic, as the loop tracks it.
+pub type TopicPartition = (String, i32);
+
+/// What happened to the assignment, queued for the consumer loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// These partitions are now ours.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are no longer ours; uncommitted work on them must be abandoned.
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Consumer context shared by every consumer role.
+pub struct LoopContext {
+    stage: &'static str,
+    events: Mutex<Vec<RebalanceEvent>>,
+    readiness: ReadinessHandle,
+}
+
+impl LoopContext {
+    /// A context for the consumer of `stage`; `readiness` turns ready at the first assignment.
+    pub fn new(stage: &'static str, readiness: ReadinessHandle) -> Self {
+        Self {
+            stage,
+            events: Mutex::new(Vec::new()),
+            readiness,
+        }
+    }
+
+    /// Takes the rebalance events queued since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut *self.events.lock().expect("rebalance event lock"))
+    }
+
+    fn push(&self, event: RebalanceEvent) {
+        self.events
+            .lock()
+            .expect("rebalance event lock")
+            .push(event);
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag = &metrics().consumer_lag;
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" bucket; a negative lag means
+                // "not known yet" (no committed offset or high watermark).
+                if *id < 0 || p.consumer_lag < 0 || p.fetch_state == "none" {
+                    continue;
+                }
+                lag.with_label_values(&[self.stage, topic, &id.to_string()])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts = partitions(tpl);
+                tracing::info!(stage = self.stage, partitions = ?parts, "partitions revoked");
+                metrics()
+                    .rebalances
+                    .with_label_values(&[self.stage, "revoke"])
+                    .inc();
+                for (topic, p) in &parts {
+                    let _ = metrics().consumer_lag.remove_label_values(&[
+                        self.stage,
+                        topic,
+                        &p.to_string(),
+                    ]);
+                }
+                self.push(RebalanceEvent::Revoked(parts));
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::error!(stage = self.stage, error = %e, "rebalance error");
+                metrics()
+                    .rebalances
+                    .with_label_values(&[self.stage, "error"])
+                    .inc();
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = partitions(tpl);
+            tracing::info!(stage = self.stage, partitions = ?parts, "partitions assigned");
+            metrics()
+                .rebalances
+                .with_label_values(&[self.stage, "assign"])
+                .inc();
+            self.push(RebalanceEvent::Assigned(parts));
+            self.readiness.set_ready(true);
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Shared Kafka plumbing: client configuration, the durable producer, the one consume-process-
+//! commit loop every consumer role runs, and the topic catalogue.
+
+pub mod client_config;
+pub mod consumer_loop;
+pub mod context;
+pub mod producer;
+pub mod topics;

@@ -1,0 +1,20 @@
+//! pendo-segment: a stream processor between Pendo and Segment through Apache Kafka.
+//!
+//! Roles (webhook connectors, pollers, transformers, sinks) are parts of one binary; each runs as
+//! a Kafka consumer group or a producer and keeps no state that Kafka does not hold. This crate
+//! holds the shared plumbing: configuration, Kafka clients and the consumer loop, metrics, the
+//! ops server, and the process runtime.
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod kafka;
+pub mod logging;
+pub mod metrics;
+pub mod ops_server;
+pub mod roles;
+pub mod secret;
+pub mod shutdown;

@@ -1,0 +1,188 @@
+//! Every Prometheus metric of the process, registered once in a process-wide registry.
+//!
+//! Names follow Prometheus conventions (`pendo_segment_` prefix, `_total` for counters,
+//! `_seconds` for durations). Labels are bounded sets (stage, topic, partition, reason, result),
+//! never ids or free text, so cardinality stays small.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The metric families shared by all roles.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Records taken from Kafka by a stage, by topic.
+    pub records_in: IntCounterVec,
+    /// Records a stage finished processing (then eligible for commit), by topic.
+    pub records_processed: IntCounterVec,
+    /// Records a consumer loop skipped because their partition was no longer assigned.
+    pub records_skipped: IntCounterVec,
+    /// Offset/transaction commits by stage and result (`ok`, `error`).
+    pub commits: IntCounterVec,
+    /// Time to checkpoint and commit, by stage.
+    pub commit_duration: HistogramVec,
+    /// Rebalance callbacks by stage and kind (`assign`, `revoke`, `error`).
+    pub rebalances: IntCounterVec,
+    /// Consumer lag in records, by stage, topic, partition (from librdkafka statistics).
+    pub consumer_lag: IntGaugeVec,
+    /// Errors that stopped a role or that Kafka reported while consuming, by stage and kind.
+    pub errors: IntCounterVec,
+    /// 1 for every role running in this process.
+    pub role_up: IntGaugeVec,
+    /// Resident memory of the process, refreshed at every scrape.
+    pub resident_memory: IntGauge,
+    /// Constant 1 with the version as label.
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique counter");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique gauge");
+    g
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let commit_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pendo_segment_commit_duration_seconds",
+                "Time to make processed records durable and commit their offsets.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["stage"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(commit_duration.clone()))
+            .expect("unique histogram");
+        let resident_memory = IntGauge::new(
+            "pendo_segment_process_resident_memory_bytes",
+            "Resident set size of this process.",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(resident_memory.clone()))
+            .expect("unique gauge");
+        let m = Metrics {
+            records_in: counter(
+                &r,
+                "pendo_segment_records_in_total",
+                "Records consumed from Kafka.",
+                &["stage", "topic"],
+            ),
+            records_processed: counter(
+                &r,
+                "pendo_segment_records_processed_total",
+                "Records fully processed (eligible for commit).",
+                &["stage", "topic"],
+            ),
+            records_skipped: counter(
+                &r,
+                "pendo_segment_records_skipped_total",
+                "Records not processed because their partition had been revoked.",
+                &["stage", "topic"],
+            ),
+            commits: counter(
+                &r,
+                "pendo_segment_commits_total",
+                "Offset or transaction commits.",
+                &["stage", "result"],
+            ),
+            commit_duration,
+            rebalances: counter(
+                &r,
+                "pendo_segment_rebalances_total",
+                "Consumer group rebalance callbacks.",
+                &["stage", "kind"],
+            ),
+            consumer_lag: gauge(
+                &r,
+                "pendo_segment_consumer_lag",
+                "Records between the committed offset and the partition end.",
+                &["stage", "topic", "partition"],
+            ),
+            errors: counter(
+                &r,
+                "pendo_segment_errors_total",
+                "Errors by stage and kind.",
+                &["stage", "kind"],
+            ),
+            role_up: gauge(
+                &r,
+                "pendo_segment_role_up",
+                "1 while a role runs in this process.",
+                &["role"],
+            ),
+            resident_memory,
+            build_info: gauge(
+                &r,
+                "pendo_segment_build_info",
+                "Build information.",
+                &["version"],
+            ),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// Encodes every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory.set(rss);
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// RSS from `/proc/self/statm` (Linux); `None` elsewhere.
+fn resident_memory_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_contains_build_info_and_rss() {
+        metrics().records_in.with_label_values(&["test", "t"]).inc();
+        let text = metrics().render();
+        assert!(
+            text.contains("pendo_segment_build_info{version=\""),
+            "{text}"
+        );
+        assert!(text.contains("pendo_segment_records_in_total{stage=\"test\",topic=\"t\"} "));
+        assert!(text.contains("pendo_segment_process_resident_memory_bytes "));
+    }
+}

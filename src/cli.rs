@@ -13,7 +13,7 @@ use crate::app;
 use crate::config::{Config, LogFormat};
 use crate::kafka::{client_config, topics};
 use crate::logging;
-use crate::roles::Role;
+use crate::roles::{Role, RunOptions};
 
 /// Pendo <-> Segment through Apache Kafka, exactly once.
 #[derive(Debug, Parser)]
@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Run every role in this process (local use).
     #[arg(long)]
     pub all: bool,
+    /// Let webhook roles accept deliveries without a secret. Never in production.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// `topics` subcommands.
@@ -122,12 +125,15 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(config: &Config, args: RunArgs) -> ExitCode {
+    let options = RunOptions {
+        insecure_no_auth: args.insecure_no_auth,
+    };
     let mut tasks = Vec::new();
     if args.all {
         // `--all` is the local "everything that exists" mode: run every built role and say
         // which ones this build does not have yet.
         for role in Role::ALL {
-            match role.task(config) {
+            match role.task(config, options) {
                 Ok(t) => tasks.push(t),
                 Err(e) => eprintln!("note: skipping: {e}"),
             }
@@ -140,10 +146,10 @@ async fn run(config: &Config, args: RunArgs) -> ExitCode {
         let mut roles = args.roles;
         roles.dedup();
         for role in roles {
-            match role.task(config) {
+            match role.task(config, options) {
                 Ok(t) => tasks.push(t),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {e}; nothing was started");
                     return ExitCode::from(2);
                 }
             }

@@ -14,8 +14,13 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::connectors::pendo_webhook::config::PendoWebhookConfig;
 use crate::kafka::topics::TopicId;
 use crate::secret::Secret;
+
+/// Largest webhook body a raw topic can hold as one record (its `max.message.bytes` is
+/// [`crate::kafka::topics::RAW_MAX_MESSAGE_BYTES`], which leaves room for headers).
+pub const MAX_RAW_RECORD_BYTES: usize = 2 * 1024 * 1024;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "pendo-segment.toml";
@@ -48,6 +53,9 @@ pub struct Config {
     /// The `/metrics`, `/healthz`, `/readyz` server and logging.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// The `pendo-webhook` role.
+    #[serde(default)]
+    pub pendo_webhook: PendoWebhookConfig,
     /// Segment's HTTP Tracking API (used by the Segment sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentConfig>,
@@ -77,6 +85,11 @@ pub struct KafkaConfig {
     /// librdkafka properties for consumers only.
     #[serde(default)]
     pub consumer_properties: KafkaProperties,
+    /// Identifies this process among the instances of a role (part of `transactional.id`).
+    /// Default: `<hostname>-<pid>`. Set it to a stable name (e.g. the pod name) so that a
+    /// restarted instance fences its predecessor's unfinished transactions at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// Deadline for admin and metadata requests, in milliseconds.
     #[serde(default = "default_admin_timeout_ms")]
     pub admin_timeout_ms: u64,
@@ -517,6 +530,29 @@ impl Config {
                 ));
             }
         }
+        let w = &self.pendo_webhook;
+        if !w.path.starts_with('/') || w.path.len() < 2 {
+            return invalid(format!(
+                "pendo_webhook.path must start with '/' and not be the root, got {:?}",
+                w.path
+            ));
+        }
+        if w.max_body_bytes == 0
+            || w.max_events_per_request == 0
+            || w.max_in_flight_requests == 0
+            || w.max_transaction_records == 0
+            || w.ack_timeout_ms == 0
+            || w.transaction_producers == 0
+        {
+            return invalid(
+                "pendo_webhook limits (max_body_bytes, max_events_per_request, max_in_flight_requests, max_transaction_records, ack_timeout_ms, transaction_producers) must be > 0".into(),
+            );
+        }
+        if w.max_body_bytes > MAX_RAW_RECORD_BYTES {
+            return invalid(format!(
+                "pendo_webhook.max_body_bytes may be at most {MAX_RAW_RECORD_BYTES} (the raw topics' max.message.bytes)"
+            ));
+        }
         let p = &self.processing;
         if p.commit_max_records == 0 || p.commit_interval_ms == 0 {
             return invalid(
@@ -534,6 +570,18 @@ impl Config {
             .get(id.default_name())
             .and_then(|o| o.name.clone())
             .unwrap_or_else(|| format!("{}{}", self.topics.prefix, id.default_name()))
+    }
+
+    /// This process's instance id (see [`KafkaConfig::instance_id`]).
+    pub fn instance_id(&self) -> String {
+        self.kafka.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "host".to_string());
+            format!("{host}-{}", std::process::id())
+        })
     }
 
     /// Consumer group id of a role.

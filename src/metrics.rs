@@ -33,6 +33,24 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// 1 for every role running in this process.
     pub role_up: IntGaugeVec,
+    /// Kafka transactions of group-commit appenders by stage and result (`committed`, `aborted`).
+    pub transactions: IntCounterVec,
+    /// Records per committed appender transaction.
+    pub transaction_records: HistogramVec,
+    /// Appender jobs that never joined a transaction, by stage and result (`expired`).
+    pub appender_jobs: IntCounterVec,
+    /// Webhook HTTP requests by role and status code.
+    pub webhook_requests: IntCounterVec,
+    /// Webhook events durably accepted, by role.
+    pub webhook_events: IntCounterVec,
+    /// Webhook body bytes received, by role.
+    pub webhook_bytes: IntCounterVec,
+    /// Webhook requests rejected, by role and reason (`auth`, `too_large`, `malformed`, ...).
+    pub webhook_rejects: IntCounterVec,
+    /// Webhook requests being handled, by role.
+    pub webhook_in_flight: IntGaugeVec,
+    /// Time from receiving a webhook request to Kafka's commit of its events, by role.
+    pub webhook_ack_latency: HistogramVec,
     /// Resident memory of the process, refreshed at every scrape.
     pub resident_memory: IntGauge,
     /// Constant 1 with the version as label.
@@ -78,7 +96,75 @@ impl Metrics {
         .expect("valid gauge");
         r.register(Box::new(resident_memory.clone()))
             .expect("unique gauge");
+        let transaction_records = HistogramVec::new(
+            HistogramOpts::new(
+                "pendo_segment_transaction_records",
+                "Records per committed group-commit transaction.",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 4.0, 10).expect("buckets")),
+            &["stage"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(transaction_records.clone()))
+            .expect("unique histogram");
+        let webhook_ack_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "pendo_segment_webhook_ack_latency_seconds",
+                "From receiving a webhook request to Kafka committing its events.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["role"],
+        )
+        .expect("valid histogram");
+        r.register(Box::new(webhook_ack_latency.clone()))
+            .expect("unique histogram");
         let m = Metrics {
+            transactions: counter(
+                &r,
+                "pendo_segment_transactions_total",
+                "Kafka transactions of group-commit appenders.",
+                &["stage", "result"],
+            ),
+            transaction_records,
+            appender_jobs: counter(
+                &r,
+                "pendo_segment_appender_jobs_total",
+                "Append requests that never joined a transaction.",
+                &["stage", "result"],
+            ),
+            webhook_requests: counter(
+                &r,
+                "pendo_segment_webhook_requests_total",
+                "Webhook HTTP requests by status code.",
+                &["role", "status"],
+            ),
+            webhook_events: counter(
+                &r,
+                "pendo_segment_webhook_events_accepted_total",
+                "Webhook events durably written to Kafka.",
+                &["role"],
+            ),
+            webhook_bytes: counter(
+                &r,
+                "pendo_segment_webhook_received_bytes_total",
+                "Webhook body bytes received.",
+                &["role"],
+            ),
+            webhook_rejects: counter(
+                &r,
+                "pendo_segment_webhook_rejects_total",
+                "Webhook requests rejected, by reason.",
+                &["role", "reason"],
+            ),
+            webhook_in_flight: gauge(
+                &r,
+                "pendo_segment_webhook_in_flight_requests",
+                "Webhook requests being handled.",
+                &["role"],
+            ),
+            webhook_ack_latency,
             records_in: counter(
                 &r,
                 "pendo_segment_records_in_total",

@@ -4,6 +4,14 @@ use std::fmt;
 
 use crate::app::RoleTask;
 use crate::config::Config;
+use crate::connectors::pendo_webhook;
+
+/// Command-line options that affect how roles start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Let webhook roles run without a secret (they log a warning).
+    pub insecure_no_auth: bool,
+}
 
 /// Every role of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -49,23 +57,29 @@ impl Role {
         }
     }
 
-    /// The issue that builds this role while it is not part of this build.
-    fn pending_issue(self) -> Option<u32> {
-        match self {
-            Role::PendoWebhook => Some(3),
-            Role::TransformPendo => Some(4),
-            Role::SegmentSink => Some(5),
-            Role::PendoPoller => Some(6),
-            Role::SegmentWebhook | Role::TransformSegment | Role::PendoSink => Some(7),
-        }
-    }
-
     /// Builds the role's task, or explains why it cannot run.
-    pub fn task(self, _config: &Config) -> Result<RoleTask, RoleError> {
-        match self.pending_issue() {
-            Some(issue) => Err(RoleError::NotBuilt { role: self, issue }),
-            None => unreachable!("every role without a pending issue has a task"),
-        }
+    pub fn task(self, config: &Config, options: RunOptions) -> Result<RoleTask, RoleError> {
+        let not_built = |issue| Err(RoleError::NotBuilt { role: self, issue });
+        let invalid = |e: anyhow::Error| RoleError::Invalid {
+            role: self,
+            message: format!("{e:#}"),
+        };
+        let start: Box<dyn FnOnce(crate::app::RoleEnv) -> crate::app::RoleFuture + Send> =
+            match self {
+                Role::PendoWebhook => Box::new(
+                    pendo_webhook::task(config, options.insecure_no_auth).map_err(invalid)?,
+                ),
+                Role::TransformPendo => return not_built(4),
+                Role::SegmentSink => return not_built(5),
+                Role::PendoPoller => return not_built(6),
+                Role::SegmentWebhook | Role::TransformSegment | Role::PendoSink => {
+                    return not_built(7);
+                }
+            };
+        Ok(RoleTask {
+            name: self.name().to_string(),
+            start,
+        })
     }
 }
 
@@ -87,5 +101,13 @@ pub enum RoleError {
         role: Role,
         /// The issue building it.
         issue: u32,
+    },
+    /// The role's configuration does not let it start.
+    #[error("role `{role}` cannot start: {message}")]
+    Invalid {
+        /// The role.
+        role: Role,
+        /// Why.
+        message: String,
     },
 }

@@ -84,11 +84,7 @@ async fn apply_creates_everything_then_is_idempotent_then_reports_and_fixes_drif
     );
 
     // 3. Hand-made drift: retention changed, plus an unrelated dynamic setting that a fix must keep.
-    alter(
-        &raw,
-        &[("retention.ms", "1000"), ("max.message.bytes", "2000000")],
-    )
-    .await;
+    alter(&raw, &[("retention.ms", "1000"), ("segment.ms", "3600000")]).await;
     let drift = run(&cfg, &[]);
     let out = stdout(&drift);
     assert_eq!(drift.status.code(), Some(1), "unfixed drift exits 1: {out}");
@@ -114,7 +110,7 @@ async fn apply_creates_everything_then_is_idempotent_then_reports_and_fixes_drif
     let c = topic_configs(&raw).await;
     assert_eq!(c["retention.ms"], "604800000");
     assert_eq!(
-        c["max.message.bytes"], "2000000",
+        c["segment.ms"], "3600000",
         "--fix must keep other topic settings"
     );
     assert!(stdout(&run(&cfg, &[])).contains("no changes"));

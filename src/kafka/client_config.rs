@@ -40,6 +40,39 @@ pub fn producer(config: &Config, role: &str) -> ClientConfig {
     c
 }
 
+/// A transactional producer for `role` (group commit of connector requests). Its
+/// `transactional.id` is `<client_id>.<role>.<instance_id>`; `max_record_bytes` is the largest
+/// value it must be able to send.
+pub fn transactional_producer(
+    config: &Config,
+    role: &str,
+    max_record_bytes: usize,
+) -> ClientConfig {
+    let mut c = producer(config, role);
+    c.set("linger.ms", "1")
+        .set(
+            "transactional.id",
+            format!("{}.{role}.{}", config.kafka.client_id, config.instance_id()),
+        )
+        .set("transaction.timeout.ms", "60000")
+        // The next transaction's AddPartitionsToTxn is answered CONCURRENT_TRANSACTIONS until the
+        // previous commit's markers are written; librdkafka's default 100 ms retry backoff would
+        // then cap a producer at a few transactions per second.
+        .set("retry.backoff.ms", "2")
+        .set("retry.backoff.max.ms", "50")
+        // Room for the largest record plus headers and batch overhead.
+        .set(
+            "message.max.bytes",
+            (max_record_bytes + 1024 * 1024).to_string(),
+        )
+        // Bounded memory: the group-commit queue waits (and then answers 503) when this is full.
+        .set("queue.buffering.max.kbytes", "131072");
+    for (k, v) in config.kafka.producer_properties.iter() {
+        c.set(k, v);
+    }
+    c
+}
+
 /// A consumer in group `<group_id_prefix>.<role>` that never commits on its own and never sees
 /// records of aborted transactions.
 pub fn consumer(config: &Config, role: &str) -> ClientConfig {

@@ -4,5 +4,7 @@
 pub mod client_config;
 pub mod consumer_loop;
 pub mod context;
+pub mod headers;
 pub mod producer;
 pub mod topics;
+pub mod transactional_appender;

@@ -21,6 +21,10 @@ use crate::config::Config;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
+/// `max.message.bytes` of the topics that hold whole webhook bodies: a 1 MiB body plus headers
+/// does not fit Kafka's default of 1 MiB + 12 bytes.
+pub const RAW_MAX_MESSAGE_BYTES: i64 = 3 * 1024 * 1024;
+
 /// How a topic keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetentionPolicy {
@@ -85,6 +89,17 @@ topic_catalogue! {
 }
 
 impl TopicId {
+    /// Whether records of this topic are whole webhook bodies (up to the webhook size limit).
+    pub fn holds_webhook_bodies(self) -> bool {
+        matches!(
+            self,
+            TopicId::PendoRawWebhook
+                | TopicId::SegmentRawWebhook
+                | TopicId::DlqPendoWebhook
+                | TopicId::DlqSegmentWebhook
+        )
+    }
+
     /// Looks a topic up by its default name.
     pub fn from_default_name(name: &str) -> Option<TopicId> {
         TopicId::ALL
@@ -125,6 +140,9 @@ pub fn desired_topics(config: &Config) -> Vec<TopicSpec> {
                 RetentionPolicy::Compact => {
                     configs.insert("cleanup.policy", "compact".to_string());
                 }
+            }
+            if id.holds_webhook_bodies() {
+                configs.insert("max.message.bytes", RAW_MAX_MESSAGE_BYTES.to_string());
             }
             TopicSpec {
                 id,

@@ -184,3 +184,250 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A `pendo-segment` process started by a test; killed when dropped.
+pub struct RoleProcess {
+    child: std::process::Child,
+    /// Base URL of its ops server (`/metrics`, `/readyz`).
+    pub ops: String,
+    /// Its stderr (logs).
+    pub log: PathBuf,
+}
+
+impl RoleProcess {
+    /// Starts `pendo-segment --config <config> <args...>`; `ops_port` must match the config's
+    /// `observability.listen`.
+    pub fn start(config: &Path, args: &[&str], ops_port: u16, log: PathBuf) -> Self {
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn pendo-segment");
+        Self {
+            child,
+            ops: format!("http://127.0.0.1:{ops_port}"),
+            log,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200; panics with the log if the process dies or times out.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("process exited ({status}) before ready:\n{}", self.logs());
+            }
+            if let Ok(r) = http.get(format!("{}/readyz", self.ops)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready in {timeout:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.ops))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        signal(self.child.id(), 15);
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        signal(self.child.id(), 9);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit within {timeout:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            signal(self.child.id(), 9);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends a Unix signal.
+pub fn signal(pid: u32, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Reads every committed record of `topic` (all partitions, from the start) until `expected`
+/// records arrived or `idle` passed without a new one.
+pub fn read_committed(
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .expect("metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while out.len() < expected && last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(m.detach());
+                last = std::time::Instant::now();
+            }
+            Some(Err(e)) => panic!("consume {topic}: {e}"),
+            None => {}
+        }
+    }
+    // Anything beyond `expected` would be a duplicate: give it a moment to show up.
+    let settle = std::time::Instant::now();
+    while settle.elapsed() < Duration::from_millis(1500) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// The value of header `name` of a record, as text.
+pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let h = m.headers()?;
+    h.iter()
+        .find(|x| x.key == name)
+        .and_then(|x| x.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Writes a config for one role process and returns (path, ops port).
+pub fn role_config(dir: &Path, prefix: &str, extra: &str) -> (PathBuf, u16) {
+    let ops = free_port();
+    let text = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id_prefix = \"{prefix}\"\n\
+         [topics]\nprefix = \"{prefix}.\"\npartitions = 3\nreplication_factor = 1\n\
+         [observability]\nlisten = \"127.0.0.1:{ops}\"\n{extra}",
+        bootstrap()
+    );
+    (write_file(dir, "pendo-segment.toml", &text), ops)
+}
+
+/// Creates every topic of the catalogue for `config` with `topics apply`.
+pub fn apply_topics(config: &Path) {
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(["topics", "apply"])
+        .output()
+        .expect("topics apply");
+    assert!(
+        out.status.success(),
+        "topics apply failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sample payloads bundled with the repository (`tests/fixtures`).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Runs `scripts/kafka-local <cmd>` against the local broker the tests use. Tests that restart
+/// the broker need that broker: pointing them at another cluster is a failure, not a skip.
+pub fn local_broker(cmd: &str) {
+    let servers = bootstrap();
+    let port = servers
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| {
+            panic!("this test stops and restarts the broker, so it needs the local broker of scripts/kafka-local, not {servers}")
+        });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-local");
+    let status = std::process::Command::new(script)
+        .arg(cmd)
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env("KAFKA_LOCAL_PORT", port.to_string())
+        .status()
+        .expect("run scripts/kafka-local");
+    assert!(status.success(), "scripts/kafka-local {cmd} failed");
+}
+
+/// A small deterministic PRNG (xorshift64*), so fuzz inputs are reproducible from the seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (non-zero).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    /// Next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}

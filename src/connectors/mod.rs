@@ -1,0 +1,6 @@
+//! Connectors: the roles that bring data from outside into Kafka (webhook receivers, pollers).
+//! They interpret payloads only as far as needed to key and label records; mapping is the
+//! transformers' job.
+
+pub mod pendo_webhook;
+pub mod webhook;

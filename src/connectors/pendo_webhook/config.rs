@@ -1,0 +1,70 @@
+//! `[pendo_webhook]`: where the endpoint listens, how senders authenticate, and its limits.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Settings of the `pendo-webhook` role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PendoWebhookConfig {
+    /// Address of the webhook listener. Use `0.0.0.0:8080` in containers.
+    pub listen: SocketAddr,
+    /// Path of the endpoint.
+    pub path: String,
+    /// Shared secrets; any of them is accepted (rotation). Required unless `--insecure-no-auth`.
+    pub secrets: Vec<Secret>,
+    /// Header carrying the secret.
+    pub auth_header: String,
+    /// Scheme before the secret in that header; empty for the bare secret.
+    pub auth_scheme: String,
+    /// Also accept the secret as the last path segment (`<path>/<secret>`), for senders that
+    /// cannot set headers.
+    pub path_token: bool,
+    /// Largest accepted body in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most events in one request (413 beyond).
+    pub max_events_per_request: usize,
+    /// Requests handled (and waiting for Kafka) at once; more get 503 at once.
+    pub max_in_flight_requests: usize,
+    /// How long a request may wait for Kafka before it is answered 503, in ms.
+    pub ack_timeout_ms: u64,
+    /// `Retry-After` on 503, in seconds.
+    pub retry_after_seconds: u64,
+    /// How long a Kafka transaction collects concurrent requests before committing, in ms.
+    pub linger_ms: u64,
+    /// Transactional producers taking turns (one collects while another commits).
+    pub transaction_producers: usize,
+    /// Pause of a producer between its commit and its next transaction, in ms (lets the broker
+    /// finish the commit markers; see `kafka/transactional_appender.rs`).
+    pub transaction_cooldown_ms: u64,
+    /// A transaction commits once it holds this many events...
+    pub max_transaction_records: usize,
+    /// ... or this many bytes.
+    pub max_transaction_bytes: usize,
+}
+
+impl Default for PendoWebhookConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            path: "/webhooks/pendo".to_string(),
+            secrets: Vec::new(),
+            auth_header: "authorization".to_string(),
+            auth_scheme: "Bearer".to_string(),
+            path_token: true,
+            max_body_bytes: 1024 * 1024,
+            max_events_per_request: 10_000,
+            max_in_flight_requests: 512,
+            ack_timeout_ms: 5_000,
+            retry_after_seconds: 5,
+            linger_ms: 3,
+            transaction_producers: 2,
+            transaction_cooldown_ms: 4,
+            max_transaction_records: 20_000,
+            max_transaction_bytes: 16 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The webhook HTTP handler shared by the Pendo and Segment connectors.
+//!
+//! Order of checks, cheapest first: capacity (503), authentication (401), content type (415),
+//! declared and actual size (413), body shape (400, and the raw body to the DLQ), then every
+//! event is appended to Kafka in one transaction. 200 only after that transaction committed;
+//! 503 with `Retry-After` when Kafka could not take it (nothing of the request is then visible
+//! to `read_committed` consumers, so the sender's retry cannot duplicate).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::auth::{SharedSecrets, credential_from_header};
+use super::body::{BodyError, split_events};
+use crate::kafka::headers;
+use crate::kafka::transactional_appender::{AppendError, OutRecord, TransactionalAppender};
+use crate::metrics::metrics;
+use crate::shutdown::Shutdown;
+
+/// What the connector reads from one event: its Kafka key and its kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventIdentity {
+    /// Partitioning key (per-user ordering downstream).
+    pub key: Option<String>,
+    /// The source's event kind, for the `event-kind` header.
+    pub kind: Option<String>,
+}
+
+/// How senders prove who they are.
+#[derive(Clone)]
+pub enum WebhookAuth {
+    /// A shared secret in a header (`<scheme> <secret>`) or, if allowed, as the last path segment.
+    SharedSecret {
+        /// Accepted secrets.
+        secrets: SharedSecrets,
+        /// Header carrying the secret.
+        header: HeaderName,
+        /// Scheme before the secret (`Bearer`), empty for the bare secret.
+        scheme: String,
+        /// Whether `<path>/<secret>` is accepted.
+        path_token: bool,
+    },
+    /// No authentication (`--insecure-no-auth`).
+    Disabled,
+}
+
+/// Everything a webhook endpoint needs.
+pub struct WebhookEndpoint {
+    /// Role name (metrics, `source` header).
+    pub role: &'static str,
+    /// Route of the endpoint, e.g. `/webhooks/pendo`.
+    pub path: String,
+    /// Authentication.
+    pub auth: WebhookAuth,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Most events per request.
+    pub max_events: usize,
+    /// Requests handled at once; more are answered 503 at once.
+    pub in_flight: Semaphore,
+    /// `Retry-After` seconds on 503.
+    pub retry_after_seconds: u64,
+    /// Topic of accepted events.
+    pub topic: Arc<str>,
+    /// Topic of rejected bodies.
+    pub dlq_topic: Arc<str>,
+    /// Reads key and kind of one event.
+    pub identify: fn(&[u8]) -> EventIdentity,
+    /// Where records go.
+    pub appender: TransactionalAppender,
+}
+
+/// Routes of one endpoint: `POST <path>` and, when path tokens are allowed, `POST <path>/{token}`.
+pub fn router(endpoint: Arc<WebhookEndpoint>) -> Router {
+    let mut r = Router::new().route(
+        &endpoint.path,
+        post(
+            |State(e): State<Arc<WebhookEndpoint>>, headers: HeaderMap, body: Body| async move {
+                handle(e, None, headers, body).await
+            },
+        ),
+    );
+    if matches!(
+        endpoint.auth,
+        WebhookAuth::SharedSecret {
+            path_token: true,
+            ..
+        }
+    ) {
+        r = r.route(
+            &format!("{}/{{token}}", endpoint.path.trim_end_matches('/')),
+            post(
+                |State(e): State<Arc<WebhookEndpoint>>,
+                 Path(token): Path<String>,
+                 headers: HeaderMap,
+                 body: Body| async move { handle(e, Some(token), headers, body).await },
+            ),
+        );
+    }
+    r.with_state(endpoint)
+}
+
+/// Serves `endpoint` on `listen` until `shutdown`; in-flight requests are finished and answered.
+pub async fn serve(
+    listen: SocketAddr,
+    endpoint: Arc<WebhookEndpoint>,
+    shutdown: Shutdown,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(role = endpoint.role, %addr, path = %endpoint.path, "webhook endpoint listening");
+    let app = router(endpoint);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await
+    });
+    Ok((addr, task))
+}
+
+struct Reply {
+    status: StatusCode,
+    body: serde_json::Value,
+    retry_after: Option<u64>,
+}
+
+impl Reply {
+    fn error(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: serde_json::json!({ "error": message.into() }),
+            retry_after: None,
+        }
+    }
+
+    fn unavailable(e: &WebhookEndpoint, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(e.retry_after_seconds),
+            ..Self::error(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+}
+
+async fn handle(
+    e: Arc<WebhookEndpoint>,
+    token: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let m = metrics();
+    let role = e.role;
+    let received = Instant::now();
+    let reply = match e.in_flight.try_acquire() {
+        Err(_) => {
+            m.webhook_rejects
+                .with_label_values(&[role, "overloaded"])
+                .inc();
+            Reply::unavailable(&e, "overloaded: too many requests in flight")
+        }
+        Ok(_permit) => {
+            let gauge = m.webhook_in_flight.with_label_values(&[role]);
+            gauge.inc();
+            let r = handle_admitted(&e, token, &headers, body, received).await;
+            gauge.dec();
+            r
+        }
+    };
+    m.webhook_requests
+        .with_label_values(&[role, reply.status.as_str()])
+        .inc();
+    let mut response = (reply.status, axum::Json(reply.body)).into_response();
+    if let Some(s) = reply.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    response
+}
+
+fn authorized(e: &WebhookEndpoint, token: Option<&str>, headers: &HeaderMap) -> bool {
+    match &e.auth {
+        WebhookAuth::Disabled => true,
+        WebhookAuth::SharedSecret {
+            secrets,
+            header,
+            scheme,
+            ..
+        } => {
+            if let Some(t) = token {
+                return secrets.matches(t.as_bytes());
+            }
+            headers
+                .get(header)
+                .and_then(|v| credential_from_header(v.as_bytes(), scheme))
+                .is_some_and(|c| secrets.matches(c))
+        }
+    }
+}
+
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return true; // Not declared: judge the body itself.
+    };
+    let Ok(ct) = ct.to_str() else { return false };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn handle_admitted(
+    e: &WebhookEndpoint,
+    token: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+    received: Instant,
+) -> Reply {
+    let m = metrics();
+    let role = e.role;
+    let reject = |reason: &str| m.webhook_rejects.with_label_values(&[role, reason]).inc();
+
+    if !authorized(e, token.as_deref(), headers) {
+        reject("auth");
+        return Reply::error(StatusCode::UNAUTHORIZED, "missing or wrong webhook secret");
+    }
+    if !json_content_type(headers) {
+        reject("content_type");
+        return Reply::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > e.max_body_bytes as u64) {
+        reject("too_large");
+        return too_large(e);
+    }
+    let bytes = match axum::body::to_bytes(body, e.max_body_bytes).await {
+        Ok(b) => b,
+        Err(err) => {
+            // Over the limit while streaming, or the client went away mid-body.
+            let over = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                reject("too_large");
+                return too_large(e);
+            }
+            reject("body_read");
+            return Reply::error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
+    };
+    m.webhook_bytes
+        .with_label_values(&[role])
+        .inc_by(bytes.len() as u64);
+
+    let request_id = request_id(headers);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+        .unwrap_or_else(|| Bytes::from_static(b"application/json"));
+    let received_at = Bytes::from(headers::now_millis().to_string());
+    let common = vec![
+        (headers::RECEIVED_AT, received_at),
+        (headers::REQUEST_ID, Bytes::from(request_id.clone())),
+        (headers::CONTENT_TYPE, content_type),
+        (headers::SOURCE, Bytes::from_static(role.as_bytes())),
+    ];
+
+    let events = match split_events(&bytes, e.max_events) {
+        Ok(ev) => ev,
+        Err(err) => {
+            reject(err.reason_label());
+            return rejected_body(e, err, bytes, common).await;
+        }
+    };
+    let records: Vec<OutRecord> = events
+        .into_iter()
+        .map(|event| {
+            let id = (e.identify)(&event);
+            let mut h = common.clone();
+            if let Some(kind) = id.kind {
+                h.push((headers::EVENT_KIND, Bytes::from(kind)));
+            }
+            OutRecord {
+                topic: e.topic.clone(),
+                key: id.key.map(Bytes::from),
+                payload: event,
+                headers: h,
+            }
+        })
+        .collect();
+    let count = records.len();
+    if count == 0 {
+        return Reply {
+            status: StatusCode::OK,
+            body: serde_json::json!({ "accepted": 0, "request_id": request_id }),
+            retry_after: None,
+        };
+    }
+    match e.appender.append(records).await {
+        Ok(()) => {
+            m.webhook_events
+                .with_label_values(&[role])
+                .inc_by(count as u64);
+            m.webhook_ack_latency
+                .with_label_values(&[role])
+                .observe(received.elapsed().as_secs_f64());
+            Reply {
+                status: StatusCode::OK,
+                body: serde_json::json!({ "accepted": count, "request_id": request_id }),
+                retry_after: None,
+            }
+        }
+        Err(err) => {
+            reject(append_reason(&err));
+            tracing::warn!(role, request_id = %request_id, error = %err, "events not accepted; answering 503");
+            Reply::unavailable(e, format!("not stored, retry later: {err}"))
+        }
+    }
+}
+
+fn too_large(e: &WebhookEndpoint) -> Reply {
+    Reply::error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body larger than {} bytes", e.max_body_bytes),
+    )
+}
+
+fn append_reason(err: &AppendError) -> &'static str {
+    match err {
+        AppendError::Overloaded => "overloaded",
+        AppendError::Unavailable(_) => "kafka_unavailable",
+        AppendError::ShuttingDown => "shutting_down",
+    }
+}
+
+/// A body that will never become valid: keep it in the DLQ, then answer 4xx. If even the DLQ
+/// cannot take it, answer 503 so the sender retries and nothing is lost.
+async fn rejected_body(
+    e: &WebhookEndpoint,
+    err: BodyError,
+    body: Bytes,
+    mut headers_out: Vec<(&'static str, Bytes)>,
+) -> Reply {
+    let status = match err {
+        BodyError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let reason = err.to_string();
+    if !err.is_dead_letter() {
+        return Reply::error(status, reason);
+    }
+    headers_out.push((headers::DLQ_REASON, Bytes::from(reason.clone())));
+    headers_out.push((headers::DLQ_STAGE, Bytes::from_static(e.role.as_bytes())));
+    headers_out.push((
+        headers::DLQ_TIME,
+        Bytes::from(headers::now_millis().to_string()),
+    ));
+    let record = OutRecord {
+        topic: e.dlq_topic.clone(),
+        key: None,
+        payload: body,
+        headers: headers_out,
+    };
+    match e.appender.append(vec![record]).await {
+        Ok(()) => Reply::error(status, reason),
+        Err(a) => Reply::unavailable(
+            e,
+            format!("rejected body could not be kept, retry later: {a}"),
+        ),
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_string();
+        }
+    }
+    format!(
+        "{:012x}-{:06x}-{:08x}",
+        headers::now_millis(),
+        std::process::id() & 0xff_ffff,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}

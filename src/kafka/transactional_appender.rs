@@ -1,0 +1,466 @@
+//! Group commit of records from many concurrent callers in Kafka transactions.
+//!
+//! The HTTP connectors answer a sender only once its records are durable, and a failure answer
+//! must mean "nothing of yours is visible, send it again". A plain idempotent producer cannot
+//! promise the second half: a record that timed out while the broker went away may still have
+//! been written ("possibly persisted"), and its retry would duplicate it. Here every caller's
+//! records join the currently open transaction; the transaction commits every `linger` (or when
+//! it is full), and each caller learns the outcome of *its* transaction: committed (acknowledge)
+//! or aborted (nothing visible to `read_committed` consumers; answer 503).
+//!
+//! One worker thread owns the transactional producer (librdkafka's transactional calls block).
+//! Callers wait on a bounded queue, so memory stays bounded; a full queue is an immediate
+//! [`AppendError::Overloaded`]. Every job is answered within a bounded time: jobs older than
+//! `job_deadline` are failed before they join a transaction.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use tokio::sync::oneshot;
+
+use crate::health::ReadinessHandle;
+use crate::metrics::metrics;
+
+/// One record to append.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Partitioning key (`None`: librdkafka spreads records).
+    pub key: Option<Bytes>,
+    /// Value bytes.
+    pub payload: Bytes,
+    /// Headers (name, value).
+    pub headers: Vec<(&'static str, Bytes)>,
+}
+
+impl OutRecord {
+    fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// Why records were not committed. Nothing of the caller's records is visible to
+/// `read_committed` consumers in any of these cases.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    /// Too many callers are already waiting; try again shortly.
+    #[error("overloaded: too many requests waiting for Kafka")]
+    Overloaded,
+    /// Kafka did not commit the transaction (broker down, timeout, fenced...).
+    #[error("Kafka did not commit the records: {0}")]
+    Unavailable(String),
+    /// The appender is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Tuning of an appender.
+#[derive(Debug, Clone)]
+pub struct AppenderSettings {
+    /// Stage name for metrics and logs.
+    pub stage: &'static str,
+    /// How long a transaction stays open collecting callers.
+    pub linger: Duration,
+    /// A transaction commits once it holds this many records.
+    pub max_records: usize,
+    /// ... or this many bytes.
+    pub max_bytes: usize,
+    /// Callers that may wait for a transaction slot.
+    pub queue_capacity: usize,
+    /// A job older than this is failed instead of joining a transaction.
+    pub job_deadline: Duration,
+    /// Timeout of init/commit/abort calls.
+    pub txn_timeout: Duration,
+    /// Transactional producers taking turns: one collects the next transaction while another
+    /// commits. Each has its own `transactional.id` (`<id>-<n>`).
+    pub producers: usize,
+    /// Pause of a producer after its commit before it collects again.
+    pub cooldown: Duration,
+}
+
+struct Job {
+    records: Vec<OutRecord>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<(), AppendError>>,
+}
+
+/// A handle to the group-commit worker; cheap to clone.
+#[derive(Clone)]
+pub struct TransactionalAppender {
+    tx: SyncSender<Job>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl TransactionalAppender {
+    /// Starts the worker. `client_config` must carry a `transactional.id` unique to this
+    /// process (a restarted process with the same id fences its predecessor).
+    pub fn start(
+        client_config: ClientConfig,
+        settings: AppenderSettings,
+        readiness: ReadinessHandle,
+    ) -> Self {
+        let (tx, rx) = sync_channel(settings.queue_capacity);
+        let queue = Arc::new(Mutex::new(rx));
+        let base_id = client_config
+            .get("transactional.id")
+            .expect("transactional.id is set")
+            .to_string();
+        let workers = (0..settings.producers.max(1))
+            .map(|i| {
+                let mut config = client_config.clone();
+                config.set("transactional.id", format!("{base_id}-{i}"));
+                let (settings, readiness, queue) =
+                    (settings.clone(), readiness.clone(), queue.clone());
+                std::thread::Builder::new()
+                    .name(format!("{}-txn-{i}", settings.stage))
+                    .spawn(move || Worker::new(config, settings, readiness).run(queue))
+                    .expect("spawn appender thread")
+            })
+            .collect();
+        Self {
+            tx,
+            workers: Arc::new(Mutex::new(workers)),
+        }
+    }
+
+    /// Appends `records` atomically: `Ok` once they are committed, `Err` if none of them is.
+    pub async fn append(&self, records: Vec<OutRecord>) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            records,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(AppendError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => return Err(AppendError::ShuttingDown),
+        }
+        rx.await.unwrap_or(Err(AppendError::ShuttingDown))
+    }
+
+    /// Stops accepting jobs, lets the worker finish the open transaction, and waits for it.
+    /// Every clone must be dropped (or this called) for the worker to see the end.
+    pub async fn close(self) {
+        let workers = std::mem::take(&mut *self.workers.lock().expect("worker lock"));
+        drop(self.tx);
+        for w in workers {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+}
+
+struct Worker {
+    config: ClientConfig,
+    settings: AppenderSettings,
+    readiness: ReadinessHandle,
+    producer: Option<ThreadedProducer<DefaultProducerContext>>,
+}
+
+/// The jobs of one open transaction.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    records: usize,
+    /// Set when a record could not even be enqueued: the transaction must abort.
+    failure: Option<String>,
+    /// A job that arrived but did not fit; it opens the next transaction.
+    leftover: Option<Job>,
+}
+
+/// What to do after a failed transaction.
+enum Recovery {
+    /// Aborted cleanly; the producer can begin the next transaction.
+    Aborted,
+    /// The producer is unusable (fenced, fatal, or the abort failed): build a new one.
+    Recreate,
+}
+
+impl Worker {
+    fn new(config: ClientConfig, settings: AppenderSettings, readiness: ReadinessHandle) -> Self {
+        Self {
+            config,
+            settings,
+            readiness,
+            producer: None,
+        }
+    }
+
+    fn stage(&self) -> &'static str {
+        self.settings.stage
+    }
+
+    fn run(mut self, queue: Arc<Mutex<Receiver<Job>>>) {
+        // Initialise eagerly so the role reports ready (and the first request is fast); if Kafka
+        // is not there yet, the first job retries.
+        self.ensure_producer(&queue.lock().expect("queue lock"));
+        let mut held: Option<Job> = None;
+        loop {
+            // Collect under the queue lock; commit after releasing it, so another worker
+            // collects the next transaction while this one commits.
+            let batch = {
+                let rx = queue.lock().expect("queue lock");
+                let first = match held.take() {
+                    Some(j) => j,
+                    None => match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => break,
+                    },
+                };
+                let Some(first) = self.fresh(first) else {
+                    continue;
+                };
+                if !self.ensure_producer(&rx) {
+                    // No producer before the job expired: fail it and go on.
+                    let _ = first.reply.send(Err(AppendError::Unavailable(
+                        "no transactional producer (is Kafka reachable?)".into(),
+                    )));
+                    continue;
+                }
+                self.collect(first, &rx)
+            };
+            let Some(mut batch) = batch else { continue };
+            held = batch.leftover.take();
+            self.finish(batch);
+            // Let the broker finish writing this transaction's markers before this producer
+            // opens the next one; otherwise librdkafka's AddPartitionsToTxn meets
+            // CONCURRENT_TRANSACTIONS and backs off a fixed 20 ms. Other producers collect meanwhile.
+            std::thread::sleep(self.settings.cooldown);
+        }
+        if let Some(p) = self.producer.take() {
+            let _ = p.flush(self.settings.txn_timeout);
+        }
+        self.readiness.set_ready(false);
+        tracing::info!(stage = self.stage(), "transactional appender stopped");
+    }
+
+    /// Fails jobs that waited too long (their callers must not wait forever).
+    fn fresh(&self, job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            return None;
+        }
+        if job.enqueued.elapsed() > self.settings.job_deadline {
+            metrics()
+                .appender_jobs
+                .with_label_values(&[self.stage(), "expired"])
+                .inc();
+            let _ = job.reply.send(Err(AppendError::Unavailable(
+                "timed out waiting for Kafka".into(),
+            )));
+            return None;
+        }
+        Some(job)
+    }
+
+    /// Makes sure an initialised producer exists, retrying while jobs are waiting.
+    fn ensure_producer(&mut self, rx: &Receiver<Job>) -> bool {
+        let started = Instant::now();
+        while self.producer.is_none() {
+            match self.create_producer() {
+                Ok(p) => {
+                    self.producer = Some(p);
+                    self.readiness.set_ready(true);
+                    tracing::info!(stage = self.stage(), "transactional producer ready");
+                }
+                Err(e) => {
+                    self.readiness.set_ready(false);
+                    metrics()
+                        .errors
+                        .with_label_values(&[self.stage(), "txn_init"])
+                        .inc();
+                    tracing::warn!(stage = self.stage(), error = %e, "cannot initialise transactions; retrying");
+                    // Fail queued jobs that expired meanwhile, so their callers get a 503 now.
+                    while let Ok(j) = rx.try_recv() {
+                        if let Some(j) = self.fresh(j) {
+                            let _ = j.reply.send(Err(AppendError::Unavailable(e.to_string())));
+                        }
+                    }
+                    if started.elapsed() > self.settings.job_deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        true
+    }
+
+    fn create_producer(&self) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
+        let p: ThreadedProducer<DefaultProducerContext> = self.config.create()?;
+        p.init_transactions(self.settings.txn_timeout)?;
+        Ok(p)
+    }
+
+    /// Opens a transaction and fills it with `first` and whatever arrives within `linger`.
+    fn collect(&mut self, first: Job, rx: &Receiver<Job>) -> Option<Batch> {
+        let producer = self.producer.as_ref().expect("producer exists");
+        if let Err(e) = producer.begin_transaction() {
+            tracing::warn!(stage = self.stage(), error = %e, "begin_transaction failed");
+            self.producer = None;
+            self.readiness.set_ready(false);
+            let _ = first
+                .reply
+                .send(Err(AppendError::Unavailable(e.to_string())));
+            return None;
+        }
+        let started = Instant::now();
+        let mut b = Batch::default();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        loop {
+            if let Some(job) = next.take() {
+                let job_records = job.records.len();
+                let job_bytes: usize = job.records.iter().map(OutRecord::size).sum();
+                if !b.jobs.is_empty()
+                    && (b.records + job_records > self.settings.max_records
+                        || bytes + job_bytes > self.settings.max_bytes)
+                {
+                    b.leftover = Some(job);
+                    break;
+                }
+                if let Err(e) = self.produce(&job.records) {
+                    b.failure = Some(e);
+                    b.jobs.push(job);
+                    break;
+                }
+                b.records += job_records;
+                bytes += job_bytes;
+                b.jobs.push(job);
+                if b.records >= self.settings.max_records || bytes >= self.settings.max_bytes {
+                    break;
+                }
+            }
+            let remaining = self.settings.linger.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(remaining) {
+                Ok(j) => next = self.fresh(j),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Some(b)
+    }
+
+    /// Commits (or, after a failure, aborts) the batch's transaction and answers its jobs.
+    fn finish(&mut self, batch: Batch) {
+        let m = metrics();
+        let stage = self.stage();
+        let outcome = match batch.failure {
+            None => self.flush_open_transaction().and_then(|()| {
+                self.producer
+                    .as_ref()
+                    .expect("producer exists")
+                    .commit_transaction(self.settings.txn_timeout)
+                    .map_err(|e| e.to_string())
+            }),
+            Some(f) => Err(f),
+        };
+        match outcome {
+            Ok(()) => {
+                m.transactions
+                    .with_label_values(&[stage, "committed"])
+                    .inc();
+                m.transaction_records
+                    .with_label_values(&[stage])
+                    .observe(batch.records as f64);
+                for j in batch.jobs {
+                    let _ = j.reply.send(Ok(()));
+                }
+            }
+            Err(reason) => {
+                m.transactions.with_label_values(&[stage, "aborted"]).inc();
+                tracing::warn!(stage, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
+                if let Recovery::Recreate = self.abort() {
+                    self.producer = None;
+                    self.readiness.set_ready(false);
+                }
+                for j in batch.jobs {
+                    let _ = j.reply.send(Err(AppendError::Unavailable(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// Delivers the open transaction's records before committing it.
+    ///
+    /// rdkafka's `flush` (which `commit_transaction` also calls first) polls in slices that last
+    /// their whole timeout, so a commit through it costs ~100 ms however fast the broker answers.
+    /// librdkafka's own `rd_kafka_flush` waits for the delivery reports instead; the producer's
+    /// background thread serves them. It is called in short slices because each call also wakes
+    /// the broker threads, which matters for partitions still being added to the transaction.
+    fn flush_open_transaction(&self) -> Result<(), String> {
+        let producer = self.producer.as_ref().expect("producer exists");
+        let deadline = Instant::now() + self.settings.txn_timeout;
+        loop {
+            // SAFETY: the pointer is the live producer's handle, valid while `producer` exists;
+            // rd_kafka_flush may be called from any thread.
+            let err =
+                unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 5) };
+            match RDKafkaErrorCode::from(err) {
+                RDKafkaErrorCode::NoError => return Ok(()),
+                RDKafkaErrorCode::OperationTimedOut if Instant::now() < deadline => {}
+                code => return Err(format!("flush: {code}")),
+            }
+        }
+    }
+
+    fn abort(&self) -> Recovery {
+        let producer = self.producer.as_ref().expect("producer exists");
+        match producer.abort_transaction(self.settings.txn_timeout) {
+            Ok(()) => Recovery::Aborted,
+            Err(e) => {
+                tracing::warn!(stage = self.stage(), error = %e, "abort failed; recreating the producer");
+                Recovery::Recreate
+            }
+        }
+    }
+
+    /// Enqueues records into the open transaction, waiting briefly when the queue is full.
+    fn produce(&self, records: &[OutRecord]) -> Result<(), String> {
+        let producer = self.producer.as_ref().expect("producer exists");
+        for r in records {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (name, value) in &r.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_ref()),
+                });
+            }
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic)
+                .payload(r.payload.as_ref())
+                .headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_ref());
+            }
+            let deadline = Instant::now() + self.settings.txn_timeout;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err((e, _)) => return Err(format!("produce to {}: {e}", r.topic)),
+                }
+            }
+        }
+        Ok(())
+    }
+}

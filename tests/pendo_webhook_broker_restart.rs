@@ -1,0 +1,153 @@
+//! The broker goes away while Pendo deliveries arrive: requests are answered 503 (never 200)
+//! while it is down, the sender's retries are accepted once it is back, and every accepted event
+//! is on `pendo.raw.webhook` exactly once. This binary restarts the shared broker, so it holds
+//! this one test only (cargo runs test binaries one after another).
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use support::*;
+use tokio::sync::Mutex;
+
+const EVENTS: usize = 1500;
+const SENDERS: usize = 6;
+const SECRET: &str = "restart-secret";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("whr");
+    let port = free_port();
+    let (config, ops) = role_config(
+        dir.path(),
+        &prefix,
+        &format!(
+            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"{SECRET}\"]\nack_timeout_ms = 3000\nretry_after_seconds = 1\n"
+        ),
+    );
+    apply_topics(&config);
+    let mut process = RoleProcess::start(
+        &config,
+        &["run", "--role", "pendo-webhook"],
+        ops,
+        dir.path().join("role.log"),
+    );
+    process.wait_ready(Duration::from_secs(60)).await;
+
+    let url = format!("http://127.0.0.1:{port}/webhooks/pendo");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // (sent at, status) of every attempt; status 0 = connection error.
+    let attempts: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let (url, accepted, attempts) = (url.clone(), accepted.clone(), attempts.clone());
+        senders.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap();
+            for i in (s..EVENTS).step_by(SENDERS) {
+                let body = format!(
+                    "{{\"event\":\"featureClicked\",\"visitorId\":\"v-{}\",\"accountId\":\"a-1\",\"uniqueId\":\"u-{i}\",\"timestamp\":1764330099,\"properties\":{{\"featureId\":\"ft_{}\"}}}}",
+                    i % 50,
+                    i % 7
+                );
+                loop {
+                    assert!(started.elapsed() < Duration::from_secs(150), "event u-{i} never accepted");
+                    let sent = Instant::now();
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("authorization", format!("Bearer {SECRET}"))
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                    attempts.lock().await.push((sent, status));
+                    match status {
+                        200 => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        503 | 0 => tokio::time::sleep(Duration::from_millis(200)).await,
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+            }
+        }));
+    }
+
+    // Stop the broker once deliveries are flowing, keep it down, bring it back.
+    while accepted.load(Ordering::Relaxed) < 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (stop_began, down, up) = tokio::task::spawn_blocking(|| {
+        let stop_began = Instant::now();
+        local_broker("stop");
+        let down = Instant::now();
+        std::thread::sleep(Duration::from_secs(4));
+        let up = Instant::now();
+        local_broker("start");
+        (stop_began, down, up)
+    })
+    .await
+    .unwrap();
+    let accepted_before_stop = accepted.load(Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let drained = started.elapsed();
+
+    let attempts = attempts.lock().await;
+    let while_down: Vec<u16> = attempts
+        .iter()
+        .filter(|(t, _)| *t >= down && *t < up)
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(
+        !while_down.is_empty(),
+        "no request arrived while the broker was down"
+    );
+    assert!(
+        while_down.iter().all(|s| *s == 503),
+        "while the broker was down every answer must be 503: {:?}",
+        while_down.iter().fold(HashMap::new(), |mut m, s| {
+            *m.entry(*s).or_insert(0) += 1;
+            m
+        })
+    );
+    let refused = attempts.iter().filter(|(_, s)| *s == 503).count();
+
+    // Every accepted event exactly once in committed data.
+    let topic = format!("{prefix}.pendo.raw.webhook");
+    let records = read_committed(&topic, EVENTS, Duration::from_secs(30));
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_slice(r.payload().unwrap()).unwrap();
+        *per_event
+            .entry(v["uniqueId"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let duplicates: usize = per_event.values().map(|n| n - 1).sum();
+    println!(
+        "accepted {EVENTS} events ({accepted_before_stop} before the stop), {refused} answers were 503, \
+         broker stop took {:?}, all delivered after {drained:?}; {duplicates} duplicates",
+        down - stop_began
+    );
+    assert_eq!(per_event.len(), EVENTS, "every accepted event is stored");
+    assert_eq!(duplicates, 0, "no event stored twice");
+    assert_eq!(records.len(), EVENTS);
+    assert!(
+        process
+            .metrics()
+            .await
+            .contains("pendo_segment_transactions_total{result=\"aborted\"")
+    );
+}

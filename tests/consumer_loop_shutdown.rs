@@ -15,7 +15,7 @@ use pendo_segment::app::{RoleTask, run_roles};
 use pendo_segment::config::Config;
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::consumer_loop::{
-    LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
+    CommitStrategy, LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
 };
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
@@ -79,6 +79,7 @@ fn child_main() {
                         topics: vec![topic],
                         commit_max_records: cfg.processing.commit_max_records,
                         commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
+                        strategy: CommitStrategy::ConsumerOffsets,
                     };
                     let processor = CheckpointingProcessor {
                         processed: HashMap::new(),

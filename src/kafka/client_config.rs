@@ -70,6 +70,15 @@ pub fn transactional_producer(
     for (k, v) in config.kafka.producer_properties.iter() {
         c.set(k, v);
     }
+    // librdkafka refuses message.timeout.ms > transaction.timeout.ms: keep them consistent when
+    // only the transaction timeout was lowered.
+    let txn: Option<u64> = c.get("transaction.timeout.ms").and_then(|v| v.parse().ok());
+    let msg: Option<u64> = c.get("message.timeout.ms").and_then(|v| v.parse().ok());
+    if let (Some(txn), Some(msg)) = (txn, msg)
+        && msg > txn
+    {
+        c.set("message.timeout.ms", txn.to_string());
+    }
     c
 }
 

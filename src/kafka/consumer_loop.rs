@@ -18,8 +18,18 @@
 //! process exits non-zero and a restart resumes from the last commit. Bad *records* are not
 //! errors: processors send them to a dead-letter topic and return `Ok`.
 //!
-//! Commits here are consumer-group offset commits. Transactional roles (consume-transform-produce)
-//! plug in at the same points by committing offsets through `send_offsets_to_transaction`.
+//! Two commit strategies ([`CommitStrategy`]):
+//!
+//! * `ConsumerOffsets`: a consumer-group offset commit after `checkpoint` (sinks; at-least-once,
+//!   made effectively-once downstream by deterministic message ids).
+//! * `Transactional`: the processor writes its output through a [`TransactionalOutput`]; the
+//!   loop opens a Kafka transaction before the first record after a commit, and at each commit
+//!   point adds the offsets to it (`send_offsets_to_transaction`, with the consumer-group
+//!   metadata read afresh every time, KIP-447) and commits. Output and offsets become visible
+//!   together or not at all: exactly once for `read_committed` readers. A failed transaction is
+//!   aborted and its input re-read from the last commit; a fenced producer stops the role.
+//!   Every transactional call runs under our own deadline (they can hang while the coordinator
+//!   is down); a call that overruns it stops the role rather than guess.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -33,6 +43,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
 use crate::kafka::context::{LoopContext, RebalanceEvent, TopicPartition};
+use crate::kafka::transactional_output::{TransactionalOutput, TxnError};
 use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
 
@@ -92,8 +103,22 @@ pub enum LoopError {
     },
 }
 
+/// How the loop makes processed offsets committed.
+#[derive(Clone)]
+pub enum CommitStrategy {
+    /// Consumer-group offset commit after the processor's checkpoint.
+    ConsumerOffsets,
+    /// Offsets committed inside the transaction that holds the processor's output.
+    Transactional {
+        /// The producer the processor writes through.
+        output: TransactionalOutput,
+        /// Deadline of each transactional call (keep it below the consumer session timeout).
+        timeout: Duration,
+    },
+}
+
 /// What the loop consumes and how often it commits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoopSpec {
     /// Stage (role) name, for metrics and logs.
     pub stage: &'static str,
@@ -103,6 +128,8 @@ pub struct LoopSpec {
     pub commit_max_records: usize,
     /// Commit at least this often while there is uncommitted work.
     pub commit_interval: Duration,
+    /// Offset commits or transactions.
+    pub strategy: CommitStrategy,
 }
 
 /// Summary of a loop that stopped cleanly.
@@ -112,6 +139,8 @@ pub struct LoopStats {
     pub processed: u64,
     /// Successful commits.
     pub commits: u64,
+    /// Transactions aborted (their input was re-read).
+    pub aborts: u64,
 }
 
 /// Offsets processed but not yet committed: partition -> next offset to read.
@@ -199,6 +228,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     let mut assigned: HashSet<TopicPartition> = HashSet::new();
     let mut pending = PendingOffsets::default();
     let mut stats = LoopStats::default();
+    let mut txn_open = false;
     let mut tick = tokio::time::interval((spec.commit_interval / 4).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -208,7 +238,9 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 biased;
                 _ = shutdown.wait() => return Ok(()),
                 received = consumer.recv() => {
-                    apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor);
+                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
+                        abandon_transaction(&spec, &mut txn_open, &mut stats).await?;
+                    }
                     let record = match received {
                         Ok(r) => r,
                         Err(e) => {
@@ -222,6 +254,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                         m.records_skipped.with_label_values(&[stage, topic]).inc();
                         continue;
                     }
+                    begin_transaction(&spec, &mut txn_open)?;
                     processor
                         .process(&record)
                         .await
@@ -230,13 +263,15 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                     pending.record(topic, record.partition(), record.offset());
                     stats.processed += 1;
                     if pending.due(&spec) {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats).await?;
+                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open).await?;
                     }
                 }
                 _ = tick.tick() => {
-                    apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor);
+                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
+                        abandon_transaction(&spec, &mut txn_open, &mut stats).await?;
+                    }
                     if pending.due(&spec) {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats).await?;
+                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open).await?;
                     }
                 }
             }
@@ -247,9 +282,18 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     readiness.set_ready(false);
     match result {
         Ok(()) => {
-            apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor);
-            if let Some(source) =
-                commit(&consumer, &spec, &mut pending, &mut processor, &mut stats).await?
+            if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
+                abandon_transaction(&spec, &mut txn_open, &mut stats).await?;
+            }
+            if let Some(source) = commit(
+                &consumer,
+                &spec,
+                &mut pending,
+                &mut processor,
+                &mut stats,
+                &mut txn_open,
+            )
+            .await?
             {
                 // Processed work is durable downstream but its offsets are not: the next owner
                 // re-reads it. Say so loudly instead of exiting as if all was committed.
@@ -296,12 +340,14 @@ fn handle_consume_error(stage: &'static str, e: KafkaError) -> Result<(), LoopEr
     Ok(())
 }
 
+/// Applies queued rebalance events; true if partitions were revoked.
 fn apply_rebalances<P: RecordProcessor>(
     consumer: &StreamConsumer<LoopContext>,
     assigned: &mut HashSet<TopicPartition>,
     pending: &mut PendingOffsets,
     processor: &mut P,
-) {
+) -> bool {
+    let mut revoked = false;
     for event in consumer.context().take_events() {
         match event {
             RebalanceEvent::Assigned(parts) => assigned.extend(parts),
@@ -311,9 +357,101 @@ fn apply_rebalances<P: RecordProcessor>(
                 }
                 pending.forget(&parts);
                 processor.partitions_revoked(&parts);
+                revoked = true;
             }
         }
     }
+    revoked
+}
+
+fn txn_error(stage: &'static str, e: TxnError) -> LoopError {
+    LoopError::Process {
+        stage,
+        source: ProcessError::new("transaction", e.to_string()),
+    }
+}
+
+/// Opens a transaction before the first record after a commit (transactional strategy only).
+fn begin_transaction(spec: &LoopSpec, txn_open: &mut bool) -> Result<(), LoopError> {
+    if let CommitStrategy::Transactional { output, .. } = &spec.strategy
+        && !*txn_open
+    {
+        output.begin().map_err(|e| txn_error(spec.stage, e))?;
+        *txn_open = true;
+    }
+    Ok(())
+}
+
+/// Runs a blocking transactional call under our own deadline (a call that hangs while the
+/// coordinator is down must not hang the role).
+async fn bounded<T: Send + 'static>(
+    stage: &'static str,
+    timeout: Duration,
+    call: impl FnOnce() -> Result<T, TxnError> + Send + 'static,
+) -> Result<Result<T, TxnError>, LoopError> {
+    match tokio::time::timeout(
+        timeout + Duration::from_secs(5),
+        tokio::task::spawn_blocking(call),
+    )
+    .await
+    {
+        Ok(joined) => Ok(joined.expect("transaction task panicked")),
+        Err(_) => Err(txn_error(
+            stage,
+            TxnError::Fatal(format!(
+                "a transactional call did not return within {timeout:?}"
+            )),
+        )),
+    }
+}
+
+/// After a revocation: the open transaction mixes records of revoked partitions, so abort it;
+/// the new owners re-read from the last commit. (With the default eager assignment every
+/// partition is revoked at each rebalance, so nothing remains to rewind.)
+async fn abandon_transaction(
+    spec: &LoopSpec,
+    txn_open: &mut bool,
+    stats: &mut LoopStats,
+) -> Result<(), LoopError> {
+    if let CommitStrategy::Transactional { output, timeout } = &spec.strategy
+        && *txn_open
+    {
+        let (output, timeout) = (output.clone(), *timeout);
+        bounded(spec.stage, timeout, move || output.abort(timeout))
+            .await?
+            .map_err(|e| txn_error(spec.stage, e))?;
+        *txn_open = false;
+        stats.aborts += 1;
+        metrics()
+            .commits
+            .with_label_values(&[spec.stage, "aborted"])
+            .inc();
+        tracing::info!(
+            stage = spec.stage,
+            "open transaction aborted after a rebalance"
+        );
+    }
+    Ok(())
+}
+
+/// Seeks every assigned partition back to its committed offset (after an aborted transaction).
+async fn rewind(consumer: &Arc<StreamConsumer<LoopContext>>) -> Result<(), KafkaError> {
+    let c = consumer.clone();
+    tokio::task::spawn_blocking(move || {
+        let committed = c.committed(Duration::from_secs(30))?;
+        let mut tpl = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        c.seek_partitions(tpl, Duration::from_secs(30))?;
+        Ok(())
+    })
+    .await
+    .expect("rewind task panicked")
 }
 
 /// Checkpoints the processor and commits pending offsets. A processor failure is an error; a
@@ -324,6 +462,7 @@ async fn commit<P: RecordProcessor>(
     pending: &mut PendingOffsets,
     processor: &mut P,
     stats: &mut LoopStats,
+    txn_open: &mut bool,
 ) -> Result<Option<KafkaError>, LoopError> {
     if pending.is_empty() {
         return Ok(None);
@@ -335,6 +474,41 @@ async fn commit<P: RecordProcessor>(
         .await
         .map_err(|source| LoopError::Process { stage, source })?;
     let tpl = pending.to_list();
+    if let CommitStrategy::Transactional { output, timeout } = &spec.strategy {
+        let group = consumer.group_metadata().ok_or_else(|| LoopError::Kafka {
+            stage,
+            source: KafkaError::Subscription("no consumer group metadata".into()),
+        })?;
+        let (output, timeout) = (output.clone(), *timeout);
+        let result = bounded(stage, timeout, move || output.commit(&tpl, &group, timeout)).await?;
+        *txn_open = false;
+        let m = metrics();
+        m.commit_duration
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
+        return match result {
+            Ok(()) => {
+                m.commits.with_label_values(&[stage, "ok"]).inc();
+                stats.commits += 1;
+                pending.clear();
+                Ok(None)
+            }
+            Err(TxnError::Abortable(reason)) => {
+                // Nothing of the transaction is visible: re-read its input from the last commit.
+                m.commits.with_label_values(&[stage, "aborted"]).inc();
+                stats.aborts += 1;
+                tracing::warn!(stage, error = %reason, "transaction aborted; re-reading from the last commit");
+                let all: Vec<TopicPartition> = pending.next.keys().cloned().collect();
+                processor.partitions_revoked(&all);
+                pending.clear();
+                rewind(consumer)
+                    .await
+                    .map_err(|source| LoopError::Kafka { stage, source })?;
+                Ok(None)
+            }
+            Err(fatal) => Err(txn_error(stage, fatal)),
+        };
+    }
     let c = consumer.clone();
     let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
         .await
@@ -373,6 +547,7 @@ mod tests {
             topics: vec![],
             commit_max_records: 3,
             commit_interval: Duration::from_secs(3600),
+            strategy: CommitStrategy::ConsumerOffsets,
         }
     }
 

@@ -8,3 +8,4 @@ pub mod headers;
 pub mod producer;
 pub mod topics;
 pub mod transactional_appender;
+pub mod transactional_output;

@@ -26,6 +26,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use tokio::sync::oneshot;
 
 use crate::health::ReadinessHandle;
+use crate::kafka::transactional_output::flush_deliveries;
 use crate::metrics::metrics;
 
 /// One record to append.
@@ -396,27 +397,12 @@ impl Worker {
         }
     }
 
-    /// Delivers the open transaction's records before committing it.
-    ///
-    /// rdkafka's `flush` (which `commit_transaction` also calls first) polls in slices that last
-    /// their whole timeout, so a commit through it costs ~100 ms however fast the broker answers.
-    /// librdkafka's own `rd_kafka_flush` waits for the delivery reports instead; the producer's
-    /// background thread serves them. It is called in short slices because each call also wakes
-    /// the broker threads, which matters for partitions still being added to the transaction.
+    /// Delivers the open transaction's records before committing it (see [`flush_deliveries`]).
     fn flush_open_transaction(&self) -> Result<(), String> {
-        let producer = self.producer.as_ref().expect("producer exists");
-        let deadline = Instant::now() + self.settings.txn_timeout;
-        loop {
-            // SAFETY: the pointer is the live producer's handle, valid while `producer` exists;
-            // rd_kafka_flush may be called from any thread.
-            let err =
-                unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 5) };
-            match RDKafkaErrorCode::from(err) {
-                RDKafkaErrorCode::NoError => return Ok(()),
-                RDKafkaErrorCode::OperationTimedOut if Instant::now() < deadline => {}
-                code => return Err(format!("flush: {code}")),
-            }
-        }
+        flush_deliveries(
+            self.producer.as_ref().expect("producer exists"),
+            self.settings.txn_timeout,
+        )
     }
 
     fn abort(&self) -> Recovery {

@@ -1,0 +1,151 @@
+//! The output side of a consume-transform-produce role: a transactional producer whose
+//! transactions also carry the consumer's offsets (`send_offsets_to_transaction`), so every
+//! input record's output is committed exactly once together with its offset, or not at all.
+//!
+//! The consumer loop owns the transaction boundaries (begin before the first record, commit at
+//! commit points, abort on failure or rebalance); processors only [`send`](TransactionalOutput::send).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+/// A cloneable handle to one transactional producer.
+#[derive(Clone)]
+pub struct TransactionalOutput {
+    producer: Arc<ThreadedProducer<DefaultProducerContext>>,
+}
+
+/// How a failed transaction must be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// The transaction was aborted (or must be): nothing of it is visible; re-read its input.
+    #[error("transaction aborted: {0}")]
+    Abortable(String),
+    /// The producer is unusable (fenced by a newer instance, or a fatal error): stop the role.
+    #[error("transactional producer unusable: {0}")]
+    Fatal(String),
+}
+
+fn classify(e: KafkaError) -> TxnError {
+    match &e {
+        KafkaError::Transaction(t) if t.is_fatal() => TxnError::Fatal(e.to_string()),
+        KafkaError::Transaction(t) if t.txn_requires_abort() || t.is_retriable() => {
+            TxnError::Abortable(e.to_string())
+        }
+        _ => TxnError::Abortable(e.to_string()),
+    }
+}
+
+impl TransactionalOutput {
+    /// Creates the producer and initialises transactions (fencing any earlier producer with the
+    /// same `transactional.id`). Blocking: call from a blocking context.
+    pub fn create(client_config: &ClientConfig, timeout: Duration) -> Result<Self, KafkaError> {
+        let producer: ThreadedProducer<DefaultProducerContext> = client_config.create()?;
+        producer.init_transactions(timeout)?;
+        Ok(Self {
+            producer: Arc::new(producer),
+        })
+    }
+
+    /// Enqueues one record into the open transaction (waits up to 10 s while the queue is full).
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), KafkaError> {
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).payload(payload).headers(h);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Opens a transaction.
+    pub fn begin(&self) -> Result<(), TxnError> {
+        self.producer.begin_transaction().map_err(classify)
+    }
+
+    /// Delivers the open transaction's records, adds `offsets` for `group`, and commits.
+    /// Blocking. On [`TxnError::Abortable`] the transaction has been aborted already.
+    pub fn commit(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), TxnError> {
+        let result = flush_deliveries(self.producer.as_ref(), timeout)
+            .map_err(TxnError::Abortable)
+            .and_then(|()| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, timeout)
+                    .map_err(classify)
+            })
+            .and_then(|()| self.producer.commit_transaction(timeout).map_err(classify));
+        match result {
+            Err(TxnError::Abortable(reason)) => {
+                self.abort(timeout)?;
+                Err(TxnError::Abortable(reason))
+            }
+            other => other,
+        }
+    }
+
+    /// Aborts the open transaction. Blocking.
+    pub fn abort(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.producer
+            .abort_transaction(timeout)
+            .map_err(|e| TxnError::Fatal(format!("abort failed: {e}")))
+    }
+}
+
+/// Waits until every queued record of `producer` is acknowledged.
+///
+/// rdkafka's `flush` (also called first by `commit_transaction`) polls in slices that last their
+/// whole timeout, so a commit through it costs ~100 ms however fast the broker answers.
+/// librdkafka's own `rd_kafka_flush` waits for the delivery reports instead, which the threaded
+/// producer's background thread serves. It is called in short slices because each call also
+/// wakes the broker threads, which matters for partitions still being added to the transaction.
+pub fn flush_deliveries(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: the pointer is the live producer's handle, valid while `producer` is
+        // borrowed; rd_kafka_flush may be called from any thread.
+        let err = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 5) };
+        match RDKafkaErrorCode::from(err) {
+            RDKafkaErrorCode::NoError => return Ok(()),
+            RDKafkaErrorCode::OperationTimedOut if Instant::now() < deadline => {}
+            code => return Err(format!("flush: {code}")),
+        }
+    }
+}

@@ -42,7 +42,7 @@ impl RecordProcessor for PassThrough {
             )
             .map_err(|e| ProcessError::new("produce", e.to_string()))?;
         self.seen += 1;
-        if self.seen % 20 == 0 {
+        if self.seen.is_multiple_of(20) {
             // Slow enough that the kills land mid-stream.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -65,6 +65,28 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid histogram");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique histogram");
+    h
+}
+
+/// Latency buckets from 1 ms to 10 s.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
     registry
@@ -76,19 +98,13 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
-        let commit_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "pendo_segment_commit_duration_seconds",
-                "Time to make processed records durable and commit their offsets.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+        let commit_duration = histogram(
+            &r,
+            "pendo_segment_commit_duration_seconds",
+            "Time to make processed records durable and commit their offsets.",
+            latency_buckets(),
             &["stage"],
-        )
-        .expect("valid histogram");
-        r.register(Box::new(commit_duration.clone()))
-            .expect("unique histogram");
+        );
         let resident_memory = IntGauge::new(
             "pendo_segment_process_resident_memory_bytes",
             "Resident set size of this process.",
@@ -96,30 +112,20 @@ impl Metrics {
         .expect("valid gauge");
         r.register(Box::new(resident_memory.clone()))
             .expect("unique gauge");
-        let transaction_records = HistogramVec::new(
-            HistogramOpts::new(
-                "pendo_segment_transaction_records",
-                "Records per committed group-commit transaction.",
-            )
-            .buckets(prometheus::exponential_buckets(1.0, 4.0, 10).expect("buckets")),
+        let transaction_records = histogram(
+            &r,
+            "pendo_segment_transaction_records",
+            "Records per committed group-commit transaction.",
+            prometheus::exponential_buckets(1.0, 4.0, 10).expect("buckets"),
             &["stage"],
-        )
-        .expect("valid histogram");
-        r.register(Box::new(transaction_records.clone()))
-            .expect("unique histogram");
-        let webhook_ack_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "pendo_segment_webhook_ack_latency_seconds",
-                "From receiving a webhook request to Kafka committing its events.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+        );
+        let webhook_ack_latency = histogram(
+            &r,
+            "pendo_segment_webhook_ack_latency_seconds",
+            "From receiving a webhook request to Kafka committing its events.",
+            latency_buckets(),
             &["role"],
-        )
-        .expect("valid histogram");
-        r.register(Box::new(webhook_ack_latency.clone()))
-            .expect("unique histogram");
+        );
         let m = Metrics {
             transactions: counter(
                 &r,

@@ -11,7 +11,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pendo_segment::app::{RoleTask, run_roles};
+use pendo_segment::app::RoleTask;
 use pendo_segment::config::Config;
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::consumer_loop::{
@@ -66,47 +66,36 @@ fn child_main() {
     let report = std::env::var("PS_LOOP_REPORT").unwrap();
     let config: Config = toml::from_str(&toml).unwrap();
     config.validate().unwrap();
-    pendo_segment::logging::init(config.observability.log_format, "info");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let result = rt.block_on(async {
-        let cfg = config.clone();
-        let task = RoleTask {
-            name: "loop-test".to_string(),
-            start: Box::new(move |env| {
-                Box::pin(async move {
-                    let spec = LoopSpec {
-                        stage: "loop-test",
-                        topics: vec![topic],
-                        commit_max_records: cfg.processing.commit_max_records,
-                        commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
-                        strategy: CommitStrategy::ConsumerOffsets,
-                    };
-                    let processor = CheckpointingProcessor {
-                        processed: HashMap::new(),
-                        checkpointed: HashMap::new(),
-                        report,
-                    };
-                    run_consumer_loop(
-                        &client_config::consumer(&cfg, "loop-test"),
-                        spec,
-                        processor,
-                        env.shutdown.clone(),
-                        env.readiness.register("consumer:loop-test"),
-                    )
-                    .await?;
-                    Ok(())
-                })
-            }),
-        };
-        run_roles(&config, vec![task]).await
-    });
-    match result {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("child failed: {e:#}");
-            std::process::exit(1)
-        }
-    }
+    let cfg = config.clone();
+    let task = RoleTask {
+        name: "loop-test".to_string(),
+        start: Box::new(move |env| {
+            Box::pin(async move {
+                let spec = LoopSpec {
+                    stage: "loop-test",
+                    topics: vec![topic],
+                    commit_max_records: cfg.processing.commit_max_records,
+                    commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
+                    strategy: CommitStrategy::ConsumerOffsets,
+                };
+                let processor = CheckpointingProcessor {
+                    processed: HashMap::new(),
+                    checkpointed: HashMap::new(),
+                    report,
+                };
+                run_consumer_loop(
+                    &client_config::consumer(&cfg, "loop-test"),
+                    spec,
+                    processor,
+                    env.shutdown.clone(),
+                    env.readiness.register("consumer:loop-test"),
+                )
+                .await?;
+                Ok(())
+            })
+        }),
+    };
+    run_role_in_child(&config, task)
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pendo_segment::app::{RoleTask, run_roles};
+use pendo_segment::app::RoleTask;
 use pendo_segment::config::Config;
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::consumer_loop::{
@@ -59,56 +59,45 @@ fn child_main() {
     let out = std::env::var("PS_EOS_OUT").unwrap();
     let config: Config = toml::from_str(&std::env::var("PS_EOS_CONFIG").unwrap()).unwrap();
     config.validate().unwrap();
-    pendo_segment::logging::init(config.observability.log_format, "info");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let result = rt.block_on(async {
-        let cfg = config.clone();
-        let task = RoleTask {
-            name: "eos-test".into(),
-            start: Box::new(move |env| {
-                Box::pin(async move {
-                    let producer = client_config::transactional_producer(&cfg, "eos-test", 1 << 20);
-                    let timeout = Duration::from_secs(10);
-                    let output = tokio::task::spawn_blocking(move || {
-                        TransactionalOutput::create(&producer, timeout)
-                    })
-                    .await??;
-                    let spec = LoopSpec {
-                        stage: "eos-test",
-                        topics: vec![input],
-                        commit_max_records: cfg.processing.commit_max_records,
-                        commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
-                        strategy: CommitStrategy::Transactional {
-                            output: output.clone(),
-                            timeout,
-                        },
-                    };
-                    let processor = PassThrough {
-                        output,
-                        topic: out,
-                        seen: 0,
-                    };
-                    run_consumer_loop(
-                        &client_config::consumer(&cfg, "eos-test"),
-                        spec,
-                        processor,
-                        env.shutdown.clone(),
-                        env.readiness.register("consumer:eos-test"),
-                    )
-                    .await?;
-                    Ok(())
+    let cfg = config.clone();
+    let task = RoleTask {
+        name: "eos-test".into(),
+        start: Box::new(move |env| {
+            Box::pin(async move {
+                let producer = client_config::transactional_producer(&cfg, "eos-test", 1 << 20);
+                let timeout = Duration::from_secs(10);
+                let output = tokio::task::spawn_blocking(move || {
+                    TransactionalOutput::create(&producer, timeout)
                 })
-            }),
-        };
-        run_roles(&config, vec![task]).await
-    });
-    match result {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("child failed: {e:#}");
-            std::process::exit(1)
-        }
-    }
+                .await??;
+                let spec = LoopSpec {
+                    stage: "eos-test",
+                    topics: vec![input],
+                    commit_max_records: cfg.processing.commit_max_records,
+                    commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
+                    strategy: CommitStrategy::Transactional {
+                        output: output.clone(),
+                        timeout,
+                    },
+                };
+                let processor = PassThrough {
+                    output,
+                    topic: out,
+                    seen: 0,
+                };
+                run_consumer_loop(
+                    &client_config::consumer(&cfg, "eos-test"),
+                    spec,
+                    processor,
+                    env.shutdown.clone(),
+                    env.readiness.register("consumer:eos-test"),
+                )
+                .await?;
+                Ok(())
+            })
+        }),
+    };
+    run_role_in_child(&config, task)
 }
 
 fn spawn_child(input: &str, out: &str, config: &str, log: &std::path::Path) -> std::process::Child {

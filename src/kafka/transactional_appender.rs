@@ -13,6 +13,7 @@
 //! [`AppendError::Overloaded`]. Every job is answered within a bounded time: jobs older than
 //! `job_deadline` are failed before they join a transaction.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -93,9 +94,16 @@ pub struct AppenderSettings {
     pub cooldown: Duration,
 }
 
+/// A job waiting in the queue may still be withdrawn by its caller; once a worker has taken it
+/// into a transaction, only the worker answers it (so a 503 always means "not committed").
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
 struct Job {
     records: Vec<OutRecord>,
     enqueued: Instant,
+    state: Arc<AtomicU8>,
     reply: oneshot::Sender<Result<(), AppendError>>,
 }
 
@@ -104,6 +112,8 @@ struct Job {
 pub struct TransactionalAppender {
     tx: SyncSender<Job>,
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    job_deadline: Duration,
+    stage: &'static str,
 }
 
 impl TransactionalAppender {
@@ -116,6 +126,7 @@ impl TransactionalAppender {
     ) -> Self {
         let (tx, rx) = sync_channel(settings.queue_capacity);
         let queue = Arc::new(Mutex::new(rx));
+        let (job_deadline, stage) = (settings.job_deadline, settings.stage);
         let base_id = client_config
             .get("transactional.id")
             .expect("transactional.id is set")
@@ -135,15 +146,22 @@ impl TransactionalAppender {
         Self {
             tx,
             workers: Arc::new(Mutex::new(workers)),
+            job_deadline,
+            stage,
         }
     }
 
     /// Appends `records` atomically: `Ok` once they are committed, `Err` if none of them is.
+    ///
+    /// A job still queued after `job_deadline` is withdrawn and fails at once; a job already in a
+    /// transaction is answered by the worker when that transaction ends.
     pub async fn append(&self, records: Vec<OutRecord>) -> Result<(), AppendError> {
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
             records,
             enqueued: Instant::now(),
+            state: state.clone(),
             reply,
         };
         match self.tx.try_send(job) {
@@ -151,7 +169,24 @@ impl TransactionalAppender {
             Err(TrySendError::Full(_)) => return Err(AppendError::Overloaded),
             Err(TrySendError::Disconnected(_)) => return Err(AppendError::ShuttingDown),
         }
-        rx.await.unwrap_or(Err(AppendError::ShuttingDown))
+        match tokio::time::timeout(self.job_deadline, &mut rx).await {
+            Ok(answer) => answer.unwrap_or(Err(AppendError::ShuttingDown)),
+            Err(_) => {
+                if state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    metrics()
+                        .appender_jobs
+                        .with_label_values(&[self.stage, "withdrawn"])
+                        .inc();
+                    return Err(AppendError::Unavailable(
+                        "timed out waiting for Kafka".into(),
+                    ));
+                }
+                rx.await.unwrap_or(Err(AppendError::ShuttingDown))
+            }
+        }
     }
 
     /// Stops accepting jobs, lets the worker finish the open transaction, and waits for it.
@@ -251,8 +286,13 @@ impl Worker {
 
     /// Fails jobs that waited too long (their callers must not wait forever).
     fn fresh(&self, job: Job) -> Option<Job> {
-        if job.reply.is_closed() {
-            return None;
+        if job.reply.is_closed()
+            || job
+                .state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return None; // withdrawn by its caller, who already answered 503
         }
         if job.enqueued.elapsed() > self.settings.job_deadline {
             metrics()
@@ -386,12 +426,14 @@ impl Worker {
             Err(reason) => {
                 m.transactions.with_label_values(&[stage, "aborted"]).inc();
                 tracing::warn!(stage, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
+                // The commit failed, so the transaction can only end aborted: answer first,
+                // then abort (which may block while the broker is away).
+                for j in batch.jobs {
+                    let _ = j.reply.send(Err(AppendError::Unavailable(reason.clone())));
+                }
                 if let Recovery::Recreate = self.abort() {
                     self.producer = None;
                     self.readiness.set_ready(false);
-                }
-                for j in batch.jobs {
-                    let _ = j.reply.send(Err(AppendError::Unavailable(reason.clone())));
                 }
             }
         }

@@ -431,3 +431,20 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Child side of the re-exec tests: runs `task` with the library's process runtime (signals,
+/// ops server, grace period) exactly as the binary does, then exits 0 or 1.
+pub fn run_role_in_child(
+    config: &pendo_segment::config::Config,
+    task: pendo_segment::app::RoleTask,
+) -> ! {
+    pendo_segment::logging::init(config.observability.log_format, "info");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    match rt.block_on(pendo_segment::app::run_roles(config, vec![task])) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("child failed: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}

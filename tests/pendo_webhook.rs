@@ -454,3 +454,34 @@ async fn arbitrary_bytes_and_json_shapes_never_crash_the_endpoint() {
         hook.process.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_do_not_fit_a_full_transaction_go_into_the_next_one() {
+    // Tiny transactions (4 events) and requests of 3 events: the second request of a
+    // transaction never fits and must open the next one.
+    let hook = Hook::start("max_transaction_records = 4\nlinger_ms = 20\n").await;
+    let one = String::from_utf8(fixture("track-event.json")).unwrap();
+    let event = format!("[{one},{one},{one}]").into_bytes();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (http, url, body) = (hook.http.clone(), hook.url.clone(), event.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(&url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {SECRET}"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(
+        read_committed(&hook.topic(), 120, Duration::from_secs(15)).len(),
+        120
+    );
+}

@@ -251,14 +251,15 @@ impl Worker {
             let batch = {
                 let rx = queue.lock().expect("queue lock");
                 let first = match held.take() {
+                    // Already taken into this worker's hands when it did not fit.
                     Some(j) => j,
                     None => match rx.recv() {
-                        Ok(j) => j,
+                        Ok(j) => match self.fresh(j) {
+                            Some(j) => j,
+                            None => continue,
+                        },
                         Err(_) => break,
                     },
-                };
-                let Some(first) = self.fresh(first) else {
-                    continue;
                 };
                 if !self.ensure_producer(&rx) {
                     // No producer before the job expired: fail it and go on.

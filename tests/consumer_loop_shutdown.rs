@@ -122,19 +122,21 @@ async fn parent() {
     );
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("checkpointed.txt");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sigterm_commits_processed_offsets_and_exits_zero_within_grace",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PS_LOOP_CHILD", "1")
-        .env("PS_LOOP_TOPIC", &topic)
-        .env("PS_LOOP_CONFIG", &config)
-        .env("PS_LOOP_REPORT", &report)
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sigterm_commits_processed_offsets_and_exits_zero_within_grace",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PS_LOOP_CHILD", "1")
+            .env("PS_LOOP_TOPIC", &topic)
+            .env("PS_LOOP_CONFIG", &config)
+            .env("PS_LOOP_REPORT", &report)
+            .spawn()
+            .unwrap(),
+    );
     let group = format!("{group_prefix}.loop-test");
 
     // Ready once partitions are assigned; metrics and health served meanwhile.
@@ -181,8 +183,7 @@ async fn parent() {
     );
 
     let signalled = Instant::now();
-    let rc = unsafe { libc_kill(child.id() as i32, 15) };
-    assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    signal(child.id(), 15);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -224,9 +225,4 @@ async fn parent() {
         "committed {total} of {RECORDS} records at SIGTERM; exited in {:?}",
         signalled.elapsed()
     );
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

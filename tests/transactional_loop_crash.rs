@@ -100,28 +100,30 @@ fn child_main() {
     run_role_in_child(&config, task)
 }
 
-fn spawn_child(input: &str, out: &str, config: &str, log: &std::path::Path) -> std::process::Child {
+fn spawn_child(input: &str, out: &str, config: &str, log: &std::path::Path) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sigkill_three_times_still_yields_every_record_exactly_once",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PS_EOS_CHILD", "1")
-        .env("PS_EOS_IN", input)
-        .env("PS_EOS_OUT", out)
-        .env("PS_EOS_CONFIG", config)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sigkill_three_times_still_yields_every_record_exactly_once",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PS_EOS_CHILD", "1")
+            .env("PS_EOS_IN", input)
+            .env("PS_EOS_OUT", out)
+            .env("PS_EOS_CONFIG", config)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]

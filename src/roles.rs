@@ -93,9 +93,7 @@ impl fmt::Display for Role {
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
     /// The role is designed but not implemented in this build.
-    #[error(
-        "role `{role}` is not implemented in this build yet (tracked in issue #{issue}); nothing was started"
-    )]
+    #[error("role `{role}` is not implemented in this build yet (tracked in issue #{issue})")]
     NotBuilt {
         /// The role.
         role: Role,

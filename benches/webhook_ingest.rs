@@ -7,21 +7,18 @@
 //! ```
 //!
 //! Load: `connections` keep-alive HTTP clients on loopback, each posting one Pendo event per
-//! request (the fixtures, round robin, ~0.3-1 KB) as fast as answers come back. The role runs in
-//! this process with its production code path (auth, body split, group-commit transactions,
-//! `acks=all`). Baseline: an idempotent `acks=all` FutureProducer with the same number of
+//! request (the fixtures, round robin, ~0.3-1 KB) as fast as answers come back. The role runs as
+//! its own process (the release binary: auth, body split, group-commit transactions, `acks=all`);
+//! its peak RSS is reported. Baseline: an idempotent `acks=all` FutureProducer with the same number of
 //! concurrent senders and the same payloads. Output: a markdown table.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pendo_segment::app::run_roles_until;
 use pendo_segment::config::Config;
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::topics::{TopicAdmin, desired_topics};
-use pendo_segment::roles::{Role, RunOptions};
-use pendo_segment::shutdown::Shutdown;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const SECRET: &str = "bench-secret";
@@ -147,12 +144,12 @@ fn main() {
         let prefix = format!("bench-{}", std::process::id());
         let extra = std::env::var("PS_BENCH_PRODUCER_PROPS").unwrap_or_default();
         let webhook_extra = std::env::var("PS_BENCH_WEBHOOK").unwrap_or_default();
-        let config: Config = toml::from_str(&format!(
+        let config_text = format!(
             "[kafka]\nbootstrap_servers = \"{servers}\"\n[topics]\nprefix = \"{prefix}.\"\npartitions = 6\nreplication_factor = 1\n\
              [observability]\nlisten = \"127.0.0.1:{ops}\"\nlog_level = \"warn\"\n\
              [kafka.producer_properties]\n{extra}\n[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"{SECRET}\"]\n{webhook_extra}\n"
-        ))
-        .unwrap();
+        );
+        let config: Config = toml::from_str(&config_text).unwrap();
         config.validate().unwrap();
         pendo_segment::logging::init(config.observability.log_format, "warn");
         let admin = TopicAdmin::new(&client_config::admin(&config), Duration::from_secs(30)).unwrap();
@@ -183,12 +180,15 @@ fn main() {
         };
 
         // 2. The role, over HTTP.
-        let shutdown = Shutdown::new();
-        let task = Role::PendoWebhook.task(&config, RunOptions::default()).unwrap();
-        let role = {
-            let (config, shutdown) = (config.clone(), shutdown.clone());
-            tokio::spawn(async move { run_roles_until(&config, vec![task], shutdown).await })
-        };
+        // The role runs as its own process (the release binary), so its peak memory is its own.
+        let config_path = std::env::temp_dir().join(format!("{prefix}.toml"));
+        std::fs::write(&config_path, &config_text).unwrap();
+        let mut role = std::process::Command::new(env!("CARGO_BIN_EXE_pendo-segment"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["run", "--role", "pendo-webhook"])
+            .spawn()
+            .expect("start the pendo-segment binary");
         let http = reqwest::Client::new();
         for _ in 0..300 {
             if let Ok(r) = http.get(format!("http://127.0.0.1:{ops}/readyz")).send().await
@@ -238,11 +238,24 @@ fn main() {
             })
             .await
         };
-        shutdown.trigger();
-        role.await.unwrap().unwrap();
+        let peak_rss_kib = std::fs::read_to_string(format!("/proc/{}/status", role.id()))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            })
+            .unwrap_or(0);
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { kill(role.id() as i32, 15) };
+        let status = role.wait().unwrap();
+        assert!(status.success(), "role exited with {status}");
+        let _ = std::fs::remove_file(&config_path);
 
         println!();
         println!("pendo-webhook ingest, {} connections, {} s, ~{bytes} B/event, 1 event/request", args.connections, args.seconds);
+        println!();
+        println!("pendo-webhook process peak RSS: {} MiB", peak_rss_kib / 1024);
         println!();
         println!("| path | events/s | p50 | p99 | ratio to baseline |");
         println!("| --- | ---: | ---: | ---: | ---: |");
@@ -316,6 +329,10 @@ impl MiniHttp {
             return Some(status);
         }
     }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 async fn admin_create(servers: &str, topic: &str) {

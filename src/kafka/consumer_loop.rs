@@ -239,7 +239,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 _ = shutdown.wait() => return Ok(()),
                 received = consumer.recv() => {
                     if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
-                        abandon_transaction(&spec, &mut txn_open, &mut stats).await?;
+                        abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
                     }
                     let record = match received {
                         Ok(r) => r,
@@ -268,7 +268,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 }
                 _ = tick.tick() => {
                     if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
-                        abandon_transaction(&spec, &mut txn_open, &mut stats).await?;
+                        abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
                     }
                     if pending.due(&spec) {
                         commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open).await?;
@@ -283,7 +283,15 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     match result {
         Ok(()) => {
             if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
-                abandon_transaction(&spec, &mut txn_open, &mut stats).await?;
+                abandon_transaction(
+                    &consumer,
+                    &spec,
+                    &mut pending,
+                    &mut processor,
+                    &mut txn_open,
+                    &mut stats,
+                )
+                .await?;
             }
             if let Some(source) = commit(
                 &consumer,
@@ -405,11 +413,14 @@ async fn bounded<T: Send + 'static>(
     }
 }
 
-/// After a revocation: the open transaction mixes records of revoked partitions, so abort it;
-/// the new owners re-read from the last commit. (With the default eager assignment every
-/// partition is revoked at each rebalance, so nothing remains to rewind.)
-async fn abandon_transaction(
+/// After a revocation: the open transaction holds records of the revoked partitions, so it is
+/// aborted. Records of partitions still assigned (possible with a cooperative assignor) were in
+/// it too, so their uncommitted work is discarded and re-read like after any abort.
+async fn abandon_transaction<P: RecordProcessor>(
+    consumer: &Arc<StreamConsumer<LoopContext>>,
     spec: &LoopSpec,
+    pending: &mut PendingOffsets,
+    processor: &mut P,
     txn_open: &mut bool,
     stats: &mut LoopStats,
 ) -> Result<(), LoopError> {
@@ -421,17 +432,35 @@ async fn abandon_transaction(
             .await?
             .map_err(|e| txn_error(spec.stage, e))?;
         *txn_open = false;
-        stats.aborts += 1;
-        metrics()
-            .commits
-            .with_label_values(&[spec.stage, "aborted"])
-            .inc();
         tracing::info!(
             stage = spec.stage,
             "open transaction aborted after a rebalance"
         );
+        discard_aborted(consumer, spec.stage, pending, processor, stats).await?;
     }
     Ok(())
+}
+
+/// After an aborted transaction: nothing of it is visible, so forget its offsets, drop the
+/// processor's buffered work and re-read every still-assigned partition from its last commit.
+async fn discard_aborted<P: RecordProcessor>(
+    consumer: &Arc<StreamConsumer<LoopContext>>,
+    stage: &'static str,
+    pending: &mut PendingOffsets,
+    processor: &mut P,
+    stats: &mut LoopStats,
+) -> Result<(), LoopError> {
+    metrics()
+        .commits
+        .with_label_values(&[stage, "aborted"])
+        .inc();
+    stats.aborts += 1;
+    let all: Vec<TopicPartition> = pending.next.keys().cloned().collect();
+    processor.partitions_revoked(&all);
+    pending.clear();
+    rewind(consumer)
+        .await
+        .map_err(|source| LoopError::Kafka { stage, source })
 }
 
 /// Seeks every assigned partition back to its committed offset (after an aborted transaction).
@@ -494,16 +523,8 @@ async fn commit<P: RecordProcessor>(
                 Ok(None)
             }
             Err(TxnError::Abortable(reason)) => {
-                // Nothing of the transaction is visible: re-read its input from the last commit.
-                m.commits.with_label_values(&[stage, "aborted"]).inc();
-                stats.aborts += 1;
                 tracing::warn!(stage, error = %reason, "transaction aborted; re-reading from the last commit");
-                let all: Vec<TopicPartition> = pending.next.keys().cloned().collect();
-                processor.partitions_revoked(&all);
-                pending.clear();
-                rewind(consumer)
-                    .await
-                    .map_err(|source| LoopError::Kafka { stage, source })?;
+                discard_aborted(consumer, stage, pending, processor, stats).await?;
                 Ok(None)
             }
             Err(fatal) => Err(txn_error(stage, fatal)),

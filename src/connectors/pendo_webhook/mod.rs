@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::Config;
 use crate::connectors::webhook::auth::SharedSecrets;
-use crate::connectors::webhook::server::{self, WebhookAuth, WebhookEndpoint};
+use crate::connectors::webhook::server::{self, WebhookAuth, WebhookEndpoint, WebhookMetrics};
 use crate::kafka::client_config;
 use crate::kafka::topics::TopicId;
 use crate::kafka::transactional_appender::{AppenderSettings, TransactionalAppender};
@@ -86,6 +86,7 @@ pub fn task(
                 dlq_topic,
                 identify: envelope::identify,
                 appender: appender.clone(),
+                metrics: WebhookMetrics::new(ROLE),
             });
             let http_ready = env.readiness.register("pendo-webhook:http");
             let (_, http) = server::serve(c.listen, endpoint, env.shutdown.clone())

@@ -26,6 +26,7 @@ use crate::kafka::headers;
 use crate::kafka::transactional_appender::{AppendError, OutRecord, TransactionalAppender};
 use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 /// What the connector reads from one event: its Kafka key and its kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +79,31 @@ pub struct WebhookEndpoint {
     pub identify: fn(&[u8]) -> EventIdentity,
     /// Where records go.
     pub appender: TransactionalAppender,
+    /// This endpoint's metric handles, resolved once.
+    pub metrics: WebhookMetrics,
+}
+
+/// Metric handles of one webhook role, looked up once instead of on every request.
+pub struct WebhookMetrics {
+    ok: IntCounter,
+    events: IntCounter,
+    bytes: IntCounter,
+    in_flight: IntGauge,
+    ack_latency: Histogram,
+}
+
+impl WebhookMetrics {
+    /// Handles labelled with `role`.
+    pub fn new(role: &str) -> Self {
+        let m = metrics();
+        Self {
+            ok: m.webhook_requests.with_label_values(&[role, "200"]),
+            events: m.webhook_events.with_label_values(&[role]),
+            bytes: m.webhook_bytes.with_label_values(&[role]),
+            in_flight: m.webhook_in_flight.with_label_values(&[role]),
+            ack_latency: m.webhook_ack_latency.with_label_values(&[role]),
+        }
+    }
 }
 
 /// Routes of one endpoint: `POST <path>` and, when path tokens are allowed, `POST <path>/{token}`.
@@ -168,16 +194,19 @@ async fn handle(
             Reply::unavailable(&e, "overloaded: too many requests in flight")
         }
         Ok(_permit) => {
-            let gauge = m.webhook_in_flight.with_label_values(&[role]);
-            gauge.inc();
+            e.metrics.in_flight.inc();
             let r = handle_admitted(&e, token, &headers, body, received).await;
-            gauge.dec();
+            e.metrics.in_flight.dec();
             r
         }
     };
-    m.webhook_requests
-        .with_label_values(&[role, reply.status.as_str()])
-        .inc();
+    if reply.status == StatusCode::OK {
+        e.metrics.ok.inc();
+    } else {
+        m.webhook_requests
+            .with_label_values(&[role, reply.status.as_str()])
+            .inc();
+    }
     let mut response = (reply.status, axum::Json(reply.body)).into_response();
     if let Some(s) = reply.retry_after {
         response
@@ -266,9 +295,7 @@ async fn handle_admitted(
             return Reply::error(StatusCode::BAD_REQUEST, "could not read the request body");
         }
     };
-    m.webhook_bytes
-        .with_label_values(&[role])
-        .inc_by(bytes.len() as u64);
+    e.metrics.bytes.inc_by(bytes.len() as u64);
 
     let request_id = request_id(headers);
     let content_type = headers
@@ -316,11 +343,9 @@ async fn handle_admitted(
     }
     match e.appender.append(records).await {
         Ok(()) => {
-            m.webhook_events
-                .with_label_values(&[role])
-                .inc_by(count as u64);
-            m.webhook_ack_latency
-                .with_label_values(&[role])
+            e.metrics.events.inc_by(count as u64);
+            e.metrics
+                .ack_latency
                 .observe(received.elapsed().as_secs_f64());
             Reply {
                 status: StatusCode::OK,

@@ -17,5 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops_server;
 pub mod roles;
+pub mod schema;
 pub mod secret;
 pub mod shutdown;
+pub mod transform;

@@ -1,0 +1,714 @@
+//! `SegmentCall`: the canonical record on `canonical.segment-calls` (schema
+//! `schemas/segment_call.avsc`, a union of the Track, Page, Identify and Group records).
+//!
+//! Properties and traits travel as JSON text inside Avro strings: lossless for every JSON value
+//! (64-bit integers, big decimals, nesting), readable by every Avro tool (recursive Avro
+//! schemas are not, e.g. BigQuery, Spark and Hive reject them), and the sink splices them into
+//! the Segment request without re-encoding. `schemas/README.md` explains the choice.
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
+
+use super::wire_format::{FrameError, FramedSchema, WireFormat};
+
+/// The shipped schema text.
+pub const SEGMENT_CALL_AVSC: &str = include_str!("../../schemas/segment_call.avsc");
+
+/// One Segment call, as produced by the transformers and delivered by the Segment sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCall {
+    /// Deterministic id (≤ 100 characters); Segment de-duplicates on it.
+    pub message_id: String,
+    /// Event time at the source, ISO-8601 UTC with milliseconds.
+    pub timestamp: String,
+    /// Segment user id.
+    pub user_id: Option<String>,
+    /// Segment anonymous id.
+    pub anonymous_id: Option<String>,
+    /// Segment context.
+    pub context: CallContext,
+    /// JSON text of Segment's `integrations` object.
+    pub integrations: Option<String>,
+    /// Source of the call (not sent to Segment).
+    pub origin: Origin,
+    /// What kind of call, with its specific fields.
+    pub body: CallBody,
+}
+
+/// Segment's `context`: the fields the pipeline sets, and any others as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename = "Context")]
+pub struct CallContext {
+    /// Account the call belongs to.
+    #[serde(rename = "groupId")]
+    pub group_id: Option<String>,
+    /// Page the call happened on.
+    pub page: Option<PageContext>,
+    /// JSON text of an object of traits.
+    pub traits: Option<String>,
+    /// The browser's user agent.
+    #[serde(rename = "userAgent")]
+    pub user_agent: Option<String>,
+    /// Locale, e.g. `de-DE`.
+    pub locale: Option<String>,
+    /// Library that produced the call.
+    pub library: Option<Library>,
+    /// JSON text of an object of further context fields.
+    pub extra: Option<String>,
+}
+
+/// Segment's `context.page`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename = "PageContext")]
+pub struct PageContext {
+    /// Full URL.
+    pub url: Option<String>,
+    /// URL path.
+    pub path: Option<String>,
+    /// Query string including `?`.
+    pub search: Option<String>,
+    /// Document title.
+    pub title: Option<String>,
+    /// Referrer URL.
+    pub referrer: Option<String>,
+}
+
+/// Segment's `context.library`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename = "Library")]
+pub struct Library {
+    /// Library name.
+    pub name: String,
+    /// Library version.
+    pub version: String,
+}
+
+/// Where a call came from: for tracing and end-to-end latency.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename = "Origin")]
+pub struct Origin {
+    /// `pendo.webhook`, `pendo.api`, ...
+    pub source: String,
+    /// The source event kind as received.
+    pub kind: String,
+    /// Pendo visitor id.
+    #[serde(rename = "visitorId")]
+    pub visitor_id: Option<String>,
+    /// Pendo account id.
+    #[serde(rename = "accountId")]
+    pub account_id: Option<String>,
+    /// When the connector received the source event (epoch ms).
+    #[serde(rename = "receivedAt")]
+    pub received_at: Option<i64>,
+}
+
+/// The call type and its own fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallBody {
+    /// `track`.
+    Track {
+        /// Event name.
+        event: String,
+        /// JSON text of the properties object.
+        properties: String,
+    },
+    /// `page`.
+    Page {
+        /// Page name.
+        name: Option<String>,
+        /// Page category.
+        category: Option<String>,
+        /// JSON text of the properties object.
+        properties: String,
+    },
+    /// `identify`.
+    Identify {
+        /// JSON text of the traits object.
+        traits: String,
+    },
+    /// `group`.
+    Group {
+        /// The account id.
+        group_id: String,
+        /// JSON text of the traits object.
+        traits: String,
+    },
+}
+
+impl CallBody {
+    /// Segment's `type` of this call.
+    pub fn call_type(&self) -> &'static str {
+        match self {
+            CallBody::Track { .. } => "track",
+            CallBody::Page { .. } => "page",
+            CallBody::Identify { .. } => "identify",
+            CallBody::Group { .. } => "group",
+        }
+    }
+}
+
+impl SegmentCall {
+    /// The Kafka record key: groupId for group calls, else userId, else anonymousId, so that
+    /// per-user (and per-account) order is kept by partition.
+    pub fn kafka_key(&self) -> Option<&str> {
+        if let CallBody::Group { group_id, .. } = &self.body {
+            return Some(group_id);
+        }
+        self.user_id.as_deref().or(self.anonymous_id.as_deref())
+    }
+
+    /// Writes the call as one Segment API JSON item (without `sentAt`, which is per request).
+    /// JSON-text fields are spliced verbatim: they must hold JSON objects.
+    pub fn write_segment_json(&self, out: &mut Vec<u8>) {
+        fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+            out.push(b',');
+            json_str(out, name);
+            out.push(b':');
+            json_str(out, value);
+        }
+        fn raw(out: &mut Vec<u8>, name: &str, json: &str) {
+            out.push(b',');
+            json_str(out, name);
+            out.push(b':');
+            out.extend_from_slice(json.as_bytes());
+        }
+        out.extend_from_slice(b"{\"type\":");
+        json_str(out, self.body.call_type());
+        field(out, "messageId", &self.message_id);
+        field(out, "timestamp", &self.timestamp);
+        if let Some(v) = &self.user_id {
+            field(out, "userId", v);
+        }
+        if let Some(v) = &self.anonymous_id {
+            field(out, "anonymousId", v);
+        }
+        match &self.body {
+            CallBody::Track { event, properties } => {
+                field(out, "event", event);
+                raw(out, "properties", properties);
+            }
+            CallBody::Page {
+                name,
+                category,
+                properties,
+            } => {
+                if let Some(v) = name {
+                    field(out, "name", v);
+                }
+                if let Some(v) = category {
+                    field(out, "category", v);
+                }
+                raw(out, "properties", properties);
+            }
+            CallBody::Identify { traits } => raw(out, "traits", traits),
+            CallBody::Group { group_id, traits } => {
+                field(out, "groupId", group_id);
+                raw(out, "traits", traits);
+            }
+        }
+        if let Some(v) = &self.integrations {
+            raw(out, "integrations", v);
+        }
+        out.extend_from_slice(b",\"context\":{");
+        let start = out.len();
+        let c = &self.context;
+        let sep = |out: &mut Vec<u8>| {
+            if out.len() > start {
+                out.push(b',');
+            }
+        };
+        if let Some(v) = &c.group_id {
+            sep(out);
+            json_str(out, "groupId");
+            out.push(b':');
+            json_str(out, v);
+        }
+        if let Some(p) = &c.page {
+            sep(out);
+            out.extend_from_slice(b"\"page\":");
+            serde_json::to_writer(&mut *out, &PageJson(p)).expect("writing to a Vec");
+        }
+        if let Some(v) = &c.traits {
+            sep(out);
+            out.extend_from_slice(b"\"traits\":");
+            out.extend_from_slice(v.as_bytes());
+        }
+        if let Some(v) = &c.user_agent {
+            sep(out);
+            out.extend_from_slice(b"\"userAgent\":");
+            json_str(out, v);
+        }
+        if let Some(v) = &c.locale {
+            sep(out);
+            out.extend_from_slice(b"\"locale\":");
+            json_str(out, v);
+        }
+        if let Some(l) = &c.library {
+            sep(out);
+            out.extend_from_slice(b"\"library\":{\"name\":");
+            json_str(out, &l.name);
+            out.extend_from_slice(b",\"version\":");
+            json_str(out, &l.version);
+            out.push(b'}');
+        }
+        if let Some(extra) = &c.extra {
+            // Splice the members of the extra object.
+            let inner = extra.trim();
+            let inner = inner
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .unwrap_or("")
+                .trim();
+            if !inner.is_empty() {
+                sep(out);
+                out.extend_from_slice(inner.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"}}");
+    }
+
+    /// The Segment API JSON of this call as a value (tests and tooling; the sink streams bytes).
+    pub fn to_segment_json(&self) -> serde_json::Value {
+        let mut out = Vec::new();
+        self.write_segment_json(&mut out);
+        serde_json::from_slice(&out).expect("write_segment_json writes valid JSON")
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec");
+}
+
+/// `context.page` without nulls.
+struct PageJson<'a>(&'a PageContext);
+
+impl Serialize for PageJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let p = self.0;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in [
+            ("path", &p.path),
+            ("referrer", &p.referrer),
+            ("search", &p.search),
+            ("title", &p.title),
+            ("url", &p.url),
+        ] {
+            if let Some(v) = v {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Avro view: the union branch and record the call is written as.
+impl Serialize for SegmentCall {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (index, name) = match self.body {
+            CallBody::Track { .. } => (0, "Track"),
+            CallBody::Page { .. } => (1, "Page"),
+            CallBody::Identify { .. } => (2, "Identify"),
+            CallBody::Group { .. } => (3, "Group"),
+        };
+        s.serialize_newtype_variant("SegmentCall", index, name, &RecordView(self))
+    }
+}
+
+struct RecordView<'a>(&'a SegmentCall);
+
+impl Serialize for RecordView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = self.0;
+        let (name, extra) = match c.body {
+            CallBody::Track { .. } => ("Track", 2),
+            CallBody::Page { .. } => ("Page", 3),
+            CallBody::Identify { .. } => ("Identify", 1),
+            CallBody::Group { .. } => ("Group", 2),
+        };
+        let mut r = s.serialize_struct(name, 7 + extra)?;
+        r.serialize_field("messageId", &c.message_id)?;
+        r.serialize_field("timestamp", &c.timestamp)?;
+        r.serialize_field("userId", &c.user_id)?;
+        r.serialize_field("anonymousId", &c.anonymous_id)?;
+        r.serialize_field("context", &c.context)?;
+        r.serialize_field("integrations", &c.integrations)?;
+        r.serialize_field("origin", &c.origin)?;
+        match &c.body {
+            CallBody::Track { event, properties } => {
+                r.serialize_field("event", event)?;
+                r.serialize_field("properties", properties)?;
+            }
+            CallBody::Page {
+                name,
+                category,
+                properties,
+            } => {
+                r.serialize_field("name", name)?;
+                r.serialize_field("category", category)?;
+                r.serialize_field("properties", properties)?;
+            }
+            CallBody::Identify { traits } => r.serialize_field("traits", traits)?,
+            CallBody::Group { group_id, traits } => {
+                r.serialize_field("groupId", group_id)?;
+                r.serialize_field("traits", traits)?;
+            }
+        }
+        r.end()
+    }
+}
+
+/// Why a record value is not a readable `SegmentCall`.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Wrong framing or unknown writer schema.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The datum does not decode with the schema.
+    #[error("not a valid SegmentCall datum: {0}")]
+    Avro(String),
+}
+
+/// Encodes and decodes `SegmentCall` values with the shipped schema and a wire format.
+pub struct SegmentCallCodec {
+    framed: FramedSchema,
+    writer: GenericDatumWriter<'static>,
+    reader: GenericDatumReader<'static>,
+}
+
+impl SegmentCallCodec {
+    /// A codec writing `format`.
+    pub fn new(format: WireFormat) -> Self {
+        let framed = FramedSchema::parse_shipped(SEGMENT_CALL_AVSC, format);
+        let writer = GenericDatumWriter::builder(framed.schema())
+            .build()
+            .expect("the shipped schema resolves");
+        let reader = GenericDatumReader::builder(framed.schema())
+            .build()
+            .expect("the shipped schema resolves");
+        Self {
+            framed,
+            writer,
+            reader,
+        }
+    }
+
+    /// The framed schema (fingerprint, format).
+    pub fn framed(&self) -> &FramedSchema {
+        &self.framed
+    }
+
+    /// Appends the framed Avro encoding of `call` to `out`.
+    pub fn encode(&self, call: &SegmentCall, out: &mut Vec<u8>) -> Result<(), String> {
+        self.framed.write_header(out);
+        self.writer
+            .write_ser(out, call)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Encodes `call` into a new buffer.
+    pub fn encode_to_vec(&self, call: &SegmentCall) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(512);
+        self.encode(call, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes one framed record value.
+    pub fn decode(&self, value: &[u8]) -> Result<SegmentCall, DecodeError> {
+        let mut datum = self.framed.datum(value)?;
+        let v = self
+            .reader
+            .read_value(&mut datum)
+            .map_err(|e| DecodeError::Avro(e.to_string()))?;
+        if !datum.is_empty() {
+            return Err(DecodeError::Avro(format!(
+                "{} trailing bytes after the datum",
+                datum.len()
+            )));
+        }
+        from_value(v).map_err(DecodeError::Avro)
+    }
+}
+
+fn from_value(v: Value) -> Result<SegmentCall, String> {
+    let (index, record) = match v {
+        Value::Union(i, b) => (i, *b),
+        other => return Err(format!("expected a union, got {other:?}")),
+    };
+    let mut f = Fields::new(record)?;
+    let message_id = f.string("messageId")?;
+    let timestamp = f.string("timestamp")?;
+    let user_id = f.opt_string("userId")?;
+    let anonymous_id = f.opt_string("anonymousId")?;
+    let context = context_from(f.take("context")?)?;
+    let integrations = f.opt_string("integrations")?;
+    let origin = origin_from(f.take("origin")?)?;
+    let body = match index {
+        0 => CallBody::Track {
+            event: f.string("event")?,
+            properties: f.string("properties")?,
+        },
+        1 => CallBody::Page {
+            name: f.opt_string("name")?,
+            category: f.opt_string("category")?,
+            properties: f.string("properties")?,
+        },
+        2 => CallBody::Identify {
+            traits: f.string("traits")?,
+        },
+        3 => CallBody::Group {
+            group_id: f.string("groupId")?,
+            traits: f.string("traits")?,
+        },
+        i => return Err(format!("unknown union branch {i}")),
+    };
+    Ok(SegmentCall {
+        message_id,
+        timestamp,
+        user_id,
+        anonymous_id,
+        context,
+        integrations,
+        origin,
+        body,
+    })
+}
+
+fn context_from(v: Value) -> Result<CallContext, String> {
+    let mut f = Fields::new(v)?;
+    let page = match f.take_opt("page")? {
+        None => None,
+        Some(p) => {
+            let mut p = Fields::new(p)?;
+            Some(PageContext {
+                url: p.opt_string("url")?,
+                path: p.opt_string("path")?,
+                search: p.opt_string("search")?,
+                title: p.opt_string("title")?,
+                referrer: p.opt_string("referrer")?,
+            })
+        }
+    };
+    let library = match f.take_opt("library")? {
+        None => None,
+        Some(l) => {
+            let mut l = Fields::new(l)?;
+            Some(Library {
+                name: l.string("name")?,
+                version: l.string("version")?,
+            })
+        }
+    };
+    Ok(CallContext {
+        group_id: f.opt_string("groupId")?,
+        page,
+        traits: f.opt_string("traits")?,
+        user_agent: f.opt_string("userAgent")?,
+        locale: f.opt_string("locale")?,
+        library,
+        extra: f.opt_string("extra")?,
+    })
+}
+
+fn origin_from(v: Value) -> Result<Origin, String> {
+    let mut f = Fields::new(v)?;
+    Ok(Origin {
+        source: f.string("source")?,
+        kind: f.string("kind")?,
+        visitor_id: f.opt_string("visitorId")?,
+        account_id: f.opt_string("accountId")?,
+        received_at: match f.take_opt("receivedAt")? {
+            None => None,
+            Some(Value::TimestampMillis(t)) | Some(Value::Long(t)) => Some(t),
+            Some(other) => return Err(format!("receivedAt: unexpected {other:?}")),
+        },
+    })
+}
+
+/// Record fields by name, taken out one by one.
+pub(crate) struct Fields(Vec<(String, Value)>);
+
+impl Fields {
+    pub(crate) fn new(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Record(fields) => Ok(Self(fields)),
+            other => Err(format!("expected a record, got {other:?}")),
+        }
+    }
+
+    pub(crate) fn take(&mut self, name: &str) -> Result<Value, String> {
+        let i = self
+            .0
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| format!("missing field {name}"))?;
+        Ok(std::mem::replace(&mut self.0[i].1, Value::Null))
+    }
+
+    pub(crate) fn take_opt(&mut self, name: &str) -> Result<Option<Value>, String> {
+        match self.take(name)? {
+            Value::Union(_, b) => match *b {
+                Value::Null => Ok(None),
+                v => Ok(Some(v)),
+            },
+            Value::Null => Ok(None),
+            v => Ok(Some(v)),
+        }
+    }
+
+    pub(crate) fn string(&mut self, name: &str) -> Result<String, String> {
+        match self.take(name)? {
+            Value::String(s) => Ok(s),
+            other => Err(format!("{name}: expected a string, got {other:?}")),
+        }
+    }
+
+    pub(crate) fn opt_string(&mut self, name: &str) -> Result<Option<String>, String> {
+        match self.take_opt(name)? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!("{name}: expected a string, got {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(body: CallBody) -> SegmentCall {
+        SegmentCall {
+            message_id: "pendo-t-0123".into(),
+            timestamp: "2025-11-28T12:00:00.000Z".into(),
+            user_id: Some("u-1".into()),
+            anonymous_id: None,
+            context: CallContext {
+                group_id: Some("acct".into()),
+                page: Some(PageContext {
+                    url: Some("https://x.example/a?b=1".into()),
+                    path: Some("/a".into()),
+                    search: Some("?b=1".into()),
+                    title: None,
+                    referrer: None,
+                }),
+                traits: Some(r#"{"email":"a@b.c"}"#.into()),
+                user_agent: Some("UA \"quoted\"".into()),
+                locale: Some("de-DE".into()),
+                library: Some(Library {
+                    name: "pendo-segment".into(),
+                    version: "0.1.0".into(),
+                }),
+                extra: Some(r#"{"app":{"name":"acme"}}"#.into()),
+            },
+            integrations: Some(r#"{"All":true}"#.into()),
+            origin: Origin {
+                source: "pendo.webhook".into(),
+                kind: "featureClicked".into(),
+                visitor_id: Some("vis-1".into()),
+                account_id: Some("acct".into()),
+                received_at: Some(1_764_330_000_123),
+            },
+            body,
+        }
+    }
+
+    fn bodies() -> Vec<CallBody> {
+        let awkward = r#"{"big":18446744073709551615,"f":1.5e300,"n":null,"b":false,"a":[1,"x",{"y":[]}],"s":"é\u0000\""}"#;
+        vec![
+            CallBody::Track {
+                event: "Feature Clicked".into(),
+                properties: awkward.into(),
+            },
+            CallBody::Page {
+                name: Some("Reports".into()),
+                category: None,
+                properties: "{}".into(),
+            },
+            CallBody::Identify {
+                traits: awkward.into(),
+            },
+            CallBody::Group {
+                group_id: "acct".into(),
+                traits: r#"{"plan":"enterprise"}"#.into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_call_type_round_trips_through_single_object_encoding() {
+        let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+        for body in bodies() {
+            let call = sample(body);
+            let bytes = codec.encode_to_vec(&call).unwrap();
+            assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+            assert_eq!(codec.decode(&bytes).unwrap(), call);
+        }
+    }
+
+    #[test]
+    fn nulls_and_confluent_framing_round_trip() {
+        let codec = SegmentCallCodec::new(WireFormat::Confluent { schema_id: 7 });
+        let mut call = sample(CallBody::Identify {
+            traits: "{}".into(),
+        });
+        call.user_id = None;
+        call.anonymous_id = Some("anon".into());
+        call.context = CallContext::default();
+        call.integrations = None;
+        call.origin.received_at = None;
+        let bytes = codec.encode_to_vec(&call).unwrap();
+        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 7]);
+        assert_eq!(codec.decode(&bytes).unwrap(), call);
+    }
+
+    #[test]
+    fn decoding_garbage_is_an_error_not_a_panic() {
+        let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+        let good = codec.encode_to_vec(&sample(bodies().remove(0))).unwrap();
+        for cut in [0, 3, 10, 11, good.len() / 2, good.len() - 1] {
+            assert!(codec.decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(codec.decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn segment_json_has_type_ids_and_spliced_json() {
+        let call = sample(bodies().remove(0));
+        let v = call.to_segment_json();
+        assert_eq!(v["type"], "track");
+        assert_eq!(v["messageId"], "pendo-t-0123");
+        assert_eq!(v["event"], "Feature Clicked");
+        assert_eq!(v["properties"]["a"][2]["y"], serde_json::json!([]));
+        assert_eq!(
+            v["properties"]["big"].to_string(),
+            "18446744073709551615",
+            "big integers pass through unchanged"
+        );
+        assert_eq!(v["context"]["groupId"], "acct");
+        assert_eq!(v["context"]["page"]["path"], "/a");
+        assert!(v["context"]["page"].get("title").is_none());
+        assert_eq!(v["context"]["traits"]["email"], "a@b.c");
+        assert_eq!(v["context"]["userAgent"], "UA \"quoted\"");
+        assert_eq!(v["context"]["app"]["name"], "acme");
+        assert_eq!(v["context"]["library"]["name"], "pendo-segment");
+        assert_eq!(v["integrations"]["All"], true);
+        assert!(v.get("origin").is_none(), "origin is not sent to Segment");
+        let g = sample(bodies().remove(3));
+        assert_eq!(g.kafka_key(), Some("acct"));
+        assert_eq!(g.to_segment_json()["groupId"], "acct");
+        let mut anon = sample(CallBody::Identify {
+            traits: "{}".into(),
+        });
+        anon.user_id = None;
+        anon.anonymous_id = Some("a-1".into());
+        anon.context = CallContext::default();
+        assert_eq!(anon.kafka_key(), Some("a-1"));
+        assert_eq!(anon.to_segment_json()["context"], serde_json::json!({}));
+    }
+}

@@ -1,0 +1,183 @@
+//! How an Avro datum is framed in a Kafka record value.
+//!
+//! The default is Avro **single-object encoding** (`C3 01`, the 8-byte little-endian CRC-64-AVRO
+//! fingerprint of the writer schema, the datum), so any Avro library can decode a record with the
+//! `.avsc` files in `schemas/` alone. The Confluent framing (magic `0`, 4-byte big-endian schema
+//! id, datum) is the seam for a schema registry: the id comes from configuration today, from a
+//! registry client later; nothing else changes.
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+
+/// The framing written in front of each datum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// `C3 01` + Rabin fingerprint: self-describing against `schemas/`.
+    SingleObject,
+    /// `00` + schema id (big-endian): what Confluent-compatible registries and their serdes expect.
+    Confluent {
+        /// The id under which the writer schema is registered.
+        schema_id: u32,
+    },
+}
+
+/// Why a record value could not be unframed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Too short or the wrong magic bytes: not produced by this framing.
+    #[error("not {expected}: the value does not start with its magic bytes")]
+    BadMagic {
+        /// The framing that was expected.
+        expected: &'static str,
+    },
+    /// Framed, but written with a schema this process does not know.
+    #[error("written with an unknown schema ({found}); known: {known}")]
+    UnknownSchema {
+        /// Fingerprint or id found in the value.
+        found: String,
+        /// What this reader knows.
+        known: String,
+    },
+}
+
+/// A parsed schema with its single-object fingerprint, ready to frame and unframe datums.
+#[derive(Debug, Clone)]
+pub struct FramedSchema {
+    schema: &'static Schema,
+    fingerprint: [u8; 8],
+    format: WireFormat,
+}
+
+const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+
+impl FramedSchema {
+    /// Parses `avsc` (a schema shipped in `schemas/`). Panics on an invalid schema: they are
+    /// compiled into the binary and covered by tests, so a bad one is a build defect.
+    ///
+    /// The schema is leaked: codecs are created a few times per process and keep
+    /// `'static` readers and writers, so no schema resolution happens per record.
+    pub fn parse_shipped(avsc: &str, format: WireFormat) -> Self {
+        let schema: &'static Schema = Box::leak(Box::new(
+            Schema::parse_str(avsc).expect("a shipped schema parses"),
+        ));
+        let fp = schema.fingerprint::<Rabin>();
+        let mut fingerprint = [0u8; 8];
+        fingerprint.copy_from_slice(&fp.bytes[..8]);
+        Self {
+            schema,
+            fingerprint,
+            format,
+        }
+    }
+
+    /// The parsed schema.
+    pub fn schema(&self) -> &'static Schema {
+        self.schema
+    }
+
+    /// The CRC-64-AVRO fingerprint of the schema's canonical form, as written (little-endian).
+    pub fn fingerprint(&self) -> [u8; 8] {
+        self.fingerprint
+    }
+
+    /// The framing this schema writes.
+    pub fn format(&self) -> WireFormat {
+        self.format
+    }
+
+    /// Writes the frame header in front of a datum.
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        match self.format {
+            WireFormat::SingleObject => {
+                out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                out.extend_from_slice(&self.fingerprint);
+            }
+            WireFormat::Confluent { schema_id } => {
+                out.push(0);
+                out.extend_from_slice(&schema_id.to_be_bytes());
+            }
+        }
+    }
+
+    /// Checks the frame of `value` and returns the datum bytes after it.
+    pub fn datum<'a>(&self, value: &'a [u8]) -> Result<&'a [u8], FrameError> {
+        match self.format {
+            WireFormat::SingleObject => {
+                if value.len() < 10 || value[..2] != SINGLE_OBJECT_MAGIC {
+                    return Err(FrameError::BadMagic {
+                        expected: "Avro single-object encoding",
+                    });
+                }
+                if value[2..10] != self.fingerprint {
+                    return Err(FrameError::UnknownSchema {
+                        found: hex(&value[2..10]),
+                        known: hex(&self.fingerprint),
+                    });
+                }
+                Ok(&value[10..])
+            }
+            WireFormat::Confluent { schema_id } => {
+                if value.len() < 5 || value[0] != 0 {
+                    return Err(FrameError::BadMagic {
+                        expected: "the Confluent wire format",
+                    });
+                }
+                let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+                if id != schema_id {
+                    return Err(FrameError::UnknownSchema {
+                        found: format!("schema id {id}"),
+                        known: format!("schema id {schema_id}"),
+                    });
+                }
+                Ok(&value[5..])
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AVSC: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
+
+    #[test]
+    fn single_object_header_is_magic_plus_little_endian_fingerprint() {
+        let s = FramedSchema::parse_shipped(AVSC, WireFormat::SingleObject);
+        let mut out = Vec::new();
+        s.write_header(&mut out);
+        assert_eq!(&out[..2], &[0xC3, 0x01]);
+        assert_eq!(&out[2..], &s.fingerprint());
+        out.extend_from_slice(b"\x02x");
+        assert_eq!(s.datum(&out).unwrap(), b"\x02x");
+    }
+
+    #[test]
+    fn wrong_fingerprint_and_magic_are_named() {
+        let s = FramedSchema::parse_shipped(AVSC, WireFormat::SingleObject);
+        let mut out = vec![0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        assert!(matches!(
+            s.datum(&out),
+            Err(FrameError::UnknownSchema { .. })
+        ));
+        out[0] = b'{';
+        let e = s.datum(&out).unwrap_err();
+        assert!(e.to_string().contains("single-object"), "{e}");
+    }
+
+    #[test]
+    fn confluent_framing_round_trips_and_checks_the_id() {
+        let s = FramedSchema::parse_shipped(AVSC, WireFormat::Confluent { schema_id: 42 });
+        let mut out = Vec::new();
+        s.write_header(&mut out);
+        assert_eq!(out, vec![0, 0, 0, 0, 42]);
+        out.push(7);
+        assert_eq!(s.datum(&out).unwrap(), &[7]);
+        let other = FramedSchema::parse_shipped(AVSC, WireFormat::Confluent { schema_id: 43 });
+        assert!(other.datum(&out).is_err());
+    }
+}

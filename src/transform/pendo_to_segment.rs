@@ -1,0 +1,842 @@
+//! Applies the mapping to one raw Pendo event (a webhook delivery or a polled row) and yields
+//! the Segment calls it becomes, or why it becomes none (filtered, dropped, dead-lettered).
+//!
+//! Pure and synchronous: no Kafka, no clock (the event time comes from the event), so every rule
+//! is unit-testable and the golden tests compare exact output.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::json_path::JsonPath;
+use super::mapping::{
+    CallMapping, CallType, KindMapping, NameRule, PendoMapping, UnknownKindPolicy, ValueExpr,
+};
+use super::message_id::MessageIdBuilder;
+use crate::schema::segment_call::{
+    CallBody, CallContext, Library, Origin, PageContext, SegmentCall,
+};
+
+/// Segment's per-event limit is 32 KB; keep a margin for what the sink adds (`sentAt`,
+/// `context.library`).
+pub const DEFAULT_MAX_CALL_BYTES: usize = 32_000;
+
+/// What to do with a visitor id that has no Segment user id in the id mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedVisitorPolicy {
+    /// Use the Pendo visitor id as the Segment userId (what Pendo's own integration does).
+    VisitorIdAsUserId,
+    /// Send the visitor id as anonymousId (counts as an MTU unless later aliased).
+    AnonymousId,
+    /// Dead-letter the event until a mapping exists (replay it later).
+    Dlq,
+}
+
+/// Looks up the Segment user id of a Pendo visitor.
+pub trait UserIdLookup {
+    /// The mapped user id, if any.
+    fn user_id(&self, visitor_id: &str) -> Option<String>;
+}
+
+impl UserIdLookup for std::collections::HashMap<String, String> {
+    fn user_id(&self, visitor_id: &str) -> Option<String> {
+        self.get(visitor_id).cloned()
+    }
+}
+
+/// Settings of the mapper that are deployment choices rather than mapping rules.
+#[derive(Debug, Clone)]
+pub struct MapperSettings {
+    /// messageId namespace (`<prefix>-<hash>`).
+    pub message_id_prefix: String,
+    /// Unmapped visitors.
+    pub unmapped_visitor: UnmappedVisitorPolicy,
+    /// Visitor ids starting with this are Pendo's anonymous visitors: always anonymousId.
+    pub anonymous_visitor_prefix: Option<String>,
+    /// Events with an account but no visitor are sent with anonymousId `<prefix><accountId>`
+    /// (Segment requires userId or anonymousId on every call, group calls included).
+    pub account_anonymous_id_prefix: String,
+    /// Calls larger than this (as sent to Segment) dead-letter their event.
+    pub max_call_bytes: usize,
+    /// `origin.source` of produced calls.
+    pub source: String,
+}
+
+impl Default for MapperSettings {
+    fn default() -> Self {
+        Self {
+            message_id_prefix: "pendo".into(),
+            unmapped_visitor: UnmappedVisitorPolicy::VisitorIdAsUserId,
+            anonymous_visitor_prefix: Some("_PENDO_T_".into()),
+            account_anonymous_id_prefix: "pendo-account:".into(),
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
+            source: "pendo.webhook".into(),
+        }
+    }
+}
+
+/// Why an event produced no calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapOutcome {
+    /// The calls, in emission order.
+    Calls(Vec<SegmentCall>),
+    /// A filter rule excluded it (the rule's name).
+    Filtered(&'static str),
+    /// Unknown kind under the `drop` policy.
+    Dropped,
+    /// Cannot be mapped: goes to the dead-letter topic with this reason.
+    DeadLetter {
+        /// Short, bounded reason (a metric label and the `dlq-reason` header).
+        reason: &'static str,
+        /// Human-readable detail for the `dlq-detail` header.
+        detail: String,
+    },
+}
+
+/// What the mapper noticed about an event besides its outcome, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// The event kind as received (empty when it had none).
+    pub kind: String,
+    /// The kind is not in the mapping.
+    pub unknown_kind: bool,
+    /// Envelope fields and `properties.<key>` the mapping does not expect.
+    pub unknown_fields: Vec<String>,
+}
+
+/// The mapping plus deployment settings: turns raw Pendo events into Segment calls.
+pub struct PendoToSegment {
+    mapping: PendoMapping,
+    settings: MapperSettings,
+    library: Library,
+    properties_path: JsonPath,
+}
+
+struct EventFacts<'a> {
+    event: &'a Value,
+    kind: &'a str,
+    visitor_id: Option<String>,
+    account_id: Option<String>,
+    time_ms: i64,
+    time_iso: String,
+}
+
+fn dead(reason: &'static str, detail: impl Into<String>) -> MapOutcome {
+    MapOutcome::DeadLetter {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// A JSON id (string or number) as text; empty strings count as absent.
+fn id_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Epoch ms from seconds, milliseconds or ISO-8601 text; `None` when absent or absurd.
+fn event_time_ms(v: &Value) -> Option<i64> {
+    let ms = match v {
+        Value::Number(n) => {
+            let f = n.as_f64()?;
+            if f.abs() < 1e11 { f * 1000.0 } else { f }
+        }
+        Value::String(s) => {
+            if let Ok(f) = s.parse::<f64>() {
+                return event_time_ms(&Value::from(f));
+            }
+            let t = humantime::parse_rfc3339_weak(s).ok()?;
+            t.duration_since(UNIX_EPOCH).ok()?.as_millis() as f64
+        }
+        _ => return None,
+    };
+    // 1970 < t < 3000: anything else is a unit or data error, not an event time.
+    (ms > 0.0 && ms < 32_503_680_000_000.0).then_some(ms.round() as i64)
+}
+
+fn iso_millis(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+fn non_empty_str(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn nps_category(v: Option<&Value>) -> Option<Value> {
+    let score = v?.as_f64()?;
+    let cat = match score {
+        s if (0.0..=6.0).contains(&s) => "detractor",
+        s if s <= 8.0 => "passive",
+        s if s <= 10.0 => "promoter",
+        _ => return None,
+    };
+    Some(Value::String(cat.into()))
+}
+
+impl PendoToSegment {
+    /// A mapper.
+    pub fn new(mapping: PendoMapping, settings: MapperSettings) -> Self {
+        Self {
+            mapping,
+            settings,
+            library: Library {
+                name: env!("CARGO_PKG_NAME").into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            properties_path: JsonPath::parse("properties").expect("path"),
+        }
+    }
+
+    /// The mapping in use.
+    pub fn mapping(&self) -> &PendoMapping {
+        &self.mapping
+    }
+
+    /// Maps one raw event (the bytes of one JSON object).
+    pub fn map(
+        &self,
+        raw: &[u8],
+        received_at: Option<i64>,
+        ids: &dyn UserIdLookup,
+    ) -> (MapOutcome, Observations) {
+        let mut obs = Observations::default();
+        let event: Value = match serde_json::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => return (dead("invalid_json", format!("not JSON: {e}")), obs),
+        };
+        let outcome = self.map_value(&event, received_at, ids, &mut obs);
+        (outcome, obs)
+    }
+
+    /// Maps one parsed event.
+    pub fn map_value(
+        &self,
+        event: &Value,
+        received_at: Option<i64>,
+        ids: &dyn UserIdLookup,
+        obs: &mut Observations,
+    ) -> MapOutcome {
+        let Some(envelope) = event.as_object() else {
+            return dead("not_an_object", "the event is not a JSON object");
+        };
+        let kind = match envelope.get("event").or_else(|| envelope.get("type")) {
+            Some(Value::String(k)) if !k.is_empty() => k.as_str(),
+            _ => return dead("no_kind", "the event has no `event` (kind) field"),
+        };
+        obs.kind = kind.to_string();
+        let m = &self.mapping;
+        let kind_mapping = m.kind(kind);
+        obs.unknown_kind = kind_mapping.is_none();
+        for key in envelope.keys() {
+            if !m.defaults.known_envelope_fields.contains(key) {
+                obs.unknown_fields.push(key.clone());
+            }
+        }
+        if let (Some(km), Some(Value::Object(props))) = (kind_mapping, envelope.get("properties")) {
+            for key in props.keys() {
+                if !km.known_properties.contains(key) {
+                    obs.unknown_fields.push(format!("properties.{key}"));
+                }
+            }
+        }
+
+        // Filters on the kind, before any work.
+        let f = &m.filters;
+        let kind_lower = kind.to_lowercase();
+        let canonical_lower = kind_mapping.map(|k| k.name.to_lowercase());
+        let listed = |set: &std::collections::HashSet<String>| {
+            set.contains(&kind_lower) || canonical_lower.as_ref().is_some_and(|c| set.contains(c))
+        };
+        if listed(&f.deny_kinds) {
+            return MapOutcome::Filtered("deny_kinds");
+        }
+        if !f.allow_kinds.is_empty() && !listed(&f.allow_kinds) {
+            return MapOutcome::Filtered("allow_kinds");
+        }
+        let feature = id_text(m.defaults.feature_id_from.get(event));
+        let guide = id_text(m.defaults.guide_id_from.get(event));
+        if feature
+            .as_ref()
+            .is_some_and(|id| f.deny_feature_ids.contains(id))
+        {
+            return MapOutcome::Filtered("deny_feature_ids");
+        }
+        if !f.allow_feature_ids.is_empty()
+            && feature
+                .as_ref()
+                .is_some_and(|id| !f.allow_feature_ids.contains(id))
+        {
+            return MapOutcome::Filtered("allow_feature_ids");
+        }
+        if guide
+            .as_ref()
+            .is_some_and(|id| f.deny_guide_ids.contains(id))
+        {
+            return MapOutcome::Filtered("deny_guide_ids");
+        }
+        if !f.allow_guide_ids.is_empty()
+            && guide
+                .as_ref()
+                .is_some_and(|id| !f.allow_guide_ids.contains(id))
+        {
+            return MapOutcome::Filtered("allow_guide_ids");
+        }
+
+        let passthrough;
+        let km: &KindMapping = match kind_mapping {
+            Some(km) => km,
+            None => match &m.unknown_kinds {
+                UnknownKindPolicy::Drop => return MapOutcome::Dropped,
+                UnknownKindPolicy::DeadLetter => {
+                    return dead(
+                        "unknown_kind",
+                        format!("event kind `{kind}` is not in the mapping"),
+                    );
+                }
+                UnknownKindPolicy::PassThrough { event_prefix } => {
+                    passthrough = KindMapping {
+                        name: kind.to_string(),
+                        message_id_fields: m.defaults.message_id_fields.clone(),
+                        known_properties: Default::default(),
+                        calls: vec![CallMapping {
+                            call: CallType::Track,
+                            name: NameRule {
+                                from: None,
+                                fixed: Some(format!("{event_prefix}{kind}")),
+                            },
+                            category: None,
+                            from: m.unknown_properties_from.clone(),
+                            flatten: vec![],
+                            keep: vec![],
+                            rename: vec![],
+                            drop: vec![],
+                            set: vec![],
+                            page: Default::default(),
+                        }],
+                    };
+                    &passthrough
+                }
+            },
+        };
+
+        let visitor_id = id_text(envelope.get("visitorId"));
+        let account_id = id_text(envelope.get("accountId"));
+        if visitor_id.is_none() && account_id.is_none() {
+            return dead(
+                "no_identity",
+                "the event has neither a visitorId nor an accountId",
+            );
+        }
+        let Some(time_ms) = m
+            .defaults
+            .time_from
+            .iter()
+            .find_map(|p| p.get(event).and_then(event_time_ms))
+        else {
+            return dead(
+                "no_event_time",
+                "the event has no usable time (timestamp/browserTime in epoch s or ms, or ISO-8601)",
+            );
+        };
+        let facts = EventFacts {
+            event,
+            kind,
+            visitor_id,
+            account_id,
+            time_ms,
+            time_iso: iso_millis(time_ms),
+        };
+
+        let (user_id, anonymous_id) = match &facts.visitor_id {
+            Some(v) => {
+                let anonymous = self
+                    .settings
+                    .anonymous_visitor_prefix
+                    .as_deref()
+                    .is_some_and(|p| !p.is_empty() && v.starts_with(p));
+                if anonymous {
+                    (None, Some(v.clone()))
+                } else if let Some(u) = ids.user_id(v) {
+                    (Some(u), None)
+                } else {
+                    match self.settings.unmapped_visitor {
+                        UnmappedVisitorPolicy::VisitorIdAsUserId => (Some(v.clone()), None),
+                        UnmappedVisitorPolicy::AnonymousId => (None, Some(v.clone())),
+                        UnmappedVisitorPolicy::Dlq => {
+                            return dead(
+                                "unmapped_visitor",
+                                format!("visitor `{v}` has no Segment user id in the id mapping"),
+                            );
+                        }
+                    }
+                }
+            }
+            None => (
+                None,
+                Some(format!(
+                    "{}{}",
+                    self.settings.account_anonymous_id_prefix,
+                    facts.account_id.as_deref().unwrap_or_default()
+                )),
+            ),
+        };
+
+        let mut calls = Vec::with_capacity(km.calls.len());
+        let mut denied_events = 0;
+        for cm in &km.calls {
+            let call = match self.build_call(km, cm, &facts, &user_id, &anonymous_id, received_at) {
+                Ok(c) => c,
+                Err(outcome) => return outcome,
+            };
+            if let CallBody::Track { event, .. } = &call.body
+                && (f.deny_events.contains(event)
+                    || (!f.allow_events.is_empty() && !f.allow_events.contains(event)))
+            {
+                denied_events += 1;
+                continue;
+            }
+            let mut json = Vec::with_capacity(512);
+            call.write_segment_json(&mut json);
+            if json.len() > self.settings.max_call_bytes {
+                return dead(
+                    "too_large",
+                    format!(
+                        "the {} call would be {} bytes, over the {}-byte limit per Segment event",
+                        call.body.call_type(),
+                        json.len(),
+                        self.settings.max_call_bytes
+                    ),
+                );
+            }
+            calls.push(call);
+        }
+        if calls.is_empty() && denied_events > 0 {
+            return MapOutcome::Filtered("events");
+        }
+        MapOutcome::Calls(calls)
+    }
+
+    fn build_call(
+        &self,
+        km: &KindMapping,
+        cm: &CallMapping,
+        facts: &EventFacts<'_>,
+        user_id: &Option<String>,
+        anonymous_id: &Option<String>,
+        received_at: Option<i64>,
+    ) -> Result<SegmentCall, MapOutcome> {
+        let event = facts.event;
+        let mut obj: Map<String, Value> = match cm.from.as_ref().and_then(|p| p.get(event)) {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        for p in &cm.flatten {
+            if let Some(Value::Object(inner)) = p.remove_in(&mut obj) {
+                for (k, v) in inner {
+                    obj.entry(k).or_insert(v);
+                }
+            }
+        }
+        if !cm.keep.is_empty() {
+            obj.retain(|k, _| cm.keep.iter().any(|p| p.first() == k));
+        }
+        for (p, target) in &cm.rename {
+            if let Some(v) = p.remove_in(&mut obj) {
+                obj.insert(target.clone(), v);
+            }
+        }
+        for p in &cm.drop {
+            p.remove_in(&mut obj);
+        }
+        for (key, expr) in &cm.set {
+            if let Some(v) = self.eval(expr, facts) {
+                obj.insert(key.clone(), v);
+            }
+        }
+
+        let mut context = CallContext {
+            group_id: None,
+            page: None,
+            traits: None,
+            user_agent: self
+                .mapping
+                .defaults
+                .user_agent_from
+                .as_ref()
+                .and_then(|p| non_empty_str(p.get(event))),
+            locale: self
+                .mapping
+                .defaults
+                .locale_from
+                .as_ref()
+                .and_then(|p| non_empty_str(p.get(event))),
+            library: Some(self.library.clone()),
+            extra: None,
+        };
+        if cm.call != CallType::Group {
+            context.group_id = facts.account_id.clone();
+        }
+
+        let name = cm
+            .name
+            .from
+            .as_ref()
+            .and_then(|p| non_empty_str(p.get(event)))
+            .or_else(|| cm.name.fixed.clone());
+        let json = |m: Map<String, Value>| Value::Object(m).to_string();
+        let body = match cm.call {
+            CallType::Track => CallBody::Track {
+                event: name.ok_or_else(|| {
+                    dead(
+                        "mapping_error",
+                        format!("kind `{}`: the track call has no event name", km.name),
+                    )
+                })?,
+                properties: json(obj),
+            },
+            CallType::Page => {
+                let page = self.page_context(cm, event);
+                for (k, v) in [
+                    ("url", &page.url),
+                    ("path", &page.path),
+                    ("search", &page.search),
+                    ("title", &page.title),
+                    ("referrer", &page.referrer),
+                ] {
+                    if let Some(v) = v {
+                        obj.insert(k.to_string(), Value::String(v.clone()));
+                    }
+                }
+                if let Some(n) = &name {
+                    obj.insert("name".to_string(), Value::String(n.clone()));
+                }
+                context.page = Some(page);
+                CallBody::Page {
+                    name,
+                    category: cm.category.clone(),
+                    properties: json(obj),
+                }
+            }
+            CallType::Identify => CallBody::Identify { traits: json(obj) },
+            CallType::Group => CallBody::Group {
+                group_id: facts.account_id.clone().ok_or_else(|| {
+                    dead(
+                        "no_account",
+                        format!(
+                            "kind `{}` makes a group call but the event has no accountId",
+                            km.name
+                        ),
+                    )
+                })?,
+                traits: json(obj),
+            },
+        };
+
+        let mut id = MessageIdBuilder::new(&km.name, cm.call.name());
+        for field in &km.message_id_fields {
+            match self.eval(field, facts) {
+                Some(Value::String(s)) => id.part(s.as_bytes()),
+                Some(v) => id.part(v.to_string().as_bytes()),
+                None => id.absent(),
+            };
+        }
+        Ok(SegmentCall {
+            message_id: id.finish(&self.settings.message_id_prefix),
+            timestamp: facts.time_iso.clone(),
+            user_id: user_id.clone(),
+            anonymous_id: anonymous_id.clone(),
+            context,
+            integrations: None,
+            origin: Origin {
+                source: self.settings.source.clone(),
+                kind: facts.kind.to_string(),
+                visitor_id: facts.visitor_id.clone(),
+                account_id: facts.account_id.clone(),
+                received_at,
+            },
+            body,
+        })
+    }
+
+    fn page_context(&self, cm: &CallMapping, event: &Value) -> PageContext {
+        let get = |p: &Option<JsonPath>| p.as_ref().and_then(|p| non_empty_str(p.get(event)));
+        let url = get(&cm.page.url);
+        let (path, search) = match url.as_deref().map(url::Url::parse) {
+            Some(Ok(u)) => (
+                Some(u.path().to_string()),
+                u.query().map(|q| format!("?{q}")),
+            ),
+            _ => (None, None),
+        };
+        PageContext {
+            url,
+            path,
+            search,
+            title: get(&cm.page.title),
+            referrer: get(&cm.page.referrer),
+        }
+    }
+
+    fn eval(&self, expr: &ValueExpr, facts: &EventFacts<'_>) -> Option<Value> {
+        match expr {
+            ValueExpr::Path(p) => p.get(facts.event).cloned(),
+            ValueExpr::EventTime => Some(Value::String(facts.time_iso.clone())),
+            ValueExpr::EventTimeMs => Some(Value::from(facts.time_ms)),
+            ValueExpr::Kind => Some(Value::String(facts.kind.to_string())),
+            ValueExpr::NpsCategory(p) => nps_category(p.get(facts.event)),
+            ValueExpr::Literal(v) => Some(v.clone()),
+        }
+    }
+
+    /// The path of the properties object, for callers that inspect raw events.
+    pub fn properties_path(&self) -> &JsonPath {
+        &self.properties_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    fn mapper() -> PendoToSegment {
+        PendoToSegment::new(PendoMapping::default_mapping(), MapperSettings::default())
+    }
+
+    fn calls(outcome: MapOutcome) -> Vec<SegmentCall> {
+        match outcome {
+            MapOutcome::Calls(c) => c,
+            other => panic!("expected calls, got {other:?}"),
+        }
+    }
+
+    fn ev(extra: Value) -> Value {
+        let mut base = json!({
+            "event": "featureClicked", "visitorId": "vis-1", "accountId": "acct-1",
+            "timestamp": 1764330099, "uniqueId": "u-1",
+            "properties": {"featureId": "ft_1", "featureName": "Export", "language": "de-DE"}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base
+    }
+
+    fn run(m: &PendoToSegment, v: &Value) -> (MapOutcome, Observations) {
+        m.map(v.to_string().as_bytes(), Some(1), &HashMap::new())
+    }
+
+    #[test]
+    fn seconds_and_milliseconds_give_the_same_time_and_id() {
+        let m = mapper();
+        let a = calls(run(&m, &ev(json!({}))).0);
+        let b = calls(run(&m, &ev(json!({"timestamp": 1764330099000_i64}))).0);
+        assert_eq!(a[0].timestamp, "2025-11-28T11:41:39.000Z");
+        assert_eq!(a[0].timestamp, b[0].timestamp);
+        assert_eq!(a[0].message_id, b[0].message_id);
+        let c = calls(run(&m, &ev(json!({"timestamp": "2025-11-28T11:41:39Z"}))).0);
+        assert_eq!(c[0].timestamp, a[0].timestamp);
+    }
+
+    #[test]
+    fn identity_rules() {
+        let m = mapper();
+        let mut ids = HashMap::new();
+        ids.insert("vis-1".to_string(), "user-1".to_string());
+        let c = calls(m.map(ev(json!({})).to_string().as_bytes(), None, &ids).0);
+        assert_eq!(c[0].user_id.as_deref(), Some("user-1"));
+        assert_eq!(c[0].kafka_key(), Some("user-1"));
+        let c = calls(run(&m, &ev(json!({}))).0);
+        assert_eq!(
+            c[0].user_id.as_deref(),
+            Some("vis-1"),
+            "visitor_id_as_user_id"
+        );
+        let c = calls(run(&m, &ev(json!({"visitorId": "_PENDO_T_abc"}))).0);
+        assert_eq!(c[0].anonymous_id.as_deref(), Some("_PENDO_T_abc"));
+        assert_eq!(c[0].user_id, None);
+        let c = calls(run(&m, &ev(json!({"visitorId": null}))).0);
+        assert_eq!(c[0].anonymous_id.as_deref(), Some("pendo-account:acct-1"));
+        let (o, _) = run(&m, &ev(json!({"visitorId": "", "accountId": null})));
+        assert!(
+            matches!(
+                o,
+                MapOutcome::DeadLetter {
+                    reason: "no_identity",
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+
+        let mut settings = MapperSettings {
+            unmapped_visitor: UnmappedVisitorPolicy::Dlq,
+            ..Default::default()
+        };
+        let strict = PendoToSegment::new(PendoMapping::default_mapping(), settings.clone());
+        let (o, _) = run(&strict, &ev(json!({})));
+        assert!(matches!(
+            o,
+            MapOutcome::DeadLetter {
+                reason: "unmapped_visitor",
+                ..
+            }
+        ));
+        settings.unmapped_visitor = UnmappedVisitorPolicy::AnonymousId;
+        let anon = PendoToSegment::new(PendoMapping::default_mapping(), settings);
+        let c = calls(run(&anon, &ev(json!({}))).0);
+        assert_eq!(c[0].anonymous_id.as_deref(), Some("vis-1"));
+    }
+
+    #[test]
+    fn bad_events_are_dead_lettered_with_reasons() {
+        let m = mapper();
+        let cases = [
+            (&b"{not json"[..], "invalid_json"),
+            (&b"[1,2]"[..], "not_an_object"),
+            (&br#"{"visitorId":"v","timestamp":1}"#[..], "no_kind"),
+            (
+                &br#"{"event":"featureClicked","visitorId":"v"}"#[..],
+                "no_event_time",
+            ),
+            (
+                &br#"{"event":"featureClicked","visitorId":"v","timestamp":-5}"#[..],
+                "no_event_time",
+            ),
+        ];
+        for (raw, want) in cases {
+            match m.map(raw, None, &HashMap::new()).0 {
+                MapOutcome::DeadLetter { reason, .. } => assert_eq!(reason, want),
+                other => panic!("{want}: got {other:?}"),
+            }
+        }
+        let big = "x".repeat(40_000);
+        let (o, _) = run(
+            &m,
+            &ev(json!({"properties": {"featureId": "f", "blob": big}})),
+        );
+        assert!(
+            matches!(
+                o,
+                MapOutcome::DeadLetter {
+                    reason: "too_large",
+                    ..
+                }
+            ),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_follow_the_policy_and_are_observed() {
+        let m = mapper();
+        let (o, obs) = run(
+            &m,
+            &ev(json!({"event": "frustrationSignal", "newTopLevel": 1})),
+        );
+        let c = calls(o);
+        assert!(
+            matches!(&c[0].body, CallBody::Track { event, .. } if event == "Pendo frustrationSignal")
+        );
+        assert!(obs.unknown_kind);
+        assert_eq!(obs.kind, "frustrationSignal");
+        assert_eq!(obs.unknown_fields, vec!["newTopLevel".to_string()]);
+        for (policy, check) in [("drop", 0), ("dlq", 1)] {
+            let text = crate::transform::mapping::DEFAULT_PENDO_MAPPING.replace(
+                "policy = \"pass_through\"",
+                &format!("policy = \"{policy}\""),
+            );
+            let m = PendoToSegment::new(
+                PendoMapping::parse(&text, "t").unwrap(),
+                MapperSettings::default(),
+            );
+            let (o, _) = run(&m, &ev(json!({"event": "frustrationSignal"})));
+            match check {
+                0 => assert_eq!(o, MapOutcome::Dropped),
+                _ => assert!(matches!(
+                    o,
+                    MapOutcome::DeadLetter {
+                        reason: "unknown_kind",
+                        ..
+                    }
+                )),
+            }
+        }
+        let (_, obs) = run(
+            &m,
+            &ev(json!({"properties": {"featureId": "f", "surprise": true}})),
+        );
+        assert_eq!(obs.unknown_fields, vec!["properties.surprise".to_string()]);
+        assert!(!obs.unknown_kind);
+    }
+
+    #[test]
+    fn filters_apply() {
+        let text = crate::transform::mapping::DEFAULT_PENDO_MAPPING
+            .replace(
+                "deny_feature_ids = []",
+                "deny_feature_ids = [\"ft_secret\"]",
+            )
+            .replace("deny_events = []", "deny_events = [\"Guide Seen\"]")
+            .replace("deny_kinds = []", "deny_kinds = [\"pollseen\"]");
+        let m = PendoToSegment::new(
+            PendoMapping::parse(&text, "t").unwrap(),
+            MapperSettings::default(),
+        );
+        let (o, _) = run(&m, &ev(json!({"properties": {"featureId": "ft_secret"}})));
+        assert_eq!(o, MapOutcome::Filtered("deny_feature_ids"));
+        let (o, _) = run(&m, &ev(json!({"event": "guideDisplayed"})));
+        assert_eq!(o, MapOutcome::Filtered("events"));
+        let (o, _) = run(&m, &ev(json!({"event": "pollDisplayed"})));
+        assert_eq!(
+            o,
+            MapOutcome::Filtered("deny_kinds"),
+            "denied by alias, matched through the canonical name"
+        );
+        assert!(matches!(run(&m, &ev(json!({}))).0, MapOutcome::Calls(_)));
+    }
+
+    #[test]
+    fn nps_makes_identify_then_track_with_distinct_ids() {
+        let m = mapper();
+        let v = ev(
+            json!({"event": "npsSubmitted", "properties": {"guideId": "g", "nps": {"rating": 8, "reason": "", "source": "web"}}}),
+        );
+        let c = calls(run(&m, &v).0);
+        assert_eq!(c.len(), 2);
+        assert_ne!(c[0].message_id, c[1].message_id);
+        let CallBody::Identify { traits } = &c[0].body else {
+            panic!()
+        };
+        let t: Value = serde_json::from_str(traits).unwrap();
+        assert_eq!(
+            t,
+            json!({"nps_score": 8, "nps_category": "passive", "nps_last_responded_at": "2025-11-28T11:41:39.000Z"})
+        );
+        let CallBody::Track { properties, .. } = &c[1].body else {
+            panic!()
+        };
+        let p: Value = serde_json::from_str(properties).unwrap();
+        assert_eq!(p["score"], 8);
+        assert_eq!(p["comment"], "");
+        assert!(p.get("nps").is_none());
+        for (score, cat) in [
+            (0, "detractor"),
+            (6, "detractor"),
+            (7, "passive"),
+            (9, "promoter"),
+            (10, "promoter"),
+        ] {
+            assert_eq!(nps_category(Some(&json!(score))), Some(json!(cat)));
+        }
+        assert_eq!(nps_category(Some(&json!(11))), None);
+    }
+}

@@ -1,4 +1,5 @@
-//! The command line: `run`, `topics apply`, `config check`.
+//! The command line: `run`, `topics apply`, `config check`, `idmap load|get|delete`,
+//! `mapping check|default`.
 //!
 //! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
 //! configuration error.
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app;
 use crate::config::{Config, LogFormat};
+use crate::idmap;
 use crate::kafka::{client_config, topics};
 use crate::logging;
 use crate::roles::{Role, RunOptions};
@@ -42,6 +44,52 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The Pendo visitor id -> Segment user id mapping (topic idmap.visitor-to-user).
+    #[command(subcommand)]
+    Idmap(IdmapCommand),
+    /// The Pendo -> Segment mapping file.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+/// `idmap` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IdmapCommand {
+    /// Publish the mappings of a CSV file (`visitor_id,user_id`, optional header line). Every
+    /// row is checked first; if any is invalid, each is reported with its line number and
+    /// nothing is published.
+    Load {
+        /// The CSV file.
+        file: PathBuf,
+        /// Recorded as the mappings' `source`.
+        #[arg(long, default_value = "cli")]
+        source: String,
+        /// Only check the file.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the Segment user id of a Pendo visitor (exit 1 if unmapped).
+    Get {
+        /// The Pendo visitor id.
+        visitor_id: String,
+    },
+    /// Delete the mapping of a visitor (publishes a tombstone).
+    Delete {
+        /// The Pendo visitor id.
+        visitor_id: String,
+    },
+}
+
+/// `mapping` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Validate the configured mapping file (or FILE); errors name the line.
+    Check {
+        /// A mapping file to check instead of the configured one.
+        file: Option<PathBuf>,
+    },
+    /// Print the shipped default mapping (a starting point for your own).
+    Default,
 }
 
 /// Which roles to run.
@@ -120,6 +168,38 @@ pub fn main() -> ExitCode {
                 topics_apply(&config, fix, dry_run).await
             }
             Command::Run(args) => run(&config, args).await,
+            Command::Idmap(IdmapCommand::Load {
+                file,
+                source,
+                dry_run,
+            }) => idmap::commands::load(&config, &file, &source, dry_run).await,
+            Command::Idmap(IdmapCommand::Get { visitor_id }) => {
+                idmap::commands::get(&config, &visitor_id).await
+            }
+            Command::Idmap(IdmapCommand::Delete { visitor_id }) => {
+                idmap::commands::delete(&config, &visitor_id).await
+            }
+            Command::Mapping(MappingCommand::Default) => {
+                print!("{}", crate::transform::mapping::DEFAULT_PENDO_MAPPING);
+                ExitCode::SUCCESS
+            }
+            Command::Mapping(MappingCommand::Check { file }) => {
+                let result = match &file {
+                    Some(f) => crate::transform::mapping::PendoMapping::load(f)
+                        .map_err(anyhow::Error::from),
+                    None => crate::transform::transform_pendo::load_mapping(&config),
+                };
+                match result {
+                    Ok(m) => {
+                        eprintln!("mapping is valid: {} kinds", m.kinds().len());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
         }
     })
 }

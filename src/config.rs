@@ -16,7 +16,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::connectors::pendo_webhook::config::PendoWebhookConfig;
 use crate::kafka::topics::TopicId;
+use crate::schema::WireFormat;
 use crate::secret::Secret;
+use crate::transform::transform_pendo::config::TransformPendoConfig;
 
 /// Largest webhook body a raw topic can hold as one record (its `max.message.bytes` is
 /// [`crate::kafka::topics::RAW_MAX_MESSAGE_BYTES`], which leaves room for headers).
@@ -56,6 +58,12 @@ pub struct Config {
     /// The `pendo-webhook` role.
     #[serde(default)]
     pub pendo_webhook: PendoWebhookConfig,
+    /// The `transform-pendo` role.
+    #[serde(default)]
+    pub transform_pendo: TransformPendoConfig,
+    /// How Avro records are framed on Kafka.
+    #[serde(default)]
+    pub schema: SchemaConfig,
     /// Segment's HTTP Tracking API (used by the Segment sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentConfig>,
@@ -169,6 +177,11 @@ pub struct ProcessingConfig {
     /// librdkafka statistics interval (feeds the consumer-lag gauges), in ms; 0 disables.
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u64,
+    /// Deadline of each transactional call of a transformer (init, send offsets, commit,
+    /// abort), in ms. Keep it below the consumer session timeout (45 s by default): a call that
+    /// overruns it stops the role instead of guessing.
+    #[serde(default = "default_transaction_call_timeout_ms")]
+    pub transaction_call_timeout_ms: u64,
 }
 
 impl Default for ProcessingConfig {
@@ -178,6 +191,7 @@ impl Default for ProcessingConfig {
             commit_max_records: default_commit_max_records(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             statistics_interval_ms: default_statistics_interval_ms(),
+            transaction_call_timeout_ms: default_transaction_call_timeout_ms(),
         }
     }
 }
@@ -190,6 +204,9 @@ fn default_commit_max_records() -> usize {
 }
 fn default_shutdown_grace_ms() -> u64 {
     30_000
+}
+fn default_transaction_call_timeout_ms() -> u64 {
+    10_000
 }
 fn default_statistics_interval_ms() -> u64 {
     5_000
@@ -236,6 +253,70 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// How Avro records are framed on Kafka (see `schemas/README.md`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// `single_object` (default: decodable with the files in `schemas/` alone) or `confluent`
+    /// (magic 0 + schema id, for registry-aware consumers).
+    #[serde(default)]
+    pub format: SchemaFormat,
+    /// With `confluent`: the registry ids of each schema. (A registry client that looks them up
+    /// may come later; the framing does not change.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confluent_ids: Option<ConfluentSchemaIds>,
+}
+
+/// Framing of Avro records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaFormat {
+    /// Avro single-object encoding.
+    #[default]
+    SingleObject,
+    /// Confluent wire format.
+    Confluent,
+}
+
+/// Registry ids of the shipped schemas.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfluentSchemaIds {
+    /// `segment_call.avsc`.
+    pub segment_call: u32,
+    /// `id_mapping.avsc`.
+    pub id_mapping: u32,
+    /// `pendo_metadata_update.avsc`.
+    pub pendo_metadata_update: u32,
+}
+
+/// The shipped schemas, for picking a wire format.
+#[derive(Debug, Clone, Copy)]
+pub enum SchemaId {
+    /// `SegmentCall`.
+    SegmentCall,
+    /// `IdMapping`.
+    IdMapping,
+    /// `PendoMetadataUpdate`.
+    PendoMetadataUpdate,
+}
+
+impl SchemaConfig {
+    /// The framing of one record type.
+    pub fn wire_format(&self, schema: SchemaId) -> WireFormat {
+        match (self.format, &self.confluent_ids) {
+            (SchemaFormat::Confluent, Some(ids)) => WireFormat::Confluent {
+                schema_id: match schema {
+                    SchemaId::SegmentCall => ids.segment_call,
+                    SchemaId::IdMapping => ids.id_mapping,
+                    SchemaId::PendoMetadataUpdate => ids.pendo_metadata_update,
+                },
+            },
+            _ => WireFormat::SingleObject,
+        }
+    }
 }
 
 /// Segment's data region; explicit because data sent to the wrong region is silently lost.
@@ -552,6 +633,14 @@ impl Config {
             return invalid(format!(
                 "pendo_webhook.max_body_bytes may be at most {MAX_RAW_RECORD_BYTES} (the raw topics' max.message.bytes)"
             ));
+        }
+        self.transform_pendo
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        if self.schema.format == SchemaFormat::Confluent && self.schema.confluent_ids.is_none() {
+            return invalid(
+                "schema.format = \"confluent\" needs [schema.confluent_ids] (segment_call, id_mapping, pendo_metadata_update)".into(),
+            );
         }
         let p = &self.processing;
         if p.commit_max_records == 0 || p.commit_interval_ms == 0 {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod health;
+pub mod idmap;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;

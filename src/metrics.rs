@@ -53,6 +53,20 @@ pub struct Metrics {
     pub webhook_ack_latency: HistogramVec,
     /// Resident memory of the process, refreshed at every scrape.
     pub resident_memory: IntGauge,
+    /// Outcome of every raw event a transformer handled, by kind (bounded labels).
+    pub transform_events: IntCounterVec,
+    /// Segment calls (or Pendo updates) a transformer produced, by call type.
+    pub transform_calls: IntCounterVec,
+    /// Events whose kind the mapping does not list, by kind (bounded labels).
+    pub unknown_kinds: IntCounterVec,
+    /// Fields the mapping does not expect, by kind and field (bounded labels).
+    pub unknown_fields: IntCounterVec,
+    /// Records written to a dead-letter topic, by stage and reason.
+    pub dead_letters: IntCounterVec,
+    /// Changes applied to the in-memory id mapping, by operation (upsert, delete, invalid).
+    pub idmap_updates: IntCounterVec,
+    /// Mappings in the in-memory id mapping.
+    pub idmap_entries: IntGauge,
     /// Constant 1 with the version as label.
     pub build_info: IntGaugeVec,
 }
@@ -126,7 +140,51 @@ impl Metrics {
             latency_buckets(),
             &["role"],
         );
+        let idmap_entries = IntGauge::new(
+            "pendo_segment_idmap_entries",
+            "Pendo visitor -> Segment user mappings held in memory.",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(idmap_entries.clone()))
+            .expect("unique gauge");
         let m = Metrics {
+            transform_events: counter(
+                &r,
+                "pendo_segment_transform_events_total",
+                "Raw events handled by a transformer, by kind and outcome (mapped, filtered, dropped, dead_lettered).",
+                &["stage", "kind", "outcome"],
+            ),
+            transform_calls: counter(
+                &r,
+                "pendo_segment_transform_calls_total",
+                "Canonical records produced by a transformer, by call type.",
+                &["stage", "call"],
+            ),
+            unknown_kinds: counter(
+                &r,
+                "pendo_segment_transform_unknown_kinds_total",
+                "Events of kinds the mapping does not list (schema drift), by kind.",
+                &["stage", "kind"],
+            ),
+            unknown_fields: counter(
+                &r,
+                "pendo_segment_transform_unknown_fields_total",
+                "Fields the mapping does not expect (schema drift), by kind and field.",
+                &["stage", "kind", "field"],
+            ),
+            dead_letters: counter(
+                &r,
+                "pendo_segment_dead_letters_total",
+                "Records written to a dead-letter topic, by stage and reason.",
+                &["stage", "reason"],
+            ),
+            idmap_updates: counter(
+                &r,
+                "pendo_segment_idmap_updates_total",
+                "Id mapping records applied, by operation (upsert, delete, invalid).",
+                &["op"],
+            ),
+            idmap_entries,
             transactions: counter(
                 &r,
                 "pendo_segment_transactions_total",
@@ -256,6 +314,37 @@ fn resident_memory_bytes() -> Option<i64> {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Caps the distinct values of a label that comes from input data (event kinds, field names),
+/// so a stream of junk cannot grow the metric series without bound: after `max` distinct
+/// values, new ones are reported as `_other`.
+pub struct BoundedLabel {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    max: usize,
+}
+
+impl BoundedLabel {
+    /// A cap of `max` distinct values.
+    pub fn new(max: usize) -> Self {
+        Self {
+            seen: Default::default(),
+            max,
+        }
+    }
+
+    /// `value` if it is (or can become) one of the tracked values, else `_other`.
+    pub fn label<'a>(&self, value: &'a str) -> &'a str {
+        let mut seen = self.seen.lock().expect("label lock");
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value;
+        }
+        "_other"
+    }
+}
 
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {

@@ -69,7 +69,9 @@ impl Role {
                 Role::PendoWebhook => Box::new(
                     pendo_webhook::task(config, options.insecure_no_auth).map_err(invalid)?,
                 ),
-                Role::TransformPendo => return not_built(4),
+                Role::TransformPendo => {
+                    Box::new(crate::transform::transform_pendo::task(config).map_err(invalid)?)
+                }
                 Role::SegmentSink => return not_built(5),
                 Role::PendoPoller => return not_built(6),
                 Role::SegmentWebhook | Role::TransformSegment | Role::PendoSink => {

@@ -13,6 +13,8 @@ pub const EVENT_KIND: &str = "event-kind";
 pub const SOURCE: &str = "source";
 /// Dead letters: why the record was rejected (short, human-readable).
 pub const DLQ_REASON: &str = "dlq-reason";
+/// Dead letters from transformers: the full explanation (the reason is a short code).
+pub const DLQ_DETAIL: &str = "dlq-detail";
 /// Dead letters: the stage that rejected it.
 pub const DLQ_STAGE: &str = "dlq-stage";
 /// Dead letters: when it was rejected, epoch milliseconds.

@@ -97,6 +97,8 @@ impl TopicId {
                 | TopicId::SegmentRawWebhook
                 | TopicId::DlqPendoWebhook
                 | TopicId::DlqSegmentWebhook
+                | TopicId::DlqTransformPendo
+                | TopicId::DlqTransformSegment
         )
     }
 

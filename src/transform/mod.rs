@@ -8,3 +8,4 @@ pub mod json_path;
 pub mod mapping;
 pub mod message_id;
 pub mod pendo_to_segment;
+pub mod transform_pendo;

@@ -13,9 +13,7 @@ use super::mapping::{
     CallMapping, CallType, KindMapping, NameRule, PendoMapping, UnknownKindPolicy, ValueExpr,
 };
 use super::message_id::MessageIdBuilder;
-use crate::schema::segment_call::{
-    CallBody, CallContext, Library, Origin, PageContext, SegmentCall,
-};
+use crate::schema::segment_call::{CallBody, CallContext, Origin, PageContext, SegmentCall};
 
 /// Segment's per-event limit is 32 KB; keep a margin for what the sink adds (`sentAt`,
 /// `context.library`).
@@ -109,7 +107,6 @@ pub struct Observations {
 pub struct PendoToSegment {
     mapping: PendoMapping,
     settings: MapperSettings,
-    library: Library,
     properties_path: JsonPath,
 }
 
@@ -186,10 +183,6 @@ impl PendoToSegment {
         Self {
             mapping,
             settings,
-            library: Library {
-                name: env!("CARGO_PKG_NAME").into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-            },
             properties_path: JsonPath::parse("properties").expect("path"),
         }
     }
@@ -477,7 +470,8 @@ impl PendoToSegment {
                 .locale_from
                 .as_ref()
                 .and_then(|p| non_empty_str(p.get(event))),
-            library: Some(self.library.clone()),
+            // The sink sets `context.library` when it sends (the version that delivered it).
+            library: None,
             extra: None,
         };
         if cm.call != CallType::Group {

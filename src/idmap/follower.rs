@@ -1,0 +1,124 @@
+//! Keeps an [`IdMapTable`] equal to the compacted topic `idmap.visitor-to-user`: reads every
+//! partition from the beginning to its end at start-up (the caller waits for that before it maps
+//! any event, and `/readyz` stays false until then), then follows new records live.
+//!
+//! The follower is not a group member (it assigns every partition itself and never commits), so
+//! each transformer instance holds the whole table whatever its share of the input is. It reads
+//! `read_committed`, so mappings published inside aborted transactions never apply.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::table::IdMapTable;
+use crate::metrics::metrics;
+use crate::schema::IdMappingCodec;
+use crate::shutdown::Shutdown;
+
+/// Consumer settings of a follower, from the role's consumer configuration.
+pub fn follower_client_config(mut base: ClientConfig) -> ClientConfig {
+    base.set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    base
+}
+
+/// Follows `topic` into `table` until `shutdown`. `caught_up` turns true once every partition
+/// was read to its end. Errors only when the topic cannot be read at all.
+pub async fn follow_idmap(
+    client_config: ClientConfig,
+    topic: String,
+    codec: IdMappingCodec,
+    table: IdMapTable,
+    caught_up: watch::Sender<bool>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let consumer: Arc<StreamConsumer> = Arc::new(client_config.create()?);
+    let partitions = {
+        let consumer = consumer.clone();
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || partitions_of(&consumer, &topic)).await??
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let m = metrics();
+    let started = Instant::now();
+    let mut pending: HashSet<i32> = partitions.iter().copied().collect();
+    tracing::info!(
+        topic,
+        partitions = partitions.len(),
+        "loading the id mapping"
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            received = consumer.recv() => match received {
+                Ok(record) => {
+                    let Some(key) = record.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                        m.idmap_updates.with_label_values(&["invalid"]).inc();
+                        tracing::warn!(topic, partition = record.partition(), offset = record.offset(), "id mapping record without a UTF-8 key ignored");
+                        continue;
+                    };
+                    match record.payload() {
+                        None => {
+                            table.remove(key);
+                            m.idmap_updates.with_label_values(&["delete"]).inc();
+                        }
+                        Some(value) => match codec.decode(value) {
+                            Ok(mapping) if mapping.visitor_id == key => {
+                                table.insert(key, &mapping.user_id);
+                                m.idmap_updates.with_label_values(&["upsert"]).inc();
+                            }
+                            Ok(mapping) => {
+                                m.idmap_updates.with_label_values(&["invalid"]).inc();
+                                tracing::warn!(topic, key, value_visitor = mapping.visitor_id, offset = record.offset(), "id mapping record whose key and visitorId differ ignored");
+                            }
+                            Err(e) => {
+                                m.idmap_updates.with_label_values(&["invalid"]).inc();
+                                tracing::warn!(topic, key, offset = record.offset(), error = %e, "undecodable id mapping record ignored");
+                            }
+                        },
+                    }
+                    m.idmap_entries.set(table.len() as i64);
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if pending.remove(&p) && pending.is_empty() {
+                        m.idmap_entries.set(table.len() as i64);
+                        tracing::info!(topic, entries = table.len(), seconds = started.elapsed().as_secs_f64(), "id mapping loaded; following live updates");
+                        let _ = caught_up.send(true);
+                    }
+                }
+                Err(e) => {
+                    // Transient broker errors are retried by librdkafka; keep following.
+                    m.errors.with_label_values(&["idmap", "kafka"]).inc();
+                    tracing::warn!(topic, error = %e, "id mapping consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| anyhow::anyhow!("no metadata for topic {topic}"))?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        anyhow::bail!(
+            "topic {topic} does not exist or has no partitions: run `pendo-segment topics apply`"
+        );
+    }
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
+}

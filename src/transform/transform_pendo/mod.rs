@@ -1,0 +1,126 @@
+//! Role `transform-pendo`: `pendo.raw.*` -> `canonical.segment-calls`, exactly once.
+//!
+//! Start-up: load and validate the mapping (errors name the line), read the id mapping to its
+//! end (`/readyz` false until then), create the transactional producer (fencing any zombie with
+//! the same `transactional.id`), then run the shared consumer loop in transactional mode: each
+//! transaction holds the calls and dead letters of many input records and their offsets.
+
+pub mod config;
+pub mod processor;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::app::{RoleEnv, RoleFuture};
+use crate::config::{Config, SchemaId};
+use crate::idmap::IdMapTable;
+use crate::idmap::follower::{follow_idmap, follower_client_config};
+use crate::kafka::client_config;
+use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
+use crate::kafka::topics::TopicId;
+use crate::kafka::transactional_output::TransactionalOutput;
+use crate::schema::{IdMappingCodec, SegmentCallCodec};
+use crate::transform::mapping::PendoMapping;
+use crate::transform::pendo_to_segment::PendoToSegment;
+use processor::{OutputTopics, PendoTransformProcessor};
+
+/// The role's name.
+pub const ROLE: &str = "transform-pendo";
+
+/// Largest canonical record (a Segment call is at most 32 KB as JSON; Avro is smaller) or dead
+/// letter (a raw record, at most the raw topics' limit).
+const MAX_OUTPUT_RECORD_BYTES: usize = crate::config::MAX_RAW_RECORD_BYTES;
+
+/// Loads the configured mapping (or the shipped default).
+pub fn load_mapping(config: &Config) -> anyhow::Result<PendoMapping> {
+    Ok(match &config.transform_pendo.mapping_file {
+        Some(path) => PendoMapping::load(path)?,
+        None => PendoMapping::default_mapping(),
+    })
+}
+
+/// Builds the role; fails at once on an invalid mapping file.
+pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFuture + Send + use<>> {
+    let mapping = load_mapping(config).context("the mapping file is invalid")?;
+    let config = config.clone();
+    Ok(move |env: RoleEnv| -> RoleFuture {
+        Box::pin(async move {
+            let c = &config;
+            let raw_webhook = c.topic_name(TopicId::PendoRawWebhook);
+            let raw_api = c.topic_name(TopicId::PendoRawApi);
+            let mapper =
+                PendoToSegment::new(mapping, c.transform_pendo.mapper_settings("pendo.webhook"));
+
+            // 1. The id mapping, read to its end before any event is mapped.
+            let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));
+            let table = IdMapTable::default();
+            let (caught_up_tx, mut caught_up) = watch::channel(false);
+            let follower = tokio::spawn(follow_idmap(
+                follower_client_config(client_config::consumer(c, &format!("{ROLE}.idmap"))),
+                c.topic_name(TopicId::IdmapVisitorToUser),
+                IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
+                table.clone(),
+                caught_up_tx,
+                env.shutdown.clone(),
+            ));
+            tokio::select! {
+                _ = env.shutdown.wait() => return Ok(()),
+                r = caught_up.wait_for(|v| *v) => { r.context("id mapping follower stopped")?; }
+            }
+            idmap_ready.set_ready(true);
+
+            // 2. The transactional producer (fences a zombie instance with the same id).
+            let timeout = Duration::from_millis(c.processing.transaction_call_timeout_ms);
+            let producer = client_config::transactional_producer(c, ROLE, MAX_OUTPUT_RECORD_BYTES);
+            let output = tokio::task::spawn_blocking(move || {
+                TransactionalOutput::create(&producer, timeout)
+            })
+            .await?
+            .context("cannot initialise the transactional producer")?;
+
+            // 3. The loop.
+            let spec = LoopSpec {
+                stage: ROLE,
+                topics: vec![raw_webhook.clone(), raw_api.clone()],
+                commit_max_records: c.processing.commit_max_records,
+                commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
+                strategy: CommitStrategy::Transactional {
+                    output: output.clone(),
+                    timeout,
+                },
+            };
+            let processor = PendoTransformProcessor::new(
+                ROLE,
+                mapper,
+                SegmentCallCodec::new(c.schema.wire_format(SchemaId::SegmentCall)),
+                table,
+                output,
+                OutputTopics {
+                    calls: c.topic_name(TopicId::CanonicalSegmentCalls),
+                    dlq: c.topic_name(TopicId::DlqTransformPendo),
+                    sources: vec![
+                        (raw_webhook, "pendo.webhook".into()),
+                        (raw_api, "pendo.api".into()),
+                    ],
+                },
+            );
+            let consumer_config = client_config::consumer(c, ROLE);
+            tokio::select! {
+                r = run_consumer_loop(
+                    &consumer_config,
+                    spec,
+                    processor,
+                    env.shutdown.clone(),
+                    env.readiness.register(format!("{ROLE}:consumer")),
+                ) => r.map(|_| ()).map_err(anyhow::Error::from),
+                f = follower => Err(match f {
+                    Ok(Ok(())) => anyhow::anyhow!("id mapping follower stopped"),
+                    Ok(Err(e)) => e.context("id mapping follower failed"),
+                    Err(e) => anyhow::anyhow!("id mapping follower panicked: {e}"),
+                }),
+            }
+        })
+    })
+}

@@ -11,48 +11,21 @@ use std::time::{Duration, Instant};
 use pendo_segment::schema::{SegmentCallCodec, WireFormat};
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::json;
+use support::synthetic_pendo::synthetic_event;
 use support::*;
 
 const EVENTS: usize = 50_000;
 
-/// Synthetic Pendo events of several single-call kinds, realistic sizes, unique ids.
-fn event(i: usize, rng: &mut Rng) -> (String, Vec<u8>) {
-    let visitor = format!("vis-{}", rng.below(2_000));
-    let ts = 1_764_330_000 + i as i64;
-    let v = match i % 4 {
-        0 => json!({"event": "featureClicked", "visitorId": visitor, "accountId": "acct-1", "timestamp": ts,
-            "uniqueId": format!("crash-{i}"), "userAgent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0",
-            "properties": {"featureId": format!("ft_{}", i % 97), "featureName": "Export CSV button",
-                "pageId": "pg_reports", "url": "https://app.acme.example/reports/rep-77", "language": "de-DE"}}),
-        1 => json!({"event": "pageLoaded", "visitorId": visitor, "accountId": "acct-2", "timestamp": ts,
-            "uniqueId": format!("crash-{i}"),
-            "properties": {"pageId": "pg_reports", "pageName": "Reports",
-                "url": format!("https://app.acme.example/reports/{i}?tab=summary"), "title": "Reports",
-                "referrer": "https://app.acme.example/home", "language": "en-US"}}),
-        2 => json!({"event": "guideDisplayed", "visitorId": visitor, "accountId": "acct-1", "timestamp": ts,
-            "uniqueId": format!("crash-{i}"),
-            "properties": {"guideId": "gd_onboard_01", "guideStepId": "st_01",
-                "guideProperties": {"id": "gd_onboard_01", "name": "Welcome tour", "steps": [{"id": "st_01"}]}}}),
-        _ => json!({"event": "trackEventReceived", "visitorId": visitor, "accountId": "acct-3", "timestamp": ts,
-            "uniqueId": format!("crash-{i}"),
-            "properties": {"trackTypeName": "Report Exported", "trackTypeId": "tt_1",
-                "eventProperties": {"format": "csv", "rows": i, "scheduled": false}}}),
-    };
-    (visitor, serde_json::to_vec(&v).unwrap())
-}
-
-async fn produce_events(topic: &str, n: usize, seed: u64) {
+async fn produce_events(topic: &str, n: usize, offset: usize) {
     let p: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    let mut rng = Rng::new(seed);
     let mut pending = Vec::new();
-    for i in 0..n {
-        let (key, value) = event(i, &mut rng);
+    for i in offset..offset + n {
+        let (key, value) = synthetic_event(i);
         let p = p.clone();
         let topic = topic.to_string();
         pending.push(async move {
@@ -107,7 +80,7 @@ async fn sigkill_three_times_yields_every_event_exactly_once() {
     apply_topics(&config);
     let raw = format!("{prefix}.pendo.raw.webhook");
     let canonical = format!("{prefix}.canonical.segment-calls");
-    produce_events(&raw, EVENTS, 7).await;
+    produce_events(&raw, EVENTS, 0).await;
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +146,7 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first() {
     apply_topics(&config_a);
     let raw = format!("{prefix}.pendo.raw.webhook");
     let canonical = format!("{prefix}.canonical.segment-calls");
-    produce_events(&raw, 20_000, 11).await;
+    produce_events(&raw, 20_000, 0).await;
 
     let mut a = RoleProcess::start(
         &config_a,

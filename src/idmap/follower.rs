@@ -10,15 +10,29 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::table::IdMapTable;
 use crate::metrics::metrics;
 use crate::schema::IdMappingCodec;
 use crate::shutdown::Shutdown;
+
+/// Reaching a partition's end is how the follower knows it caught up, not an error: keep
+/// librdkafka's EOF events out of the error log.
+pub struct FollowerContext;
+
+impl ClientContext for FollowerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "id mapping consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for FollowerContext {}
 
 /// Consumer settings of a follower, from the role's consumer configuration.
 pub fn follower_client_config(mut base: ClientConfig) -> ClientConfig {
@@ -39,7 +53,8 @@ pub async fn follow_idmap(
     caught_up: watch::Sender<bool>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<StreamConsumer> = Arc::new(client_config.create()?);
+    let consumer: Arc<StreamConsumer<FollowerContext>> =
+        Arc::new(client_config.create_with_context(FollowerContext)?);
     let partitions = {
         let consumer = consumer.clone();
         let topic = topic.clone();
@@ -108,7 +123,10 @@ pub async fn follow_idmap(
     }
 }
 
-fn partitions_of(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Vec<i32>> {
+fn partitions_of(
+    consumer: &StreamConsumer<FollowerContext>,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
     let t = md
         .topics()

@@ -60,7 +60,9 @@ impl FramedSchema {
         let schema: &'static Schema = Box::leak(Box::new(
             Schema::parse_str(avsc).expect("a shipped schema parses"),
         ));
-        let fp = schema.fingerprint::<Rabin>();
+        let fp = Schema::parse_str(&spec_canonical_form(schema))
+            .expect("a canonical form parses")
+            .fingerprint::<Rabin>();
         let mut fingerprint = [0u8; 8];
         fingerprint.copy_from_slice(&fp.bytes[..8]);
         Self {
@@ -135,6 +137,23 @@ impl FramedSchema {
     }
 }
 
+/// The Parsing Canonical Form as the Avro specification defines it. apache-avro 0.22 keeps a
+/// primitive with a logical type as `{"type":"long"}`, where the specification (and Java,
+/// fastavro, ...) strip it to `"long"`; fingerprints must match theirs, or other libraries cannot
+/// find our writer schema.
+pub fn spec_canonical_form(schema: &Schema) -> String {
+    let mut form = schema.canonical_form();
+    for primitive in [
+        "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+    ] {
+        form = form.replace(
+            &format!("{{\"type\":\"{primitive}\"}}"),
+            &format!("\"{primitive}\""),
+        );
+    }
+    form
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -154,6 +173,32 @@ mod tests {
         assert_eq!(&out[2..], &s.fingerprint());
         out.extend_from_slice(b"\x02x");
         assert_eq!(s.datum(&out).unwrap(), b"\x02x");
+    }
+
+    #[test]
+    fn fingerprints_follow_the_specification_for_logical_types() {
+        // Cross-checked with fastavro (tests/avro_independent_decoder.rs): the canonical form of
+        // a timestamp-millis long is "long".
+        let s = FramedSchema::parse_shipped(
+            r#"{"type":"record","name":"T","fields":[{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#,
+            WireFormat::SingleObject,
+        );
+        let plain = FramedSchema::parse_shipped(
+            r#"{"type":"record","name":"T","fields":[{"name":"t","type":"long"}]}"#,
+            WireFormat::SingleObject,
+        );
+        assert_eq!(s.fingerprint(), plain.fingerprint());
+        // The spec's own example: the fingerprint of "null" is 0x63DD24E7CC258F8A.
+        let null = FramedSchema::parse_shipped(r#""null""#, WireFormat::SingleObject);
+        assert_eq!(
+            u64::from_le_bytes(null.fingerprint()),
+            0x63DD_24E7_CC25_8F8A
+        );
+        let call = FramedSchema::parse_shipped(
+            crate::schema::segment_call::SEGMENT_CALL_AVSC,
+            WireFormat::SingleObject,
+        );
+        assert_eq!(hex(&call.fingerprint()), "ae9c77536302ad45");
     }
 
     #[test]

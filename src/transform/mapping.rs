@@ -148,6 +148,8 @@ pub struct KindMapping {
 /// Allow/deny filters. An empty allow list allows everything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filters {
+    /// Whether any list is set (skips all filter work when not).
+    pub any: bool,
     /// Kinds (lower case) allowed.
     pub allow_kinds: HashSet<String>,
     /// Kinds (lower case) denied.
@@ -313,6 +315,7 @@ impl PendoMapping {
             deny_feature_ids: set(&f.deny_feature_ids),
             allow_guide_ids: set(&f.allow_guide_ids),
             deny_guide_ids: set(&f.deny_guide_ids),
+            any: false,
         };
 
         let mut kinds = HashMap::new();
@@ -416,6 +419,8 @@ impl PendoMapping {
             }
             let index = mappings.len();
             for alias in std::iter::once(name).chain(kind.aliases.iter()) {
+                // The spelling as written too, so the common case needs no lowercasing.
+                kinds.entry(alias.clone()).or_insert(index);
                 if kinds
                     .insert(alias.to_lowercase(), index)
                     .is_some_and(|other| other != index)
@@ -460,6 +465,14 @@ impl PendoMapping {
                 .collect();
             set.extend(canonical);
         }
+        filters.any = !(filters.allow_kinds.is_empty()
+            && filters.deny_kinds.is_empty()
+            && filters.allow_events.is_empty()
+            && filters.deny_events.is_empty()
+            && filters.allow_feature_ids.is_empty()
+            && filters.deny_feature_ids.is_empty()
+            && filters.allow_guide_ids.is_empty()
+            && filters.deny_guide_ids.is_empty());
         Ok(Self {
             defaults,
             unknown_kinds,

@@ -155,6 +155,39 @@ fn event_time_ms(v: &Value) -> Option<i64> {
     (ms > 0.0 && ms < 32_503_680_000_000.0).then_some(ms.round() as i64)
 }
 
+/// An upper bound of a call's size as Segment JSON: JSON-text fields are exact, every other
+/// string may grow at most 6x when escaped (`\u00XX`), plus the fixed keys and punctuation.
+fn size_upper_bound(call: &SegmentCall) -> usize {
+    let o = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let c = &call.context;
+    let page = c.page.as_ref().map_or(0, |p| {
+        o(&p.url) + o(&p.path) + o(&p.search) + o(&p.title) + o(&p.referrer)
+    });
+    let strings = call.message_id.len()
+        + call.timestamp.len()
+        + o(&call.user_id)
+        + o(&call.anonymous_id)
+        + o(&c.group_id)
+        + o(&c.user_agent)
+        + o(&c.locale)
+        + c.library
+            .as_ref()
+            .map_or(0, |l| l.name.len() + l.version.len())
+        + page;
+    let (body_strings, body_json) = match &call.body {
+        CallBody::Track { event, properties } => (event.len(), properties.len()),
+        CallBody::Page {
+            name,
+            category,
+            properties,
+        } => (o(name) + o(category), properties.len()),
+        CallBody::Identify { traits } => (0, traits.len()),
+        CallBody::Group { group_id, traits } => (group_id.len(), traits.len()),
+    };
+    let json = body_json + o(&c.traits) + o(&c.extra) + o(&call.integrations);
+    6 * (strings + body_strings) + json + 512
+}
+
 fn iso_millis(ms: i64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
 }
@@ -242,44 +275,10 @@ impl PendoToSegment {
 
         // Filters on the kind, before any work.
         let f = &m.filters;
-        let kind_lower = kind.to_lowercase();
-        let canonical_lower = kind_mapping.map(|k| k.name.to_lowercase());
-        let listed = |set: &std::collections::HashSet<String>| {
-            set.contains(&kind_lower) || canonical_lower.as_ref().is_some_and(|c| set.contains(c))
-        };
-        if listed(&f.deny_kinds) {
-            return MapOutcome::Filtered("deny_kinds");
-        }
-        if !f.allow_kinds.is_empty() && !listed(&f.allow_kinds) {
-            return MapOutcome::Filtered("allow_kinds");
-        }
-        let feature = id_text(m.defaults.feature_id_from.get(event));
-        let guide = id_text(m.defaults.guide_id_from.get(event));
-        if feature
-            .as_ref()
-            .is_some_and(|id| f.deny_feature_ids.contains(id))
+        if f.any
+            && let Some(rule) = self.filter_rule(event, kind, kind_mapping)
         {
-            return MapOutcome::Filtered("deny_feature_ids");
-        }
-        if !f.allow_feature_ids.is_empty()
-            && feature
-                .as_ref()
-                .is_some_and(|id| !f.allow_feature_ids.contains(id))
-        {
-            return MapOutcome::Filtered("allow_feature_ids");
-        }
-        if guide
-            .as_ref()
-            .is_some_and(|id| f.deny_guide_ids.contains(id))
-        {
-            return MapOutcome::Filtered("deny_guide_ids");
-        }
-        if !f.allow_guide_ids.is_empty()
-            && guide
-                .as_ref()
-                .is_some_and(|id| !f.allow_guide_ids.contains(id))
-        {
-            return MapOutcome::Filtered("allow_guide_ids");
+            return MapOutcome::Filtered(rule);
         }
 
         let passthrough;
@@ -388,25 +387,29 @@ impl PendoToSegment {
                 Ok(c) => c,
                 Err(outcome) => return outcome,
             };
-            if let CallBody::Track { event, .. } = &call.body
+            if f.any
+                && let CallBody::Track { event, .. } = &call.body
                 && (f.deny_events.contains(event)
                     || (!f.allow_events.is_empty() && !f.allow_events.contains(event)))
             {
                 denied_events += 1;
                 continue;
             }
-            let mut json = Vec::with_capacity(512);
-            call.write_segment_json(&mut json);
-            if json.len() > self.settings.max_call_bytes {
-                return dead(
-                    "too_large",
-                    format!(
-                        "the {} call would be {} bytes, over the {}-byte limit per Segment event",
-                        call.body.call_type(),
-                        json.len(),
-                        self.settings.max_call_bytes
-                    ),
-                );
+            // Exact size only when a cheap upper bound does not settle it.
+            if size_upper_bound(&call) > self.settings.max_call_bytes {
+                let mut json = Vec::with_capacity(4096);
+                call.write_segment_json(&mut json);
+                if json.len() > self.settings.max_call_bytes {
+                    return dead(
+                        "too_large",
+                        format!(
+                            "the {} call would be {} bytes, over the {}-byte limit per Segment event",
+                            call.body.call_type(),
+                            json.len(),
+                            self.settings.max_call_bytes
+                        ),
+                    );
+                }
             }
             calls.push(call);
         }
@@ -414,6 +417,57 @@ impl PendoToSegment {
             return MapOutcome::Filtered("events");
         }
         MapOutcome::Calls(calls)
+    }
+
+    /// The filter rule that excludes this event, if any (only called when filters are set).
+    fn filter_rule(
+        &self,
+        event: &Value,
+        kind: &str,
+        kind_mapping: Option<&KindMapping>,
+    ) -> Option<&'static str> {
+        let m = &self.mapping;
+        let f = &m.filters;
+        let kind_lower = kind.to_lowercase();
+        let canonical_lower = kind_mapping.map(|k| k.name.to_lowercase());
+        let listed = |set: &std::collections::HashSet<String>| {
+            set.contains(&kind_lower) || canonical_lower.as_ref().is_some_and(|c| set.contains(c))
+        };
+        if listed(&f.deny_kinds) {
+            return Some("deny_kinds");
+        }
+        if !f.allow_kinds.is_empty() && !listed(&f.allow_kinds) {
+            return Some("allow_kinds");
+        }
+        let feature = id_text(m.defaults.feature_id_from.get(event));
+        let guide = id_text(m.defaults.guide_id_from.get(event));
+        if feature
+            .as_ref()
+            .is_some_and(|id| f.deny_feature_ids.contains(id))
+        {
+            return Some("deny_feature_ids");
+        }
+        if !f.allow_feature_ids.is_empty()
+            && feature
+                .as_ref()
+                .is_some_and(|id| !f.allow_feature_ids.contains(id))
+        {
+            return Some("allow_feature_ids");
+        }
+        if guide
+            .as_ref()
+            .is_some_and(|id| f.deny_guide_ids.contains(id))
+        {
+            return Some("deny_guide_ids");
+        }
+        if !f.allow_guide_ids.is_empty()
+            && guide
+                .as_ref()
+                .is_some_and(|id| !f.allow_guide_ids.contains(id))
+        {
+            return Some("allow_guide_ids");
+        }
+        None
     }
 
     fn build_call(

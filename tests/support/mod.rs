@@ -4,6 +4,8 @@
 //! they never skip. `.ci/run` starts one with `scripts/kafka-local start`.
 #![allow(dead_code)]
 
+pub mod synthetic_pendo;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

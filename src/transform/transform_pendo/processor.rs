@@ -1,6 +1,9 @@
 //! The per-record work of `transform-pendo`: map one raw Pendo event, write its Segment calls
 //! (or its dead letter) into the open Kafka transaction, count what was seen.
 
+use std::collections::HashMap;
+
+use prometheus::IntCounter;
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers};
 
@@ -38,6 +41,9 @@ pub struct PendoTransformProcessor {
     kinds: BoundedLabel,
     fields: BoundedLabel,
     buf: Vec<u8>,
+    /// Counter handles by (kind, outcome): label lookups hash strings, once per pair is enough.
+    outcome_counters: HashMap<String, [Option<IntCounter>; 4]>,
+    call_counters: HashMap<&'static str, IntCounter>,
 }
 
 impl PendoTransformProcessor {
@@ -60,6 +66,8 @@ impl PendoTransformProcessor {
             kinds: BoundedLabel::new(MAX_KIND_LABELS),
             fields: BoundedLabel::new(MAX_FIELD_LABELS),
             buf: Vec::with_capacity(2048),
+            outcome_counters: HashMap::new(),
+            call_counters: HashMap::new(),
         }
     }
 
@@ -155,8 +163,13 @@ impl RecordProcessor for PendoTransformProcessor {
                             &[(headers::EVENT_KIND, obs.kind.as_bytes())],
                         )
                         .map_err(|e| ProcessError::new("produce", e.to_string()))?;
-                    m.transform_calls
-                        .with_label_values(&[self.stage, call.body.call_type()])
+                    let stage = self.stage;
+                    self.call_counters
+                        .entry(call.body.call_type())
+                        .or_insert_with(|| {
+                            m.transform_calls
+                                .with_label_values(&[stage, call.body.call_type()])
+                        })
                         .inc();
                 }
                 "mapped"
@@ -168,8 +181,22 @@ impl RecordProcessor for PendoTransformProcessor {
                 "dead_lettered"
             }
         };
-        m.transform_events
-            .with_label_values(&[self.stage, kind, outcome_label])
+        let slot = match outcome_label {
+            "mapped" => 0,
+            "filtered" => 1,
+            "dropped" => 2,
+            _ => 3,
+        };
+        if !self.outcome_counters.contains_key(kind) {
+            self.outcome_counters
+                .insert(kind.to_string(), Default::default());
+        }
+        let slots = self.outcome_counters.get_mut(kind).expect("inserted");
+        slots[slot]
+            .get_or_insert_with(|| {
+                m.transform_events
+                    .with_label_values(&[self.stage, kind, outcome_label])
+            })
             .inc();
         Ok(())
     }

@@ -1,0 +1,422 @@
+//! Benchmark: the `transform-pendo` processor (EOS on) next to a pass-through baseline — the
+//! same consumer loop, the same transactional producer and commit cadence, no mapping — on the
+//! same input in the same run. Also the id mapping: load time and memory for 1,000,000 mappings.
+//!
+//! ```sh
+//! scripts/kafka-local start
+//! cargo bench --bench transform_pendo -- [--events 200000] [--rounds 2] [--mappings 1000000]
+//! ```
+//!
+//! Both modes read the same raw topic (synthetic Pendo events, 0.4-0.7 KB) from the beginning
+//! with a fresh consumer group, and are timed from their first record to their last commit (so
+//! group-join time is excluded). Rounds alternate baseline and transformer. Output: markdown.
+
+#[path = "../tests/support/synthetic_pendo.rs"]
+mod synthetic_pendo;
+
+use std::time::{Duration, Instant};
+
+use pendo_segment::config::{Config, SchemaId};
+use pendo_segment::health::Readiness;
+use pendo_segment::idmap::IdMapTable;
+use pendo_segment::idmap::follower::{follow_idmap, follower_client_config};
+use pendo_segment::kafka::client_config;
+use pendo_segment::kafka::consumer_loop::{
+    CommitStrategy, LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
+};
+use pendo_segment::kafka::topics::{TopicAdmin, TopicId, desired_topics};
+use pendo_segment::kafka::transactional_output::TransactionalOutput;
+use pendo_segment::schema::{IdMapping, IdMappingCodec, SegmentCallCodec};
+use pendo_segment::shutdown::Shutdown;
+use pendo_segment::transform::mapping::PendoMapping;
+use pendo_segment::transform::pendo_to_segment::PendoToSegment;
+use pendo_segment::transform::transform_pendo::processor::{OutputTopics, PendoTransformProcessor};
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+struct Args {
+    events: usize,
+    rounds: usize,
+    mappings: usize,
+}
+
+fn args() -> Option<Args> {
+    let argv: Vec<String> = std::env::args().collect();
+    if !argv.iter().any(|a| a == "--bench") {
+        return None;
+    }
+    let get = |name: &str, default: usize| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    Some(Args {
+        events: get("--events", 200_000),
+        rounds: get("--rounds", 2),
+        mappings: get("--mappings", 1_000_000),
+    })
+}
+
+/// Copies each record to the output topic through the loop's transaction (the baseline).
+struct PassThrough {
+    output: TransactionalOutput,
+    topic: String,
+}
+
+impl RecordProcessor for PassThrough {
+    async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+        self.output
+            .send(
+                &self.topic,
+                record.key(),
+                record.payload().unwrap_or_default(),
+                &[],
+            )
+            .map_err(|e| ProcessError::new("produce", e.to_string()))
+    }
+    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
+/// Times a processor from its first record and stops the loop after `target` records.
+struct Timed<P> {
+    inner: P,
+    seen: usize,
+    target: usize,
+    first: Option<Instant>,
+    shutdown: Shutdown,
+}
+
+impl<P: RecordProcessor> RecordProcessor for Timed<P> {
+    async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+        self.first.get_or_insert_with(Instant::now);
+        self.inner.process(record).await?;
+        self.seen += 1;
+        if self.seen == self.target {
+            self.shutdown.trigger();
+        }
+        Ok(())
+    }
+    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
+        self.inner.checkpoint().await
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+async fn run_mode(config: &Config, mode: &str, round: usize, events: usize) -> f64 {
+    let role = format!("bench-{mode}-{round}");
+    let timeout = Duration::from_secs(10);
+    let producer = client_config::transactional_producer(config, &role, 4 << 20);
+    let output =
+        tokio::task::spawn_blocking(move || TransactionalOutput::create(&producer, timeout))
+            .await
+            .unwrap()
+            .unwrap();
+    let raw = config.topic_name(TopicId::PendoRawWebhook);
+    let spec = LoopSpec {
+        stage: "bench",
+        topics: vec![raw.clone()],
+        commit_max_records: config.processing.commit_max_records,
+        commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
+        strategy: CommitStrategy::Transactional {
+            output: output.clone(),
+            timeout,
+        },
+    };
+    let shutdown = Shutdown::new();
+    let readiness = Readiness::default().register("bench");
+    let consumer = client_config::consumer(config, &role);
+    let started_at;
+    let stats;
+    if mode == "pass-through" {
+        let p = Timed {
+            inner: PassThrough {
+                output,
+                topic: format!("{}.out", config.topic_name(TopicId::CanonicalSegmentCalls)),
+            },
+            seen: 0,
+            target: events,
+            first: None,
+            shutdown: shutdown.clone(),
+        };
+        let (s, first) = run_timed(&consumer, spec, p, shutdown, readiness).await;
+        stats = s;
+        started_at = first;
+    } else {
+        let mapper = PendoToSegment::new(
+            PendoMapping::default_mapping(),
+            config.transform_pendo.mapper_settings("pendo.webhook"),
+        );
+        let p = Timed {
+            inner: PendoTransformProcessor::new(
+                "bench",
+                mapper,
+                SegmentCallCodec::new(config.schema.wire_format(SchemaId::SegmentCall)),
+                IdMapTable::default(),
+                output,
+                OutputTopics {
+                    calls: config.topic_name(TopicId::CanonicalSegmentCalls),
+                    dlq: config.topic_name(TopicId::DlqTransformPendo),
+                    sources: vec![(raw, "pendo.webhook".into())],
+                },
+            ),
+            seen: 0,
+            target: events,
+            first: None,
+            shutdown: shutdown.clone(),
+        };
+        let (s, first) = run_timed(&consumer, spec, p, shutdown, readiness).await;
+        stats = s;
+        started_at = first;
+    }
+    let elapsed = started_at.elapsed().as_secs_f64();
+    assert!(
+        stats >= events as u64,
+        "{mode}: processed {stats} of {events}"
+    );
+    events as f64 / elapsed
+}
+
+async fn run_timed<P: RecordProcessor>(
+    consumer: &rdkafka::ClientConfig,
+    spec: LoopSpec,
+    p: Timed<P>,
+    shutdown: Shutdown,
+    readiness: pendo_segment::health::ReadinessHandle,
+) -> (u64, Instant) {
+    // The loop owns the processor; recover the first-record instant through a channel.
+    let (tx, rx) = std::sync::mpsc::channel();
+    struct Report<P> {
+        inner: Timed<P>,
+        tx: std::sync::mpsc::Sender<Instant>,
+        sent: bool,
+    }
+    impl<P: RecordProcessor> RecordProcessor for Report<P> {
+        async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+            self.inner.process(record).await?;
+            if !self.sent {
+                self.sent = true;
+                let _ = self.tx.send(self.inner.first.expect("set"));
+            }
+            Ok(())
+        }
+        async fn checkpoint(&mut self) -> Result<(), ProcessError> {
+            self.inner.checkpoint().await
+        }
+    }
+    let stats = run_consumer_loop(
+        consumer,
+        spec,
+        Report {
+            inner: p,
+            tx,
+            sent: false,
+        },
+        shutdown,
+        readiness,
+    )
+    .await
+    .expect("loop");
+    (stats.processed, rx.recv().expect("a first record"))
+}
+
+async fn produce(config: &Config, topic: &str, records: impl Iterator<Item = (String, Vec<u8>)>) {
+    let p: FutureProducer = client_config::producer(config, "bench-load")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for (key, value) in records {
+        let p = p.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&value),
+                Duration::from_secs(60),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+        });
+        if pending.len() == 20_000 {
+            for r in futures::future::join_all(std::mem::take(&mut pending)).await {
+                r.expect("produce");
+            }
+        }
+    }
+    for r in futures::future::join_all(pending).await {
+        r.expect("produce");
+    }
+}
+
+/// The mapping and encoding alone, without Kafka: where the transformer's CPU goes.
+fn cpu_only(events: usize) {
+    let raw: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| synthetic_pendo::synthetic_event(i).1)
+        .collect();
+    let mapper = PendoToSegment::new(
+        PendoMapping::default_mapping(),
+        pendo_segment::transform::pendo_to_segment::MapperSettings::default(),
+    );
+    let codec = SegmentCallCodec::new(pendo_segment::schema::WireFormat::SingleObject);
+    let ids = IdMapTable::default();
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    let mut calls = 0usize;
+    for i in 0..events {
+        let (outcome, _) = mapper.map(&raw[i % raw.len()], Some(1), &ids);
+        if let pendo_segment::transform::pendo_to_segment::MapOutcome::Calls(cs) = outcome {
+            for c in &cs {
+                buf.clear();
+                codec.encode(c, &mut buf).unwrap();
+                calls += 1;
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let mut n = 0usize;
+    for i in 0..events {
+        let v: serde_json::Value = serde_json::from_slice(&raw[i % raw.len()]).unwrap();
+        n += v.as_object().map_or(0, |m| m.len());
+    }
+    let parse = t2.elapsed().as_secs_f64();
+    println!(
+        "json parse alone: {:.2} us/event ({n})",
+        parse * 1e6 / events as f64
+    );
+    println!(
+        "map + encode: {:.0} events/s ({calls} calls, {:.2} us/event)",
+        events as f64 / secs,
+        secs * 1e6 / events as f64
+    );
+}
+
+fn main() {
+    let Some(args) = args() else {
+        println!("transform_pendo: run with `cargo bench --bench transform_pendo`");
+        return;
+    };
+    let servers =
+        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if std::env::args().any(|a| a == "--cpu-only") {
+        cpu_only(args.events);
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let prefix = format!("bench-tp-{}", std::process::id());
+        let config_text = format!(
+            "[kafka]\nbootstrap_servers = \"{servers}\"\ngroup_id_prefix = \"{prefix}\"\n[topics]\nprefix = \"{prefix}.\"\npartitions = 6\nreplication_factor = 1\n\
+             [observability]\nlog_level = \"warn\"\n"
+        );
+        let config: Config = toml::from_str(&config_text).unwrap();
+        config.validate().unwrap();
+        pendo_segment::logging::init(config.observability.log_format, "warn");
+        let admin = TopicAdmin::new(&client_config::admin(&config), Duration::from_secs(30)).unwrap();
+        let plan = admin
+            .plan(&desired_topics(&config))
+            .await
+            .expect("is Kafka running? scripts/kafka-local start");
+        admin.apply(&plan, false).await.unwrap();
+        let out_topic = format!("{}.out", config.topic_name(TopicId::CanonicalSegmentCalls));
+        let mut tpl = desired_topics(&config);
+        tpl.retain(|s| s.id == TopicId::CanonicalSegmentCalls);
+        tpl[0].name = out_topic;
+        let plan = admin.plan(&tpl).await.unwrap();
+        admin.apply(&plan, false).await.unwrap();
+
+        let raw = config.topic_name(TopicId::PendoRawWebhook);
+        let t = Instant::now();
+        produce(&config, &raw, (0..args.events).map(synthetic_pendo::synthetic_event)).await;
+        eprintln!("loaded {} raw events in {:.1}s", args.events, t.elapsed().as_secs_f64());
+
+        let mut pass = Vec::new();
+        let mut transform = Vec::new();
+        for round in 0..args.rounds {
+            pass.push(run_mode(&config, "pass-through", round, args.events).await);
+            transform.push(run_mode(&config, "transform", round, args.events).await);
+            eprintln!("round {round}: pass-through {:.0}/s, transform {:.0}/s", pass[round], transform[round]);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (p, tr) = (mean(&pass), mean(&transform));
+
+        // Id mapping: load `mappings` records through the real follower.
+        let idmap_topic = config.topic_name(TopicId::IdmapVisitorToUser);
+        let codec = IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping));
+        let t = Instant::now();
+        produce(
+            &config,
+            &idmap_topic,
+            (0..args.mappings).map(|i| {
+                let visitor = format!("vis-{i:08x}-4f1c-9a2b");
+                let value = codec
+                    .encode_to_vec(&IdMapping {
+                        visitor_id: visitor.clone(),
+                        user_id: format!("user-{i:010}"),
+                        source: "bench".into(),
+                        updated_at: 1_764_330_000_000,
+                    })
+                    .unwrap();
+                (visitor, value)
+            }),
+        )
+        .await;
+        eprintln!("published {} mappings in {:.1}s", args.mappings, t.elapsed().as_secs_f64());
+        let table = IdMapTable::default();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let shutdown = Shutdown::new();
+        let rss_before = rss_bytes();
+        let t = Instant::now();
+        let follower = tokio::spawn(follow_idmap(
+            follower_client_config(client_config::consumer(&config, "bench-idmap")),
+            idmap_topic,
+            IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping)),
+            table.clone(),
+            tx,
+            shutdown.clone(),
+        ));
+        rx.wait_for(|v| *v).await.unwrap();
+        let load = t.elapsed().as_secs_f64();
+        let rss_after = rss_bytes();
+        shutdown.trigger();
+        let _ = follower.await;
+        assert_eq!(table.len(), args.mappings);
+        let lookups = Instant::now();
+        let mut hits = 0;
+        for i in 0..1_000_000usize {
+            if table.get(&format!("vis-{:08x}-4f1c-9a2b", i % args.mappings)).is_some() {
+                hits += 1;
+            }
+        }
+        let lookup_rate = 1_000_000.0 / lookups.elapsed().as_secs_f64();
+        assert_eq!(hits, 1_000_000);
+
+        println!();
+        println!("| transform-pendo, {} events, 6 partitions, EOS on | events/s |", args.events);
+        println!("| --- | ---: |");
+        println!("| baseline: pass-through (same loop, transactional producer, cadence) | {p:.0} |");
+        println!("| transform-pendo (map + Avro encode) | {tr:.0} |");
+        println!("| ratio | {:.2}x |", tr / p);
+        println!();
+        println!("| id mapping | value |");
+        println!("| --- | ---: |");
+        println!("| mappings loaded | {} |", args.mappings);
+        println!("| load time (read to end) | {load:.1} s |");
+        println!("| memory (RSS growth) | {:.0} MiB |", (rss_after.saturating_sub(rss_before)) as f64 / 1048576.0);
+        println!("| lookups (with key formatting) | {:.1} M/s |", lookup_rate / 1e6);
+    });
+}

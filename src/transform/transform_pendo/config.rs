@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::processor::Parallelism;
 use crate::transform::message_id::MAX_PREFIX_LEN;
 use crate::transform::pendo_to_segment::{
     DEFAULT_MAX_CALL_BYTES, MapperSettings, UnmappedVisitorPolicy,
@@ -29,6 +30,10 @@ pub struct TransformPendoConfig {
     /// Largest Segment call (as sent) in bytes; larger ones dead-letter their event. Segment's
     /// limit is 32 KB.
     pub max_call_bytes: usize,
+    /// Records mapped together on one worker thread.
+    pub batch_records: usize,
+    /// Batches mapped at once (worker threads); 0 = one per CPU.
+    pub mapping_threads: usize,
 }
 
 impl Default for TransformPendoConfig {
@@ -41,6 +46,8 @@ impl Default for TransformPendoConfig {
             anonymous_visitor_prefix: d.anonymous_visitor_prefix.unwrap_or_default(),
             account_anonymous_id_prefix: d.account_anonymous_id_prefix,
             max_call_bytes: DEFAULT_MAX_CALL_BYTES,
+            batch_records: 512,
+            mapping_threads: 0,
         }
     }
 }
@@ -60,7 +67,26 @@ impl TransformPendoConfig {
                 self.max_call_bytes
             ));
         }
+        if self.batch_records == 0 || self.batch_records > 100_000 {
+            return Err(format!(
+                "transform_pendo.batch_records must be between 1 and 100000, got {}",
+                self.batch_records
+            ));
+        }
         Ok(())
+    }
+
+    /// How mapping work is spread over threads.
+    pub fn parallelism(&self) -> Parallelism {
+        let default = Parallelism::default();
+        Parallelism {
+            batch_records: self.batch_records,
+            batches_in_flight: if self.mapping_threads == 0 {
+                default.batches_in_flight
+            } else {
+                self.mapping_threads
+            },
+        }
     }
 
     /// The mapper settings for calls from `source`.

@@ -91,7 +91,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     timeout,
                 },
             };
-            let processor = PendoTransformProcessor::new(
+            let processor = PendoTransformProcessor::with_parallelism(
                 ROLE,
                 mapper,
                 SegmentCallCodec::new(c.schema.wire_format(SchemaId::SegmentCall)),
@@ -105,6 +105,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                         (raw_api, "pendo.api".into()),
                     ],
                 },
+                c.transform_pendo.parallelism(),
             );
             let consumer_config = client_config::consumer(c, ROLE);
             tokio::select! {

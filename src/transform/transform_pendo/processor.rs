@@ -1,24 +1,38 @@
-//! The per-record work of `transform-pendo`: map one raw Pendo event, write its Segment calls
-//! (or its dead letter) into the open Kafka transaction, count what was seen.
+//! The per-record work of `transform-pendo`: map raw Pendo events, write their Segment calls
+//! (or their dead letters) into the open Kafka transaction, count what was seen.
+//!
+//! Mapping (JSON parse, rules, Avro encoding) is CPU work that is independent per record, so it
+//! runs in batches on blocking worker threads while the consumer keeps reading: `process` only
+//! copies the record into the current batch; full batches are mapped in the background, several
+//! at once; results are written to the transaction strictly in input order. Nothing becomes
+//! visible before the loop commits the transaction, which is preceded by `checkpoint`, which
+//! waits for every batch — so batching adds no visible latency and changes no guarantee.
+//! Revoked partitions' records are dropped wherever they are (batch, in flight).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use prometheus::IntCounter;
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
+use tokio::task::JoinHandle;
 
 use crate::idmap::IdMapTable;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
+use crate::kafka::context::TopicPartition;
 use crate::kafka::headers;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::SegmentCallCodec;
-use crate::transform::pendo_to_segment::{MapOutcome, PendoToSegment};
+use crate::transform::pendo_to_segment::{MapOutcome, Observations, PendoToSegment};
 
 /// Distinct kinds tracked in metric labels before `_other`.
 const MAX_KIND_LABELS: usize = 200;
 /// Distinct field names tracked in metric labels before `_other`.
 const MAX_FIELD_LABELS: usize = 500;
+/// A batch is mapped once it holds this many bytes, whatever its record count (bounds memory
+/// together with the number of batches in flight).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Topics the processor writes to.
 pub struct OutputTopics {
@@ -30,18 +44,136 @@ pub struct OutputTopics {
     pub sources: Vec<(String, String)>,
 }
 
-/// Maps raw Pendo records to canonical Segment calls inside the loop's transaction.
-pub struct PendoTransformProcessor {
-    stage: &'static str,
+/// How mapping work is spread.
+#[derive(Debug, Clone, Copy)]
+pub struct Parallelism {
+    /// Records per batch.
+    pub batch_records: usize,
+    /// Batches mapped at once (worker threads busy at once).
+    pub batches_in_flight: usize,
+}
+
+impl Default for Parallelism {
+    fn default() -> Self {
+        Self {
+            batch_records: 512,
+            batches_in_flight: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// A raw record copied out of the consumer, waiting to be mapped.
+struct RawRecord {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+    received_at: Option<i64>,
+}
+
+/// One encoded canonical record.
+struct Encoded {
+    key: Option<String>,
+    value: Vec<u8>,
+    call_type: &'static str,
+}
+
+enum Mapped {
+    Calls(Vec<Encoded>),
+    Filtered,
+    Dropped,
+    DeadLetter {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+struct MappedRecord {
+    raw: RawRecord,
+    result: Mapped,
+    obs: Observations,
+}
+
+/// What the worker threads share.
+struct MappingCore {
     mapper: PendoToSegment,
     codec: SegmentCallCodec,
     ids: IdMapTable,
+    sources: Vec<(String, String)>,
+}
+
+impl MappingCore {
+    fn map_batch(&self, batch: Vec<RawRecord>) -> Vec<MappedRecord> {
+        let mut out = Vec::with_capacity(batch.len());
+        for raw in batch {
+            let (outcome, obs) = self.mapper.map(&raw.payload, raw.received_at, &self.ids);
+            let result = match outcome {
+                MapOutcome::Calls(mut calls) => {
+                    let source = self
+                        .sources
+                        .iter()
+                        .find(|(t, _)| **t == *raw.topic)
+                        .map(|(_, s)| s.as_str());
+                    let mut encoded = Vec::with_capacity(calls.len());
+                    let mut failed = None;
+                    for call in &mut calls {
+                        if let Some(s) = source {
+                            s.clone_into(&mut call.origin.source);
+                        }
+                        let mut value = Vec::with_capacity(512);
+                        if let Err(e) = self.codec.encode(call, &mut value) {
+                            failed = Some(e);
+                            break;
+                        }
+                        encoded.push(Encoded {
+                            key: call.kafka_key().map(str::to_string),
+                            value,
+                            call_type: call.body.call_type(),
+                        });
+                    }
+                    match failed {
+                        // Our own record does not fit our own schema: a defect, but one event's
+                        // defect must not stop the pipeline. Keep the event for a replay.
+                        Some(e) => Mapped::DeadLetter {
+                            reason: "encode_error",
+                            detail: format!("the mapped call does not encode: {e}"),
+                        },
+                        None => Mapped::Calls(encoded),
+                    }
+                }
+                MapOutcome::Filtered(_) => Mapped::Filtered,
+                MapOutcome::Dropped => Mapped::Dropped,
+                MapOutcome::DeadLetter { reason, detail } => Mapped::DeadLetter { reason, detail },
+            };
+            out.push(MappedRecord { raw, result, obs });
+        }
+        out
+    }
+}
+
+struct InFlight {
+    task: JoinHandle<Vec<MappedRecord>>,
+    /// Partitions revoked while this batch was being mapped: their results are dropped.
+    discard: HashSet<TopicPartition>,
+}
+
+/// Maps raw Pendo records to canonical Segment calls inside the loop's transaction.
+pub struct PendoTransformProcessor {
+    stage: &'static str,
+    core: Arc<MappingCore>,
     output: TransactionalOutput,
-    topics: OutputTopics,
+    calls_topic: String,
+    dlq_topic: String,
+    parallelism: Parallelism,
+    batch: Vec<RawRecord>,
+    batch_bytes: usize,
+    in_flight: VecDeque<InFlight>,
+    topic_names: HashMap<String, Arc<str>>,
     kinds: BoundedLabel,
     fields: BoundedLabel,
-    buf: Vec<u8>,
-    /// Counter handles by (kind, outcome): label lookups hash strings, once per pair is enough.
+    /// Counter handles by kind and outcome: label lookups hash strings, once per pair is enough.
     outcome_counters: HashMap<String, [Option<IntCounter>; 4]>,
     call_counters: HashMap<&'static str, IntCounter>,
 }
@@ -56,41 +188,164 @@ impl PendoTransformProcessor {
         output: TransactionalOutput,
         topics: OutputTopics,
     ) -> Self {
-        Self {
+        Self::with_parallelism(
             stage,
             mapper,
             codec,
             ids,
             output,
             topics,
+            Parallelism::default(),
+        )
+    }
+
+    /// [`new`](Self::new) with explicit batching.
+    pub fn with_parallelism(
+        stage: &'static str,
+        mapper: PendoToSegment,
+        codec: SegmentCallCodec,
+        ids: IdMapTable,
+        output: TransactionalOutput,
+        topics: OutputTopics,
+        parallelism: Parallelism,
+    ) -> Self {
+        Self {
+            stage,
+            core: Arc::new(MappingCore {
+                mapper,
+                codec,
+                ids,
+                sources: topics.sources,
+            }),
+            output,
+            calls_topic: topics.calls,
+            dlq_topic: topics.dlq,
+            parallelism: Parallelism {
+                batch_records: parallelism.batch_records.max(1),
+                batches_in_flight: parallelism.batches_in_flight.max(1),
+            },
+            batch: Vec::new(),
+            batch_bytes: 0,
+            in_flight: VecDeque::new(),
+            topic_names: HashMap::new(),
             kinds: BoundedLabel::new(MAX_KIND_LABELS),
             fields: BoundedLabel::new(MAX_FIELD_LABELS),
-            buf: Vec::with_capacity(2048),
             outcome_counters: HashMap::new(),
             call_counters: HashMap::new(),
         }
     }
 
-    fn dead_letter(
-        &self,
-        record: &BorrowedMessage<'_>,
-        reason: &str,
-        detail: &str,
-    ) -> Result<(), ProcessError> {
-        let partition = record.partition().to_string();
-        let offset = record.offset().to_string();
+    /// Hands the current batch to a worker thread.
+    fn submit(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let core = self.core.clone();
+        self.in_flight.push_back(InFlight {
+            task: tokio::task::spawn_blocking(move || core.map_batch(batch)),
+            discard: HashSet::new(),
+        });
+    }
+
+    /// Waits for the oldest batch and writes its results.
+    async fn emit_oldest(&mut self) -> Result<(), ProcessError> {
+        let Some(job) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let results = job
+            .task
+            .await
+            .map_err(|e| ProcessError::new("mapping", format!("mapping worker failed: {e}")))?;
+        for r in results {
+            if !job.discard.is_empty()
+                && job
+                    .discard
+                    .contains(&(r.raw.topic.to_string(), r.raw.partition))
+            {
+                continue;
+            }
+            self.emit(r)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one mapped record's output into the transaction and counts it.
+    fn emit(&mut self, r: MappedRecord) -> Result<(), ProcessError> {
+        let m = metrics();
+        let stage = self.stage;
+        let kind = self.kinds.label(if r.obs.kind.is_empty() {
+            "none"
+        } else {
+            &r.obs.kind
+        });
+        if r.obs.unknown_kind {
+            m.unknown_kinds.with_label_values(&[stage, kind]).inc();
+        }
+        for field in &r.obs.unknown_fields {
+            let field = self.fields.label(field);
+            m.unknown_fields
+                .with_label_values(&[stage, kind, field])
+                .inc();
+        }
+        let (slot, outcome) = match r.result {
+            Mapped::Calls(calls) => {
+                for call in calls {
+                    self.output
+                        .send(
+                            &self.calls_topic,
+                            call.key.as_deref().map(str::as_bytes),
+                            &call.value,
+                            &[(headers::EVENT_KIND, r.obs.kind.as_bytes())],
+                        )
+                        .map_err(|e| ProcessError::new("produce", e.to_string()))?;
+                    self.call_counters
+                        .entry(call.call_type)
+                        .or_insert_with(|| {
+                            m.transform_calls
+                                .with_label_values(&[stage, call.call_type])
+                        })
+                        .inc();
+                }
+                (0, "mapped")
+            }
+            Mapped::Filtered => (1, "filtered"),
+            Mapped::Dropped => (2, "dropped"),
+            Mapped::DeadLetter { reason, detail } => {
+                self.dead_letter(&r.raw, reason, &detail)?;
+                (3, "dead_lettered")
+            }
+        };
+        if !self.outcome_counters.contains_key(kind) {
+            self.outcome_counters
+                .insert(kind.to_string(), Default::default());
+        }
+        let slots = self.outcome_counters.get_mut(kind).expect("inserted");
+        slots[slot]
+            .get_or_insert_with(|| {
+                m.transform_events
+                    .with_label_values(&[stage, kind, outcome])
+            })
+            .inc();
+        Ok(())
+    }
+
+    fn dead_letter(&self, raw: &RawRecord, reason: &str, detail: &str) -> Result<(), ProcessError> {
+        let partition = raw.partition.to_string();
+        let offset = raw.offset.to_string();
         let now = headers::now_millis().to_string();
         let mut h: Vec<(&str, &[u8])> = vec![
             (headers::DLQ_REASON, reason.as_bytes()),
             (headers::DLQ_DETAIL, detail.as_bytes()),
             (headers::DLQ_STAGE, self.stage.as_bytes()),
             (headers::DLQ_TIME, now.as_bytes()),
-            (headers::DLQ_SOURCE_TOPIC, record.topic().as_bytes()),
+            (headers::DLQ_SOURCE_TOPIC, raw.topic.as_bytes()),
             (headers::DLQ_SOURCE_PARTITION, partition.as_bytes()),
             (headers::DLQ_SOURCE_OFFSET, offset.as_bytes()),
         ];
         // Keep the connector's headers (received-at, request id...) for the investigation.
-        if let Some(original) = record.headers() {
+        if let Some(original) = &raw.headers {
             for header in original.iter() {
                 if !header.key.starts_with("dlq-") {
                     h.push((header.key, header.value.unwrap_or_default()));
@@ -98,18 +353,22 @@ impl PendoTransformProcessor {
             }
         }
         self.output
-            .send(
-                &self.topics.dlq,
-                record.key(),
-                record.payload().unwrap_or_default(),
-                &h,
-            )
+            .send(&self.dlq_topic, raw.key.as_deref(), &raw.payload, &h)
             .map_err(|e| ProcessError::new("produce", format!("dead letter: {e}")))?;
         metrics()
             .dead_letters
             .with_label_values(&[self.stage, reason])
             .inc();
         Ok(())
+    }
+
+    fn topic_name(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.topic_names.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = topic.into();
+        self.topic_names.insert(topic.to_string(), t.clone());
+        t
     }
 }
 
@@ -122,87 +381,47 @@ fn received_at(record: &BorrowedMessage<'_>) -> Option<i64> {
 
 impl RecordProcessor for PendoTransformProcessor {
     async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
-        let m = metrics();
-        let raw = record.payload().unwrap_or_default();
-        let (outcome, obs) = self.mapper.map(raw, received_at(record), &self.ids);
-        let kind = self.kinds.label(if obs.kind.is_empty() {
-            "none"
-        } else {
-            &obs.kind
+        let payload = record.payload().unwrap_or_default().to_vec();
+        self.batch_bytes += payload.len();
+        let topic = self.topic_name(record.topic());
+        self.batch.push(RawRecord {
+            topic,
+            partition: record.partition(),
+            offset: record.offset(),
+            key: record.key().map(<[u8]>::to_vec),
+            payload,
+            headers: record.headers().map(|h| h.detach()),
+            received_at: received_at(record),
         });
-        if obs.unknown_kind {
-            m.unknown_kinds.with_label_values(&[self.stage, kind]).inc();
+        if self.batch.len() >= self.parallelism.batch_records || self.batch_bytes >= MAX_BATCH_BYTES
+        {
+            self.submit();
         }
-        for field in &obs.unknown_fields {
-            let field = self.fields.label(field);
-            m.unknown_fields
-                .with_label_values(&[self.stage, kind, field])
-                .inc();
+        // Write finished batches in order; wait when too many are in flight (bounded memory).
+        while self.in_flight.front().is_some_and(|j| j.task.is_finished())
+            || self.in_flight.len() > self.parallelism.batches_in_flight
+        {
+            self.emit_oldest().await?;
         }
-        let outcome_label = match outcome {
-            MapOutcome::Calls(mut calls) => {
-                let source = self
-                    .topics
-                    .sources
-                    .iter()
-                    .find(|(t, _)| t == record.topic())
-                    .map(|(_, s)| s.as_str());
-                for call in &mut calls {
-                    if let Some(s) = source {
-                        s.clone_into(&mut call.origin.source);
-                    }
-                    self.buf.clear();
-                    self.codec
-                        .encode(call, &mut self.buf)
-                        .map_err(|e| ProcessError::new("encode", e))?;
-                    self.output
-                        .send(
-                            &self.topics.calls,
-                            call.kafka_key().map(str::as_bytes),
-                            &self.buf,
-                            &[(headers::EVENT_KIND, obs.kind.as_bytes())],
-                        )
-                        .map_err(|e| ProcessError::new("produce", e.to_string()))?;
-                    let stage = self.stage;
-                    self.call_counters
-                        .entry(call.body.call_type())
-                        .or_insert_with(|| {
-                            m.transform_calls
-                                .with_label_values(&[stage, call.body.call_type()])
-                        })
-                        .inc();
-                }
-                "mapped"
-            }
-            MapOutcome::Filtered(_) => "filtered",
-            MapOutcome::Dropped => "dropped",
-            MapOutcome::DeadLetter { reason, detail } => {
-                self.dead_letter(record, reason, &detail)?;
-                "dead_lettered"
-            }
-        };
-        let slot = match outcome_label {
-            "mapped" => 0,
-            "filtered" => 1,
-            "dropped" => 2,
-            _ => 3,
-        };
-        if !self.outcome_counters.contains_key(kind) {
-            self.outcome_counters
-                .insert(kind.to_string(), Default::default());
-        }
-        let slots = self.outcome_counters.get_mut(kind).expect("inserted");
-        slots[slot]
-            .get_or_insert_with(|| {
-                m.transform_events
-                    .with_label_values(&[self.stage, kind, outcome_label])
-            })
-            .inc();
         Ok(())
     }
 
     async fn checkpoint(&mut self) -> Result<(), ProcessError> {
-        // Output is in the transaction; the loop commits it with the offsets.
+        // Everything processed so far goes into the transaction before the loop commits it.
+        self.submit();
+        while !self.in_flight.is_empty() {
+            self.emit_oldest().await?;
+        }
         Ok(())
+    }
+
+    fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
+        let revoked: HashSet<&TopicPartition> = partitions.iter().collect();
+        self.batch
+            .retain(|r| !revoked.contains(&(r.topic.to_string(), r.partition)));
+        self.batch_bytes = self.batch.iter().map(|r| r.payload.len()).sum();
+        for job in &mut self.in_flight {
+            job.discard.extend(partitions.iter().cloned());
+        }
     }
 }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use pendo_segment::config::{Config, SchemaId};
 use pendo_segment::health::Readiness;
 use pendo_segment::idmap::IdMapTable;
-use pendo_segment::idmap::follower::{follow_idmap, follower_client_config};
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::consumer_loop::{
     CommitStrategy, LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
@@ -106,14 +105,67 @@ impl<P: RecordProcessor> RecordProcessor for Timed<P> {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
+struct RoleMemory {
+    ready_secs: f64,
+    rss: u64,
+    entries: u64,
+}
+
+/// Starts the transform-pendo role (release binary), waits for /readyz, reads its metrics, stops it.
+async fn role_memory(config: &std::path::Path, ops: u16) -> RoleMemory {
+    let started = Instant::now();
+    let mut role = std::process::Command::new(env!("CARGO_BIN_EXE_pendo-segment"))
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--role", "transform-pendo"])
+        .spawn()
+        .expect("start the pendo-segment binary");
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{ops}");
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            role.try_wait().unwrap().is_none(),
+            "the role exited before ready"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "not ready in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready_secs = started.elapsed().as_secs_f64();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let m = RoleMemory {
+        ready_secs,
+        rss: value("pendo_segment_process_resident_memory_bytes"),
+        entries: value("pendo_segment_idmap_entries"),
+    };
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { kill(role.id() as i32, 15) };
+    let _ = role.wait();
+    m
 }
 
 async fn run_mode(config: &Config, mode: &str, round: usize, events: usize) -> f64 {
@@ -354,19 +406,30 @@ fn main() {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (p, tr) = (mean(&pass), mean(&transform));
 
-        // Id mapping: load `mappings` records through the real follower.
+        // Id mapping: the transform-pendo role as its own process (the release binary), started
+        // once on an empty mapping and once after `mappings` were published: time to ready
+        // (reading the topic to its end) and resident memory, from its own /metrics.
+        let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let role_config = config_text.replace(
+            "[observability]\n",
+            &format!("[observability]\nlisten = \"127.0.0.1:{ops}\"\n"),
+        );
+        let config_path = std::env::temp_dir().join(format!("{prefix}.toml"));
+        std::fs::write(&config_path, &role_config).unwrap();
+        let empty = role_memory(&config_path, ops).await;
         let idmap_topic = config.topic_name(TopicId::IdmapVisitorToUser);
         let codec = IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping));
+        let mapping = |i: usize| (format!("vis-{i:08x}-4f1c-9a2b"), format!("user-{i:010}"));
         let t = Instant::now();
         produce(
             &config,
             &idmap_topic,
             (0..args.mappings).map(|i| {
-                let visitor = format!("vis-{i:08x}-4f1c-9a2b");
+                let (visitor, user) = mapping(i);
                 let value = codec
                     .encode_to_vec(&IdMapping {
                         visitor_id: visitor.clone(),
-                        user_id: format!("user-{i:010}"),
+                        user_id: user,
                         source: "bench".into(),
                         updated_at: 1_764_330_000_000,
                     })
@@ -376,35 +439,25 @@ fn main() {
         )
         .await;
         eprintln!("published {} mappings in {:.1}s", args.mappings, t.elapsed().as_secs_f64());
+        let loaded = role_memory(&config_path, ops).await;
+        assert_eq!(loaded.entries, args.mappings as u64, "every mapping loaded");
+
+        // The table alone, filled directly: bytes per mapping and lookup speed.
         let table = IdMapTable::default();
-        let (tx, mut rx) = tokio::sync::watch::channel(false);
-        let shutdown = Shutdown::new();
-        let rss_before = rss_bytes();
-        let t = Instant::now();
-        let follower = tokio::spawn(follow_idmap(
-            follower_client_config(client_config::consumer(&config, "bench-idmap")),
-            idmap_topic,
-            IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping)),
-            table.clone(),
-            tx,
-            shutdown.clone(),
-        ));
-        rx.wait_for(|v| *v).await.unwrap();
-        let load = t.elapsed().as_secs_f64();
-        let rss_after = rss_bytes();
-        shutdown.trigger();
-        let _ = follower.await;
-        assert_eq!(table.len(), args.mappings);
+        for i in 0..args.mappings {
+            let (v, u) = mapping(i);
+            table.insert(&v, &u);
+        }
+        table.shrink_to_fit();
         let lookups = Instant::now();
         let mut hits = 0;
         for i in 0..1_000_000usize {
-            if table.get(&format!("vis-{:08x}-4f1c-9a2b", i % args.mappings)).is_some() {
+            if table.get(&mapping(i % args.mappings).0).is_some() {
                 hits += 1;
             }
         }
         let lookup_rate = 1_000_000.0 / lookups.elapsed().as_secs_f64();
         assert_eq!(hits, 1_000_000);
-
         println!();
         println!("| transform-pendo, {} events, 6 partitions, EOS on | events/s |", args.events);
         println!("| --- | ---: |");
@@ -414,9 +467,10 @@ fn main() {
         println!();
         println!("| id mapping | value |");
         println!("| --- | ---: |");
-        println!("| mappings loaded | {} |", args.mappings);
-        println!("| load time (read to end) | {load:.1} s |");
-        println!("| memory (RSS growth) | {:.0} MiB |", (rss_after.saturating_sub(rss_before)) as f64 / 1048576.0);
+        println!("| mappings | {} |", args.mappings);
+        println!("| transform-pendo start to ready, empty mapping / loaded | {:.1} s / {:.1} s |", empty.ready_secs, loaded.ready_secs);
+        println!("| transform-pendo RSS when ready, empty mapping / loaded | {:.0} MiB / {:.0} MiB |", empty.rss as f64 / 1048576.0, loaded.rss as f64 / 1048576.0);
+        println!("| table memory (arena + entries + index) | {:.0} MiB ({:.0} B/mapping) |", table.heap_bytes() as f64 / 1048576.0, table.heap_bytes() as f64 / args.mappings as f64);
         println!("| lookups (with key formatting) | {:.1} M/s |", lookup_rate / 1e6);
     });
 }

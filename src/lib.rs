@@ -21,4 +21,5 @@ pub mod roles;
 pub mod schema;
 pub mod secret;
 pub mod shutdown;
+pub mod sinks;
 pub mod transform;

@@ -40,6 +40,9 @@ impl ConsumerContext for FollowerContext {}
 /// Consumer settings of a follower, from the role's consumer configuration.
 pub fn follower_client_config(mut base: ClientConfig) -> ClientConfig {
     base.set("enable.partition.eof", "true")
+        // Prefetch is bounded: loading millions of mappings must not cost more memory than
+        // the table itself.
+        .set("queued.max.messages.kbytes", "16384")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
@@ -110,6 +113,8 @@ pub async fn follow_idmap(
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if pending.remove(&p) && pending.is_empty() {
+                        table.shrink_to_fit();
+                        release_free_memory();
                         m.idmap_entries.set(table.len() as i64);
                         tracing::info!(topic, entries = table.len(), seconds = started.elapsed().as_secs_f64(), "id mapping loaded; following live updates");
                         let _ = caught_up.send(true);
@@ -122,6 +127,21 @@ pub async fn follow_idmap(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+    }
+}
+
+/// Hands memory freed while loading (decode buffers, the arena's earlier, smaller copies) back
+/// to the OS, so the resident size after start-up reflects the table, not its history.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+        unsafe {
+            malloc_trim(0);
         }
     }
 }

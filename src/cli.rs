@@ -1,5 +1,5 @@
 //! The command line: `run`, `topics apply`, `config check`, `idmap load|get|delete`,
-//! `mapping check|default`.
+//! `mapping check|default`, `inspect TOPIC`.
 //!
 //! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
 //! configuration error.
@@ -50,6 +50,20 @@ pub enum Command {
     /// The Pendo -> Segment mapping file.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Print what a topic holds, decoded, one JSON object per line (Segment calls as they will
+    /// be sent, dead letters with their reasons, id mappings, raw events). Reads committed data
+    /// only and joins no consumer group.
+    Inspect {
+        /// A default topic name (e.g. canonical.segment-calls, dlq.transform-pendo) or the
+        /// effective name.
+        topic: String,
+        /// Only the last N records of each partition.
+        #[arg(long)]
+        last: Option<i64>,
+        /// One short human-readable line per record.
+        #[arg(long)]
+        brief: bool,
+    },
 }
 
 /// `idmap` subcommands.
@@ -178,6 +192,9 @@ pub fn main() -> ExitCode {
             }
             Command::Idmap(IdmapCommand::Delete { visitor_id }) => {
                 idmap::commands::delete(&config, &visitor_id).await
+            }
+            Command::Inspect { topic, last, brief } => {
+                crate::inspect::inspect(&config, &topic, last, brief).await
             }
             Command::Mapping(MappingCommand::Default) => {
                 print!("{}", crate::transform::mapping::DEFAULT_PENDO_MAPPING);

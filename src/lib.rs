@@ -13,6 +13,7 @@ pub mod config;
 pub mod connectors;
 pub mod health;
 pub mod idmap;
+pub mod inspect;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;

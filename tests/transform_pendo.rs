@@ -273,6 +273,28 @@ async fn every_fixture_matches_its_golden_output_and_bad_input_is_dead_lettered(
     assert!(header(&dlq[0], "dlq-source-offset").is_some());
     assert_eq!(header(&dlq[0], "received-at").as_deref(), Some(RECEIVED_AT));
 
+    // `inspect` shows the same calls, decoded, as the sink will send them.
+    let out = p.cli(&["inspect", "canonical.segment-calls", "--brief"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(lines.lines().count(), expected, "{lines}");
+    assert!(
+        lines.contains("track \"Feature Clicked\" userId=vis-2002"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains("group \"acct-fabrikam\" anonymousId=pendo-account:acct-fabrikam"),
+        "{lines}"
+    );
+    let out = p.cli(&["inspect", "dlq.transform-pendo"]);
+    let dlq_json: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(dlq_json["headers"]["dlq-reason"], "invalid_json");
+
     let metrics = role.metrics().await;
     assert!(
         metrics.contains(

@@ -19,6 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::csv_file::check_csv;
 use crate::config::{Config, SchemaId};
 use crate::kafka::client_config;
+use crate::kafka::context::ReadToEndContext;
 use crate::kafka::topics::TopicId;
 use crate::schema::{IdMapping, IdMappingCodec};
 
@@ -215,7 +216,7 @@ fn scan_for(config: &Config, visitor_id: &str) -> anyhow::Result<Option<IdMappin
     let codec = IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping));
     let mut cc = client_config::consumer(config, "idmap-cli");
     cc.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cc.create()?;
+    let consumer: BaseConsumer<ReadToEndContext> = cc.create_with_context(ReadToEndContext)?;
     let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
     let partitions: Vec<i32> = md
         .topics()

@@ -10,32 +10,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::table::IdMapTable;
+use crate::kafka::context::ReadToEndContext;
 use crate::metrics::metrics;
 use crate::schema::IdMappingCodec;
 use crate::shutdown::Shutdown;
-
-/// Reaching a partition's end is how the follower knows it caught up, not an error: keep
-/// librdkafka's EOF events out of the error log.
-pub struct FollowerContext;
-
-impl ClientContext for FollowerContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::error!(error = %error, reason, "id mapping consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for FollowerContext {}
 
 /// Consumer settings of a follower, from the role's consumer configuration.
 pub fn follower_client_config(mut base: ClientConfig) -> ClientConfig {
@@ -59,8 +43,8 @@ pub async fn follow_idmap(
     caught_up: watch::Sender<bool>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<StreamConsumer<FollowerContext>> =
-        Arc::new(client_config.create_with_context(FollowerContext)?);
+    let consumer: Arc<StreamConsumer<ReadToEndContext>> =
+        Arc::new(client_config.create_with_context(ReadToEndContext)?);
     let partitions = {
         let consumer = consumer.clone();
         let topic = topic.clone();
@@ -147,7 +131,7 @@ fn release_free_memory() {
 }
 
 fn partitions_of(
-    consumer: &StreamConsumer<FollowerContext>,
+    consumer: &StreamConsumer<ReadToEndContext>,
     topic: &str,
 ) -> anyhow::Result<Vec<i32>> {
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
@@ -118,3 +119,21 @@ impl ConsumerContext for LoopContext {
         }
     }
 }
+
+/// Context of consumers that read partitions to their end (the id-mapping follower, `inspect`,
+/// `idmap get`): reaching the end is how they know they are done, not an error, so librdkafka's
+/// end-of-partition events stay out of the error log.
+pub struct ReadToEndContext;
+
+impl ClientContext for ReadToEndContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(error = %error, reason, "kafka consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for ReadToEndContext {}

@@ -24,7 +24,7 @@ use crate::schema::{IdMappingCodec, SegmentCallCodec};
 
 /// How record values of a topic are decoded.
 enum Decoder {
-    SegmentCalls(SegmentCallCodec),
+    SegmentCalls(Box<SegmentCallCodec>),
     IdMappings(IdMappingCodec),
     Raw,
 }
@@ -38,8 +38,8 @@ pub async fn inspect(config: &Config, topic: &str, last: Option<i64>, brief: boo
         .find(|t| t.default_name() == topic || config.topic_name(*t) == topic);
     let name = id.map_or_else(|| topic.to_string(), |t| config.topic_name(t));
     let decoder = match id {
-        Some(TopicId::CanonicalSegmentCalls) => Decoder::SegmentCalls(SegmentCallCodec::new(
-            config.schema.wire_format(SchemaId::SegmentCall),
+        Some(TopicId::CanonicalSegmentCalls) => Decoder::SegmentCalls(Box::new(
+            SegmentCallCodec::new(config.schema.wire_format(SchemaId::SegmentCall)),
         )),
         Some(TopicId::IdmapVisitorToUser) => Decoder::IdMappings(IdMappingCodec::new(
             config.schema.wire_format(SchemaId::IdMapping),

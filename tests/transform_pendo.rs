@@ -537,3 +537,54 @@ async fn idmap_cli_and_live_updates_change_the_user_id_of_following_events() {
             .contains("pendo_segment_idmap_updates_total{op=\"delete\"} 1")
     );
 }
+
+#[test]
+fn an_invalid_mapping_file_is_refused_at_start_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_file(
+        dir.path(),
+        "mapping.toml",
+        "version = 1\n\n[kinds.featureClicked.track]\nevent = \"Feature Clicked\"\nset = { when = \"$yesterday\" }\n",
+    );
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[transform_pendo]\nmapping_file = \"{}\"\n",
+            bad.display()
+        ),
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["mapping", "check"][..],
+        &["run", "--role", "transform-pendo"][..],
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("mapping.toml:5:") && stderr.contains("unknown expression"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let default = run(&["mapping", "default"]);
+    assert!(default.status.success());
+    let shipped = write_file(
+        dir.path(),
+        "shipped.toml",
+        &String::from_utf8_lossy(&default.stdout),
+    );
+    let out = run(&["mapping", "check", shipped.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

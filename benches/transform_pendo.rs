@@ -29,7 +29,9 @@ use pendo_segment::schema::{IdMapping, IdMappingCodec, SegmentCallCodec};
 use pendo_segment::shutdown::Shutdown;
 use pendo_segment::transform::mapping::PendoMapping;
 use pendo_segment::transform::pendo_to_segment::PendoToSegment;
-use pendo_segment::transform::transform_pendo::processor::{OutputTopics, PendoTransformProcessor};
+use pendo_segment::transform::transform_pendo::processor::{
+    OutputTopics, Parallelism, PendoTransformProcessor,
+};
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -38,6 +40,8 @@ struct Args {
     events: usize,
     rounds: usize,
     mappings: usize,
+    threads: usize,
+    batch: usize,
 }
 
 fn args() -> Option<Args> {
@@ -56,6 +60,8 @@ fn args() -> Option<Args> {
         events: get("--events", 200_000),
         rounds: get("--rounds", 2),
         mappings: get("--mappings", 1_000_000),
+        threads: get("--threads", 0),
+        batch: get("--batch", 512),
     })
 }
 
@@ -168,7 +174,13 @@ async fn role_memory(config: &std::path::Path, ops: u16) -> RoleMemory {
     m
 }
 
-async fn run_mode(config: &Config, mode: &str, round: usize, events: usize) -> f64 {
+async fn run_mode(
+    config: &Config,
+    mode: &str,
+    round: usize,
+    events: usize,
+    parallelism: Parallelism,
+) -> f64 {
     let role = format!("bench-{mode}-{round}");
     let timeout = Duration::from_secs(10);
     let producer = client_config::transactional_producer(config, &role, 4 << 20);
@@ -213,7 +225,7 @@ async fn run_mode(config: &Config, mode: &str, round: usize, events: usize) -> f
             config.transform_pendo.mapper_settings("pendo.webhook"),
         );
         let p = Timed {
-            inner: PendoTransformProcessor::new(
+            inner: PendoTransformProcessor::with_parallelism(
                 "bench",
                 mapper,
                 SegmentCallCodec::new(config.schema.wire_format(SchemaId::SegmentCall)),
@@ -224,6 +236,7 @@ async fn run_mode(config: &Config, mode: &str, round: usize, events: usize) -> f
                     dlq: config.topic_name(TopicId::DlqTransformPendo),
                     sources: vec![(raw, "pendo.webhook".into())],
                 },
+                parallelism,
             ),
             seen: 0,
             target: events,
@@ -399,8 +412,16 @@ fn main() {
         let mut pass = Vec::new();
         let mut transform = Vec::new();
         for round in 0..args.rounds {
-            pass.push(run_mode(&config, "pass-through", round, args.events).await);
-            transform.push(run_mode(&config, "transform", round, args.events).await);
+            let parallelism = Parallelism {
+                batch_records: args.batch,
+                batches_in_flight: if args.threads == 0 {
+                    Parallelism::default().batches_in_flight
+                } else {
+                    args.threads
+                },
+            };
+            pass.push(run_mode(&config, "pass-through", round, args.events, parallelism).await);
+            transform.push(run_mode(&config, "transform", round, args.events, parallelism).await);
             eprintln!("round {round}: pass-through {:.0}/s, transform {:.0}/s", pass[round], transform[round]);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;

@@ -64,6 +64,9 @@ pub struct Config {
     /// How Avro records are framed on Kafka.
     #[serde(default)]
     pub schema: SchemaConfig,
+    /// The `segment-sink` role (batching, retries, limits).
+    #[serde(default)]
+    pub segment_sink: crate::sinks::segment::SegmentSinkConfig,
     /// Segment's HTTP Tracking API (used by the Segment sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentConfig>,

@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metric families shared by all roles.
@@ -51,6 +51,26 @@ pub struct Metrics {
     pub webhook_in_flight: IntGaugeVec,
     /// Time from receiving a webhook request to Kafka's commit of its events, by role.
     pub webhook_ack_latency: HistogramVec,
+    /// Segment sink: events Segment acknowledged (2xx), by call type.
+    pub segment_events_delivered: IntCounterVec,
+    /// Segment sink: HTTP attempts by status (`none` = network error or timeout).
+    pub segment_requests: IntCounterVec,
+    /// Segment sink: attempts that will be retried, by outcome (retry, auth_failure, misconfigured).
+    pub segment_retries: IntCounterVec,
+    /// Segment sink: pauses of the whole sink honouring `Retry-After`.
+    pub segment_retry_after_pauses: IntCounter,
+    /// Segment sink: 1 while deliveries wait on retries (Segment down, rate limited, auth).
+    pub segment_sink_backpressure: IntGauge,
+    /// Segment sink: batches being delivered.
+    pub segment_in_flight_batches: IntGauge,
+    /// Segment sink: events per request.
+    pub segment_batch_events: Histogram,
+    /// Segment sink: body bytes per request (uncompressed).
+    pub segment_batch_bytes: Histogram,
+    /// Segment sink: duration of one HTTP attempt.
+    pub segment_request_duration: Histogram,
+    /// From the connector receiving a Pendo event to Segment acknowledging its call.
+    pub end_to_end_latency: Histogram,
     /// Resident memory of the process, refreshed at every scrape.
     pub resident_memory: IntGauge,
     /// Outcome of every raw event a transformer handled, by kind (bounded labels).
@@ -147,7 +167,83 @@ impl Metrics {
         .expect("valid gauge");
         r.register(Box::new(idmap_entries.clone()))
             .expect("unique gauge");
+        let plain_histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid histogram");
+            r.register(Box::new(h.clone())).expect("unique histogram");
+            h
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            r.register(Box::new(c.clone())).expect("unique counter");
+            c
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            r.register(Box::new(g.clone())).expect("unique gauge");
+            g
+        };
+        let segment_events_delivered = counter(
+            &r,
+            "pendo_segment_segment_events_delivered_total",
+            "Events Segment acknowledged (2xx), by call type.",
+            &["call"],
+        );
+        let segment_requests = counter(
+            &r,
+            "pendo_segment_segment_requests_total",
+            "HTTP attempts to Segment by status (none = network error or timeout).",
+            &["status"],
+        );
+        let segment_retries = counter(
+            &r,
+            "pendo_segment_segment_retries_total",
+            "Segment attempts that will be retried, by outcome.",
+            &["outcome"],
+        );
+        let segment_retry_after_pauses = plain_counter(
+            "pendo_segment_segment_retry_after_pauses_total",
+            "Pauses of the whole Segment sink honouring Retry-After.",
+        );
+        let segment_sink_backpressure = plain_gauge(
+            "pendo_segment_segment_sink_backpressure",
+            "1 while Segment deliveries wait on retries (outage, rate limit, auth failure).",
+        );
+        let segment_in_flight_batches = plain_gauge(
+            "pendo_segment_segment_in_flight_batches",
+            "Batches being delivered to Segment.",
+        );
+        let segment_batch_events = plain_histogram(
+            "pendo_segment_segment_batch_events",
+            "Events per Segment request.",
+            prometheus::exponential_buckets(1.0, 2.0, 13).expect("buckets"),
+        );
+        let segment_batch_bytes = plain_histogram(
+            "pendo_segment_segment_batch_bytes",
+            "Uncompressed body bytes per Segment request.",
+            prometheus::exponential_buckets(1024.0, 2.0, 10).expect("buckets"),
+        );
+        let segment_request_duration = plain_histogram(
+            "pendo_segment_segment_request_duration_seconds",
+            "Duration of one HTTP attempt to Segment.",
+            latency_buckets(),
+        );
+        let end_to_end_latency = plain_histogram(
+            "pendo_segment_end_to_end_latency_seconds",
+            "From the connector receiving a Pendo event to Segment acknowledging its call.",
+            prometheus::exponential_buckets(0.01, 2.0, 16).expect("buckets"),
+        );
         let m = Metrics {
+            segment_events_delivered,
+            segment_requests,
+            segment_retries,
+            segment_retry_after_pauses,
+            segment_sink_backpressure,
+            segment_in_flight_batches,
+            segment_batch_events,
+            segment_batch_bytes,
+            segment_request_duration,
+            end_to_end_latency,
             transform_events: counter(
                 &r,
                 "pendo_segment_transform_events_total",

@@ -72,7 +72,9 @@ impl Role {
                 Role::TransformPendo => {
                     Box::new(crate::transform::transform_pendo::task(config).map_err(invalid)?)
                 }
-                Role::SegmentSink => return not_built(5),
+                Role::SegmentSink => {
+                    Box::new(crate::sinks::segment::task(config).map_err(invalid)?)
+                }
                 Role::PendoPoller => return not_built(6),
                 Role::SegmentWebhook | Role::TransformSegment | Role::PendoSink => {
                     return not_built(7);

@@ -13,14 +13,98 @@
 //! | anything Segment still refuses (400/413) | Segment | [`batch::SegmentBatch::split`] until the offender is alone, then dead-lettered |
 //!
 //! [`retry`] classifies answers and paces retries, [`rate_limit`] keeps under the workspace's
-//! rate limit, [`service`] performs one request. The role that ties them to the consumer loop
-//! comes separately.
+//! rate limit, [`service`] performs one request, [`delivery`] sees one batch through to the end,
+//! and [`sink`] is the processor the shared consumer loop runs (role `segment-sink`).
 
 pub mod batch;
 pub mod config;
+pub mod delivery;
 pub mod encoding;
 pub mod rate_limit;
 pub mod retry;
 pub mod service;
+pub mod sink;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
 
 pub use config::SegmentSinkConfig;
+
+use crate::app::{RoleEnv, RoleFuture};
+use crate::config::{Config, SchemaId, SegmentConfig, SegmentRegion};
+use crate::kafka::client_config;
+use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
+use crate::kafka::topics::TopicId;
+use crate::schema::SegmentCallCodec;
+use crate::secret::Secret;
+
+/// The role's name.
+pub const ROLE: &str = "segment-sink";
+
+/// Builds the role; refuses to start without `[segment]` (region and write key) unless
+/// `segment_sink.dry_run_file` is set.
+pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFuture + Send + use<>> {
+    let sink = config.segment_sink.clone();
+    let segment = match (&config.segment, &sink.dry_run_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(_)) => SegmentConfig {
+            region: SegmentRegion::Us,
+            endpoint: None,
+            write_key: Secret::inline("dry-run"),
+        },
+        (None, None) => anyhow::bail!(
+            "segment-sink needs [segment] with region (us or eu: a wrong region loses data silently) \
+             and write_key, or segment_sink.dry_run_file to write the batches to a file instead"
+        ),
+    };
+    let client = service::SegmentClient::new(&segment, &sink).map_err(anyhow::Error::msg)?;
+    let config = config.clone();
+    Ok(move |env: RoleEnv| -> RoleFuture {
+        Box::pin(async move {
+            let c = &config;
+            tracing::info!(target = %client.target(), "segment-sink delivers to");
+            let input = c.topic_name(TopicId::CanonicalSegmentCalls);
+            let dlq = client_config::producer(c, ROLE)
+                .create()
+                .context("cannot create the dead-letter producer")?;
+            let ctx = Arc::new(delivery::DeliveryContext {
+                client,
+                gzip: sink.gzip,
+                rate_limit: rate_limit::RateLimiter::from_config(&sink),
+                paused_until: Mutex::new(None),
+                backoff_initial: Duration::from_millis(sink.backoff_initial_ms),
+                backoff_max: Duration::from_millis(sink.backoff_max_ms),
+                dlq,
+                dlq_topic: c.topic_name(TopicId::DlqSegmentSink),
+                source_topic: input.clone(),
+                stage: ROLE,
+            });
+            let processor = sink::SegmentSinkProcessor::new(
+                ctx,
+                SegmentCallCodec::new(c.schema.wire_format(SchemaId::SegmentCall)),
+                batch::BatchLimits::from_config(&sink),
+                sink.max_event_bytes,
+                sink.linger(),
+                sink.max_in_flight_requests,
+            );
+            let spec = LoopSpec {
+                stage: ROLE,
+                topics: vec![input],
+                commit_max_records: c.processing.commit_max_records,
+                commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
+                strategy: CommitStrategy::ConsumerOffsets,
+            };
+            run_consumer_loop(
+                &client_config::consumer(c, ROLE),
+                spec,
+                processor,
+                env.shutdown.clone(),
+                env.readiness.register(format!("{ROLE}:consumer")),
+            )
+            .await?;
+            Ok(())
+        })
+    })
+}

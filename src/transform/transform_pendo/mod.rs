@@ -108,19 +108,23 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 c.transform_pendo.parallelism(),
             );
             let consumer_config = client_config::consumer(c, ROLE);
+            let consumer_loop = run_consumer_loop(
+                &consumer_config,
+                spec,
+                processor,
+                env.shutdown.clone(),
+                env.readiness.register(format!("{ROLE}:consumer")),
+            );
+            tokio::pin!(consumer_loop);
+            let mut follower = follower;
             tokio::select! {
-                r = run_consumer_loop(
-                    &consumer_config,
-                    spec,
-                    processor,
-                    env.shutdown.clone(),
-                    env.readiness.register(format!("{ROLE}:consumer")),
-                ) => r.map(|_| ()).map_err(anyhow::Error::from),
-                f = follower => Err(match f {
-                    Ok(Ok(())) => anyhow::anyhow!("id mapping follower stopped"),
-                    Ok(Err(e)) => e.context("id mapping follower failed"),
-                    Err(e) => anyhow::anyhow!("id mapping follower panicked: {e}"),
-                }),
+                r = &mut consumer_loop => r.map(|_| ()).map_err(anyhow::Error::from),
+                f = &mut follower => match f {
+                    // The follower stops only at shutdown: let the loop finish and commit too.
+                    Ok(Ok(())) => consumer_loop.await.map(|_| ()).map_err(anyhow::Error::from),
+                    Ok(Err(e)) => Err(e.context("id mapping follower failed")),
+                    Err(e) => Err(anyhow::anyhow!("id mapping follower panicked: {e}")),
+                },
             }
         })
     })

@@ -1,0 +1,263 @@
+//! Delivering one batch until every event in it is either acknowledged by Segment or written to
+//! the dead-letter topic — nothing in between is possible, which is what lets the sink commit the
+//! batch's offsets afterwards.
+//!
+//! Per attempt: rate limit, wait out a sink-wide `Retry-After` pause, send with a fresh `sentAt`.
+//! Retryable answers (network errors, timeouts, 408/410/429/460, most 5xx) and operator problems
+//! (401/403, a wrong endpoint) are retried with jittered exponential backoff for as long as it
+//! takes — they never drop, ack or dead-letter data; the backpressure gauge shows the wait. A 400
+//! (or 413) splits the batch in halves until the offending events are alone, and those are
+//! dead-lettered with Segment's answer; the rest is delivered.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::batch::{SegmentBatch, sent_at_now};
+use super::encoding::EncodedEvent;
+use super::rate_limit::RateLimiter;
+use super::retry::{Backoff, Outcome};
+use super::service::SegmentClient;
+use crate::kafka::headers;
+use crate::metrics::metrics;
+
+/// What every delivery task shares.
+pub struct DeliveryContext {
+    /// The HTTP client.
+    pub client: SegmentClient,
+    /// Compress bodies.
+    pub gzip: bool,
+    /// Client-side rate limit.
+    pub rate_limit: RateLimiter,
+    /// Sink-wide pause until this instant (Retry-After).
+    pub paused_until: Mutex<Option<Instant>>,
+    /// Backoff template (initial, max).
+    pub backoff_initial: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Dead letters.
+    pub dlq: FutureProducer,
+    /// `dlq.segment-sink`.
+    pub dlq_topic: String,
+    /// The consumed topic (for the dead letters' source headers).
+    pub source_topic: String,
+    /// Stage name.
+    pub stage: &'static str,
+}
+
+/// A batch's events, with the end-to-end latency inputs of each.
+pub struct BatchToDeliver {
+    /// The batch.
+    pub batch: SegmentBatch,
+    /// `origin.receivedAt` of each event (same order), for the latency histogram.
+    pub received_at: Vec<Option<i64>>,
+    /// Original record bytes of each event (same order), for dead letters.
+    pub originals: Vec<Arc<[u8]>>,
+    /// Original record keys (same order).
+    pub keys: Vec<Option<Arc<[u8]>>>,
+}
+
+/// Why a delivery could not finish; stops the role without committing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryError(pub String);
+
+impl DeliveryContext {
+    async fn wait_for_pause(&self) {
+        loop {
+            let until = *self.paused_until.lock().expect("pause lock");
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => return,
+            }
+        }
+    }
+
+    fn pause_for(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut p = self.paused_until.lock().expect("pause lock");
+        if p.is_none_or(|t| t < until) {
+            *p = Some(until);
+        }
+        metrics().segment_retry_after_pauses.inc();
+    }
+
+    /// Delivers `b` completely (see the module docs). Errors only when a dead letter cannot be
+    /// written.
+    pub async fn deliver(&self, b: BatchToDeliver) -> Result<(), DeliveryError> {
+        // Work list of (batch, indexes into b's per-event vectors), depth-first so the order of
+        // events is kept when a batch is split.
+        let BatchToDeliver {
+            batch,
+            received_at,
+            originals,
+            keys,
+        } = b;
+        let indexes: Vec<usize> = (0..batch.len()).collect();
+        let mut work = vec![(batch, indexes)];
+        let m = metrics();
+        while let Some((batch, idx)) = work.pop() {
+            let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max, rand_seed());
+            loop {
+                self.rate_limit.acquire(batch.len()).await;
+                self.wait_for_pause().await;
+                let body = batch.body(&sent_at_now());
+                m.segment_batch_events.observe(batch.len() as f64);
+                m.segment_batch_bytes.observe(body.len() as f64);
+                let r = self.client.send(body, self.gzip).await;
+                m.segment_request_duration.observe(r.elapsed.as_secs_f64());
+                let status = r
+                    .status
+                    .map_or_else(|| "none".to_string(), |s| s.to_string());
+                m.segment_requests.with_label_values(&[&status]).inc();
+                match r.outcome() {
+                    Outcome::Success => {
+                        m.segment_sink_backpressure.set(0);
+                        let now = headers::now_millis();
+                        for (e, i) in batch.events().iter().zip(&idx) {
+                            m.segment_events_delivered
+                                .with_label_values(&[e.call_type])
+                                .inc();
+                            if let Some(t) = received_at[*i] {
+                                m.end_to_end_latency
+                                    .observe((now - t).max(0) as f64 / 1000.0);
+                            }
+                        }
+                        break;
+                    }
+                    Outcome::Invalid => {
+                        if batch.len() == 1 {
+                            let e = &batch.events()[0];
+                            self.dead_letter(
+                                e,
+                                (&originals[idx[0]], keys[idx[0]].as_deref()),
+                                "rejected",
+                                &r.describe(),
+                            )
+                            .await?;
+                            break;
+                        }
+                        match batch.split() {
+                            Ok((first, second)) => {
+                                let (a, c) = idx.split_at(first.len());
+                                // Pushed in reverse so the first half is delivered first.
+                                work.push((second, c.to_vec()));
+                                work.push((first, a.to_vec()));
+                            }
+                            Err(single) => {
+                                let e = &single.events()[0];
+                                self.dead_letter(
+                                    e,
+                                    (&originals[idx[0]], keys[idx[0]].as_deref()),
+                                    "rejected",
+                                    &r.describe(),
+                                )
+                                .await?;
+                            }
+                        }
+                        break;
+                    }
+                    outcome => {
+                        m.segment_retries
+                            .with_label_values(&[outcome.as_str()])
+                            .inc();
+                        m.segment_sink_backpressure.set(1);
+                        if let Some(d) = r.retry_after {
+                            self.pause_for(d);
+                            tracing::warn!(
+                                stage = self.stage,
+                                seconds = d.as_secs_f64(),
+                                "Segment asked to retry later; the sink pauses"
+                            );
+                            continue;
+                        }
+                        let delay = backoff.next_delay();
+                        if outcome.needs_operator() {
+                            tracing::error!(stage = self.stage, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
+                                "Segment refuses the requests (write key, endpoint?); nothing is dropped, retrying");
+                        } else {
+                            tracing::warn!(stage = self.stage, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
+                                "Segment delivery failed; retrying");
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        e: &EncodedEvent,
+        (original, key): (&[u8], Option<&[u8]>),
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), DeliveryError> {
+        dead_letter(
+            &self.dlq,
+            &self.dlq_topic,
+            self.stage,
+            &self.source_topic,
+            (e.partition, e.offset),
+            key,
+            original,
+            reason,
+            detail,
+        )
+        .await
+    }
+}
+
+/// Writes one dead letter and waits for Kafka's acknowledgement.
+#[allow(clippy::too_many_arguments)]
+pub async fn dead_letter(
+    dlq: &FutureProducer,
+    dlq_topic: &str,
+    stage: &str,
+    source_topic: &str,
+    (partition, offset): (i32, i64),
+    key: Option<&[u8]>,
+    original: &[u8],
+    reason: &str,
+    detail: &str,
+) -> Result<(), DeliveryError> {
+    let partition_s = partition.to_string();
+    let offset_s = offset.to_string();
+    let now = headers::now_millis().to_string();
+    let mut h = rdkafka::message::OwnedHeaders::new();
+    for (k, v) in [
+        (headers::DLQ_REASON, reason),
+        (headers::DLQ_DETAIL, detail),
+        (headers::DLQ_STAGE, stage),
+        (headers::DLQ_TIME, now.as_str()),
+        (headers::DLQ_SOURCE_TOPIC, source_topic),
+        (headers::DLQ_SOURCE_PARTITION, partition_s.as_str()),
+        (headers::DLQ_SOURCE_OFFSET, offset_s.as_str()),
+    ] {
+        h = h.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(dlq_topic).payload(original).headers(h);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    dlq.send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| DeliveryError(format!("dead letter to {dlq_topic}: {e}")))?;
+    metrics()
+        .dead_letters
+        .with_label_values(&[stage, reason])
+        .inc();
+    Ok(())
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}

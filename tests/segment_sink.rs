@@ -1,0 +1,268 @@
+//! The forward path end to end against a real broker and the Segment-compatible test server:
+//! raw Pendo events -> transform-pendo -> segment-sink -> `POST /v1/batch`, and the sink under
+//! injected failures (5xx, 429 with Retry-After, connection resets).
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use pendo_segment::schema::{
+    CallBody, CallContext, Origin, SegmentCall, SegmentCallCodec, WireFormat,
+};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use support::segment_server::{FaultAction, FaultPlan, SegmentServerConfig, SegmentTestServer};
+use support::synthetic_pendo::synthetic_event;
+use support::*;
+
+fn producer() -> FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(topic: &str, records: Vec<(Option<String>, Vec<u8>)>) {
+    let p = producer();
+    let mut pending = Vec::new();
+    for (key, value) in records {
+        let p = p.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            let mut r = FutureRecord::to(&topic).payload(&value);
+            if let Some(k) = &key {
+                r = r.key(k);
+            }
+            p.send(r, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+    }
+    for r in futures::future::join_all(pending).await {
+        r.expect("produce");
+    }
+}
+
+fn fixture_records() -> Vec<(Option<String>, Vec<u8>)> {
+    let dir = fixtures_dir().join("pendo");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".json") || name == "index.json" {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let items = match v {
+            Value::Array(a) => a,
+            v => vec![v],
+        };
+        for e in items {
+            let key = e["visitorId"]
+                .as_str()
+                .or(e["accountId"].as_str())
+                .map(str::to_string);
+            out.push((key, serde_json::to_vec(&e).unwrap()));
+        }
+    }
+    out
+}
+
+fn golden_message_ids() -> HashSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transform-pendo");
+    let mut ids = HashSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let calls: Vec<Value> =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        for c in calls {
+            ids.insert(c["segment"]["messageId"].as_str().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+fn sink_config(server: &SegmentTestServer, extra: &str) -> String {
+    format!(
+        "[segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n\
+         [segment_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n{extra}",
+        server.url(),
+        server.write_key()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_reaches_segment_once_and_invalid_calls_are_dead_lettered() {
+    require_kafka();
+    let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("sink");
+    let (config, ops) = role_config(dir.path(), &prefix, &sink_config(&server, ""));
+    apply_topics(&config);
+    produce(&format!("{prefix}.pendo.raw.webhook"), fixture_records()).await;
+
+    // A canonical call without userId/anonymousId (Segment would accept and drop it) and a
+    // record that is not Avro at all: both dead-lettered by the sink, never sent.
+    let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+    let no_identity = SegmentCall {
+        message_id: "pendo-no-identity".into(),
+        timestamp: "2025-11-28T12:00:00.000Z".into(),
+        user_id: None,
+        anonymous_id: None,
+        context: CallContext::default(),
+        integrations: None,
+        origin: Origin::default(),
+        body: CallBody::Track {
+            event: "X".into(),
+            properties: "{}".into(),
+        },
+    };
+    produce(
+        &format!("{prefix}.canonical.segment-calls"),
+        vec![
+            (None, codec.encode_to_vec(&no_identity).unwrap()),
+            (None, b"not avro".to_vec()),
+        ],
+    )
+    .await;
+
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "transform-pendo", "--role", "segment-sink"],
+        ops,
+        dir.path().join("roles.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    let want = golden_message_ids();
+    assert!(
+        server
+            .wait_for_distinct(want.len(), Duration::from_secs(60))
+            .await,
+        "delivered {} of {}:\n{}",
+        server.distinct_count(),
+        want.len(),
+        role.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.distinct_message_ids(),
+        want,
+        "exactly the golden calls"
+    );
+    assert_eq!(server.duplicates(), 0);
+    for e in server.events() {
+        assert_eq!(e.item["context"]["library"]["name"], "pendo-segment");
+        assert!(e.item.get("sentAt").is_none(), "sentAt is per request");
+    }
+    assert!(server.requests().iter().all(|r| r.sent_at.is_some()));
+
+    let dlq = read_committed(
+        &format!("{prefix}.dlq.segment-sink"),
+        2,
+        Duration::from_secs(20),
+    );
+    let mut reasons: Vec<String> = dlq
+        .iter()
+        .map(|m| header(m, "dlq-reason").unwrap())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, vec!["missing_identity", "undecodable"]);
+
+    let metrics = role.metrics().await;
+    assert!(
+        metrics.contains("pendo_segment_segment_requests_total{status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pendo_segment_end_to_end_latency_seconds_count"));
+    role.sigterm();
+    assert!(
+        role.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        role.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_failed_requests_lose_nothing_and_retry_after_is_respected() {
+    require_kafka();
+    const EVENTS: usize = 3_000;
+    let server = SegmentTestServer::start(SegmentServerConfig {
+        faults: FaultPlan::none()
+            .probability(0.12, FaultAction::Status(503))
+            .probability(0.06, FaultAction::Status(500))
+            .probability(
+                0.06,
+                FaultAction::RateLimited {
+                    retry_after_secs: 1,
+                },
+            )
+            .probability(0.06, FaultAction::ResetConnection),
+        seed: 42,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("sinkf");
+    let (config, ops) = role_config(
+        dir.path(),
+        &prefix,
+        &sink_config(
+            &server,
+            "max_batch_events = 50\nrequest_timeout_ms = 2000\n",
+        ),
+    );
+    apply_topics(&config);
+    produce(
+        &format!("{prefix}.pendo.raw.webhook"),
+        (0..EVENTS)
+            .map(|i| {
+                let (k, v) = synthetic_event(i);
+                (Some(k), v)
+            })
+            .collect(),
+    )
+    .await;
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "transform-pendo", "--role", "segment-sink"],
+        ops,
+        dir.path().join("roles.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    assert!(
+        server
+            .wait_for_distinct(EVENTS, Duration::from_secs(180))
+            .await,
+        "delivered {} of {EVENTS}:\n{}",
+        server.distinct_count(),
+        role.logs()
+    );
+    let statuses = server.status_counts();
+    let failed: usize = statuses
+        .iter()
+        .filter(|(s, _)| **s >= 400)
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "requests by status: {statuses:?}; duplicates delivered: {}",
+        server.duplicates()
+    );
+    assert!(failed > 5, "faults were injected: {statuses:?}");
+    assert_eq!(
+        server.early_requests(),
+        0,
+        "no request before Retry-After expired"
+    );
+    let metrics = role.metrics().await;
+    assert!(metrics.contains("pendo_segment_segment_retry_after_pauses_total"));
+    role.sigterm();
+    assert!(
+        role.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        role.logs()
+    );
+}

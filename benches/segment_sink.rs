@@ -1,0 +1,259 @@
+//! Benchmark: one `segment-sink` instance (the release binary, its own process) delivering
+//! canonical Segment calls into the Segment-compatible test server, next to a raw consumer
+//! reading the same topic in the same run; then its memory with a large backlog and a server
+//! that answers in 1 s.
+//!
+//! ```sh
+//! scripts/kafka-local start
+//! cargo bench --bench segment_sink -- [--events 200000] [--backlog 1000000] [--seconds 20]
+//! ```
+
+#[allow(dead_code)]
+#[path = "../tests/support/segment_server.rs"]
+mod segment_server;
+
+use std::time::{Duration, Instant};
+
+use pendo_segment::config::Config;
+use pendo_segment::kafka::client_config;
+use pendo_segment::kafka::topics::{TopicAdmin, TopicId, desired_topics};
+use pendo_segment::schema::{
+    CallBody, CallContext, Origin, SegmentCall, SegmentCallCodec, WireFormat,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use segment_server::{SegmentServerConfig, SegmentTestServer};
+
+fn arg(name: &str, default: usize) -> usize {
+    let argv: Vec<String> = std::env::args().collect();
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A realistic track call (~0.6 KB as Segment JSON).
+fn call(i: usize) -> SegmentCall {
+    SegmentCall {
+        message_id: format!("pendo-bench-{i:012}"),
+        timestamp: "2026-11-29T03:00:00.000Z".into(),
+        user_id: Some(format!("user-{}", i % 5_000)),
+        anonymous_id: None,
+        context: CallContext {
+            group_id: Some("acct-contoso".into()),
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36".into()),
+            locale: Some("de-DE".into()),
+            ..Default::default()
+        },
+        integrations: None,
+        origin: Origin {
+            source: "pendo.webhook".into(),
+            kind: "featureClicked".into(),
+            visitor_id: Some(format!("vis-{}", i % 5_000)),
+            account_id: Some("acct-contoso".into()),
+            received_at: None,
+        },
+        body: CallBody::Track {
+            event: "Feature Clicked".into(),
+            properties: format!(
+                r#"{{"feature_id":"ft_{}","feature_name":"Export CSV button","page_id":"pg_reports","url":"https://app.acme.example/reports/rep-77","seq":{i}}}"#,
+                i % 97
+            ),
+        },
+    }
+}
+
+async fn produce(config: &Config, topic: &str, from: usize, n: usize) {
+    let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+    let p: FutureProducer = client_config::producer(config, "bench-load")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in from..from + n {
+        let c = call(i);
+        let key = c.kafka_key().unwrap().to_string();
+        let value = codec.encode_to_vec(&c).unwrap();
+        let p = p.clone();
+        let topic = topic.to_string();
+        pending.push(async move {
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&value),
+                Duration::from_secs(60),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+        });
+        if pending.len() == 20_000 {
+            for r in futures::future::join_all(std::mem::take(&mut pending)).await {
+                r.expect("produce");
+            }
+        }
+    }
+    for r in futures::future::join_all(pending).await {
+        r.expect("produce");
+    }
+}
+
+/// Reads `n` records of `topic` from the beginning; events/s from the first record.
+fn raw_consumer(config: &Config, topic: &str, n: usize) -> f64 {
+    let consumer: BaseConsumer =
+        client_config::consumer(config, &format!("bench-raw-{}", std::process::id()))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = 0;
+    let mut first = None;
+    while seen < n {
+        if let Some(r) = consumer.poll(Duration::from_secs(1)) {
+            r.expect("consume");
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+        }
+    }
+    n as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
+struct Sink {
+    child: std::process::Child,
+    ops: String,
+}
+
+impl Sink {
+    async fn start(config_text: &str, name: &str) -> Sink {
+        let ops_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = config_text.replace(
+            "[observability]\n",
+            &format!("[observability]\nlisten = \"127.0.0.1:{ops_port}\"\n"),
+        );
+        let path = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pendo-segment"))
+            .arg("--config")
+            .arg(&path)
+            .args(["run", "--role", "segment-sink"])
+            .spawn()
+            .expect("start the pendo-segment binary");
+        Sink {
+            child,
+            ops: format!("http://127.0.0.1:{ops_port}"),
+        }
+    }
+
+    async fn rss(&self) -> u64 {
+        let Ok(r) = reqwest::get(format!("{}/metrics", self.ops)).await else {
+            return 0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with("pendo_segment_process_resident_memory_bytes"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("segment_sink: run with `cargo bench --bench segment_sink`");
+        return;
+    }
+    let events = arg("--events", 200_000);
+    let backlog = arg("--backlog", 1_000_000);
+    let seconds = arg("--seconds", 20) as u64;
+    let servers =
+        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let prefix = format!("bench-sink-{}", std::process::id());
+        let base = format!(
+            "[kafka]\nbootstrap_servers = \"{servers}\"\ngroup_id_prefix = \"{prefix}\"\n[topics]\nprefix = \"{prefix}.\"\npartitions = 6\nreplication_factor = 1\n\
+             [observability]\nlog_level = \"warn\"\n"
+        );
+        let config: Config = toml::from_str(&base).unwrap();
+        pendo_segment::logging::init(config.observability.log_format, "warn");
+        let admin = TopicAdmin::new(&client_config::admin(&config), Duration::from_secs(30)).unwrap();
+        let plan = admin.plan(&desired_topics(&config)).await.expect("is Kafka running? scripts/kafka-local start");
+        admin.apply(&plan, false).await.unwrap();
+        let topic = config.topic_name(TopicId::CanonicalSegmentCalls);
+        let t = Instant::now();
+        produce(&config, &topic, 0, events).await;
+        eprintln!("loaded {events} canonical calls in {:.1}s", t.elapsed().as_secs_f64());
+
+        // 1. Baseline: a raw consumer over the same records.
+        let raw = {
+            let config = config.clone();
+            let topic = topic.clone();
+            tokio::task::spawn_blocking(move || raw_consumer(&config, &topic, events)).await.unwrap()
+        };
+
+        // 2. The sink, into a server that answers at once.
+        let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+        let sink_text = format!(
+            "{base}[segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n[segment_sink]\nlinger_ms = 200\n",
+            server.url(),
+            server.write_key()
+        );
+        let sink = Sink::start(&sink_text, "sink").await;
+        assert!(server.wait_for_distinct(events, Duration::from_secs(600)).await, "not all delivered");
+        let requests = server.requests();
+        let first = requests.iter().map(|r| r.received_at).min().unwrap();
+        let last = requests.iter().map(|r| r.received_at).max().unwrap();
+        let rate = events as f64 / (last - first).as_secs_f64().max(1e-3);
+        let peak_fast = sink.rss().await;
+        drop(sink);
+        drop(server);
+
+        // 3. Memory: a backlog of `backlog` records, a server answering in 1 s.
+        let slow_topic_prefix = format!("{prefix}-slow");
+        let slow_base = base.replace(&format!("prefix = \"{prefix}.\""), &format!("prefix = \"{slow_topic_prefix}.\""));
+        let slow_config: Config = toml::from_str(&slow_base).unwrap();
+        let plan = admin.plan(&desired_topics(&slow_config)).await.unwrap();
+        admin.apply(&plan, false).await.unwrap();
+        let t = Instant::now();
+        produce(&slow_config, &slow_config.topic_name(TopicId::CanonicalSegmentCalls), 0, backlog).await;
+        eprintln!("loaded a backlog of {backlog} in {:.1}s", t.elapsed().as_secs_f64());
+        let slow = SegmentTestServer::start(SegmentServerConfig {
+            response_delay: Some(Duration::from_secs(1)),
+            ..Default::default()
+        })
+        .await;
+        let slow_text = format!(
+            "{slow_base}[segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n",
+            slow.url(),
+            slow.write_key()
+        );
+        let sink = Sink::start(&slow_text, "slow-sink").await;
+        let mut peak = 0;
+        let until = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < until {
+            peak = peak.max(sink.rss().await);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let delivered = slow.distinct_count();
+        drop(sink);
+
+        println!();
+        println!("| segment-sink, {events} calls (~0.6 KB), 6 partitions | events/s | ratio |");
+        println!("| --- | ---: | ---: |");
+        println!("| baseline: raw consumer, same topic | {raw:.0} | 1.00 |");
+        println!("| segment-sink -> test server (no faults) | {rate:.0} | {:.2} |", rate / raw);
+        println!();
+        println!("| segment-sink memory | value |");
+        println!("| --- | ---: |");
+        println!("| RSS after delivering {events} | {:.0} MiB |", peak_fast as f64 / 1048576.0);
+        println!("| peak RSS, {backlog}-record backlog, server answering in 1 s, {seconds} s | {:.0} MiB ({delivered} delivered meanwhile) |", peak as f64 / 1048576.0);
+    });
+}

@@ -8,7 +8,6 @@
 //! cargo bench --bench segment_sink -- [--events 200000] [--backlog 1000000] [--seconds 20]
 //! ```
 
-#[allow(dead_code)]
 #[path = "../tests/support/segment_server.rs"]
 mod segment_server;
 

@@ -217,7 +217,10 @@ fn main() {
 
         // 3. Memory: a backlog of `backlog` records, a server answering in 1 s.
         let slow_topic_prefix = format!("{prefix}-slow");
-        let slow_base = base.replace(&format!("prefix = \"{prefix}.\""), &format!("prefix = \"{slow_topic_prefix}.\""));
+        // Its own topics and consumer group (the first sink's group still holds its SIGKILLed member).
+        let slow_base = base
+            .replace(&format!("prefix = \"{prefix}.\""), &format!("prefix = \"{slow_topic_prefix}.\""))
+            .replace(&format!("group_id_prefix = \"{prefix}\""), &format!("group_id_prefix = \"{slow_topic_prefix}\""));
         let slow_config: Config = toml::from_str(&slow_base).unwrap();
         let plan = admin.plan(&desired_topics(&slow_config)).await.unwrap();
         admin.apply(&plan, false).await.unwrap();

@@ -8,6 +8,8 @@
 //! cargo bench --bench segment_sink -- [--events 200000] [--backlog 1000000] [--seconds 20]
 //! ```
 
+#[path = "../tests/support/produce.rs"]
+mod produce;
 #[path = "../tests/support/segment_server.rs"]
 mod segment_server;
 
@@ -20,7 +22,7 @@ use pendo_segment::schema::{
     CallBody, CallContext, Origin, SegmentCall, SegmentCallCodec, WireFormat,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use segment_server::{SegmentServerConfig, SegmentTestServer};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -69,31 +71,14 @@ async fn produce(config: &Config, topic: &str, from: usize, n: usize) {
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    let mut pending = Vec::new();
-    for i in from..from + n {
+    let records = (from..from + n).map(|i| {
         let c = call(i);
-        let key = c.kafka_key().unwrap().to_string();
-        let value = codec.encode_to_vec(&c).unwrap();
-        let p = p.clone();
-        let topic = topic.to_string();
-        pending.push(async move {
-            p.send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                Duration::from_secs(60),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        });
-        if pending.len() == 20_000 {
-            for r in futures::future::join_all(std::mem::take(&mut pending)).await {
-                r.expect("produce");
-            }
-        }
-    }
-    for r in futures::future::join_all(pending).await {
-        r.expect("produce");
-    }
+        (
+            c.kafka_key().map(str::to_string),
+            codec.encode_to_vec(&c).unwrap(),
+        )
+    });
+    produce::produce_all(&p, topic, records).await;
 }
 
 /// Reads `n` records of `topic` from the beginning; events/s from the first record.

@@ -11,6 +11,8 @@
 //! with a fresh consumer group, and are timed from their first record to their last commit (so
 //! group-join time is excluded). Rounds alternate baseline and transformer. Output: markdown.
 
+#[path = "../tests/support/produce.rs"]
+mod produce;
 #[path = "../tests/support/synthetic_pendo.rs"]
 mod synthetic_pendo;
 
@@ -34,7 +36,7 @@ use pendo_segment::transform::transform_pendo::processor::{
 };
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 struct Args {
     events: usize,
@@ -303,28 +305,7 @@ async fn produce(config: &Config, topic: &str, records: impl Iterator<Item = (St
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    let mut pending = Vec::new();
-    for (key, value) in records {
-        let p = p.clone();
-        let topic = topic.to_string();
-        pending.push(async move {
-            p.send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                Duration::from_secs(60),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        });
-        if pending.len() == 20_000 {
-            for r in futures::future::join_all(std::mem::take(&mut pending)).await {
-                r.expect("produce");
-            }
-        }
-    }
-    for r in futures::future::join_all(pending).await {
-        r.expect("produce");
-    }
+    produce::produce_all(&p, topic, records.map(|(k, v)| (Some(k), v))).await;
 }
 
 /// The mapping and encoding alone, without Kafka: where the transformer's CPU goes.

@@ -6,19 +6,15 @@
 //! records of each partition, up to the current end, and never joins a consumer group or
 //! commits: inspecting does not disturb the roles.
 
-use std::collections::HashSet;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::Message;
 use rdkafka::message::Headers;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use crate::config::{Config, SchemaId};
 use crate::kafka::client_config;
-use crate::kafka::context::ReadToEndContext;
+use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::kafka::topics::TopicId;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
 
@@ -70,52 +66,21 @@ fn scan(
     decoder: &Decoder,
     brief: bool,
 ) -> anyhow::Result<u64> {
-    let mut cc = client_config::consumer(config, "inspect");
-    cc.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ReadToEndContext> = cc.create_with_context(ReadToEndContext)?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        anyhow::bail!("topic {topic} does not exist (run `pendo-segment topics apply`)");
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let offset = match last {
-            Some(n) => Offset::OffsetTail(n.max(1)),
-            None => Offset::Beginning,
-        };
-        tpl.add_partition_offset(topic, *p, offset)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut pending: HashSet<i32> = partitions.into_iter().collect();
-    let mut count = 0u64;
-    while !pending.is_empty() {
-        match consumer.poll(Duration::from_secs(5)) {
-            None => {
-                // Nothing for 5 s: partitions that never report an end are empty or idle.
-                break;
+    let start = last.map_or(StartAt::Beginning, StartAt::Last);
+    read_to_end(
+        client_config::consumer(config, "inspect"),
+        topic,
+        start,
+        |m| {
+            let v = render(m, decoder);
+            if brief {
+                println!("{}", one_line(&v));
+            } else {
+                println!("{v}");
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(m)) => {
-                count += 1;
-                let v = render(&m, decoder);
-                if brief {
-                    println!("{}", one_line(&v));
-                } else {
-                    println!("{v}");
-                }
-            }
-        }
-    }
-    Ok(count)
+            Ok(())
+        },
+    )
 }
 
 /// A short human line: where, what kind of call (or why dead-lettered), who.

@@ -11,8 +11,9 @@ use std::time::Duration;
 use pendo_segment::schema::{
     CallBody, CallContext, Origin, SegmentCall, SegmentCallCodec, WireFormat,
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde_json::Value;
+use support::produce::produce_all;
 use support::segment_server::{FaultAction, FaultPlan, SegmentServerConfig, SegmentTestServer};
 use support::synthetic_pendo::synthetic_event;
 use support::*;
@@ -27,25 +28,7 @@ fn producer() -> FutureProducer {
 }
 
 async fn produce(topic: &str, records: Vec<(Option<String>, Vec<u8>)>) {
-    let p = producer();
-    let mut pending = Vec::new();
-    for (key, value) in records {
-        let p = p.clone();
-        let topic = topic.to_string();
-        pending.push(async move {
-            let mut r = FutureRecord::to(&topic).payload(&value);
-            if let Some(k) = &key {
-                r = r.key(k);
-            }
-            p.send(r, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        });
-    }
-    for r in futures::future::join_all(pending).await {
-        r.expect("produce");
-    }
+    produce_all(&producer(), topic, records).await;
 }
 
 fn fixture_records() -> Vec<(Option<String>, Vec<u8>)> {

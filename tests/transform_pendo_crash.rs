@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use pendo_segment::schema::{SegmentCallCodec, WireFormat};
 use rdkafka::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
+use support::produce::produce_all;
 use support::synthetic_pendo::synthetic_event;
 use support::*;
 
@@ -23,29 +24,15 @@ async fn produce_events(topic: &str, n: usize, offset: usize) {
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    let mut pending = Vec::new();
-    for i in offset..offset + n {
-        let (key, value) = synthetic_event(i);
-        let p = p.clone();
-        let topic = topic.to_string();
-        pending.push(async move {
-            p.send(
-                FutureRecord::to(&topic).key(&key).payload(&value),
-                Duration::from_secs(60),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-        });
-        if pending.len() == 5_000 {
-            for r in futures::future::join_all(std::mem::take(&mut pending)).await {
-                r.expect("produce");
-            }
-        }
-    }
-    for r in futures::future::join_all(pending).await {
-        r.expect("produce");
-    }
+    produce_all(
+        &p,
+        topic,
+        (offset..offset + n).map(|i| {
+            let (k, v) = synthetic_event(i);
+            (Some(k), v)
+        }),
+    )
+    .await;
 }
 
 /// Events this process has handled so far (its own counter, from `/metrics`).

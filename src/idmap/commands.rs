@@ -4,22 +4,19 @@
 //! reported with its line number), then publishes every mapping with the idempotent producer and
 //! reports progress; it succeeds only when the broker acknowledged every record.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::csv_file::check_csv;
 use crate::config::{Config, SchemaId};
 use crate::kafka::client_config;
-use crate::kafka::context::ReadToEndContext;
+use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::kafka::topics::TopicId;
 use crate::schema::{IdMapping, IdMappingCodec};
 
@@ -212,59 +209,24 @@ pub async fn get(config: &Config, visitor_id: &str) -> ExitCode {
 }
 
 fn scan_for(config: &Config, visitor_id: &str) -> anyhow::Result<Option<IdMapping>> {
-    let topic = config.topic_name(TopicId::IdmapVisitorToUser);
     let codec = IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping));
-    let mut cc = client_config::consumer(config, "idmap-cli");
-    cc.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ReadToEndContext> = cc.create_with_context(ReadToEndContext)?;
-    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        anyhow::bail!("topic {topic} does not exist: run `pendo-segment topics apply`");
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut pending: HashMap<i32, ()> = partitions.iter().map(|p| (*p, ())).collect();
     let mut found: Option<IdMapping> = None;
-    let (mut read, started, mut last_report) = (0u64, Instant::now(), Instant::now());
-    while !pending.is_empty() {
-        match consumer.poll(Duration::from_secs(1)) {
-            None => {}
-            Some(Ok(m)) => {
-                read += 1;
-                if m.key() == Some(visitor_id.as_bytes()) {
-                    found = match m.payload() {
-                        None => None,
-                        Some(v) => Some(codec.decode(v).map_err(|e| {
-                            anyhow::anyhow!(
-                                "offset {} of partition {}: {e}",
-                                m.offset(),
-                                m.partition()
-                            )
-                        })?),
-                    };
-                }
+    read_to_end(
+        client_config::consumer(config, "idmap-cli"),
+        &config.topic_name(TopicId::IdmapVisitorToUser),
+        StartAt::Beginning,
+        |m| {
+            if m.key() == Some(visitor_id.as_bytes()) {
+                // Later records replace earlier ones; a tombstone deletes.
+                found = match m.payload() {
+                    None => None,
+                    Some(v) => Some(codec.decode(v).map_err(|e| {
+                        anyhow::anyhow!("offset {} of partition {}: {e}", m.offset(), m.partition())
+                    })?),
+                };
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => return Err(e.into()),
-        }
-        if last_report.elapsed() >= Duration::from_secs(2) {
-            eprintln!("scanned {read} record(s)...");
-            last_report = Instant::now();
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("gave up after 10 minutes ({read} records scanned)");
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(found)
 }

@@ -6,6 +6,7 @@ pub mod consumer_loop;
 pub mod context;
 pub mod headers;
 pub mod producer;
+pub mod read_to_end;
 pub mod topics;
 pub mod transactional_appender;
 pub mod transactional_output;

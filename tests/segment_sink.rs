@@ -358,3 +358,102 @@ async fn sigkill_three_times_delivers_every_event_with_duplicates_only_from_in_f
     transform.sigterm();
     assert!(transform.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+/// A track call of about `bytes` bytes of properties.
+fn sized_call(i: usize, bytes: usize) -> SegmentCall {
+    SegmentCall {
+        message_id: format!("pendo-limit-{i:08}"),
+        timestamp: "2025-11-28T12:00:00.000Z".into(),
+        user_id: Some(format!("user-{}", i % 7)),
+        anonymous_id: None,
+        context: CallContext::default(),
+        integrations: None,
+        origin: Origin::default(),
+        body: CallBody::Track {
+            event: "Limit Probe".into(),
+            properties: format!(r#"{{"pad":"{}"}}"#, "x".repeat(bytes)),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_never_exceed_segments_limits_and_oversized_events_are_never_sent() {
+    require_kafka();
+    let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("sinkl");
+    let (config, ops) = role_config(dir.path(), &prefix, &sink_config(&server, ""));
+    apply_topics(&config);
+    let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+    // 6,000 small calls (more than two full batches by count), 400 calls of ~10 KB (more than
+    // a batch's 475,000 bytes), and one call of ~40 KB (over the 32 KB event limit).
+    let mut records = Vec::new();
+    for i in 0..6_000 {
+        let c = sized_call(i, 20);
+        records.push((
+            c.kafka_key().map(str::to_string),
+            codec.encode_to_vec(&c).unwrap(),
+        ));
+    }
+    for i in 6_000..6_400 {
+        let c = sized_call(i, 10_000);
+        records.push((
+            c.kafka_key().map(str::to_string),
+            codec.encode_to_vec(&c).unwrap(),
+        ));
+    }
+    let big = sized_call(9_999, 40_000);
+    records.push((
+        big.kafka_key().map(str::to_string),
+        codec.encode_to_vec(&big).unwrap(),
+    ));
+    produce(&format!("{prefix}.canonical.segment-calls"), records).await;
+
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "segment-sink"],
+        ops,
+        dir.path().join("sink.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    assert!(
+        server
+            .wait_for_distinct(6_400, Duration::from_secs(120))
+            .await,
+        "delivered {}:\n{}",
+        server.distinct_count(),
+        role.logs()
+    );
+    let dlq = read_committed(
+        &format!("{prefix}.dlq.segment-sink"),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "dlq-reason").as_deref(), Some("too_large"));
+    assert!(
+        !server.distinct_message_ids().contains(&big.message_id),
+        "the oversized event was never sent"
+    );
+    let requests = server.requests();
+    assert!(
+        requests.iter().all(|r| r.status == Some(200)),
+        "Segment refused nothing"
+    );
+    let most_items = requests.iter().map(|r| r.item_count).max().unwrap();
+    let most_bytes = requests.iter().map(|r| r.decoded_bytes).max().unwrap();
+    println!(
+        "{} requests; largest: {most_items} events, {most_bytes} bytes",
+        requests.len()
+    );
+    assert!(most_items <= 2_500, "{most_items} events in one request");
+    assert!(most_bytes <= 475_000, "{most_bytes} bytes in one request");
+    assert_eq!(
+        server.dropped_over_limit(),
+        0,
+        "nothing past 2,500 was dropped by Segment"
+    );
+    assert_eq!(server.distinct_count(), 6_400);
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+}

@@ -16,6 +16,7 @@ mod produce;
 #[path = "../tests/support/synthetic_pendo.rs"]
 mod synthetic_pendo;
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pendo_segment::config::{Config, SchemaId};
@@ -94,13 +95,14 @@ struct Timed<P> {
     inner: P,
     seen: usize,
     target: usize,
-    first: Option<Instant>,
+    /// Shared with the caller: the loop owns the processor.
+    first: Arc<OnceLock<Instant>>,
     shutdown: Shutdown,
 }
 
 impl<P: RecordProcessor> RecordProcessor for Timed<P> {
     async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
-        self.first.get_or_insert_with(Instant::now);
+        self.first.get_or_init(Instant::now);
         self.inner.process(record).await?;
         self.seen += 1;
         if self.seen == self.target {
@@ -202,102 +204,62 @@ async fn run_mode(
             timeout,
         },
     };
-    let shutdown = Shutdown::new();
-    let readiness = Readiness::default().register("bench");
     let consumer = client_config::consumer(config, &role);
-    let started_at;
-    let stats;
-    if mode == "pass-through" {
-        let p = Timed {
-            inner: PassThrough {
-                output,
-                topic: format!("{}.out", config.topic_name(TopicId::CanonicalSegmentCalls)),
-            },
-            seen: 0,
-            target: events,
-            first: None,
-            shutdown: shutdown.clone(),
+    let (processed, first) = if mode == "pass-through" {
+        let p = PassThrough {
+            output,
+            topic: format!("{}.out", config.topic_name(TopicId::CanonicalSegmentCalls)),
         };
-        let (s, first) = run_timed(&consumer, spec, p, shutdown, readiness).await;
-        stats = s;
-        started_at = first;
+        run_timed(&consumer, spec, p, events).await
     } else {
         let mapper = PendoToSegment::new(
             PendoMapping::default_mapping(),
             config.transform_pendo.mapper_settings("pendo.webhook"),
         );
-        let p = Timed {
-            inner: PendoTransformProcessor::with_parallelism(
-                "bench",
-                mapper,
-                SegmentCallCodec::new(config.schema.wire_format(SchemaId::SegmentCall)),
-                IdMapTable::default(),
-                output,
-                OutputTopics {
-                    calls: config.topic_name(TopicId::CanonicalSegmentCalls),
-                    dlq: config.topic_name(TopicId::DlqTransformPendo),
-                    sources: vec![(raw, "pendo.webhook".into())],
-                },
-                parallelism,
-            ),
-            seen: 0,
-            target: events,
-            first: None,
-            shutdown: shutdown.clone(),
-        };
-        let (s, first) = run_timed(&consumer, spec, p, shutdown, readiness).await;
-        stats = s;
-        started_at = first;
-    }
-    let elapsed = started_at.elapsed().as_secs_f64();
+        let p = PendoTransformProcessor::with_parallelism(
+            "bench",
+            mapper,
+            SegmentCallCodec::new(config.schema.wire_format(SchemaId::SegmentCall)),
+            IdMapTable::default(),
+            output,
+            OutputTopics {
+                calls: config.topic_name(TopicId::CanonicalSegmentCalls),
+                dlq: config.topic_name(TopicId::DlqTransformPendo),
+                sources: vec![(raw, "pendo.webhook".into())],
+            },
+            parallelism,
+        );
+        run_timed(&consumer, spec, p, events).await
+    };
+    let elapsed = first.elapsed().as_secs_f64();
     assert!(
-        stats >= events as u64,
-        "{mode}: processed {stats} of {events}"
+        processed >= events as u64,
+        "{mode}: processed {processed} of {events}"
     );
     events as f64 / elapsed
 }
 
+/// Runs `inner` in the loop until `events` records; returns (processed, first-record instant).
 async fn run_timed<P: RecordProcessor>(
     consumer: &rdkafka::ClientConfig,
     spec: LoopSpec,
-    p: Timed<P>,
-    shutdown: Shutdown,
-    readiness: pendo_segment::health::ReadinessHandle,
+    inner: P,
+    events: usize,
 ) -> (u64, Instant) {
-    // The loop owns the processor; recover the first-record instant through a channel.
-    let (tx, rx) = std::sync::mpsc::channel();
-    struct Report<P> {
-        inner: Timed<P>,
-        tx: std::sync::mpsc::Sender<Instant>,
-        sent: bool,
-    }
-    impl<P: RecordProcessor> RecordProcessor for Report<P> {
-        async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
-            self.inner.process(record).await?;
-            if !self.sent {
-                self.sent = true;
-                let _ = self.tx.send(self.inner.first.expect("set"));
-            }
-            Ok(())
-        }
-        async fn checkpoint(&mut self) -> Result<(), ProcessError> {
-            self.inner.checkpoint().await
-        }
-    }
-    let stats = run_consumer_loop(
-        consumer,
-        spec,
-        Report {
-            inner: p,
-            tx,
-            sent: false,
-        },
-        shutdown,
-        readiness,
-    )
-    .await
-    .expect("loop");
-    (stats.processed, rx.recv().expect("a first record"))
+    let shutdown = Shutdown::new();
+    let first = Arc::new(OnceLock::new());
+    let timed = Timed {
+        inner,
+        seen: 0,
+        target: events,
+        first: first.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let readiness = Readiness::default().register("bench");
+    let stats = run_consumer_loop(consumer, spec, timed, shutdown, readiness)
+        .await
+        .expect("loop");
+    (stats.processed, *first.get().expect("a first record"))
 }
 
 async fn produce(config: &Config, topic: &str, records: impl Iterator<Item = (String, Vec<u8>)>) {

@@ -107,7 +107,6 @@ pub struct Observations {
 pub struct PendoToSegment {
     mapping: PendoMapping,
     settings: MapperSettings,
-    properties_path: JsonPath,
 }
 
 struct EventFacts<'a> {
@@ -213,11 +212,7 @@ fn nps_category(v: Option<&Value>) -> Option<Value> {
 impl PendoToSegment {
     /// A mapper.
     pub fn new(mapping: PendoMapping, settings: MapperSettings) -> Self {
-        Self {
-            mapping,
-            settings,
-            properties_path: JsonPath::parse("properties").expect("path"),
-        }
+        Self { mapping, settings }
     }
 
     /// The mapping in use.
@@ -641,11 +636,6 @@ impl PendoToSegment {
             ValueExpr::NpsCategory(p) => nps_category(p.get(facts.event)),
             ValueExpr::Literal(v) => Some(v.clone()),
         }
-    }
-
-    /// The path of the properties object, for callers that inspect raw events.
-    pub fn properties_path(&self) -> &JsonPath {
-        &self.properties_path
     }
 }
 

@@ -127,17 +127,6 @@ impl DeliveryContext {
                         break;
                     }
                     Outcome::Invalid => {
-                        if batch.len() == 1 {
-                            let e = &batch.events()[0];
-                            self.dead_letter(
-                                e,
-                                (&originals[idx[0]], keys[idx[0]].as_deref()),
-                                "rejected",
-                                &r.describe(),
-                            )
-                            .await?;
-                            break;
-                        }
                         match batch.split() {
                             Ok((first, second)) => {
                                 let (a, c) = idx.split_at(first.len());
@@ -145,10 +134,10 @@ impl DeliveryContext {
                                 work.push((second, c.to_vec()));
                                 work.push((first, a.to_vec()));
                             }
+                            // Alone and still refused: this event is the offender.
                             Err(single) => {
-                                let e = &single.events()[0];
                                 self.dead_letter(
-                                    e,
+                                    &single.events()[0],
                                     (&originals[idx[0]], keys[idx[0]].as_deref()),
                                     "rejected",
                                     &r.describe(),

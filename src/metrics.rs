@@ -63,6 +63,8 @@ pub struct Metrics {
     pub segment_sink_backpressure: IntGauge,
     /// Segment sink: batches being delivered.
     pub segment_in_flight_batches: IntGauge,
+    /// Partitions a consumer role paused because its downstream is backed up.
+    pub paused_partitions: IntGauge,
     /// Segment sink: events per request.
     pub segment_batch_events: Histogram,
     /// Segment sink: body bytes per request (uncompressed).
@@ -213,6 +215,10 @@ impl Metrics {
             "pendo_segment_segment_in_flight_batches",
             "Batches being delivered to Segment.",
         );
+        let paused_partitions = plain_gauge(
+            "pendo_segment_paused_partitions",
+            "Partitions paused because their downstream is backed up (a sink waiting on retries).",
+        );
         let segment_batch_events = plain_histogram(
             "pendo_segment_segment_batch_events",
             "Events per Segment request.",
@@ -240,6 +246,7 @@ impl Metrics {
             segment_retry_after_pauses,
             segment_sink_backpressure,
             segment_in_flight_batches,
+            paused_partitions,
             segment_batch_events,
             segment_batch_bytes,
             segment_request_duration,

@@ -457,3 +457,105 @@ async fn requests_never_exceed_segments_limits_and_oversized_events_are_never_se
     role.sigterm();
     assert!(role.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_max_poll_interval_pauses_partitions_and_keeps_the_group() {
+    require_kafka();
+    const EVENTS: usize = 3_000;
+    // Segment answers 503 to everything until the outage ends.
+    let server = SegmentTestServer::start(SegmentServerConfig {
+        faults: FaultPlan::none().probability(1.0, FaultAction::Status(503)),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("sinko");
+    // A member that does not poll for 7 s is thrown out of its group: the outage lasts 20 s.
+    let (config, ops) = role_config(
+        dir.path(),
+        &prefix,
+        &sink_config(
+            &server,
+            "max_batch_events = 100\n\
+             [kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\
+             \"max.poll.interval.ms\" = \"7000\"\n",
+        ),
+    );
+    apply_topics(&config);
+    let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+    let records = (0..EVENTS)
+        .map(|i| {
+            let c = sized_call(i, 20);
+            (
+                c.kafka_key().map(str::to_string),
+                codec.encode_to_vec(&c).unwrap(),
+            )
+        })
+        .collect();
+    let topic = format!("{prefix}.canonical.segment-calls");
+    produce(&topic, records).await;
+
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "segment-sink"],
+        ops,
+        dir.path().join("sink.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let metrics = role.metrics().await;
+    let paused = metric_value(&metrics, "pendo_segment_paused_partitions");
+    assert!(paused >= 1.0, "backed-up partitions are paused:\n{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "pendo_segment_segment_sink_backpressure"),
+        1.0
+    );
+    assert_eq!(
+        server.distinct_count(),
+        0,
+        "nothing accepted during the outage"
+    );
+    assert!(server.requests().len() > 10, "the sink kept retrying");
+    let group = format!("{prefix}.segment-sink");
+    let committed = committed_offsets(&group, &topic, 3);
+    assert!(
+        committed.values().all(|o| *o <= 0),
+        "nothing is committed while nothing is acknowledged: {committed:?}"
+    );
+
+    // Segment is back: everything arrives, and the member never lost its partitions.
+    server.set_faults(FaultPlan::none());
+    assert!(
+        server
+            .wait_for_distinct(EVENTS, Duration::from_secs(60))
+            .await,
+        "delivered {} of {EVENTS}:\n{}",
+        server.distinct_count(),
+        role.logs()
+    );
+    let logs = role.logs();
+    assert!(
+        !logs.contains("partitions revoked") && !logs.contains("maximum poll interval"),
+        "the member stayed in its group through the outage:\n{logs}"
+    );
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+    let committed = committed_offsets(&group, &topic, 3);
+    assert_eq!(
+        committed.values().sum::<i64>(),
+        EVENTS as i64,
+        "every acknowledged record committed: {committed:?}"
+    );
+    println!(
+        "outage: {} requests refused, {paused} partitions paused; duplicates after: {}",
+        server.requests().len(),
+        server.duplicates()
+    );
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}

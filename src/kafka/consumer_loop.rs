@@ -18,10 +18,16 @@
 //! process exits non-zero and a restart resumes from the last commit. Bad *records* are not
 //! errors: processors send them to a dead-letter topic and return `Ok`.
 //!
-//! Two commit strategies ([`CommitStrategy`]):
+//! Three commit strategies ([`CommitStrategy`]):
 //!
-//! * `ConsumerOffsets`: a consumer-group offset commit after `checkpoint` (sinks; at-least-once,
-//!   made effectively-once downstream by deterministic message ids).
+//! * `ConsumerOffsets`: a consumer-group offset commit after `checkpoint`.
+//! * `Acknowledged`: for sinks, whose records finish (an HTTP 2xx) long after `process` returned
+//!   and may wait out an outage of any length. The loop never waits for them: it commits, per
+//!   partition, only the offsets the processor reports done ([`RecordProcessor::progress`]),
+//!   pauses partitions the processor says are backed up and resumes them when they drain, and
+//!   keeps polling meanwhile, so the member stays in its group however long Segment is down.
+//!   `checkpoint` is called only at shutdown, under a deadline. At-least-once, made
+//!   effectively-once downstream by deterministic message ids.
 //! * `Transactional`: the processor writes its output through a [`TransactionalOutput`]; the
 //!   loop opens a Kafka transaction before the first record after a commit, and at each commit
 //!   point adds the offsets to it (`send_offsets_to_transaction`, with the consumer-group
@@ -60,6 +66,27 @@ pub trait RecordProcessor: Send {
 
     /// These partitions were taken away: drop any buffered, uncheckpointed work of theirs.
     fn partitions_revoked(&mut self, _partitions: &[TopicPartition]) {}
+
+    /// `Acknowledged` strategy: finishes what it can without waiting (collects completions,
+    /// sends lingering batches) and returns, per partition, the next offset below which every
+    /// record is done. Called on every loop tick, on [`ready`](Self::ready) and at commit points.
+    fn progress(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<(TopicPartition, i64)>, ProcessError>> + Send {
+        std::future::ready(Ok(Vec::new()))
+    }
+
+    /// `Acknowledged` strategy: resolves when [`progress`](Self::progress) has news (a delivery
+    /// finished), so the loop reacts at once even while every partition is paused.
+    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
+
+    /// `Acknowledged` strategy: whether `partition` is backed up and should not be fetched
+    /// until it drains. Called after each of its records and on every tick while paused.
+    fn is_backpressured(&self, _topic: &str, _partition: i32) -> bool {
+        false
+    }
 }
 
 /// A failure that stops the role (not a bad record: those are dead-lettered).
@@ -108,6 +135,13 @@ pub enum LoopError {
 pub enum CommitStrategy {
     /// Consumer-group offset commit after the processor's checkpoint.
     ConsumerOffsets,
+    /// Consumer-group offset commit of what the processor reports done; partitions paused
+    /// while backed up; `checkpoint` only at shutdown.
+    Acknowledged {
+        /// How long the shutdown checkpoint may take; what is not done by then is re-read by
+        /// the next owner.
+        flush_timeout: Duration,
+    },
     /// Offsets committed inside the transaction that holds the processor's output.
     Transactional {
         /// The producer the processor writes through.
@@ -229,16 +263,22 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     let mut pending = PendingOffsets::default();
     let mut stats = LoopStats::default();
     let mut txn_open = false;
+    let mut acks = AckState::default();
+    let acknowledged = matches!(spec.strategy, CommitStrategy::Acknowledged { .. });
     let mut tick = tokio::time::interval((spec.commit_interval / 4).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let result: Result<(), LoopError> = async {
         loop {
+            let ready = processor.ready();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(()),
+                _ = ready => {
+                    acks.progress(&consumer, stage, &mut processor).await?;
+                }
                 received = consumer.recv() => {
-                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
+                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks) {
                         abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
                     }
                     let record = match received {
@@ -262,16 +302,22 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                     m.records_processed.with_label_values(&[stage, topic]).inc();
                     pending.record(topic, record.partition(), record.offset());
                     stats.processed += 1;
+                    if acknowledged && processor.is_backpressured(topic, record.partition()) {
+                        acks.pause(&consumer, stage, (topic.to_string(), record.partition()));
+                    }
                     if pending.due(&spec) {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open).await?;
+                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
                     }
                 }
                 _ = tick.tick() => {
-                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
+                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks) {
                         abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
                     }
+                    if acknowledged {
+                        acks.progress(&consumer, stage, &mut processor).await?;
+                    }
                     if pending.due(&spec) {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open).await?;
+                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
                     }
                 }
             }
@@ -282,7 +328,13 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     readiness.set_ready(false);
     match result {
         Ok(()) => {
-            if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor) {
+            if apply_rebalances(
+                &consumer,
+                &mut assigned,
+                &mut pending,
+                &mut processor,
+                &mut acks,
+            ) {
                 abandon_transaction(
                     &consumer,
                     &spec,
@@ -293,6 +345,21 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 )
                 .await?;
             }
+            if let CommitStrategy::Acknowledged { flush_timeout } = &spec.strategy
+                && !pending.is_empty()
+            {
+                match tokio::time::timeout(*flush_timeout, processor.checkpoint()).await {
+                    Ok(flushed) => {
+                        flushed.map_err(|source| LoopError::Process { stage, source })?
+                    }
+                    Err(_) => tracing::warn!(
+                        stage,
+                        timeout = ?flush_timeout,
+                        "shutdown: not every record was acknowledged in time; the unacknowledged \
+                         ones are not committed and will be re-read (and re-sent) after restart"
+                    ),
+                }
+            }
             if let Some(source) = commit(
                 &consumer,
                 &spec,
@@ -300,6 +367,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 &mut processor,
                 &mut stats,
                 &mut txn_open,
+                &mut acks,
             )
             .await?
             {
@@ -354,6 +422,7 @@ fn apply_rebalances<P: RecordProcessor>(
     assigned: &mut HashSet<TopicPartition>,
     pending: &mut PendingOffsets,
     processor: &mut P,
+    acks: &mut AckState,
 ) -> bool {
     let mut revoked = false;
     for event in consumer.context().take_events() {
@@ -364,6 +433,7 @@ fn apply_rebalances<P: RecordProcessor>(
                     assigned.remove(p);
                 }
                 pending.forget(&parts);
+                acks.forget(&parts);
                 processor.partitions_revoked(&parts);
                 revoked = true;
             }
@@ -492,12 +562,18 @@ async fn commit<P: RecordProcessor>(
     processor: &mut P,
     stats: &mut LoopStats,
     txn_open: &mut bool,
+    acks: &mut AckState,
 ) -> Result<Option<KafkaError>, LoopError> {
     if pending.is_empty() {
         return Ok(None);
     }
     let stage = spec.stage;
     let started = Instant::now();
+    if let CommitStrategy::Acknowledged { .. } = &spec.strategy {
+        return acks
+            .commit(consumer, stage, pending, processor, stats, started)
+            .await;
+    }
     processor
         .checkpoint()
         .await
@@ -554,6 +630,144 @@ async fn commit<P: RecordProcessor>(
             tracing::warn!(stage, error = %e, "offset commit failed; will retry");
             pending.backoff();
             Ok(Some(e))
+        }
+    }
+}
+
+/// `Acknowledged` strategy: offsets the processor reported done, what is committed, and which
+/// partitions are paused.
+#[derive(Default)]
+struct AckState {
+    done: HashMap<TopicPartition, i64>,
+    committed: HashMap<TopicPartition, i64>,
+    paused: HashSet<TopicPartition>,
+}
+
+impl AckState {
+    fn forget(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.done.remove(tp);
+            self.committed.remove(tp);
+            if self.paused.remove(tp) {
+                metrics().paused_partitions.dec();
+            }
+        }
+    }
+
+    fn pause(
+        &mut self,
+        consumer: &StreamConsumer<LoopContext>,
+        stage: &'static str,
+        tp: TopicPartition,
+    ) {
+        if self.paused.contains(&tp) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        match consumer.pause(&tpl) {
+            Ok(()) => {
+                tracing::debug!(stage, topic = %tp.0, partition = tp.1, "partition paused (backpressure)");
+                metrics().paused_partitions.inc();
+                self.paused.insert(tp);
+            }
+            Err(e) => tracing::warn!(stage, error = %e, "could not pause a backed-up partition"),
+        }
+    }
+
+    /// Collects the processor's progress and resumes partitions that drained.
+    async fn progress<P: RecordProcessor>(
+        &mut self,
+        consumer: &StreamConsumer<LoopContext>,
+        stage: &'static str,
+        processor: &mut P,
+    ) -> Result<(), LoopError> {
+        let done = processor
+            .progress()
+            .await
+            .map_err(|source| LoopError::Process { stage, source })?;
+        self.done.extend(done);
+        let drained: Vec<TopicPartition> = self
+            .paused
+            .iter()
+            .filter(|tp| !processor.is_backpressured(&tp.0, tp.1))
+            .cloned()
+            .collect();
+        for tp in drained {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            match consumer.resume(&tpl) {
+                Ok(()) => {
+                    metrics().paused_partitions.dec();
+                    self.paused.remove(&tp);
+                }
+                Err(e) => tracing::warn!(stage, error = %e, "could not resume a partition"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the done offsets that moved; what is processed but not done stays pending.
+    async fn commit<P: RecordProcessor>(
+        &mut self,
+        consumer: &Arc<StreamConsumer<LoopContext>>,
+        stage: &'static str,
+        pending: &mut PendingOffsets,
+        processor: &mut P,
+        stats: &mut LoopStats,
+        started: Instant,
+    ) -> Result<Option<KafkaError>, LoopError> {
+        self.progress(consumer, stage, processor).await?;
+        let mut tpl = TopicPartitionList::new();
+        let mut advanced = Vec::new();
+        for (tp, next) in &self.done {
+            // Only partitions this member owns and has processed records of.
+            let Some(processed) = pending.next.get(tp) else {
+                continue;
+            };
+            let next = (*next).min(*processed);
+            if self.committed.get(tp).is_some_and(|c| *c >= next) {
+                continue;
+            }
+            tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next))
+                .expect("a valid offset");
+            advanced.push((tp.clone(), next));
+        }
+        if advanced.is_empty() {
+            pending.backoff();
+            return Ok(None);
+        }
+        let c = consumer.clone();
+        let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
+            .await
+            .expect("commit task panicked");
+        let m = metrics();
+        m.commit_duration
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                m.commits.with_label_values(&[stage, "ok"]).inc();
+                stats.commits += 1;
+                for (tp, next) in advanced {
+                    if pending.next.get(&tp).is_some_and(|p| *p <= next) {
+                        pending.next.remove(&tp);
+                    }
+                    self.committed.insert(tp, next);
+                }
+                if pending.next.is_empty() {
+                    pending.clear();
+                } else {
+                    pending.backoff();
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                m.commits.with_label_values(&[stage, "error"]).inc();
+                tracing::warn!(stage, error = %e, "offset commit failed; will retry");
+                pending.backoff();
+                Ok(Some(e))
+            }
         }
     }
 }

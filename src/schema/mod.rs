@@ -3,6 +3,7 @@
 //! The schemas live in `schemas/*.avsc` (compiled in); `schemas/README.md` holds the encoding and
 //! the evolution rules. One file per record type, plus the framing (`wire_format`).
 
+pub mod avro_binary;
 pub mod id_mapping;
 pub mod pendo_metadata_update;
 pub mod segment_call;

@@ -71,6 +71,12 @@ pub struct SegmentServerConfig {
     /// Added before every HTTP answer (not to `Timeout`/`ResetConnection`): models network and
     /// Segment latency for benchmarks.
     pub response_delay: Option<Duration>,
+    /// Content rule: a batch holding an item whose `messageId` is in this set is refused with
+    /// Segment's 400 body (`invalid_request`, naming the item's index and messageId), and nothing
+    /// of it is recorded — one event Segment refuses for reasons a sender cannot check before
+    /// sending (a valid-looking event inside an otherwise good batch). Checked right after the
+    /// item's size and `type` checks; empty (default) = no such rule.
+    pub reject_message_ids: HashSet<String>,
 }
 
 impl Default for SegmentServerConfig {
@@ -81,6 +87,7 @@ impl Default for SegmentServerConfig {
             silently_drop_invalid: false,
             faults: FaultPlan::default(),
             response_delay: None,
+            reject_message_ids: HashSet::new(),
         }
     }
 }
@@ -218,7 +225,8 @@ pub struct RequestRecord {
 /// valid JSON object with a `batch` array (400), then for the first [`MAX_BATCH_EVENTS`] items:
 /// each ≤ [`MAX_EVENT_BYTES`] (400) and with a `type` among [`EVENT_TYPES`] (400 naming the
 /// index — **stricter than Segment on purpose**: an item Segment cannot route is a sender bug we
-/// want loud in tests), then the strict checks (see
+/// want loud in tests), then the test's reject rule
+/// ([`SegmentServerConfig::reject_message_ids`]), then the strict checks (see
 /// [`SegmentServerConfig::silently_drop_invalid`]). A 400 rejects the whole batch: nothing of it
 /// is recorded. Items past [`MAX_BATCH_EVENTS`] are dropped uninspected with a 200, like Segment.
 /// The alternative `writeKey`-in-body authentication is not supported: our sender must use Basic.
@@ -243,6 +251,7 @@ impl SegmentTestServer {
             expected_token,
             silently_drop_invalid: config.silently_drop_invalid,
             response_delay: config.response_delay.unwrap_or(Duration::ZERO),
+            reject_message_ids: config.reject_message_ids,
             inner: Mutex::new(Inner {
                 faults: config.faults,
                 rng: XorShift64::new(config.seed),
@@ -339,9 +348,10 @@ impl SegmentTestServer {
         self.shared.lock().dropped_over_limit
     }
 
-    /// Requests that arrived before the latest 429's `Retry-After` deadline (with
-    /// [`RETRY_AFTER_TOLERANCE`]): a sender honouring `Retry-After` keeps this at 0. The deadline
-    /// is global, like Segment's per-workspace rate limit, so concurrent senders count too.
+    /// Requests that arrived before the latest 429's `Retry-After` deadline but after that 429
+    /// was answered (both with [`RETRY_AFTER_TOLERANCE`], so requests already on the wire do not
+    /// count): a sender honouring `Retry-After` keeps this at 0. The deadline is global, like
+    /// Segment's per-workspace rate limit, so concurrent senders count too.
     pub fn early_requests(&self) -> usize {
         self.shared.lock().early_requests
     }
@@ -377,6 +387,7 @@ struct Shared {
     expected_token: String,
     silently_drop_invalid: bool,
     response_delay: Duration,
+    reject_message_ids: HashSet<String>,
     inner: Mutex<Inner>,
 }
 
@@ -401,6 +412,8 @@ struct Inner {
     dropped_over_limit: usize,
     early_requests: usize,
     retry_deadline: Option<Instant>,
+    /// When the latest 429 that moved the deadline was answered.
+    retry_issued_at: Option<Instant>,
 }
 
 impl Inner {
@@ -650,8 +663,10 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                     let deadline = Instant::now() + Duration::from_secs(secs);
                     {
                         let mut inner = shared.lock();
-                        inner.retry_deadline =
-                            Some(inner.retry_deadline.map_or(deadline, |d| d.max(deadline)));
+                        if inner.retry_deadline.is_none_or(|d| d < deadline) {
+                            inner.retry_deadline = Some(deadline);
+                            inner.retry_issued_at = Some(Instant::now());
+                        }
                     }
                     let reset = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
@@ -819,7 +834,12 @@ fn process_post(shared: &Shared, head: &Head, body: &[u8], arrival: Instant) -> 
         let index = inner.posts;
         let early = inner
             .retry_deadline
-            .is_some_and(|deadline| arrival + RETRY_AFTER_TOLERANCE < deadline);
+            .zip(inner.retry_issued_at)
+            .is_some_and(|(deadline, issued)| {
+                // Sent after the 429 could have been seen (requests already on the wire when it
+                // was answered are not early), and before the deadline.
+                arrival > issued + RETRY_AFTER_TOLERANCE && arrival + RETRY_AFTER_TOLERANCE < deadline
+            });
         if early {
             inner.early_requests += 1;
         }
@@ -1043,6 +1063,18 @@ fn check_batch(
                 ),
             ));
         };
+        if let Some(id) = item
+            .get("messageId")
+            .and_then(Value::as_str)
+            .filter(|id| shared.reject_message_ids.contains(*id))
+        {
+            return Err(invalid(
+                record,
+                format!(
+                    "batch[{i}] ({kind}, messageId {id:?}) was refused (test server reject rule)"
+                ),
+            ));
+        }
         match strict_problem(kind, &item) {
             None => keep.push(item),
             Some(_) if shared.silently_drop_invalid => dropped_invalid += 1,

@@ -94,7 +94,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 topics: vec![input],
                 commit_max_records: c.processing.commit_max_records,
                 commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
-                strategy: CommitStrategy::ConsumerOffsets,
+                strategy: CommitStrategy::Acknowledged {
+                    flush_timeout: Duration::from_millis(c.processing.shutdown_grace_ms)
+                        .saturating_sub(Duration::from_secs(5))
+                        .max(Duration::from_secs(1)),
+                },
             };
             run_consumer_loop(
                 &client_config::consumer(c, ROLE),

@@ -1,21 +1,26 @@
-//! The stream side of the Segment sink: a [`RecordProcessor`] for the shared consumer loop
-//! (consumer-offset commits).
+//! The stream side of the Segment sink: a [`RecordProcessor`] for the shared consumer loop with
+//! the `Acknowledged` commit strategy.
 //!
-//! Records are decoded and validated one by one (bad ones are dead-lettered at once), gathered
-//! into one open batch per partition, and a full or lingering batch is handed to a delivery task.
-//! At most one batch per partition is in flight (one ordered stream per partition, so per-user
-//! order holds) and at most `max_in_flight_requests` overall. `checkpoint` sends the open batches
-//! and waits until every batch is delivered or dead-lettered; only then does the loop commit the
-//! offsets, so an offset is never committed over an unacknowledged event. Revoked partitions'
-//! open batches are dropped (their records are re-read by the next owner; deterministic
-//! messageIds make Segment drop any re-delivery).
+//! Records are decoded and validated one by one (bad ones are dead-lettered at once) and gathered
+//! into one open batch per partition. A full or lingering batch is closed and queued; at most one
+//! batch per partition is in flight (one ordered stream per partition, so per-user order holds)
+//! and at most `max_in_flight_requests` overall. Nothing here ever waits for Segment: a delivery
+//! task reports back when its batch is acknowledged or dead-lettered, and only then does the
+//! partition's done offset move past it ([`progress`](RecordProcessor::progress)); the loop
+//! commits done offsets only, so an offset is never committed over an unacknowledged event. A
+//! partition with a closed batch queued behind its in-flight one is backed up: the loop pauses it
+//! (bounding memory to about three batches per partition) and resumes it when it drains, and
+//! keeps polling Kafka meanwhile, so the member stays in its group through an outage of any
+//! length. Revoked partitions' batches are abandoned uncommitted (the next owner re-reads them;
+//! deterministic messageIds make Segment drop any re-delivery).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::batch::{BatchLimits, RejectReason, SegmentBatch};
@@ -42,6 +47,51 @@ impl OpenBatch {
             keys: Vec::new(),
         }
     }
+
+    fn into_job(self) -> BatchToDeliver {
+        BatchToDeliver {
+            batch: self.batch,
+            received_at: self.received_at,
+            originals: self.originals,
+            keys: self.keys,
+        }
+    }
+}
+
+/// A closed batch and the offset after the last record it accounts for (its own events and any
+/// dead-lettered records between them).
+struct ClosedBatch {
+    job: BatchToDeliver,
+    end: i64,
+}
+
+/// One partition's ordered stream of work.
+struct PartitionWork {
+    /// Tells this assignment's completions from those of an earlier one.
+    generation: u64,
+    open: Option<OpenBatch>,
+    /// Offset after the last record taken in (events in `open`, or dead-lettered since).
+    taken_end: Option<i64>,
+    queued: VecDeque<ClosedBatch>,
+    /// The batch being delivered: its end offset and task.
+    in_flight: Option<(i64, JoinHandle<()>)>,
+    /// Every record below this offset is acknowledged or dead-lettered.
+    done: Option<i64>,
+}
+
+impl PartitionWork {
+    fn is_idle(&self) -> bool {
+        self.open.as_ref().is_none_or(|o| o.batch.is_empty())
+            && self.queued.is_empty()
+            && self.in_flight.is_none()
+    }
+}
+
+/// A delivery task's report.
+struct Completion {
+    tp: TopicPartition,
+    generation: u64,
+    result: Result<(), DeliveryError>,
 }
 
 /// Batches canonical Segment calls per partition and delivers them.
@@ -52,8 +102,12 @@ pub struct SegmentSinkProcessor {
     max_event_bytes: usize,
     linger: Duration,
     max_in_flight: usize,
-    open: HashMap<TopicPartition, OpenBatch>,
-    in_flight: HashMap<TopicPartition, JoinHandle<Result<(), DeliveryError>>>,
+    in_flight: usize,
+    next_generation: u64,
+    partitions: HashMap<TopicPartition, PartitionWork>,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+    completions: mpsc::UnboundedReceiver<Completion>,
+    news: Arc<Notify>,
 }
 
 impl SegmentSinkProcessor {
@@ -66,6 +120,7 @@ impl SegmentSinkProcessor {
         linger: Duration,
         max_in_flight: usize,
     ) -> Self {
+        let (completions_tx, completions) = mpsc::unbounded_channel();
         Self {
             ctx,
             codec,
@@ -73,13 +128,35 @@ impl SegmentSinkProcessor {
             max_event_bytes,
             linger,
             max_in_flight: max_in_flight.max(1),
-            open: HashMap::new(),
-            in_flight: HashMap::new(),
+            in_flight: 0,
+            next_generation: 0,
+            partitions: HashMap::new(),
+            completions_tx,
+            completions,
+            news: Arc::new(Notify::new()),
         }
     }
 
+    fn work(&mut self, tp: &TopicPartition) -> &mut PartitionWork {
+        if !self.partitions.contains_key(tp) {
+            self.next_generation += 1;
+            self.partitions.insert(
+                tp.clone(),
+                PartitionWork {
+                    generation: self.next_generation,
+                    open: None,
+                    taken_end: None,
+                    queued: VecDeque::new(),
+                    in_flight: None,
+                    done: None,
+                },
+            );
+        }
+        self.partitions.get_mut(tp).expect("inserted")
+    }
+
     async fn reject(
-        &self,
+        &mut self,
         record: &BorrowedMessage<'_>,
         reason: &str,
         detail: &str,
@@ -96,52 +173,122 @@ impl SegmentSinkProcessor {
             detail,
         )
         .await
-        .map_err(|e| ProcessError::new("produce", e.0))
-    }
-
-    async fn join(handle: JoinHandle<Result<(), DeliveryError>>) -> Result<(), ProcessError> {
-        let r = handle
-            .await
-            .map_err(|e| ProcessError::new("delivery", format!("delivery task failed: {e}")))?
-            .map_err(|e| ProcessError::new("produce", e.0));
-        metrics().segment_in_flight_batches.dec();
-        r
-    }
-
-    /// Hands the open batch of `tp` to a delivery task (after its previous one finished).
-    async fn dispatch(&mut self, tp: &TopicPartition) -> Result<(), ProcessError> {
-        let Some(open) = self.open.remove(tp) else {
-            return Ok(());
-        };
-        if open.batch.is_empty() {
-            return Ok(());
+        .map_err(|e| ProcessError::new("produce", e.0))?;
+        // Done once everything before it is: it rides with the open batch, or is done now.
+        let tp: TopicPartition = (record.topic().to_string(), record.partition());
+        let next = record.offset() + 1;
+        let w = self.work(&tp);
+        if w.is_idle() {
+            w.done = Some(next);
+            w.taken_end = None;
+        } else {
+            w.taken_end = Some(next);
         }
-        if let Some(previous) = self.in_flight.remove(tp) {
-            Self::join(previous).await?;
-        }
-        while self.in_flight.len() >= self.max_in_flight {
-            let key = self
-                .in_flight
-                .iter()
-                .find(|(_, h)| h.is_finished())
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| self.in_flight.keys().next().cloned().expect("non-empty"));
-            let h = self.in_flight.remove(&key).expect("present");
-            Self::join(h).await?;
-        }
-        let ctx = self.ctx.clone();
-        metrics().segment_in_flight_batches.inc();
-        let job = BatchToDeliver {
-            batch: open.batch,
-            received_at: open.received_at,
-            originals: open.originals,
-            keys: open.keys,
-        };
-        self.in_flight.insert(
-            tp.clone(),
-            tokio::spawn(async move { ctx.deliver(job).await }),
-        );
         Ok(())
+    }
+
+    /// Closes the open batch of `tp` and queues it. A batch with no events (only dead letters
+    /// since the last one) moves the done offset as soon as the batches before it are done.
+    fn close(&mut self, tp: &TopicPartition) {
+        let w = self.work(tp);
+        let Some(end) = w.taken_end.take() else {
+            return;
+        };
+        let open = w.open.take();
+        match open {
+            Some(open) if !open.batch.is_empty() => w.queued.push_back(ClosedBatch {
+                job: open.into_job(),
+                end,
+            }),
+            _ => {
+                if let Some(last) = w.queued.back_mut() {
+                    last.end = end;
+                } else if let Some((in_flight_end, _)) = &mut w.in_flight {
+                    *in_flight_end = end;
+                } else {
+                    w.done = Some(end);
+                }
+            }
+        }
+    }
+
+    /// Starts queued batches while slots are free, partitions without one in flight first.
+    fn start_queued(&mut self) {
+        if self.in_flight >= self.max_in_flight {
+            return;
+        }
+        let ready: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, w)| w.in_flight.is_none() && !w.queued.is_empty())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in ready {
+            if self.in_flight >= self.max_in_flight {
+                return;
+            }
+            let w = self.partitions.get_mut(&tp).expect("listed");
+            let closed = w.queued.pop_front().expect("listed");
+            let (ctx, tx, news) = (
+                self.ctx.clone(),
+                self.completions_tx.clone(),
+                self.news.clone(),
+            );
+            let (generation, report_tp) = (w.generation, tp.clone());
+            let task = tokio::spawn(async move {
+                let result = ctx.deliver(closed.job).await;
+                let _ = tx.send(Completion {
+                    tp: report_tp,
+                    generation,
+                    result,
+                });
+                news.notify_one();
+            });
+            w.in_flight = Some((closed.end, task));
+            self.in_flight += 1;
+            metrics().segment_in_flight_batches.inc();
+        }
+    }
+
+    /// Applies finished deliveries; a dead letter that could not be written stops the role.
+    fn collect_completions(&mut self) -> Result<(), ProcessError> {
+        while let Ok(c) = self.completions.try_recv() {
+            let Some(w) = self.partitions.get_mut(&c.tp) else {
+                continue;
+            };
+            if w.generation != c.generation {
+                continue;
+            }
+            let Some((end, _)) = w.in_flight.take() else {
+                continue;
+            };
+            self.in_flight -= 1;
+            metrics().segment_in_flight_batches.dec();
+            c.result.map_err(|e| ProcessError::new("produce", e.0))?;
+            w.done = Some(end);
+        }
+        Ok(())
+    }
+
+    /// Closes batches that lingered long enough, and dead letters left behind a finished batch.
+    fn close_lingering(&mut self) {
+        let linger = self.linger;
+        let lingering: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, w)| {
+                let lingered = w
+                    .open
+                    .as_ref()
+                    .and_then(|o| o.batch.opened_at())
+                    .is_some_and(|t| t.elapsed() >= linger);
+                lingered || (w.taken_end.is_some() && w.is_idle())
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in lingering {
+            self.close(&tp);
+        }
     }
 }
 
@@ -163,19 +310,16 @@ impl RecordProcessor for SegmentSinkProcessor {
         };
         let tp: TopicPartition = (record.topic().to_string(), record.partition());
         let limits = self.limits;
-        let original: Arc<[u8]> = value.into();
-        let key: Option<Arc<[u8]>> = record.key().map(Into::into);
         let mut pending = Some(event);
         while let Some(event) = pending.take() {
-            let open = self
-                .open
-                .entry(tp.clone())
-                .or_insert_with(|| OpenBatch::new(limits));
+            let w = self.work(&tp);
+            let open = w.open.get_or_insert_with(|| OpenBatch::new(limits));
             match open.batch.push(event) {
                 Ok(()) => {
                     open.received_at.push(received_at);
-                    open.originals.push(original.clone());
-                    open.keys.push(key.clone());
+                    open.originals.push(value.into());
+                    open.keys.push(record.key().map(Into::into));
+                    w.taken_end = Some(record.offset() + 1);
                 }
                 Err(rejected) if rejected.reason == RejectReason::TooLarge => {
                     return self
@@ -187,46 +331,74 @@ impl RecordProcessor for SegmentSinkProcessor {
                         .await;
                 }
                 Err(rejected) => {
-                    self.dispatch(&tp).await?;
+                    self.close(&tp);
                     pending = Some(rejected.event);
                 }
             }
         }
-        if self.open.get(&tp).is_some_and(|o| o.batch.is_full()) {
-            self.dispatch(&tp).await?;
+        if self
+            .partitions
+            .get(&tp)
+            .and_then(|w| w.open.as_ref())
+            .is_some_and(|o| o.batch.is_full())
+        {
+            self.close(&tp);
         }
-        // Lingering batches of other partitions go out too.
-        let lingering: Vec<TopicPartition> = self
-            .open
-            .iter()
-            .filter(|(_, o)| {
-                o.batch
-                    .opened_at()
-                    .is_some_and(|t| t.elapsed() >= self.linger)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for tp in lingering {
-            self.dispatch(&tp).await?;
-        }
+        self.collect_completions()?;
+        self.close_lingering();
+        self.start_queued();
         Ok(())
     }
 
     async fn checkpoint(&mut self) -> Result<(), ProcessError> {
-        let open: Vec<TopicPartition> = self.open.keys().cloned().collect();
-        for tp in open {
-            self.dispatch(&tp).await?;
+        let all: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for tp in &all {
+            self.close(tp);
         }
-        let in_flight: Vec<_> = self.in_flight.drain().map(|(_, h)| h).collect();
-        for h in in_flight {
-            Self::join(h).await?;
+        loop {
+            self.collect_completions()?;
+            self.start_queued();
+            if self.partitions.values().all(PartitionWork::is_idle) {
+                return Ok(());
+            }
+            self.news.notified().await;
         }
-        Ok(())
     }
 
     fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
         for tp in partitions {
-            self.open.remove(tp);
+            if let Some(w) = self.partitions.remove(tp)
+                && let Some((_, task)) = w.in_flight
+            {
+                // Its records are re-read by the next owner; a request already sent may reach
+                // Segment twice, which the messageId de-duplicates.
+                task.abort();
+                self.in_flight -= 1;
+                metrics().segment_in_flight_batches.dec();
+            }
         }
+        self.start_queued();
+    }
+
+    async fn progress(&mut self) -> Result<Vec<(TopicPartition, i64)>, ProcessError> {
+        self.collect_completions()?;
+        self.close_lingering();
+        self.start_queued();
+        Ok(self
+            .partitions
+            .iter()
+            .filter_map(|(tp, w)| w.done.map(|d| (tp.clone(), d)))
+            .collect())
+    }
+
+    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let news = self.news.clone();
+        async move { news.notified().await }
+    }
+
+    fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|w| !w.queued.is_empty())
     }
 }

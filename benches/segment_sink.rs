@@ -100,6 +100,105 @@ fn raw_consumer(config: &Config, topic: &str, n: usize) -> f64 {
     n as f64 / first.unwrap().elapsed().as_secs_f64()
 }
 
+/// Loads the same calls, already rendered as Segment JSON items, onto `topic` (for the forwarder).
+async fn produce_json(config: &Config, topic: &str, n: usize) {
+    let p: FutureProducer = client_config::producer(config, "bench-load")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let records = (0..n).map(|i| {
+        let c = call(i);
+        let mut item = Vec::with_capacity(640);
+        c.write_segment_json(&mut item);
+        (c.kafka_key().map(str::to_string), item)
+    });
+    produce::produce_all(&p, topic, records).await;
+}
+
+/// The plain pass-through: a consumer that copies ready-made Segment JSON items into
+/// `/v1/batch` bodies (same size limits) and posts them with the same concurrency as the sink
+/// (4 requests in flight), nothing decoded, validated or committed. Events/s from the first
+/// record to the last response.
+async fn raw_forwarder(config: &Config, topic: &str, n: usize, server: &SegmentTestServer) -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let consumer: BaseConsumer =
+        client_config::consumer(config, &format!("bench-fwd-{}", std::process::id()))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut first = None;
+        let mut seen = 0;
+        let mut body = Vec::with_capacity(480_000);
+        let mut items = 0;
+        let flush = |body: &mut Vec<u8>, items: &mut usize| {
+            if *items == 0 {
+                return;
+            }
+            body.extend_from_slice(b"],\"sentAt\":\"2026-11-29T03:00:00.000Z\"}");
+            tx.blocking_send(std::mem::take(body)).unwrap();
+            *items = 0;
+        };
+        while seen < n {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(r) => {
+                    let r = r.expect("consume");
+                    first.get_or_insert_with(Instant::now);
+                    seen += 1;
+                    let item = rdkafka::Message::payload(&r).unwrap_or_default();
+                    if items == 2_500 || body.len() + item.len() + 64 > 475_000 {
+                        flush(&mut body, &mut items);
+                    }
+                    body.extend_from_slice(if items == 0 { b"{\"batch\":[" } else { b"," });
+                    body.extend_from_slice(item);
+                    items += 1;
+                }
+                None => flush(&mut body, &mut items),
+            }
+        }
+        flush(&mut body, &mut items);
+        first.unwrap()
+    });
+    let client = reqwest::Client::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let mut posts = tokio::task::JoinSet::new();
+    while let Some(body) = rx.recv().await {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let request = client
+            .post(server.batch_url())
+            .basic_auth(server.write_key(), Some(""))
+            .header("content-type", "application/json")
+            .body(body);
+        posts.spawn(async move {
+            let status = request.send().await.expect("post").status();
+            assert!(status.is_success(), "{status}");
+            drop(permit);
+        });
+    }
+    while posts.join_next().await.is_some() {}
+    let first = reader.await.unwrap();
+    assert_eq!(
+        server.distinct_count(),
+        n,
+        "the forwarder delivered everything"
+    );
+    n as f64 / first.elapsed().as_secs_f64()
+}
+
+async fn create_topic(config: &Config, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config::admin(config).create().unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for r in admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.expect("create the pass-through topic");
+    }
+}
+
 struct Sink {
     child: std::process::Child,
     ops: String,
@@ -183,7 +282,16 @@ fn main() {
             tokio::task::spawn_blocking(move || raw_consumer(&config, &topic, events)).await.unwrap()
         };
 
-        // 2. The sink, into a server that answers at once.
+        // 2. Baseline: the plain pass-through into the test server.
+        let json_topic = format!("{prefix}.bench-json-items");
+        create_topic(&config, &json_topic, 6).await;
+        produce_json(&config, &json_topic, events).await;
+        let forward = {
+            let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+            raw_forwarder(&config, &json_topic, events, &server).await
+        };
+
+        // 3. The sink, into a server that answers at once.
         let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
         let sink_text = format!(
             "{base}[segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n[segment_sink]\nlinger_ms = 200\n",
@@ -200,7 +308,7 @@ fn main() {
         drop(sink);
         drop(server);
 
-        // 3. Memory: a backlog of `backlog` records, a server answering in 1 s.
+        // 4. Memory: a backlog of `backlog` records, a server answering in 1 s.
         let slow_topic_prefix = format!("{prefix}-slow");
         // Its own topics and consumer group (the first sink's group still holds its SIGKILLed member).
         let slow_base = base
@@ -235,8 +343,9 @@ fn main() {
         println!();
         println!("| segment-sink, {events} calls (~0.6 KB), 6 partitions | events/s | ratio |");
         println!("| --- | ---: | ---: |");
-        println!("| baseline: raw consumer, same topic | {raw:.0} | 1.00 |");
-        println!("| segment-sink -> test server (no faults) | {rate:.0} | {:.2} |", rate / raw);
+        println!("| baseline: raw consumer, same topic (counts records) | {raw:.0} | 1.00 |");
+        println!("| baseline: plain pass-through, Segment JSON items -> batches -> test server | {forward:.0} | {:.2} |", forward / raw);
+        println!("| segment-sink -> test server (no faults) | {rate:.0} | {:.2} ({:.2} of the pass-through) |", rate / raw, rate / forward);
         println!();
         println!("| segment-sink memory | value |");
         println!("| --- | ---: |");

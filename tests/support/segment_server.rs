@@ -828,23 +828,24 @@ fn process_post(shared: &Shared, head: &Head, body: &[u8], arrival: Instant) -> 
     let gzip = head
         .header("content-encoding")
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip"));
-    let (index, early, fault) = {
-        let mut inner = shared.lock();
-        inner.posts += 1;
-        let index = inner.posts;
-        let early = inner
-            .retry_deadline
-            .zip(inner.retry_issued_at)
-            .is_some_and(|(deadline, issued)| {
-                // Sent after the 429 could have been seen (requests already on the wire when it
-                // was answered are not early), and before the deadline.
-                arrival > issued + RETRY_AFTER_TOLERANCE && arrival + RETRY_AFTER_TOLERANCE < deadline
-            });
-        if early {
-            inner.early_requests += 1;
-        }
-        (index, early, inner.pick_fault(index))
-    };
+    let (index, early, fault) =
+        {
+            let mut inner = shared.lock();
+            inner.posts += 1;
+            let index = inner.posts;
+            let early = inner.retry_deadline.zip(inner.retry_issued_at).is_some_and(
+                |(deadline, issued)| {
+                    // Sent after the 429 could have been seen (requests already on the wire when it
+                    // was answered are not early), and before the deadline.
+                    arrival > issued + RETRY_AFTER_TOLERANCE
+                        && arrival + RETRY_AFTER_TOLERANCE < deadline
+                },
+            );
+            if early {
+                inner.early_requests += 1;
+            }
+            (index, early, inner.pick_fault(index))
+        };
     let mut record = RequestRecord {
         index,
         path: head.path.clone(),

@@ -4,14 +4,16 @@
 //! Records are decoded and validated one by one (bad ones are dead-lettered at once) and gathered
 //! into one open batch per partition. A full or lingering batch is closed and queued; at most one
 //! batch per partition is in flight (one ordered stream per partition, so per-user order holds)
-//! and at most `max_in_flight_requests` overall. Nothing here ever waits for Segment: a delivery
-//! task reports back when its batch is acknowledged or dead-lettered, and only then does the
-//! partition's done offset move past it ([`progress`](RecordProcessor::progress)); the loop
-//! commits done offsets only, so an offset is never committed over an unacknowledged event. A
-//! partition with a closed batch queued behind its in-flight one is backed up: the loop pauses it
-//! (bounding memory to about three batches per partition) and resumes it when it drains, and
-//! keeps polling Kafka meanwhile, so the member stays in its group through an outage of any
-//! length. Revoked partitions' batches are abandoned uncommitted (the next owner re-reads them;
+//! and at most `max_in_flight_requests` overall. Nothing waits for Segment longer than a second:
+//! a delivery task reports back when its batch is acknowledged or dead-lettered, and only then
+//! does the partition's done offset move past it ([`progress`](RecordProcessor::progress)); the
+//! loop commits done offsets only, so an offset is never committed over an unacknowledged event.
+//! When two closed batches per in-flight slot are queued and every slot is busy (or four per
+//! slot are queued), `process` waits for a slot (flow control while Segment keeps up); if none frees within a second, the partition is backed up:
+//! the loop pauses it (bounding memory to that queue plus an open batch per partition), resumes
+//! it when it drains, and keeps polling Kafka meanwhile, so the member stays in its group
+//! through an outage of any length.
+//! Revoked partitions' batches are abandoned uncommitted (the next owner re-reads them;
 //! deterministic messageIds make Segment drop any re-delivery).
 
 use std::collections::{HashMap, VecDeque};
@@ -77,6 +79,10 @@ struct PartitionWork {
     in_flight: Option<(i64, JoinHandle<()>)>,
     /// Every record below this offset is acknowledged or dead-lettered.
     done: Option<i64>,
+    /// Set when the sink's queue stayed full for [`WAIT_BEFORE_PAUSE`] after a record of this
+    /// partition; cleared once this partition has nothing queued and the sink's queue has room.
+    /// The partition is paused in between.
+    backed_up: bool,
 }
 
 impl PartitionWork {
@@ -86,6 +92,23 @@ impl PartitionWork {
             && self.in_flight.is_none()
     }
 }
+
+/// Closed batches queued (all partitions together) per allowed in-flight request before
+/// `process` waits while every slot is busy: enough that each slot has a next batch ready.
+const QUEUED_PER_SLOT: usize = 2;
+
+/// Closed batches queued per slot before `process` waits even with a slot free. Kafka hands
+/// out records a partition at a time, and a partition has one batch in flight at most, so the
+/// queue may have to hold batches of a few partitions before one of another partition can use
+/// the free slot; this bounds how many.
+const QUEUED_PER_SLOT_MAX: usize = 4;
+
+/// How long `process` waits for the queue to make room before asking the loop to pause the
+/// partition. While Segment keeps up, a batch finishes well within this and nothing is paused:
+/// a pause makes librdkafka drop what it prefetched for the partition and fetch it again, which
+/// cost 6x the throughput when every full batch paused (measured with `benches/segment_sink.rs`).
+/// During an outage partitions are paused after this, and the loop keeps polling.
+const WAIT_BEFORE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A delivery task's report.
 struct Completion {
@@ -149,6 +172,7 @@ impl SegmentSinkProcessor {
                     queued: VecDeque::new(),
                     in_flight: None,
                     done: None,
+                    backed_up: false,
                 },
             );
         }
@@ -196,10 +220,12 @@ impl SegmentSinkProcessor {
         };
         let open = w.open.take();
         match open {
-            Some(open) if !open.batch.is_empty() => w.queued.push_back(ClosedBatch {
-                job: open.into_job(),
-                end,
-            }),
+            Some(open) if !open.batch.is_empty() => {
+                w.queued.push_back(ClosedBatch {
+                    job: open.into_job(),
+                    end,
+                });
+            }
             _ => {
                 if let Some(last) = w.queued.back_mut() {
                     last.end = end;
@@ -267,6 +293,52 @@ impl SegmentSinkProcessor {
             c.result.map_err(|e| ProcessError::new("produce", e.0))?;
             w.done = Some(end);
         }
+        Ok(())
+    }
+
+    fn queued_total(&self) -> usize {
+        self.partitions.values().map(|w| w.queued.len()).sum()
+    }
+
+    fn queue_is_full(&self) -> bool {
+        let queued = self.queued_total();
+        queued >= QUEUED_PER_SLOT_MAX * self.max_in_flight
+            || (queued >= QUEUED_PER_SLOT * self.max_in_flight
+                && self.in_flight >= self.max_in_flight)
+    }
+
+    /// Clears `backed_up` of partitions that may be resumed.
+    fn release_drained(&mut self) {
+        if self.queue_is_full() {
+            return;
+        }
+        for w in self.partitions.values_mut() {
+            w.backed_up &= !w.queued.is_empty();
+        }
+    }
+
+    /// Flow control: waits (at most [`WAIT_BEFORE_PAUSE`]) while the sink's queue is full;
+    /// marks `tp` backed up (to be paused) if that is not enough.
+    async fn wait_while_backed_up(&mut self, tp: &TopicPartition) -> Result<(), ProcessError> {
+        if !self.queue_is_full() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + WAIT_BEFORE_PAUSE;
+        while self.queue_is_full() {
+            let news = self.news.clone();
+            if tokio::time::timeout_at(deadline, news.notified())
+                .await
+                .is_err()
+            {
+                if let Some(w) = self.partitions.get_mut(tp) {
+                    w.backed_up = true;
+                }
+                return Ok(());
+            }
+            self.collect_completions()?;
+            self.start_queued();
+        }
+        self.release_drained();
         Ok(())
     }
 
@@ -347,7 +419,7 @@ impl RecordProcessor for SegmentSinkProcessor {
         self.collect_completions()?;
         self.close_lingering();
         self.start_queued();
-        Ok(())
+        self.wait_while_backed_up(&tp).await
     }
 
     async fn checkpoint(&mut self) -> Result<(), ProcessError> {
@@ -384,6 +456,7 @@ impl RecordProcessor for SegmentSinkProcessor {
         self.collect_completions()?;
         self.close_lingering();
         self.start_queued();
+        self.release_drained();
         Ok(self
             .partitions
             .iter()
@@ -399,6 +472,6 @@ impl RecordProcessor for SegmentSinkProcessor {
     fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
         self.partitions
             .get(&(topic.to_string(), partition))
-            .is_some_and(|w| !w.queued.is_empty())
+            .is_some_and(|w| w.backed_up)
     }
 }

@@ -15,6 +15,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::connectors::pendo_webhook::config::PendoWebhookConfig;
+use crate::connectors::segment_webhook::config::SegmentWebhookConfig;
 use crate::kafka::topics::TopicId;
 use crate::schema::WireFormat;
 use crate::secret::Secret;
@@ -58,6 +59,9 @@ pub struct Config {
     /// The `pendo-webhook` role.
     #[serde(default)]
     pub pendo_webhook: PendoWebhookConfig,
+    /// The `segment-webhook` role.
+    #[serde(default)]
+    pub segment_webhook: SegmentWebhookConfig,
     /// The `transform-pendo` role.
     #[serde(default)]
     pub transform_pendo: TransformPendoConfig,
@@ -615,27 +619,35 @@ impl Config {
             }
         }
         let w = &self.pendo_webhook;
-        if !w.path.starts_with('/') || w.path.len() < 2 {
-            return invalid(format!(
-                "pendo_webhook.path must start with '/' and not be the root, got {:?}",
-                w.path
-            ));
-        }
-        if w.max_body_bytes == 0
-            || w.max_events_per_request == 0
-            || w.max_in_flight_requests == 0
-            || w.max_transaction_records == 0
-            || w.ack_timeout_ms == 0
-            || w.transaction_producers == 0
-        {
-            return invalid(
-                "pendo_webhook limits (max_body_bytes, max_events_per_request, max_in_flight_requests, max_transaction_records, ack_timeout_ms, transaction_producers) must be > 0".into(),
-            );
-        }
-        if w.max_body_bytes > MAX_RAW_RECORD_BYTES {
-            return invalid(format!(
-                "pendo_webhook.max_body_bytes may be at most {MAX_RAW_RECORD_BYTES} (the raw topics' max.message.bytes)"
-            ));
+        validate_webhook(
+            "pendo_webhook",
+            &w.path,
+            w.max_body_bytes,
+            &[
+                ("max_events_per_request", w.max_events_per_request as u64),
+                ("max_in_flight_requests", w.max_in_flight_requests as u64),
+                ("max_transaction_records", w.max_transaction_records as u64),
+                ("ack_timeout_ms", w.ack_timeout_ms),
+                ("transaction_producers", w.transaction_producers as u64),
+            ],
+        )
+        .map_err(ConfigError::Invalid)?;
+        let w = &self.segment_webhook;
+        validate_webhook(
+            "segment_webhook",
+            &w.path,
+            w.max_body_bytes,
+            &[
+                ("max_events_per_request", w.max_events_per_request as u64),
+                ("max_in_flight_requests", w.max_in_flight_requests as u64),
+                ("max_transaction_records", w.max_transaction_records as u64),
+                ("ack_timeout_ms", w.ack_timeout_ms),
+                ("transaction_producers", w.transaction_producers as u64),
+            ],
+        )
+        .map_err(ConfigError::Invalid)?;
+        if self.segment_webhook.signature_header.trim().is_empty() {
+            return invalid("segment_webhook.signature_header is empty".into());
         }
         self.transform_pendo
             .validate()
@@ -685,6 +697,33 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// The limits every webhook section shares: a real path, positive limits, and bodies that fit
+/// in one raw record (the DLQ keeps a rejected body whole).
+fn validate_webhook(
+    section: &str,
+    path: &str,
+    max_body_bytes: usize,
+    positive: &[(&str, u64)],
+) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(format!(
+            "{section}.path must start with '/' and not be the root, got {path:?}"
+        ));
+    }
+    if max_body_bytes == 0 {
+        return Err(format!("{section}.max_body_bytes must be > 0"));
+    }
+    if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(format!("{section}.{key} must be > 0"));
+    }
+    if max_body_bytes > MAX_RAW_RECORD_BYTES {
+        return Err(format!(
+            "{section}.max_body_bytes may be at most {MAX_RAW_RECORD_BYTES} (the raw topics' max.message.bytes)"
+        ));
+    }
+    Ok(())
 }
 
 fn validate_topic_name(name: &str) -> Result<(), &'static str> {
@@ -794,6 +833,62 @@ mod tests {
         let printed = c.to_redacted_toml();
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn webhook_sections_are_validated_alike() {
+        let c = load_str("[kafka]\nbootstrap_servers = \"x:1\"\n").unwrap();
+        assert_eq!(c.segment_webhook.path, "/webhooks/segment");
+        assert_ne!(c.segment_webhook.listen, c.pendo_webhook.listen);
+        for (section, body, needle) in [
+            ("segment_webhook", "path = \"/\"", "segment_webhook.path"),
+            (
+                "segment_webhook",
+                "max_events_per_request = 0",
+                "segment_webhook.max_events_per_request must be > 0",
+            ),
+            (
+                "segment_webhook",
+                "max_body_bytes = 3000000",
+                "segment_webhook.max_body_bytes may be at most",
+            ),
+            (
+                "segment_webhook",
+                "signature_header = \" \"",
+                "segment_webhook.signature_header",
+            ),
+            (
+                "pendo_webhook",
+                "ack_timeout_ms = 0",
+                "pendo_webhook.ack_timeout_ms must be > 0",
+            ),
+        ] {
+            let err = load_str(&format!(
+                "[kafka]\nbootstrap_servers = \"x:1\"\n[{section}]\n{body}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+        let err = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nauth_scheme = \"Bearer\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth_scheme"), "{err}");
+    }
+
+    #[test]
+    fn webhook_secrets_are_never_printed() {
+        let c = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nsecrets = [\"sig-secret-1\", \"sig-secret-2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.segment_webhook.secrets.len(), 2);
+        let printed = c.to_redacted_toml();
+        assert!(printed.contains("[segment_webhook]"), "{printed}");
+        assert!(!printed.contains("sig-secret"), "{printed}");
+        assert!(!format!("{c:?}").contains("sig-secret"));
     }
 
     #[test]

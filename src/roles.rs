@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::app::RoleTask;
 use crate::config::Config;
-use crate::connectors::pendo_webhook;
+use crate::connectors::{pendo_webhook, segment_webhook};
 
 /// Command-line options that affect how roles start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,8 +75,11 @@ impl Role {
                 Role::SegmentSink => {
                     Box::new(crate::sinks::segment::task(config).map_err(invalid)?)
                 }
+                Role::SegmentWebhook => Box::new(
+                    segment_webhook::task(config, options.insecure_no_auth).map_err(invalid)?,
+                ),
                 Role::PendoPoller => return not_built(6),
-                Role::SegmentWebhook | Role::TransformSegment | Role::PendoSink => {
+                Role::TransformSegment | Role::PendoSink => {
                     return not_built(7);
                 }
             };

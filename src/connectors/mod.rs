@@ -3,4 +3,5 @@
 //! transformers' job.
 
 pub mod pendo_webhook;
+pub mod segment_webhook;
 pub mod webhook;

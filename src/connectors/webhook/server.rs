@@ -1,8 +1,10 @@
 //! The webhook HTTP handler shared by the Pendo and Segment connectors.
 //!
-//! Order of checks, cheapest first: capacity (503), authentication (401), content type (415),
-//! declared and actual size (413), body shape (400, and the raw body to the DLQ), then every
-//! event is appended to Kafka in one transaction. 200 only after that transaction committed;
+//! Order of checks, cheapest first: capacity (503), authentication (401; for a body signature,
+//! the header's presence and form), content type (415), declared and actual size (413), the body
+//! signature if the endpoint uses one (401), body shape (400, and the raw body to the DLQ), then
+//! every event is appended to Kafka in one transaction. Nothing of a body is kept, not even in the
+//! DLQ, before its sender is authenticated. 200 only after that transaction committed;
 //! 503 with `Retry-After` when Kafka could not take it (nothing of the request is then visible
 //! to `read_committed` consumers, so the sender's retry cannot duplicate).
 
@@ -22,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use super::auth::{SharedSecrets, credential_from_header};
 use super::body::{BodyError, split_events};
+use super::signature::{SignatureSecrets, parse_hex_signature};
 use crate::kafka::headers;
 use crate::kafka::transactional_appender::{AppendError, OutRecord, TransactionalAppender};
 use crate::metrics::metrics;
@@ -50,6 +53,15 @@ pub enum WebhookAuth {
         scheme: String,
         /// Whether `<path>/<secret>` is accepted.
         path_token: bool,
+    },
+    /// A hex HMAC-SHA1 of the body in a header (Segment's `X-Signature`; for a JSON array body
+    /// it covers the first element, see [`super::signature::signed_part`]). The secret never
+    /// travels, so a captured request cannot be re-sent with another (signed part of its) body.
+    HmacSha1Signature {
+        /// Secrets the signature may be made with (rotation).
+        secrets: SignatureSecrets,
+        /// Header carrying the signature.
+        header: HeaderName,
     },
     /// No authentication (`--insecure-no-auth`).
     Disabled,
@@ -216,9 +228,15 @@ async fn handle(
     response
 }
 
+/// The checks possible before the body is read. For a signature: that one is present and
+/// well-formed, so unsigned requests are refused without reading their bodies.
 fn authorized(e: &WebhookEndpoint, token: Option<&str>, headers: &HeaderMap) -> bool {
     match &e.auth {
         WebhookAuth::Disabled => true,
+        WebhookAuth::HmacSha1Signature { header, .. } => headers
+            .get(header)
+            .and_then(|v| parse_hex_signature(v.as_bytes()))
+            .is_some(),
         WebhookAuth::SharedSecret {
             secrets,
             header,
@@ -234,6 +252,26 @@ fn authorized(e: &WebhookEndpoint, token: Option<&str>, headers: &HeaderMap) -> 
                 .is_some_and(|c| secrets.matches(c))
         }
     }
+}
+
+/// The body signature, if the endpoint uses one.
+fn body_authorized(e: &WebhookEndpoint, headers: &HeaderMap, body: &[u8]) -> bool {
+    match &e.auth {
+        WebhookAuth::HmacSha1Signature { secrets, header } => headers
+            .get(header)
+            .is_some_and(|v| secrets.verify(v.as_bytes(), body)),
+        WebhookAuth::SharedSecret { .. } | WebhookAuth::Disabled => true,
+    }
+}
+
+fn unauthorized(e: &WebhookEndpoint) -> Reply {
+    let message = match &e.auth {
+        WebhookAuth::HmacSha1Signature { header, .. } => {
+            format!("missing or wrong signature in {header}")
+        }
+        _ => "missing or wrong webhook secret".to_string(),
+    };
+    Reply::error(StatusCode::UNAUTHORIZED, message)
 }
 
 fn json_content_type(headers: &HeaderMap) -> bool {
@@ -264,7 +302,7 @@ async fn handle_admitted(
 
     if !authorized(e, token.as_deref(), headers) {
         reject("auth");
-        return Reply::error(StatusCode::UNAUTHORIZED, "missing or wrong webhook secret");
+        return unauthorized(e);
     }
     if !json_content_type(headers) {
         reject("content_type");
@@ -296,6 +334,10 @@ async fn handle_admitted(
         }
     };
     e.metrics.bytes.inc_by(bytes.len() as u64);
+    if !body_authorized(e, headers, &bytes) {
+        reject("auth");
+        return unauthorized(e);
+    }
 
     let request_id = request_id(headers);
     let content_type = headers

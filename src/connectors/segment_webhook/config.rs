@@ -1,0 +1,68 @@
+//! `[segment_webhook]`: where the endpoint listens, the secrets Segment signs with, and its limits.
+//! The keys mirror `[pendo_webhook]` where they mean the same; authentication differs (Segment
+//! signs the body instead of sending a secret), so there is no scheme or path token here.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Settings of the `segment-webhook` role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentWebhookConfig {
+    /// Address of the webhook listener (default port 8081, beside pendo-webhook's 8080, so
+    /// `run --all` can run both). Use `0.0.0.0:8081` in containers.
+    pub listen: SocketAddr,
+    /// Path of the endpoint.
+    pub path: String,
+    /// Shared secrets of the Segment destination; a signature made with any of them is accepted
+    /// (rotation). Required unless `--insecure-no-auth`.
+    pub secrets: Vec<Secret>,
+    /// Header carrying the hex HMAC-SHA1 signature.
+    pub signature_header: String,
+    /// Largest accepted body in bytes (413 beyond). Default: the most a raw record may hold,
+    /// since Actions batches (up to 4,000 events) are large.
+    pub max_body_bytes: usize,
+    /// Most events in one request (413 beyond). Segment's Actions batches hold at most 4,000.
+    pub max_events_per_request: usize,
+    /// Requests handled (and waiting for Kafka) at once; more get 503 at once.
+    pub max_in_flight_requests: usize,
+    /// How long a request may wait for Kafka before it is answered 503, in ms. Below Segment's
+    /// 5 s answer deadline, so Segment gets a 503 to retry on rather than a timeout.
+    pub ack_timeout_ms: u64,
+    /// `Retry-After` on 503, in seconds.
+    pub retry_after_seconds: u64,
+    /// How long a Kafka transaction collects concurrent requests before committing, in ms.
+    pub linger_ms: u64,
+    /// Transactional producers taking turns (one collects while another commits).
+    pub transaction_producers: usize,
+    /// Pause of a producer between its commit and its next transaction, in ms.
+    pub transaction_cooldown_ms: u64,
+    /// A transaction commits once it holds this many events...
+    pub max_transaction_records: usize,
+    /// ... or this many bytes.
+    pub max_transaction_bytes: usize,
+}
+
+impl Default for SegmentWebhookConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            path: "/webhooks/segment".to_string(),
+            secrets: Vec::new(),
+            signature_header: "x-signature".to_string(),
+            max_body_bytes: crate::config::MAX_RAW_RECORD_BYTES,
+            max_events_per_request: 4_000,
+            max_in_flight_requests: 512,
+            ack_timeout_ms: 4_000,
+            retry_after_seconds: 5,
+            linger_ms: 3,
+            transaction_producers: 2,
+            transaction_cooldown_ms: 4,
+            max_transaction_records: 20_000,
+            max_transaction_bytes: 16 * 1024 * 1024,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! What the connector reads from a Segment event: the Kafka key and the call type. Nothing else
+//! is interpreted here; the reverse transformer judges the event.
+//!
+//! Key: `userId`, else (group calls) `groupId`, else `anonymousId`. Per-user order is what the
+//! reverse flow needs (an audience's `Audience Entered` before its `Audience Exited`); a group
+//! call without a user belongs to its account, so it is ordered with that account's other
+//! user-less group calls rather than scattered by anonymous id.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::connectors::webhook::server::EventIdentity;
+
+#[derive(Deserialize)]
+struct SegmentEnvelope {
+    #[serde(rename = "type", default)]
+    kind: Option<Value>,
+    #[serde(rename = "userId", default)]
+    user_id: Option<Value>,
+    #[serde(rename = "anonymousId", default)]
+    anonymous_id: Option<Value>,
+    #[serde(rename = "groupId", default)]
+    group_id: Option<Value>,
+}
+
+/// Ids are strings in Segment's spec, but some sources send numbers; empty strings and other
+/// shapes count as absent.
+fn id_text(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Key and kind (Segment's `type`: `track`, `identify`, `group`, ...) of one Segment event (a
+/// JSON object). Never fails: an event without ids is stored unkeyed and judged downstream.
+pub fn identify(event: &[u8]) -> EventIdentity {
+    let Ok(env) = serde_json::from_slice::<SegmentEnvelope>(event) else {
+        return EventIdentity::default();
+    };
+    let kind = match env.kind {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    let group = if kind.as_deref() == Some("group") {
+        id_text(env.group_id)
+    } else {
+        None
+    };
+    EventIdentity {
+        key: id_text(env.user_id)
+            .or(group)
+            .or_else(|| id_text(env.anonymous_id)),
+        kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::connectors::webhook::body::split_events;
+
+    fn fixture(name: &str) -> Bytes {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/segment")
+            .join(name);
+        Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+    }
+
+    fn id(key: &str, kind: &str) -> EventIdentity {
+        EventIdentity {
+            key: Some(key.to_string()),
+            kind: Some(kind.to_string()),
+        }
+    }
+
+    #[test]
+    fn fixtures_are_keyed_by_user_and_labelled_by_type() {
+        for (name, want) in [
+            ("account-audience-group.json", id("user-8841", "group")),
+            (
+                "audience-identify-entered.json",
+                id("user-8841", "identify"),
+            ),
+            ("audience-track-entered.json", id("user-8841", "track")),
+            ("audience-track-exited.json", id("user-8841", "track")),
+            ("non-audience-track.json", id("user-1001", "track")),
+        ] {
+            assert_eq!(identify(&fixture(name)), want, "{name}");
+        }
+        let batch = split_events(&fixture("actions-batch.json"), 10).unwrap();
+        let ids: Vec<EventIdentity> = batch.iter().map(|e| identify(e)).collect();
+        assert_eq!(
+            ids,
+            vec![id("user-1001", "track"), id("user-2002", "track")]
+        );
+    }
+
+    #[test]
+    fn user_then_group_then_anonymous_then_nothing() {
+        assert_eq!(
+            identify(br#"{"type":"track","anonymousId":"anon-1","event":"x"}"#),
+            id("anon-1", "track")
+        );
+        assert_eq!(
+            identify(br#"{"type":"identify","userId":"","anonymousId":"anon-2"}"#),
+            id("anon-2", "identify")
+        );
+        // A group call without a user is keyed by its account...
+        assert_eq!(
+            identify(br#"{"type":"group","anonymousId":"anon-3","groupId":"acct-1"}"#),
+            id("acct-1", "group")
+        );
+        // ... but a user's group call stays with the user's other calls.
+        assert_eq!(
+            identify(br#"{"type":"group","userId":"u-9","anonymousId":"a","groupId":"acct-1"}"#),
+            id("u-9", "group")
+        );
+        // groupId outside a group call is not an identity.
+        assert_eq!(
+            identify(br#"{"type":"track","groupId":"acct-1","anonymousId":"anon-4"}"#),
+            id("anon-4", "track")
+        );
+        assert_eq!(
+            identify(br#"{"type":"page","userId":42}"#),
+            id("42", "page")
+        );
+        assert_eq!(
+            identify(br#"{"type":7,"userId":{"x":1},"anonymousId":null}"#),
+            EventIdentity::default()
+        );
+        assert_eq!(identify(br#"{"x":1}"#), EventIdentity::default());
+        assert_eq!(identify(b"not json"), EventIdentity::default());
+        assert_eq!(identify(b"[1]"), EventIdentity::default());
+    }
+}

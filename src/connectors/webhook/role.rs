@@ -1,0 +1,140 @@
+//! Starting a webhook role: its group-commit producer, its endpoint and its HTTP listener, with
+//! readiness and shutdown. `pendo-webhook` and `segment-webhook` both start through here, so they
+//! share one durability and shutdown behaviour: a request is answered 2xx only after Kafka
+//! committed its events, and at SIGTERM every accepted request is answered before the producer
+//! commits what is open and stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+
+use super::server::{self, EventIdentity, WebhookAuth, WebhookEndpoint, WebhookMetrics};
+use crate::app::{RoleEnv, RoleFuture};
+use crate::config::Config;
+use crate::kafka::client_config;
+use crate::kafka::topics::TopicId;
+use crate::kafka::transactional_appender::{AppenderSettings, TransactionalAppender};
+
+/// Everything that differs between webhook roles, resolved from their configuration sections.
+pub struct WebhookRoleSpec {
+    /// Role name (metrics label, `source` header, `transactional.id`, readiness components).
+    pub role: &'static str,
+    /// The configuration section, named in error messages (`pendo_webhook`).
+    pub section: &'static str,
+    /// Address of the HTTP listener.
+    pub listen: SocketAddr,
+    /// Route of the endpoint.
+    pub path: String,
+    /// How senders authenticate.
+    pub auth: WebhookAuth,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Most events per request.
+    pub max_events_per_request: usize,
+    /// Requests handled (and waiting for Kafka) at once.
+    pub max_in_flight_requests: usize,
+    /// How long a request may wait for Kafka before it is answered 503.
+    pub ack_timeout: Duration,
+    /// `Retry-After` on 503, in seconds.
+    pub retry_after_seconds: u64,
+    /// How long a transaction collects concurrent requests.
+    pub linger: Duration,
+    /// Transactional producers taking turns.
+    pub transaction_producers: usize,
+    /// Pause of a producer between its commit and its next transaction.
+    pub transaction_cooldown: Duration,
+    /// A transaction commits once it holds this many events...
+    pub max_transaction_records: usize,
+    /// ... or this many bytes.
+    pub max_transaction_bytes: usize,
+    /// Topic of accepted events.
+    pub topic: TopicId,
+    /// Topic of rejected bodies.
+    pub dlq_topic: TopicId,
+    /// Reads key and kind of one event.
+    pub identify: fn(&[u8]) -> EventIdentity,
+}
+
+/// The authentication of a role without a secret: refused (the configuration error names the
+/// setting and the flag), or [`WebhookAuth::Disabled`] with `--insecure-no-auth`. An
+/// unauthenticated endpoint that feeds Kafka must never be the silent default.
+pub fn without_secret(
+    role: &str,
+    section: &str,
+    env_example: &str,
+    insecure_no_auth: bool,
+) -> anyhow::Result<WebhookAuth> {
+    if !insecure_no_auth {
+        anyhow::bail!(
+            "{role} has no secret: set {section}.secrets (e.g. [{{ env = \"{env_example}\" }}]) \
+             or start with --insecure-no-auth to accept unauthenticated deliveries"
+        );
+    }
+    Ok(WebhookAuth::Disabled)
+}
+
+/// Builds the role: the producer configuration now (so configuration errors stop the process
+/// before anything starts), the appender and listener when the role runs.
+pub fn task(
+    config: &Config,
+    spec: WebhookRoleSpec,
+) -> impl FnOnce(RoleEnv) -> RoleFuture + Send + use<> {
+    let producer = client_config::transactional_producer(config, spec.role, spec.max_body_bytes);
+    let topic: Arc<str> = config.topic_name(spec.topic).into();
+    let dlq_topic: Arc<str> = config.topic_name(spec.dlq_topic).into();
+    move |env: RoleEnv| -> RoleFuture {
+        Box::pin(async move {
+            let role = spec.role;
+            if matches!(spec.auth, WebhookAuth::Disabled) {
+                tracing::warn!("{role} accepts UNAUTHENTICATED deliveries (--insecure-no-auth)");
+            }
+            let appender = TransactionalAppender::start(
+                producer,
+                AppenderSettings {
+                    stage: role,
+                    linger: spec.linger,
+                    max_records: spec.max_transaction_records,
+                    max_bytes: spec.max_transaction_bytes,
+                    queue_capacity: spec.max_in_flight_requests,
+                    job_deadline: spec.ack_timeout,
+                    txn_timeout: spec.ack_timeout,
+                    producers: spec.transaction_producers,
+                    cooldown: spec.transaction_cooldown,
+                },
+                env.readiness.register(format!("{role}:kafka")),
+            );
+            let endpoint = Arc::new(WebhookEndpoint {
+                role,
+                path: spec.path,
+                auth: spec.auth,
+                max_body_bytes: spec.max_body_bytes,
+                max_events: spec.max_events_per_request,
+                in_flight: Semaphore::new(spec.max_in_flight_requests),
+                retry_after_seconds: spec.retry_after_seconds,
+                topic,
+                dlq_topic,
+                identify: spec.identify,
+                appender: appender.clone(),
+                metrics: WebhookMetrics::new(role),
+            });
+            let http_ready = env.readiness.register(format!("{role}:http"));
+            let (_, http) = server::serve(spec.listen, endpoint, env.shutdown.clone())
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {}.listen {}", spec.section, spec.listen)
+                })?;
+            http_ready.set_ready(true);
+            let served = http.await;
+            http_ready.set_ready(false);
+            // Every request has been answered; commit what is open and stop the producer.
+            appender.close().await;
+            served
+                .context("webhook server task")?
+                .context("webhook server")?;
+            Ok(())
+        })
+    }
+}

@@ -243,32 +243,31 @@ impl Worker {
     fn run(mut self, queue: Arc<Mutex<Receiver<Job>>>) {
         // Initialise eagerly so the role reports ready (and the first request is fast); if Kafka
         // is not there yet, the first job retries.
-        self.ensure_producer(&queue.lock().expect("queue lock"));
+        self.ensure_producer(Some(&queue.lock().expect("queue lock")));
         let mut held: Option<Job> = None;
         loop {
             // Collect under the queue lock; commit after releasing it, so another worker
             // collects the next transaction while this one commits.
-            let batch = {
-                let rx = queue.lock().expect("queue lock");
-                let first = match held.take() {
-                    // Already taken into this worker's hands when it did not fit.
-                    Some(j) => j,
-                    None => match rx.recv() {
+            let batch = match held.take() {
+                // A job this worker took when it did not fit: it opens the next transaction.
+                // If another worker holds the queue (waiting for jobs, so none are queued, or
+                // collecting its own), this one goes alone: waiting for the lock could wait for
+                // a job that never comes while this one's sender waits for its answer.
+                Some(first) => match queue.try_lock() {
+                    Ok(rx) => self.start(first, Some(&rx)),
+                    Err(_) => self.start(first, None),
+                },
+                None => {
+                    let rx = queue.lock().expect("queue lock");
+                    let first = match rx.recv() {
                         Ok(j) => match self.fresh(j) {
                             Some(j) => j,
                             None => continue,
                         },
                         Err(_) => break,
-                    },
-                };
-                if !self.ensure_producer(&rx) {
-                    // No producer before the job expired: fail it and go on.
-                    let _ = first.reply.send(Err(AppendError::Unavailable(
-                        "no transactional producer (is Kafka reachable?)".into(),
-                    )));
-                    continue;
+                    };
+                    self.start(first, Some(&rx))
                 }
-                self.collect(first, &rx)
             };
             let Some(mut batch) = batch else { continue };
             held = batch.leftover.take();
@@ -283,6 +282,19 @@ impl Worker {
         }
         self.readiness.set_ready(false);
         tracing::info!(stage = self.stage(), "transactional appender stopped");
+    }
+
+    /// Opens a transaction with `first` (see [`collect`](Self::collect)); `None` when it could
+    /// not (its job already answered).
+    fn start(&mut self, first: Job, rx: Option<&Receiver<Job>>) -> Option<Batch> {
+        if !self.ensure_producer(rx) {
+            // No producer before the job expired: fail it and go on.
+            let _ = first.reply.send(Err(AppendError::Unavailable(
+                "no transactional producer (is Kafka reachable?)".into(),
+            )));
+            return None;
+        }
+        self.collect(first, rx)
     }
 
     /// Fails jobs that waited too long (their callers must not wait forever).
@@ -309,7 +321,7 @@ impl Worker {
     }
 
     /// Makes sure an initialised producer exists, retrying while jobs are waiting.
-    fn ensure_producer(&mut self, rx: &Receiver<Job>) -> bool {
+    fn ensure_producer(&mut self, rx: Option<&Receiver<Job>>) -> bool {
         let started = Instant::now();
         while self.producer.is_none() {
             match self.create_producer() {
@@ -326,7 +338,7 @@ impl Worker {
                         .inc();
                     tracing::warn!(stage = self.stage(), error = %e, "cannot initialise transactions; retrying");
                     // Fail queued jobs that expired meanwhile, so their callers get a 503 now.
-                    while let Ok(j) = rx.try_recv() {
+                    while let Some(Ok(j)) = rx.map(Receiver::try_recv) {
                         if let Some(j) = self.fresh(j) {
                             let _ = j.reply.send(Err(AppendError::Unavailable(e.to_string())));
                         }
@@ -347,8 +359,9 @@ impl Worker {
         Ok(p)
     }
 
-    /// Opens a transaction and fills it with `first` and whatever arrives within `linger`.
-    fn collect(&mut self, first: Job, rx: &Receiver<Job>) -> Option<Batch> {
+    /// Opens a transaction and fills it with `first` and, given the queue, whatever arrives
+    /// within `linger`.
+    fn collect(&mut self, first: Job, rx: Option<&Receiver<Job>>) -> Option<Batch> {
         let producer = self.producer.as_ref().expect("producer exists");
         if let Err(e) = producer.begin_transaction() {
             tracing::warn!(stage = self.stage(), error = %e, "begin_transaction failed");
@@ -387,9 +400,9 @@ impl Worker {
                 }
             }
             let remaining = self.settings.linger.saturating_sub(started.elapsed());
-            if remaining.is_zero() {
+            let Some(rx) = rx.filter(|_| !remaining.is_zero()) else {
                 break;
-            }
+            };
             match rx.recv_timeout(remaining) {
                 Ok(j) => next = self.fresh(j),
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,

@@ -20,6 +20,7 @@ use crate::kafka::topics::TopicId;
 use crate::schema::WireFormat;
 use crate::secret::Secret;
 use crate::transform::transform_pendo::config::TransformPendoConfig;
+use crate::transform::transform_segment::config::TransformSegmentConfig;
 
 /// Largest webhook body a raw topic can hold as one record (its `max.message.bytes` is
 /// [`crate::kafka::topics::RAW_MAX_MESSAGE_BYTES`], which leaves room for headers).
@@ -65,6 +66,9 @@ pub struct Config {
     /// The `transform-pendo` role.
     #[serde(default)]
     pub transform_pendo: TransformPendoConfig,
+    /// The `transform-segment` role.
+    #[serde(default)]
+    pub transform_segment: TransformSegmentConfig,
     /// How Avro records are framed on Kafka.
     #[serde(default)]
     pub schema: SchemaConfig,
@@ -650,6 +654,9 @@ impl Config {
             return invalid("segment_webhook.signature_header is empty".into());
         }
         self.transform_pendo
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        self.transform_segment
             .validate()
             .map_err(ConfigError::Invalid)?;
         if self.schema.format == SchemaFormat::Confluent && self.schema.confluent_ids.is_none() {

@@ -78,10 +78,11 @@ impl Role {
                 Role::SegmentWebhook => Box::new(
                     segment_webhook::task(config, options.insecure_no_auth).map_err(invalid)?,
                 ),
-                Role::PendoPoller => return not_built(6),
-                Role::TransformSegment | Role::PendoSink => {
-                    return not_built(7);
+                Role::TransformSegment => {
+                    Box::new(crate::transform::transform_segment::task(config).map_err(invalid)?)
                 }
+                Role::PendoPoller => return not_built(6),
+                Role::PendoSink => return not_built(7),
             };
         Ok(RoleTask {
             name: self.name().to_string(),

@@ -1,4 +1,5 @@
-//! Keeps an [`IdMapTable`] equal to the compacted topic `idmap.visitor-to-user`: reads every
+//! Keeps an [`IdMapTable`](super::IdMapTable) (or, for the reverse flow, a
+//! [`BiIdMap`](super::BiIdMap)) equal to the compacted topic `idmap.visitor-to-user`: reads every
 //! partition from the beginning to its end at start-up (the caller waits for that before it maps
 //! any event, and `/readyz` stays false until then), then follows new records live.
 //!
@@ -15,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::table::IdMapTable;
+use super::reverse::IdMapSink;
 use crate::kafka::context::ReadToEndContext;
 use crate::metrics::metrics;
 use crate::schema::IdMappingCodec;
@@ -39,7 +40,7 @@ pub async fn follow_idmap(
     client_config: ClientConfig,
     topic: String,
     codec: IdMappingCodec,
-    table: IdMapTable,
+    table: impl IdMapSink,
     caught_up: watch::Sender<bool>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -75,12 +76,12 @@ pub async fn follow_idmap(
                     };
                     match record.payload() {
                         None => {
-                            table.remove(key);
+                            table.delete(key);
                             m.idmap_updates.with_label_values(&["delete"]).inc();
                         }
                         Some(value) => match codec.decode(value) {
                             Ok(mapping) if mapping.visitor_id == key => {
-                                table.insert(key, &mapping.user_id);
+                                table.upsert(key, &mapping.user_id);
                                 m.idmap_updates.with_label_values(&["upsert"]).inc();
                             }
                             Ok(mapping) => {
@@ -93,14 +94,14 @@ pub async fn follow_idmap(
                             }
                         },
                     }
-                    m.idmap_entries.set(table.len() as i64);
+                    m.idmap_entries.set(table.entries() as i64);
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if pending.remove(&p) && pending.is_empty() {
-                        table.shrink_to_fit();
+                        table.loaded();
                         release_free_memory();
-                        m.idmap_entries.set(table.len() as i64);
-                        tracing::info!(topic, entries = table.len(), seconds = started.elapsed().as_secs_f64(), "id mapping loaded; following live updates");
+                        m.idmap_entries.set(table.entries() as i64);
+                        tracing::info!(topic, entries = table.entries(), seconds = started.elapsed().as_secs_f64(), "id mapping loaded; following live updates");
                         let _ = caught_up.send(true);
                     }
                 }

@@ -5,6 +5,8 @@
 pub mod commands;
 pub mod csv_file;
 pub mod follower;
+pub mod reverse;
 pub mod table;
 
+pub use reverse::{BiIdMap, IdMapSink, VisitorIdLookup};
 pub use table::IdMapTable;

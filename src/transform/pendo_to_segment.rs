@@ -135,7 +135,7 @@ fn id_text(v: Option<&Value>) -> Option<String> {
 }
 
 /// Epoch ms from seconds, milliseconds or ISO-8601 text; `None` when absent or absurd.
-fn event_time_ms(v: &Value) -> Option<i64> {
+pub(crate) fn event_time_ms(v: &Value) -> Option<i64> {
     let ms = match v {
         Value::Number(n) => {
             let f = n.as_f64()?;
@@ -187,7 +187,8 @@ fn size_upper_bound(call: &SegmentCall) -> usize {
     6 * (strings + body_strings) + json + 512
 }
 
-fn iso_millis(ms: i64) -> String {
+/// `ms` (epoch milliseconds) as ISO-8601 UTC with milliseconds, the form canonical records use.
+pub(crate) fn iso_millis(ms: i64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
 }
 

@@ -24,6 +24,7 @@ use crate::kafka::headers;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::SegmentCallCodec;
+use crate::transform::dead_letter::{DeadLetterSource, send_dead_letter};
 use crate::transform::pendo_to_segment::{MapOutcome, Observations, PendoToSegment};
 
 /// Distinct kinds tracked in metric labels before `_other`.
@@ -332,34 +333,21 @@ impl PendoTransformProcessor {
     }
 
     fn dead_letter(&self, raw: &RawRecord, reason: &str, detail: &str) -> Result<(), ProcessError> {
-        let partition = raw.partition.to_string();
-        let offset = raw.offset.to_string();
-        let now = headers::now_millis().to_string();
-        let mut h: Vec<(&str, &[u8])> = vec![
-            (headers::DLQ_REASON, reason.as_bytes()),
-            (headers::DLQ_DETAIL, detail.as_bytes()),
-            (headers::DLQ_STAGE, self.stage.as_bytes()),
-            (headers::DLQ_TIME, now.as_bytes()),
-            (headers::DLQ_SOURCE_TOPIC, raw.topic.as_bytes()),
-            (headers::DLQ_SOURCE_PARTITION, partition.as_bytes()),
-            (headers::DLQ_SOURCE_OFFSET, offset.as_bytes()),
-        ];
-        // Keep the connector's headers (received-at, request id...) for the investigation.
-        if let Some(original) = &raw.headers {
-            for header in original.iter() {
-                if !header.key.starts_with("dlq-") {
-                    h.push((header.key, header.value.unwrap_or_default()));
-                }
-            }
-        }
-        self.output
-            .send(&self.dlq_topic, raw.key.as_deref(), &raw.payload, &h)
-            .map_err(|e| ProcessError::new("produce", format!("dead letter: {e}")))?;
-        metrics()
-            .dead_letters
-            .with_label_values(&[self.stage, reason])
-            .inc();
-        Ok(())
+        send_dead_letter(
+            &self.output,
+            &self.dlq_topic,
+            self.stage,
+            &DeadLetterSource {
+                topic: &raw.topic,
+                partition: raw.partition,
+                offset: raw.offset,
+                key: raw.key.as_deref(),
+                payload: &raw.payload,
+                headers: raw.headers.as_ref(),
+            },
+            reason,
+            detail,
+        )
     }
 
     fn topic_name(&mut self, topic: &str) -> Arc<str> {
@@ -372,7 +360,8 @@ impl PendoTransformProcessor {
     }
 }
 
-fn received_at(record: &BorrowedMessage<'_>) -> Option<i64> {
+/// The connector's `received-at` header (epoch ms), if present and numeric.
+pub(crate) fn received_at(record: &BorrowedMessage<'_>) -> Option<i64> {
     let h = record.headers()?;
     h.iter()
         .find(|x| x.key == headers::RECEIVED_AT)

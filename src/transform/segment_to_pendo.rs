@@ -1,0 +1,756 @@
+//! One raw Segment event -> Pendo metadata updates (the reverse flow's mapping, issue #7).
+//!
+//! Segment Engage delivers audience membership in three shapes (`API-FACTS.md`), all understood:
+//! - **identify** with `context.personas.computation_class = "audience"` and the boolean trait
+//!   named by `computation_key` (`true` on entry, `false` on exit) -> the visitor;
+//! - **track** `Audience Entered` / `Audience Exited` with `properties.audience_key` and
+//!   `properties[<key>]` (the event name decides when the boolean is absent) -> the visitor;
+//! - **group** with the audience's boolean trait (account audiences) -> the account `groupId`.
+//!
+//! The update sets one custom field per audience, `<prefix><audience_key>` = true/false. It is
+//! stateless: each event carries everything its update needs, so replays, backfills and
+//! duplicates per identifier write the same value again (idempotent; the Pendo sink coalesces).
+//! A list field of current audience keys would need each visitor's membership as state (a
+//! compacted topic or a read of Pendo); it is not built (see `FieldMode`).
+//!
+//! Visitors: the Pendo visitor id named in the event (trait or external id, from config) wins;
+//! else the reverse id mapping of the userId; else the unmapped-user policy. An event that names
+//! both a visitor id and a userId also yields the mapping, published to `idmap.visitor-to-user`.
+//!
+//! Nothing here panics on input: every malformed event is a [`SegmentOutcome::DeadLetter`] with
+//! a short reason code.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::idmap::VisitorIdLookup;
+use crate::schema::IdMapping;
+use crate::schema::pendo_metadata_update::{
+    FieldValue, PendoEntity, PendoMetadataUpdate, UpdateOrigin,
+};
+use crate::transform::message_id::MessageIdBuilder;
+use crate::transform::pendo_to_segment::{event_time_ms, iso_millis};
+
+/// What to do with an audience event of a Segment user that has no Pendo visitor in the id
+/// mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedUserPolicy {
+    /// The visitor id is the userId (Pendo installed with the app's user id: the common setup).
+    UseUserId,
+    /// Skip the event (counted as `dropped`).
+    Drop,
+    /// Dead-letter the event until a mapping exists (replay it later).
+    Dlq,
+}
+
+/// Which Pendo fields an audience membership writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldMode {
+    /// One boolean field per audience, `<prefix><audience_key>`: stateless and idempotent, but
+    /// each audience's field must be created in Pendo first.
+    PerAudienceBoolean,
+    /// One list field of the visitor's current audience keys: one Pendo field for all
+    /// audiences, but it needs the visitor's current membership (state). Not built yet; the
+    /// configuration refuses it.
+    AudienceList,
+}
+
+/// The mapper's settings (from `[transform_segment]`).
+#[derive(Debug, Clone)]
+pub struct SegmentMapperSettings {
+    /// Field name prefix (`segment_` gives `segment_<audience_key>`).
+    pub field_prefix: String,
+    /// Pendo field group of the updates (`custom`).
+    pub field_group: String,
+    /// Users without a visitor in the id mapping.
+    pub unmapped_user: UnmappedUserPolicy,
+    /// Traits (of `traits` or `context.traits`) that carry the Pendo visitor id.
+    pub visitor_id_traits: Vec<String>,
+    /// `context.externalIds[].type` values whose `id` is the Pendo visitor id.
+    pub visitor_id_external_types: Vec<String>,
+    /// Namespace of update ids (`<prefix>-<hash>`).
+    pub update_id_prefix: String,
+    /// `origin.source` of the updates, and `source` of learned mappings.
+    pub source: String,
+}
+
+impl Default for SegmentMapperSettings {
+    fn default() -> Self {
+        Self {
+            field_prefix: "segment_".into(),
+            field_group: "custom".into(),
+            unmapped_user: UnmappedUserPolicy::UseUserId,
+            visitor_id_traits: vec!["pendo_visitor_id".into()],
+            visitor_id_external_types: vec!["pendo_visitor_id".into()],
+            update_id_prefix: "segment".into(),
+            source: "segment.webhook".into(),
+        }
+    }
+}
+
+/// The result of mapping one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SegmentOutcome {
+    /// Updates to publish, and learned id mappings to publish with them.
+    Updates {
+        /// Metadata updates (one per audience membership).
+        updates: Vec<PendoMetadataUpdate>,
+        /// Visitor -> user mappings the event revealed and the table does not hold yet.
+        mappings: Vec<IdMapping>,
+    },
+    /// Not an audience event: nothing to write (a learned mapping may still be published).
+    Ignored {
+        /// Visitor -> user mappings the event revealed.
+        mappings: Vec<IdMapping>,
+    },
+    /// An audience event skipped by policy (unmapped user under `drop`, anonymous visitor).
+    Dropped,
+    /// The event cannot be used.
+    DeadLetter {
+        /// Short reason code (a metric label and the `dlq-reason` header).
+        reason: &'static str,
+        /// Human-readable explanation.
+        detail: String,
+    },
+}
+
+/// Maps raw Segment events to Pendo metadata updates.
+pub struct SegmentToPendo {
+    settings: SegmentMapperSettings,
+}
+
+fn dead(reason: &'static str, detail: impl Into<String>) -> SegmentOutcome {
+    SegmentOutcome::DeadLetter {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// A Pendo field name from an audience key: Pendo accepts letters, digits and `_`, starting
+/// with a letter or `_`; anything else becomes `_` (Segment audience keys are snake_case).
+fn field_name(prefix: &str, key: &str) -> String {
+    let mut name: String = prefix
+        .chars()
+        .chain(key.chars())
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name
+}
+
+impl SegmentToPendo {
+    /// A mapper with `settings`.
+    pub fn new(settings: SegmentMapperSettings) -> Self {
+        Self { settings }
+    }
+
+    /// The event kind for metric labels: the call type (`identify`, `track`, `group`, ...) or
+    /// `none` when the record is not a Segment event.
+    pub fn kind_of(event: &Value) -> &str {
+        event.get("type").and_then(Value::as_str).unwrap_or("none")
+    }
+
+    /// Maps one raw record. `received_at` is the connector's receive time (epoch ms).
+    pub fn map(
+        &self,
+        payload: &[u8],
+        received_at: Option<i64>,
+        ids: &impl VisitorIdLookup,
+    ) -> (SegmentOutcome, String) {
+        let event: Value = match serde_json::from_slice(payload) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    dead("invalid_json", format!("not JSON: {e}")),
+                    "none".into(),
+                );
+            }
+        };
+        let kind = match &event {
+            Value::Object(_) => Self::kind_of(&event).to_ascii_lowercase(),
+            _ => "none".into(),
+        };
+        let kind = if kind.len() > 32 {
+            "other".into()
+        } else {
+            kind
+        };
+        (self.map_event(&event, received_at, ids), kind)
+    }
+
+    fn map_event(
+        &self,
+        event: &Value,
+        received_at: Option<i64>,
+        ids: &impl VisitorIdLookup,
+    ) -> SegmentOutcome {
+        let Value::Object(obj) = event else {
+            return dead(
+                "not_an_object",
+                "a Segment event is a JSON object (batched deliveries are split by the connector)",
+            );
+        };
+        let Some(call_type) = str_at(event, "type") else {
+            return dead("missing_type", "the event has no `type`");
+        };
+        let user_id = str_at(event, "userId");
+        let anonymous_id = str_at(event, "anonymousId");
+        if user_id.is_none() && anonymous_id.is_none() {
+            return dead(
+                "missing_identity",
+                "the event has neither `userId` nor `anonymousId`",
+            );
+        }
+        let ts_ms = ["timestamp", "originalTimestamp", "receivedAt"]
+            .iter()
+            .find_map(|k| obj.get(*k).and_then(event_time_ms))
+            .or(received_at);
+
+        // Identity learning: a visitor id named in the event, next to a userId.
+        let named_visitor = self.named_visitor(obj);
+        let mut mappings = Vec::new();
+        if let (Some(visitor), Some(user)) = (&named_visitor, user_id)
+            && ids.user_id_of(visitor).as_deref() != Some(user)
+        {
+            mappings.push(IdMapping {
+                visitor_id: visitor.clone(),
+                user_id: user.to_string(),
+                source: self.settings.source.clone(),
+                updated_at: ts_ms.unwrap_or(0),
+            });
+        }
+
+        let personas = event
+            .get("context")
+            .and_then(|c| c.get("personas"))
+            .filter(|p| {
+                p.get("computation_class")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| c.eq_ignore_ascii_case("audience"))
+            });
+        let computation_key = personas.and_then(|p| str_at(p, "computation_key"));
+
+        // (entity, audience key, membership)
+        let (entity, key, member) = match call_type.to_ascii_lowercase().as_str() {
+            "track" => {
+                let name = str_at(event, "event").unwrap_or_default();
+                let entered = if name.eq_ignore_ascii_case("Audience Entered") {
+                    true
+                } else if name.eq_ignore_ascii_case("Audience Exited") {
+                    false
+                } else {
+                    return SegmentOutcome::Ignored { mappings };
+                };
+                let props = event.get("properties");
+                let Some(key) = props
+                    .and_then(|p| str_at(p, "audience_key"))
+                    .or(computation_key)
+                else {
+                    return dead(
+                        "missing_audience_key",
+                        format!(
+                            "`{name}` without properties.audience_key or context.personas.computation_key"
+                        ),
+                    );
+                };
+                let member = match props.and_then(|p| p.get(key)) {
+                    None | Some(Value::Null) => entered,
+                    Some(Value::Bool(b)) => *b,
+                    Some(other) => {
+                        return dead(
+                            "invalid_audience_value",
+                            format!("properties.{key} is {other}, not a boolean"),
+                        );
+                    }
+                };
+                (PendoEntity::Visitor, key, member)
+            }
+            t @ ("identify" | "group") => {
+                if personas.is_none() {
+                    return SegmentOutcome::Ignored { mappings };
+                }
+                let Some(key) = computation_key else {
+                    return dead(
+                        "missing_audience_key",
+                        format!("audience {t} without context.personas.computation_key"),
+                    );
+                };
+                let member = match event.get("traits").and_then(|tr| tr.get(key)) {
+                    Some(Value::Bool(b)) => *b,
+                    None => {
+                        return dead(
+                            "missing_audience_value",
+                            format!("audience {t} without the boolean trait `{key}`"),
+                        );
+                    }
+                    Some(other) => {
+                        return dead(
+                            "invalid_audience_value",
+                            format!("traits.{key} is {other}, not a boolean"),
+                        );
+                    }
+                };
+                let entity = if t == "group" {
+                    PendoEntity::Account
+                } else {
+                    PendoEntity::Visitor
+                };
+                (entity, key, member)
+            }
+            _ => return SegmentOutcome::Ignored { mappings },
+        };
+
+        let entity_id = match entity {
+            PendoEntity::Account => match str_at(event, "groupId") {
+                Some(g) => g.to_string(),
+                None => return dead("missing_group_id", "audience group call without `groupId`"),
+            },
+            PendoEntity::Visitor => match self.visitor_of(named_visitor.as_deref(), user_id, ids) {
+                Ok(v) => v,
+                Err(outcome) => return outcome,
+            },
+        };
+        let Some(ts_ms) = ts_ms else {
+            return dead(
+                "missing_timestamp",
+                "no usable `timestamp` in the event and no received-at header",
+            );
+        };
+
+        let message_id = str_at(event, "messageId");
+        let mut id = MessageIdBuilder::new("segment-audience", call_type);
+        match message_id {
+            // Segment's messageId is the event's identity (retries and replays keep it).
+            Some(m) => {
+                id.part(m.as_bytes());
+            }
+            // Without one, the identity is what the event says.
+            None => {
+                for v in [user_id, anonymous_id, str_at(event, "groupId")] {
+                    match v {
+                        Some(v) => id.part(v.as_bytes()),
+                        None => id.absent(),
+                    };
+                }
+                id.part(ts_ms.to_string().as_bytes());
+            }
+        }
+        id.part(key.as_bytes()).part(&[u8::from(member)]);
+        let update = PendoMetadataUpdate {
+            update_id: id.finish(&self.settings.update_id_prefix),
+            entity,
+            entity_id,
+            field_group: self.settings.field_group.clone(),
+            values: BTreeMap::from([(
+                field_name(&self.settings.field_prefix, key),
+                FieldValue::Bool(member),
+            )]),
+            timestamp: iso_millis(ts_ms),
+            origin: UpdateOrigin {
+                source: self.settings.source.clone(),
+                segment_message_id: message_id.map(str::to_string),
+                audience_key: Some(key.to_string()),
+                received_at,
+            },
+        };
+        SegmentOutcome::Updates {
+            updates: vec![update],
+            mappings,
+        }
+    }
+
+    /// The Pendo visitor id the event names (configured traits, then external ids).
+    fn named_visitor(&self, obj: &Map<String, Value>) -> Option<String> {
+        let context = obj.get("context");
+        let trait_sources = [obj.get("traits"), context.and_then(|c| c.get("traits"))];
+        // Group traits describe the account, not the user: only identify/track traits count.
+        let is_group = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case("group"));
+        for name in &self.settings.visitor_id_traits {
+            for (i, traits) in trait_sources.iter().enumerate() {
+                if i == 0 && is_group {
+                    continue;
+                }
+                if let Some(v) = traits.and_then(|t| scalar_id(t.get(name)?)) {
+                    return Some(v);
+                }
+            }
+        }
+        let external = context
+            .and_then(|c| c.get("externalIds"))
+            .and_then(Value::as_array)?;
+        for ty in &self.settings.visitor_id_external_types {
+            for e in external {
+                if e.get("type").and_then(Value::as_str) == Some(ty.as_str())
+                    && let Some(v) = e.get("id").and_then(scalar_id)
+                {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    fn visitor_of(
+        &self,
+        named: Option<&str>,
+        user_id: Option<&str>,
+        ids: &impl VisitorIdLookup,
+    ) -> Result<String, SegmentOutcome> {
+        if let Some(v) = named {
+            return Ok(v.to_string());
+        }
+        let Some(user) = user_id else {
+            // Only an anonymousId: Pendo visitors are keyed by the app's ids, not Segment's
+            // anonymous ones.
+            return match self.settings.unmapped_user {
+                UnmappedUserPolicy::Dlq => Err(dead(
+                    "unmapped_user",
+                    "audience event with only an anonymousId: no Pendo visitor",
+                )),
+                _ => Err(SegmentOutcome::Dropped),
+            };
+        };
+        if let Some(v) = ids.visitor_id(user) {
+            return Ok(v);
+        }
+        match self.settings.unmapped_user {
+            UnmappedUserPolicy::UseUserId => Ok(user.to_string()),
+            UnmappedUserPolicy::Drop => Err(SegmentOutcome::Dropped),
+            UnmappedUserPolicy::Dlq => Err(dead(
+                "unmapped_user",
+                format!("no Pendo visitor for userId {user:?} in the id mapping"),
+            )),
+        }
+    }
+}
+
+/// An id given as a string or a number (Pendo visitor ids may be numeric in the app).
+fn scalar_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idmap::{BiIdMap, IdMapSink};
+    use std::path::Path;
+
+    const RECEIVED: Option<i64> = Some(1_764_340_000_000);
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/segment")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    fn mapper() -> SegmentToPendo {
+        SegmentToPendo::new(SegmentMapperSettings::default())
+    }
+
+    fn expected_id(call_type: &str, message_id: &str, key: &str, member: bool) -> String {
+        let mut b = MessageIdBuilder::new("segment-audience", call_type);
+        b.part(message_id.as_bytes())
+            .part(key.as_bytes())
+            .part(&[u8::from(member)]);
+        b.finish("segment")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        call_type: &str,
+        message_id: &str,
+        entity: PendoEntity,
+        entity_id: &str,
+        key: &str,
+        member: bool,
+        timestamp: &str,
+    ) -> PendoMetadataUpdate {
+        PendoMetadataUpdate {
+            update_id: expected_id(call_type, message_id, key, member),
+            entity,
+            entity_id: entity_id.into(),
+            field_group: "custom".into(),
+            values: BTreeMap::from([(format!("segment_{key}"), FieldValue::Bool(member))]),
+            timestamp: timestamp.into(),
+            origin: UpdateOrigin {
+                source: "segment.webhook".into(),
+                segment_message_id: Some(message_id.into()),
+                audience_key: Some(key.into()),
+                received_at: RECEIVED,
+            },
+        }
+    }
+
+    fn updates_of(payload: &[u8], ids: &BiIdMap) -> Vec<PendoMetadataUpdate> {
+        match mapper().map(payload, RECEIVED, ids).0 {
+            SegmentOutcome::Updates { updates, mappings } => {
+                assert!(mappings.is_empty());
+                updates
+            }
+            other => panic!("expected updates, got {other:?}"),
+        }
+    }
+
+    /// Every fixture's expected updates (the actions batch split into its two events).
+    pub(crate) fn expected_fixture_updates() -> Vec<(Vec<u8>, PendoMetadataUpdate)> {
+        let batch: Vec<Value> = serde_json::from_slice(&fixture("actions-batch.json")).unwrap();
+        vec![
+            (
+                fixture("audience-identify-entered.json"),
+                update(
+                    "identify",
+                    "personas_2hK3aa91",
+                    PendoEntity::Visitor,
+                    "user-8841",
+                    "trial_users_expiring",
+                    true,
+                    "2026-11-27T08:00:00.000Z",
+                ),
+            ),
+            (
+                fixture("audience-track-entered.json"),
+                update(
+                    "track",
+                    "personas_7Qp0b2",
+                    PendoEntity::Visitor,
+                    "user-8841",
+                    "clicked_q4_upgrade_email",
+                    true,
+                    "2026-11-27T08:05:00.000Z",
+                ),
+            ),
+            (
+                fixture("audience-track-exited.json"),
+                update(
+                    "track",
+                    "personas_8Rr9c3",
+                    PendoEntity::Visitor,
+                    "user-8841",
+                    "clicked_q4_upgrade_email",
+                    false,
+                    "2026-12-04T08:05:00.000Z",
+                ),
+            ),
+            (
+                fixture("account-audience-group.json"),
+                update(
+                    "group",
+                    "personas_9Zz1d4",
+                    PendoEntity::Account,
+                    "acct-fabrikam",
+                    "enterprise_at_risk",
+                    true,
+                    "2026-11-27T09:00:00.000Z",
+                ),
+            ),
+            (
+                serde_json::to_vec(&batch[0]).unwrap(),
+                update(
+                    "track",
+                    "personas_b01",
+                    PendoEntity::Visitor,
+                    "user-1001",
+                    "power_users_30d",
+                    true,
+                    "2026-11-27T10:00:00.000Z",
+                ),
+            ),
+            (
+                serde_json::to_vec(&batch[1]).unwrap(),
+                update(
+                    "track",
+                    "personas_b02",
+                    PendoEntity::Visitor,
+                    "user-2002",
+                    "power_users_30d",
+                    false,
+                    "2026-11-27T10:00:01.000Z",
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_audience_fixture_maps_to_its_expected_update() {
+        let ids = BiIdMap::default();
+        for (payload, expected) in expected_fixture_updates() {
+            assert_eq!(updates_of(&payload, &ids), vec![expected]);
+        }
+    }
+
+    #[test]
+    fn the_non_audience_fixture_is_ignored() {
+        let (outcome, kind) = mapper().map(
+            &fixture("non-audience-track.json"),
+            RECEIVED,
+            &BiIdMap::default(),
+        );
+        assert_eq!(outcome, SegmentOutcome::Ignored { mappings: vec![] });
+        assert_eq!(kind, "track");
+    }
+
+    #[test]
+    fn the_reverse_id_mapping_gives_the_visitor_and_policies_apply_without_one() {
+        let ids = BiIdMap::default();
+        ids.upsert("pendo-visitor-77", "user-8841");
+        let u = updates_of(&fixture("audience-track-entered.json"), &ids);
+        assert_eq!(u[0].entity_id, "pendo-visitor-77");
+        // Accounts are not mapped.
+        let u = updates_of(&fixture("account-audience-group.json"), &ids);
+        assert_eq!(u[0].entity_id, "acct-fabrikam");
+
+        let empty = BiIdMap::default();
+        let with = |p| {
+            SegmentToPendo::new(SegmentMapperSettings {
+                unmapped_user: p,
+                ..Default::default()
+            })
+        };
+        let payload = fixture("audience-track-entered.json");
+        assert_eq!(
+            with(UnmappedUserPolicy::Drop)
+                .map(&payload, RECEIVED, &empty)
+                .0,
+            SegmentOutcome::Dropped
+        );
+        assert!(matches!(
+            with(UnmappedUserPolicy::Dlq)
+                .map(&payload, RECEIVED, &empty)
+                .0,
+            SegmentOutcome::DeadLetter {
+                reason: "unmapped_user",
+                ..
+            }
+        ));
+        // Only an anonymousId: no visitor to write.
+        let anon = br#"{"type":"track","event":"Audience Entered","anonymousId":"a1","properties":{"audience_key":"k","k":true},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        assert_eq!(
+            mapper().map(anon, RECEIVED, &empty).0,
+            SegmentOutcome::Dropped
+        );
+    }
+
+    #[test]
+    fn a_named_visitor_id_is_learned_and_used() {
+        let ids = BiIdMap::default();
+        let e = br#"{"type":"identify","messageId":"m1","userId":"u-1","traits":{"pendo_visitor_id":"pv-1","vip":true},"context":{"personas":{"computation_class":"audience","computation_key":"vip"}},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        let SegmentOutcome::Updates { updates, mappings } = mapper().map(e, RECEIVED, &ids).0
+        else {
+            panic!()
+        };
+        assert_eq!(updates[0].entity_id, "pv-1");
+        assert_eq!(
+            mappings,
+            vec![IdMapping {
+                visitor_id: "pv-1".into(),
+                user_id: "u-1".into(),
+                source: "segment.webhook".into(),
+                updated_at: 1_795_773_600_000,
+            }]
+        );
+        // Known already: not published again.
+        ids.upsert("pv-1", "u-1");
+        let SegmentOutcome::Updates { mappings, .. } = mapper().map(e, RECEIVED, &ids).0 else {
+            panic!()
+        };
+        assert!(mappings.is_empty());
+        // External ids, on a non-audience event: learned, nothing else written.
+        let e = br#"{"type":"track","event":"Signed In","userId":"u-2","context":{"externalIds":[{"id":"other","type":"email"},{"id":42,"type":"pendo_visitor_id"}]},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        let SegmentOutcome::Ignored { mappings } = mapper().map(e, None, &ids).0 else {
+            panic!()
+        };
+        assert_eq!(mappings[0].visitor_id, "42");
+        assert_eq!(mappings[0].user_id, "u-2");
+    }
+
+    #[test]
+    fn bad_input_is_dead_lettered_with_a_reason_never_a_panic() {
+        let ids = BiIdMap::default();
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json at all", "invalid_json"),
+            (b"[1,2]", "not_an_object"),
+            (b"{\"userId\":\"u\"}", "missing_type"),
+            (
+                br#"{"type":"track","event":"Audience Entered","properties":{"audience_key":"k","k":true}}"#,
+                "missing_identity",
+            ),
+            (
+                br#"{"type":"track","event":"Audience Exited","userId":"u","properties":{}}"#,
+                "missing_audience_key",
+            ),
+            (
+                br#"{"type":"identify","userId":"u","traits":{},"context":{"personas":{"computation_class":"audience"}}}"#,
+                "missing_audience_key",
+            ),
+            (
+                br#"{"type":"identify","userId":"u","traits":{"k":"yes"},"context":{"personas":{"computation_class":"audience","computation_key":"k"}}}"#,
+                "invalid_audience_value",
+            ),
+            (
+                br#"{"type":"identify","userId":"u","traits":{},"context":{"personas":{"computation_class":"audience","computation_key":"k"}}}"#,
+                "missing_audience_value",
+            ),
+            (
+                br#"{"type":"group","userId":"u","traits":{"k":true},"context":{"personas":{"computation_class":"audience","computation_key":"k"}}}"#,
+                "missing_group_id",
+            ),
+        ];
+        for (payload, reason) in cases {
+            match mapper().map(payload, None, &ids).0 {
+                SegmentOutcome::DeadLetter { reason: r, detail } => {
+                    assert_eq!(r, *reason, "{}", String::from_utf8_lossy(payload));
+                    assert!(!detail.is_empty());
+                }
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(payload)),
+            }
+        }
+        // No timestamp in the event: the received-at time is used; without both, a dead letter.
+        let e = br#"{"type":"track","event":"Audience Entered","userId":"u","properties":{"audience_key":"k"}}"#;
+        assert!(matches!(
+            mapper().map(e, None, &ids).0,
+            SegmentOutcome::DeadLetter {
+                reason: "missing_timestamp",
+                ..
+            }
+        ));
+        let u = updates_of(e, &ids);
+        assert_eq!(u[0].timestamp, "2025-11-28T14:26:40.000Z");
+        assert_eq!(
+            u[0].values["segment_k"],
+            FieldValue::Bool(true),
+            "the event name decides"
+        );
+    }
+
+    #[test]
+    fn update_ids_are_deterministic_and_field_names_valid() {
+        let ids = BiIdMap::default();
+        let e = br#"{"type":"track","event":"Audience Entered","userId":"u","properties":{"audience_key":"Power Users-30d","Power Users-30d":true},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        let a = updates_of(e, &ids);
+        assert_eq!(a, updates_of(e, &ids));
+        assert!(a[0].values.contains_key("segment_Power_Users_30d"));
+        let exited = br#"{"type":"track","event":"Audience Exited","userId":"u","properties":{"audience_key":"Power Users-30d","Power Users-30d":false},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        assert_ne!(a[0].update_id, updates_of(exited, &ids)[0].update_id);
+        assert_eq!(field_name("", "30d"), "_30d");
+    }
+}

@@ -1,0 +1,134 @@
+//! `[transform_segment]`: which Pendo fields audience membership writes, how Segment users
+//! become Pendo visitors, and which event fields name a Pendo visitor id (identity learning).
+
+use serde::{Deserialize, Serialize};
+
+use crate::transform::message_id::MAX_PREFIX_LEN;
+use crate::transform::segment_to_pendo::{FieldMode, SegmentMapperSettings, UnmappedUserPolicy};
+
+/// Settings of the `transform-segment` role.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformSegmentConfig {
+    /// `per_audience_boolean` (field `<field_prefix><audience_key>` = true/false). The
+    /// `audience_list` mode (one list field of current keys) needs membership state and is not
+    /// built yet: it is refused at start-up rather than silently ignored.
+    pub field_mode: FieldMode,
+    /// Prefix of per-audience field names; with the key it must form a Pendo field name
+    /// (letters, digits, `_`; other characters of keys become `_`).
+    pub field_prefix: String,
+    /// Pendo field group written: `custom` (fields created under Data Mappings) or `agent`.
+    pub field_group: String,
+    /// Segment users with no Pendo visitor in `idmap.visitor-to-user`: `use_user_id` (visitor
+    /// id = userId), `drop` (counted) or `dlq`.
+    pub unmapped_user: UnmappedUserPolicy,
+    /// Traits (`traits` or `context.traits`) holding the Pendo visitor id; such events also
+    /// publish the visitor -> user mapping. Empty disables.
+    pub visitor_id_traits: Vec<String>,
+    /// `context.externalIds[].type` values whose `id` is the Pendo visitor id. Empty disables.
+    pub visitor_id_external_types: Vec<String>,
+    /// Namespace of update ids (`<prefix>-<hash>`), at most 60 characters. Changing it makes
+    /// replayed events new to the Pendo sink's de-duplication.
+    pub update_id_prefix: String,
+}
+
+impl Default for TransformSegmentConfig {
+    fn default() -> Self {
+        let d = SegmentMapperSettings::default();
+        Self {
+            field_mode: FieldMode::PerAudienceBoolean,
+            field_prefix: d.field_prefix,
+            field_group: d.field_group,
+            unmapped_user: d.unmapped_user,
+            visitor_id_traits: d.visitor_id_traits,
+            visitor_id_external_types: d.visitor_id_external_types,
+            update_id_prefix: d.update_id_prefix,
+        }
+    }
+}
+
+impl TransformSegmentConfig {
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.field_mode == FieldMode::AudienceList {
+            return Err("transform_segment.field_mode = \"audience_list\" is not built yet (it needs each visitor's current audience membership as state); use \"per_audience_boolean\"".into());
+        }
+        let p = &self.field_prefix;
+        if p.len() > 64
+            || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || p.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(format!(
+                "transform_segment.field_prefix must be at most 64 letters, digits or '_', not starting with a digit (a Pendo field name), got {p:?}"
+            ));
+        }
+        if !matches!(self.field_group.as_str(), "custom" | "agent") {
+            return Err(format!(
+                "transform_segment.field_group must be \"custom\" or \"agent\", got {:?}",
+                self.field_group
+            ));
+        }
+        let p = &self.update_id_prefix;
+        if p.is_empty() || p.len() > MAX_PREFIX_LEN || !p.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "transform_segment.update_id_prefix must be 1 to {MAX_PREFIX_LEN} printable ASCII characters, got {p:?}"
+            ));
+        }
+        for (key, names) in [
+            ("visitor_id_traits", &self.visitor_id_traits),
+            ("visitor_id_external_types", &self.visitor_id_external_types),
+        ] {
+            if names.iter().any(|n| n.trim().is_empty()) {
+                return Err(format!("transform_segment.{key} holds an empty name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The mapper settings for events from `source`.
+    pub fn mapper_settings(&self, source: &str) -> SegmentMapperSettings {
+        SegmentMapperSettings {
+            field_prefix: self.field_prefix.clone(),
+            field_group: self.field_group.clone(),
+            unmapped_user: self.unmapped_user,
+            visitor_id_traits: self.visitor_id_traits.clone(),
+            visitor_id_external_types: self.visitor_id_external_types.clone(),
+            update_id_prefix: self.update_id_prefix.clone(),
+            source: source.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_unbuilt_or_invalid_values_are_refused() {
+        TransformSegmentConfig::default().validate().unwrap();
+        for bad in [
+            TransformSegmentConfig {
+                field_mode: FieldMode::AudienceList,
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                field_prefix: "segment-".into(),
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                field_group: "other".into(),
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                update_id_prefix: String::new(),
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                visitor_id_traits: vec![" ".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The per-record work of `transform-segment`: map one raw Segment event, write its Pendo
+//! metadata updates, learned id mappings or dead letter into the loop's open transaction, and
+//! count the outcome.
+//!
+//! Unlike `transform-pendo`, records are mapped inline, one at a time: the reverse flow carries
+//! audience changes (bursts of thousands on a backfill, not a firehose) and mapping is a JSON
+//! parse plus one Avro encoding, so the forward processor's worker-thread batching would add
+//! complexity without need. Everything written becomes visible only when the loop commits the
+//! transaction together with the input offsets, so `checkpoint` has nothing to flush.
+
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
+
+use crate::idmap::BiIdMap;
+use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
+use crate::kafka::headers;
+use crate::kafka::transactional_output::TransactionalOutput;
+use crate::metrics::{BoundedLabel, metrics};
+use crate::schema::pendo_metadata_update::PendoEntity;
+use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec};
+use crate::transform::dead_letter::{DeadLetterSource, send_dead_letter};
+use crate::transform::segment_to_pendo::{SegmentOutcome, SegmentToPendo};
+use crate::transform::transform_pendo::processor::received_at;
+
+/// Distinct kinds tracked in metric labels before `_other`.
+const MAX_KIND_LABELS: usize = 50;
+
+/// Topics the processor writes to.
+pub struct SegmentOutputTopics {
+    /// `canonical.pendo-updates`.
+    pub updates: String,
+    /// `idmap.visitor-to-user` (learned mappings).
+    pub idmap: String,
+    /// `dlq.transform-segment`.
+    pub dlq: String,
+}
+
+/// Maps raw Segment records to Pendo metadata updates inside the loop's transaction.
+pub struct SegmentTransformProcessor {
+    stage: &'static str,
+    mapper: SegmentToPendo,
+    codec: PendoMetadataUpdateCodec,
+    idmap_codec: IdMappingCodec,
+    ids: BiIdMap,
+    output: TransactionalOutput,
+    topics: SegmentOutputTopics,
+    kinds: BoundedLabel,
+}
+
+impl SegmentTransformProcessor {
+    /// A processor writing through `output`, resolving visitors with `ids`.
+    pub fn new(
+        stage: &'static str,
+        mapper: SegmentToPendo,
+        codec: PendoMetadataUpdateCodec,
+        idmap_codec: IdMappingCodec,
+        ids: BiIdMap,
+        output: TransactionalOutput,
+        topics: SegmentOutputTopics,
+    ) -> Self {
+        Self {
+            stage,
+            mapper,
+            codec,
+            idmap_codec,
+            ids,
+            output,
+            topics,
+            kinds: BoundedLabel::new(MAX_KIND_LABELS),
+        }
+    }
+
+    fn send(&self, topic: &str, key: &str, value: &[u8], kind: &str) -> Result<(), ProcessError> {
+        self.output
+            .send(
+                topic,
+                Some(key.as_bytes()),
+                value,
+                &[(headers::EVENT_KIND, kind.as_bytes())],
+            )
+            .map_err(|e| ProcessError::new("produce", e.to_string()))
+    }
+
+    /// Encodes and writes the outputs of one event; an encoding failure (our own defect) is
+    /// returned as a dead-letter reason so one event cannot stop the role.
+    fn write_outputs(
+        &self,
+        updates: &[crate::schema::PendoMetadataUpdate],
+        mappings: &[crate::schema::IdMapping],
+        kind: &str,
+    ) -> Result<Result<(), String>, ProcessError> {
+        // Encode everything first: an event's outputs are written all or not at all.
+        let mut encoded = Vec::with_capacity(updates.len() + mappings.len());
+        for u in updates {
+            match self.codec.encode_to_vec(u) {
+                Ok(v) => encoded.push((&self.topics.updates, u.entity_id.as_str(), v, u.entity)),
+                Err(e) => return Ok(Err(format!("the update does not encode: {e}"))),
+            }
+        }
+        let mut learned = Vec::with_capacity(mappings.len());
+        for m in mappings {
+            match self.idmap_codec.encode_to_vec(m) {
+                Ok(v) => learned.push((m.visitor_id.as_str(), v)),
+                Err(e) => return Ok(Err(format!("the id mapping does not encode: {e}"))),
+            }
+        }
+        let m = metrics();
+        for (topic, key, value, entity) in &encoded {
+            self.send(topic, key, value, kind)?;
+            let call = match entity {
+                PendoEntity::Visitor => "visitor_update",
+                PendoEntity::Account => "account_update",
+            };
+            m.transform_calls
+                .with_label_values(&[self.stage, call])
+                .inc();
+        }
+        for (key, value) in &learned {
+            self.send(&self.topics.idmap, key, value, kind)?;
+            m.transform_calls
+                .with_label_values(&[self.stage, "id_mapping"])
+                .inc();
+        }
+        Ok(Ok(()))
+    }
+}
+
+impl RecordProcessor for SegmentTransformProcessor {
+    async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+        let payload = record.payload().unwrap_or_default();
+        let (outcome, kind) = self.mapper.map(payload, received_at(record), &self.ids);
+        let kind = self.kinds.label(&kind).to_string();
+        let dead_letter = |reason: &str, detail: &str| {
+            send_dead_letter(
+                &self.output,
+                &self.topics.dlq,
+                self.stage,
+                &DeadLetterSource {
+                    topic: record.topic(),
+                    partition: record.partition(),
+                    offset: record.offset(),
+                    key: record.key(),
+                    payload,
+                    headers: record.headers().map(|h| h.detach()).as_ref(),
+                },
+                reason,
+                detail,
+            )
+        };
+        let outcome = match outcome {
+            SegmentOutcome::Updates { updates, mappings } => {
+                match self.write_outputs(&updates, &mappings, &kind)? {
+                    Ok(()) => "mapped",
+                    Err(detail) => {
+                        dead_letter("encode_error", &detail)?;
+                        "dead_lettered"
+                    }
+                }
+            }
+            SegmentOutcome::Ignored { mappings } => {
+                if let Err(detail) = self.write_outputs(&[], &mappings, &kind)? {
+                    dead_letter("encode_error", &detail)?;
+                    "dead_lettered"
+                } else {
+                    "ignored"
+                }
+            }
+            SegmentOutcome::Dropped => "dropped",
+            SegmentOutcome::DeadLetter { reason, detail } => {
+                dead_letter(reason, &detail)?;
+                "dead_lettered"
+            }
+        };
+        metrics()
+            .transform_events
+            .with_label_values(&[self.stage, &kind, outcome])
+            .inc();
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
+        // Every output was written into the open transaction as its record was processed.
+        Ok(())
+    }
+}

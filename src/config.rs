@@ -75,6 +75,9 @@ pub struct Config {
     /// The `segment-sink` role (batching, retries, limits).
     #[serde(default)]
     pub segment_sink: crate::sinks::segment::SegmentSinkConfig,
+    /// The `pendo-sink` role (batching, coalescing, retries).
+    #[serde(default)]
+    pub pendo_sink: crate::sinks::pendo::PendoSinkConfig,
     /// Segment's HTTP Tracking API (used by the Segment sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentConfig>,
@@ -659,6 +662,7 @@ impl Config {
         self.transform_segment
             .validate()
             .map_err(ConfigError::Invalid)?;
+        self.pendo_sink.validate().map_err(ConfigError::Invalid)?;
         if self.schema.format == SchemaFormat::Confluent && self.schema.confluent_ids.is_none() {
             return invalid(
                 "schema.format = \"confluent\" needs [schema.confluent_ids] (segment_call, id_mapping, pendo_metadata_update)".into(),

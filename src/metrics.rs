@@ -63,6 +63,20 @@ pub struct Metrics {
     pub segment_sink_backpressure: IntGauge,
     /// Segment sink: batches being delivered.
     pub segment_in_flight_batches: IntGauge,
+    /// Pendo sink: HTTP attempts to Pendo by status (`none` = network error or timeout).
+    pub pendo_sink_requests: IntCounterVec,
+    /// Pendo sink: visitor/account items Pendo applied, by entity id key.
+    pub pendo_sink_updates_written: IntCounterVec,
+    /// Pendo sink: updates merged into an item of the same visitor/account in a batch.
+    pub pendo_sink_updates_coalesced: IntCounter,
+    /// Pendo sink: attempts that will be retried, by reason.
+    pub pendo_sink_retries: IntCounterVec,
+    /// Pendo sink: 1 while writes wait on retries (outage, rate limit, 409, auth failure).
+    pub pendo_sink_backpressure: IntGauge,
+    /// Pendo sink: jobs being delivered.
+    pub pendo_sink_in_flight: IntGauge,
+    /// Pendo sink: duration of one HTTP attempt.
+    pub pendo_sink_request_duration: Histogram,
     /// Partitions a consumer role paused because its downstream is backed up.
     pub paused_partitions: IntGauge,
     /// Segment sink: events per request.
@@ -240,6 +254,41 @@ impl Metrics {
             prometheus::exponential_buckets(0.01, 2.0, 16).expect("buckets"),
         );
         let m = Metrics {
+            pendo_sink_requests: counter(
+                &r,
+                "pendo_segment_pendo_sink_requests_total",
+                "HTTP attempts to Pendo's metadata API by status (none = network error or timeout).",
+                &["status"],
+            ),
+            pendo_sink_updates_written: counter(
+                &r,
+                "pendo_segment_pendo_sink_updates_written_total",
+                "Visitor/account items Pendo applied (after coalescing), by id key.",
+                &["entity"],
+            ),
+            pendo_sink_updates_coalesced: plain_counter(
+                "pendo_segment_pendo_sink_updates_coalesced_total",
+                "Updates merged into an earlier update of the same visitor/account in a batch.",
+            ),
+            pendo_sink_retries: counter(
+                &r,
+                "pendo_segment_pendo_sink_retries_total",
+                "Pendo attempts that will be retried, by reason.",
+                &["reason"],
+            ),
+            pendo_sink_backpressure: plain_gauge(
+                "pendo_segment_pendo_sink_backpressure",
+                "1 while Pendo writes wait on retries (outage, rate limit, 409, auth failure).",
+            ),
+            pendo_sink_in_flight: plain_gauge(
+                "pendo_segment_pendo_sink_in_flight_jobs",
+                "Pendo sink jobs being delivered.",
+            ),
+            pendo_sink_request_duration: plain_histogram(
+                "pendo_segment_pendo_sink_request_duration_seconds",
+                "Duration of one HTTP attempt to Pendo.",
+                latency_buckets(),
+            ),
             segment_events_delivered,
             segment_requests,
             segment_retries,

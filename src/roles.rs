@@ -82,7 +82,7 @@ impl Role {
                     Box::new(crate::transform::transform_segment::task(config).map_err(invalid)?)
                 }
                 Role::PendoPoller => return not_built(6),
-                Role::PendoSink => return not_built(7),
+                Role::PendoSink => Box::new(crate::sinks::pendo::task(config).map_err(invalid)?),
             };
         Ok(RoleTask {
             name: self.name().to_string(),

@@ -4,6 +4,7 @@
 //! they never skip. `.ci/run` starts one with `scripts/kafka-local start`.
 #![allow(dead_code)]
 
+pub mod pendo_server;
 pub mod produce;
 pub mod segment_server;
 pub mod synthetic_pendo;

@@ -1,0 +1,193 @@
+//! Delivering one job (a partition's closed batch: one request per entity kind and field
+//! group) until every update in it is either applied by Pendo or written to `dlq.pendo-sink`
+//! — only then may the sink commit past it.
+//!
+//! Per request: wait out a sink-wide `Retry-After` pause, send, classify. Network errors,
+//! timeouts, 408/409/429 and 5xx are retried with jittered exponential backoff (the shared
+//! [`Backoff`]); 401/403 and wrong endpoints are retried the same way but logged as errors
+//! naming `pendo.integration_key` / `pendo.region`, since only an operator can fix them —
+//! nothing is dropped or dead-lettered for them. A 2xx is read item by item
+//! ([`parse_outcome`]): failed items are dead-lettered (every record merged into them), an
+//! answer of unknown shape makes the whole request count as failed and retried. A 400 splits
+//! the request until the refused item is alone, and that item is dead-lettered.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureProducer;
+
+use super::config::metadata_url;
+use super::encoding::{EntityWrite, GroupBatch, PendoJob, parse_outcome};
+use super::service::PendoClient;
+use crate::metrics::metrics;
+use crate::sinks::segment::delivery::{DeliveryError, dead_letter};
+use crate::sinks::segment::rate_limit::RateLimiter;
+use crate::sinks::segment::retry::{Backoff, Outcome};
+
+/// What every delivery task shares.
+pub struct PendoDeliveryContext {
+    /// The HTTP client.
+    pub client: PendoClient,
+    /// `?create=true` on writes.
+    pub create: bool,
+    /// Client-side request rate limit (the Segment sink's limiter, requests only).
+    pub rate_limit: RateLimiter,
+    /// Sink-wide pause until this instant (Retry-After).
+    pub paused_until: Mutex<Option<Instant>>,
+    /// First backoff.
+    pub backoff_initial: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// Dead letters.
+    pub dlq: FutureProducer,
+    /// `dlq.pendo-sink`.
+    pub dlq_topic: String,
+    /// The consumed topic (dead letters' source header).
+    pub source_topic: String,
+    /// Stage name.
+    pub stage: &'static str,
+}
+
+impl PendoDeliveryContext {
+    async fn wait_for_pause(&self) {
+        loop {
+            let until = *self.paused_until.lock().expect("pause lock");
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => return,
+            }
+        }
+    }
+
+    fn pause_for(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut p = self.paused_until.lock().expect("pause lock");
+        if p.is_none_or(|t| t < until) {
+            *p = Some(until);
+        }
+    }
+
+    /// Delivers every request of `job` (see the module docs). Errors only when a dead letter
+    /// cannot be written.
+    pub async fn deliver(&self, job: PendoJob) -> Result<(), DeliveryError> {
+        for (_, batch) in job.groups {
+            self.deliver_group(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_group(&self, batch: GroupBatch) -> Result<(), DeliveryError> {
+        let m = metrics();
+        let url = metadata_url(self.client.base(), batch.entity, &batch.group, self.create);
+        // Depth-first so items keep their order when a batch is split.
+        let mut work = vec![batch];
+        while let Some(batch) = work.pop() {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max, seed);
+            loop {
+                self.rate_limit.acquire(batch.len()).await;
+                self.wait_for_pause().await;
+                let r = self.client.post(&url, batch.body()).await;
+                let status = r.status.map_or_else(|| "none".into(), |s| s.to_string());
+                m.pendo_sink_requests.with_label_values(&[&status]).inc();
+                m.pendo_sink_request_duration
+                    .observe(r.elapsed.as_secs_f64());
+                let retry_reason = match r.outcome() {
+                    Outcome::Success => {
+                        let sent: Vec<&str> = batch.writes.iter().map(|w| w.id.as_str()).collect();
+                        match parse_outcome(&r.body, &sent) {
+                            Ok(failures) => {
+                                m.pendo_sink_backpressure.set(0);
+                                for w in &batch.writes {
+                                    match failures.iter().find(|f| f.id == w.id) {
+                                        Some(f) => {
+                                            self.dead_letter_write(w, f.reason, &f.detail).await?
+                                        }
+                                        None => m
+                                            .pendo_sink_updates_written
+                                            .with_label_values(&[batch.id_key()])
+                                            .inc(),
+                                    }
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::error!(stage = self.stage, problem = %e, answer = %r.describe(),
+                                    "Pendo's answer has an unknown shape; the whole request is retried");
+                                "unknown_answer"
+                            }
+                        }
+                    }
+                    Outcome::Invalid => {
+                        match batch.split() {
+                            Ok((first, second)) => {
+                                work.push(second);
+                                work.push(first);
+                            }
+                            Err(single) => {
+                                for w in &single.writes {
+                                    self.dead_letter_write(w, "rejected", &r.describe()).await?;
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    outcome => outcome.as_str(),
+                };
+                m.pendo_sink_retries
+                    .with_label_values(&[retry_reason])
+                    .inc();
+                m.pendo_sink_backpressure.set(1);
+                if let Some(d) = r.retry_after {
+                    self.pause_for(d);
+                    tracing::warn!(stage = self.stage, seconds = d.as_secs_f64(), answer = %r.describe(),
+                        "Pendo asked to retry later; the sink pauses");
+                    continue;
+                }
+                let delay = backoff.next_delay();
+                match r.outcome() {
+                    Outcome::AuthFailure => {
+                        tracing::error!(stage = self.stage, answer = %r.describe(),
+                        retry_in_s = delay.as_secs_f64(),
+                        "Pendo refuses the integration key: check pendo.integration_key (it needs write access) \
+                         and pendo.region (a key works only in its own region); nothing is dropped, retrying")
+                    }
+                    Outcome::Misconfigured => {
+                        tracing::error!(stage = self.stage, answer = %r.describe(),
+                        retry_in_s = delay.as_secs_f64(),
+                        "Pendo's endpoint refuses the request: check pendo.region / pendo.base_url; retrying")
+                    }
+                    _ => tracing::warn!(stage = self.stage, answer = %r.describe(),
+                        retry_in_s = delay.as_secs_f64(), "Pendo write failed; retrying"),
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter_write(
+        &self,
+        w: &EntityWrite,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), DeliveryError> {
+        for c in &w.contributors {
+            dead_letter(
+                &self.dlq,
+                &self.dlq_topic,
+                self.stage,
+                &self.source_topic,
+                (c.partition, c.offset),
+                c.key.as_deref(),
+                &c.original,
+                reason,
+                detail,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

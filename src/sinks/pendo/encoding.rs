@@ -1,0 +1,463 @@
+//! Pure parts of the Pendo sink: checking an update, coalescing updates into one request per
+//! (entity kind, field group), the request body, and reading Pendo's per-item answer.
+//!
+//! Coalescing: within a batch, updates of the same visitor/account are merged in key order
+//! (the order of the Kafka partition), the last write of each field winning, so an audience
+//! backfill that repeats a visitor costs one item, not one per repetition. Every record that
+//! contributed to an item is remembered, so a per-item failure dead-letters exactly those.
+//!
+//! The bulk endpoint's answer is not documented precisely (`API-FACTS.md`). The shape assumed
+//! (and served by `tests/support/pendo_server.rs`) is
+//! `{"total": n, "updated": n, "failed": n, "missing": [id...], "errors": [{"id": id, "error": text}...]}`.
+//! Anything that does not add up (not an object, counts missing or inconsistent, ids that were
+//! not sent, failures not accounted for by ids) is an unknown shape: the whole request counts
+//! as failed and is retried (the writes are idempotent), never acknowledged on a guess.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use crate::schema::PendoMetadataUpdate;
+use crate::schema::pendo_metadata_update::{FieldValue, PendoEntity};
+
+/// Field groups the bulk endpoint accepts.
+pub const FIELD_GROUPS: [&str; 2] = ["custom", "agent"];
+
+/// Whether `name` is a valid Pendo field name: letters, digits and `_`, starting with a letter
+/// or `_` (Pendo refuses other names, so they are dead-lettered before sending).
+pub fn valid_field_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks what Pendo would refuse for the whole batch; `Err` is the dead-letter detail.
+pub fn validate_update(u: &PendoMetadataUpdate) -> Result<(), String> {
+    if u.entity_id.trim().is_empty() {
+        return Err("empty entityId".into());
+    }
+    if !FIELD_GROUPS.contains(&u.field_group.as_str()) {
+        return Err(format!(
+            "fieldGroup {:?} is neither custom nor agent",
+            u.field_group
+        ));
+    }
+    if u.values.is_empty() {
+        return Err("no values".into());
+    }
+    for (k, v) in &u.values {
+        if !valid_field_name(k) {
+            return Err(format!("invalid field name {k:?}"));
+        }
+        if let FieldValue::Double(d) = v
+            && !d.is_finite()
+        {
+            return Err(format!("field {k}: non-finite number"));
+        }
+    }
+    Ok(())
+}
+
+/// A field value as JSON.
+pub fn value_json(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Null => Value::Null,
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::Long(n) => json!(n),
+        FieldValue::Double(d) => json!(d),
+        FieldValue::Text(s) => json!(s),
+        FieldValue::List(l) => json!(l),
+    }
+}
+
+/// One Kafka record behind an item: what a dead letter needs.
+#[derive(Debug, Clone)]
+pub struct Contributor {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Arc<[u8]>>,
+    /// Record value, as read.
+    pub original: Arc<[u8]>,
+    /// `origin.receivedAt`, for the end-to-end latency.
+    pub received_at: Option<i64>,
+}
+
+/// One visitor's or account's coalesced values.
+#[derive(Debug, Clone)]
+pub struct EntityWrite {
+    /// The visitor or account id.
+    pub id: String,
+    /// Field -> last value.
+    pub values: BTreeMap<String, FieldValue>,
+    /// Records merged into this item, in order.
+    pub contributors: Vec<Contributor>,
+}
+
+/// The items of one request: one entity kind and field group.
+#[derive(Debug, Clone)]
+pub struct GroupBatch {
+    /// Visitor or account.
+    pub entity: PendoEntity,
+    /// `custom` or `agent`.
+    pub group: String,
+    /// Items in first-seen order.
+    pub writes: Vec<EntityWrite>,
+    index: HashMap<String, usize>,
+}
+
+impl GroupBatch {
+    /// An empty batch.
+    pub fn new(entity: PendoEntity, group: &str) -> Self {
+        Self {
+            entity,
+            group: group.to_string(),
+            writes: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Merges `u` in; returns whether it was coalesced into an existing item.
+    pub fn push(&mut self, u: PendoMetadataUpdate, c: Contributor) -> bool {
+        if let Some(&i) = self.index.get(&u.entity_id) {
+            let w = &mut self.writes[i];
+            w.values.extend(u.values);
+            w.contributors.push(c);
+            return true;
+        }
+        self.index.insert(u.entity_id.clone(), self.writes.len());
+        self.writes.push(EntityWrite {
+            id: u.entity_id,
+            values: u.values,
+            contributors: vec![c],
+        });
+        false
+    }
+
+    /// Items in the request.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// The id key of each item: `visitorId` or `accountId`.
+    pub fn id_key(&self) -> &'static str {
+        match self.entity {
+            PendoEntity::Visitor => "visitorId",
+            PendoEntity::Account => "accountId",
+        }
+    }
+
+    /// The request body: `[{"visitorId": id, "values": {...}}, ...]`.
+    pub fn body(&self) -> Vec<u8> {
+        let items: Vec<Value> = self
+            .writes
+            .iter()
+            .map(|w| {
+                let values: Map<String, Value> = w
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value_json(v)))
+                    .collect();
+                let mut item = Map::new();
+                item.insert(self.id_key().into(), json!(w.id));
+                item.insert("values".into(), Value::Object(values));
+                Value::Object(item)
+            })
+            .collect();
+        serde_json::to_vec(&items).expect("JSON values serialise")
+    }
+
+    /// Halves of this batch (to isolate an item Pendo refuses with a 400); `Err(self)` when
+    /// there is one item left.
+    pub fn split(self) -> Result<(GroupBatch, GroupBatch), GroupBatch> {
+        if self.writes.len() < 2 {
+            return Err(self);
+        }
+        let mut first = self.writes;
+        let second = first.split_off(first.len() / 2);
+        let make = |writes: Vec<EntityWrite>| GroupBatch {
+            entity: self.entity,
+            group: self.group.clone(),
+            index: writes
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (w.id.clone(), i))
+                .collect(),
+            writes,
+        };
+        Ok((make(first), make(second)))
+    }
+}
+
+/// The open or closed work of one partition: one [`GroupBatch`] per (entity, field group).
+#[derive(Debug, Default)]
+pub struct PendoJob {
+    /// Batches by (entity kind, field group), sent in this order.
+    pub groups: BTreeMap<(u8, String), GroupBatch>,
+    /// When the first update was taken in (for the linger).
+    pub opened_at: Option<Instant>,
+}
+
+impl PendoJob {
+    /// Adds `u`; returns whether it was coalesced, and the size of its batch afterwards.
+    pub fn push(&mut self, u: PendoMetadataUpdate, c: Contributor) -> (bool, usize) {
+        self.opened_at.get_or_insert_with(Instant::now);
+        let kind = match u.entity {
+            PendoEntity::Visitor => 0,
+            PendoEntity::Account => 1,
+        };
+        let b = self
+            .groups
+            .entry((kind, u.field_group.clone()))
+            .or_insert_with(|| GroupBatch::new(u.entity, &u.field_group));
+        let coalesced = b.push(u, c);
+        (coalesced, b.len())
+    }
+
+    /// Whether no update was taken in.
+    pub fn is_empty(&self) -> bool {
+        self.groups.values().all(GroupBatch::is_empty)
+    }
+}
+
+/// An item Pendo did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemFailure {
+    /// The visitor or account id.
+    pub id: String,
+    /// Bounded dead-letter reason: `missing` (unknown visitor/account) or `rejected`.
+    pub reason: &'static str,
+    /// Pendo's message.
+    pub detail: String,
+}
+
+/// Reads the bulk endpoint's per-item answer for a request of `sent` ids: the items that
+/// failed, or `Err` for an unknown shape (the whole request is then retried).
+pub fn parse_outcome(body: &[u8], sent: &[&str]) -> Result<Vec<ItemFailure>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
+    let o = v.as_object().ok_or("answer is not a JSON object")?;
+    let count = |k: &str| {
+        o.get(k)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("answer has no count {k:?}"))
+    };
+    let (total, updated, failed) = (count("total")?, count("updated")?, count("failed")?);
+    if total != sent.len() as u64 || updated + failed != total {
+        return Err(format!(
+            "answer counts do not add up: total {total}, updated {updated}, failed {failed}, sent {}",
+            sent.len()
+        ));
+    }
+    let known = |id: &str| sent.contains(&id);
+    let mut out = Vec::new();
+    match o.get("missing") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(ids)) => {
+            for id in ids {
+                let id = id.as_str().ok_or("missing: not a list of ids")?;
+                if !known(id) {
+                    return Err(format!("missing: {id:?} was not sent"));
+                }
+                out.push(ItemFailure {
+                    id: id.to_string(),
+                    reason: "missing",
+                    detail: "Pendo does not know this id (pendo_sink.create = false)".into(),
+                });
+            }
+        }
+        Some(_) => return Err("missing: not a list".into()),
+    }
+    match o.get("errors") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                let id = item
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or("errors: an item without id")?;
+                if !known(id) {
+                    return Err(format!("errors: {id:?} was not sent"));
+                }
+                let detail = match item.get("error") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => "failed".into(),
+                };
+                out.push(ItemFailure {
+                    id: id.to_string(),
+                    reason: "rejected",
+                    detail,
+                });
+            }
+        }
+        Some(_) => return Err("errors: not a list".into()),
+    }
+    if out.len() as u64 != failed {
+        return Err(format!(
+            "answer reports {failed} failed items but names {}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::pendo_metadata_update::UpdateOrigin;
+
+    fn update(id: &str, fields: &[(&str, FieldValue)]) -> PendoMetadataUpdate {
+        PendoMetadataUpdate {
+            update_id: format!("u-{id}"),
+            entity: PendoEntity::Visitor,
+            entity_id: id.into(),
+            field_group: "custom".into(),
+            values: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            timestamp: "2026-11-29T00:00:00.000Z".into(),
+            origin: UpdateOrigin::default(),
+        }
+    }
+
+    fn contributor(offset: i64) -> Contributor {
+        Contributor {
+            partition: 0,
+            offset,
+            key: None,
+            original: Arc::from(&b"x"[..]),
+            received_at: None,
+        }
+    }
+
+    #[test]
+    fn field_names_and_updates_are_checked() {
+        for ok in ["a", "_x", "segment_trial_1", "A9"] {
+            assert!(valid_field_name(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a-b", "a b", "é"] {
+            assert!(!valid_field_name(bad), "{bad}");
+        }
+        validate_update(&update("v", &[("a", FieldValue::Bool(true))])).unwrap();
+        assert!(validate_update(&update("v", &[])).is_err());
+        assert!(validate_update(&update("", &[("a", FieldValue::Null)])).is_err());
+        assert!(validate_update(&update("v", &[("a", FieldValue::Double(f64::NAN))])).is_err());
+        let mut u = update("v", &[("a", FieldValue::Null)]);
+        u.field_group = "other".into();
+        assert!(validate_update(&u).is_err());
+    }
+
+    #[test]
+    fn updates_of_one_visitor_coalesce_last_write_wins_in_order() {
+        let mut job = PendoJob::default();
+        let t = FieldValue::Bool(true);
+        let f = FieldValue::Bool(false);
+        assert_eq!(
+            job.push(update("v1", &[("a", t.clone())]), contributor(0)),
+            (false, 1)
+        );
+        assert_eq!(
+            job.push(update("v2", &[("a", t.clone())]), contributor(1)),
+            (false, 2)
+        );
+        assert_eq!(
+            job.push(
+                update("v1", &[("a", f.clone()), ("b", t.clone())]),
+                contributor(2)
+            ),
+            (true, 2)
+        );
+        let mut acct = update("a1", &[("tier", FieldValue::Text("gold".into()))]);
+        acct.entity = PendoEntity::Account;
+        assert_eq!(job.push(acct, contributor(3)), (false, 1));
+        assert_eq!(job.groups.len(), 2);
+        let visitors = &job.groups[&(0, "custom".to_string())];
+        let body: Value = serde_json::from_slice(&visitors.body()).unwrap();
+        assert_eq!(
+            body,
+            json!([
+                {"visitorId": "v1", "values": {"a": false, "b": true}},
+                {"visitorId": "v2", "values": {"a": true}}
+            ])
+        );
+        assert_eq!(visitors.writes[0].contributors.len(), 2);
+        let accounts = &job.groups[&(1, "custom".to_string())];
+        let body: Value = serde_json::from_slice(&accounts.body()).unwrap();
+        assert_eq!(
+            body,
+            json!([{"accountId": "a1", "values": {"tier": "gold"}}])
+        );
+    }
+
+    #[test]
+    fn every_value_kind_is_written_as_json() {
+        let u = update(
+            "v",
+            &[
+                ("n", FieldValue::Null),
+                ("l", FieldValue::Long(3)),
+                ("d", FieldValue::Double(1.5)),
+                ("s", FieldValue::List(vec!["x".into()])),
+            ],
+        );
+        let mut b = GroupBatch::new(PendoEntity::Visitor, "custom");
+        b.push(u, contributor(0));
+        let body: Value = serde_json::from_slice(&b.body()).unwrap();
+        assert_eq!(
+            body[0]["values"],
+            json!({"n": null, "l": 3, "d": 1.5, "s": ["x"]})
+        );
+        let (one, two) = {
+            b.push(update("w", &[("l", FieldValue::Long(1))]), contributor(1));
+            b.split().unwrap()
+        };
+        assert_eq!(
+            (one.writes[0].id.as_str(), two.writes[0].id.as_str()),
+            ("v", "w")
+        );
+        assert!(one.split().is_err());
+    }
+
+    #[test]
+    fn outcomes_are_read_defensively() {
+        let sent = ["v1", "v2", "v3"];
+        let ok = br#"{"total":3,"updated":3,"failed":0,"missing":[],"errors":[]}"#;
+        assert_eq!(parse_outcome(ok, &sent).unwrap(), vec![]);
+        let partial = br#"{"total":3,"updated":1,"failed":2,"missing":["v3"],"errors":[{"id":"v2","error":"unknown field foo"}]}"#;
+        let f = parse_outcome(partial, &sent).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].id.as_str(), f[0].reason), ("v3", "missing"));
+        assert_eq!((f[1].id.as_str(), f[1].reason), ("v2", "rejected"));
+        assert_eq!(f[1].detail, "unknown field foo");
+        for unknown in [
+            &b"not json"[..],
+            b"[]",
+            b"{}",
+            br#"{"total":3,"updated":3}"#,
+            br#"{"total":2,"updated":2,"failed":0}"#,
+            br#"{"total":3,"updated":2,"failed":0}"#,
+            br#"{"total":3,"updated":2,"failed":1}"#,
+            br#"{"total":3,"updated":2,"failed":1,"missing":["zz"]}"#,
+            br#"{"total":3,"updated":2,"failed":1,"errors":[{"error":"x"}]}"#,
+            br#"{"total":3,"updated":2,"failed":1,"missing":"v1"}"#,
+        ] {
+            assert!(
+                parse_outcome(unknown, &sent).is_err(),
+                "{}",
+                String::from_utf8_lossy(unknown)
+            );
+        }
+    }
+}

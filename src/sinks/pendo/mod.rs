@@ -1,0 +1,108 @@
+//! The Pendo sink (role `pendo-sink`): `PendoMetadataUpdate`s from `canonical.pendo-updates`
+//! written to Pendo's bulk metadata endpoint
+//! (`POST /api/v1/metadata/{visitor|account}/{custom|agent}/value`).
+//!
+//! Split like the Segment sink: [`config`] (`[pendo_sink]`, endpoint from `[pendo]`),
+//! [`encoding`] (checks, coalescing, request body, per-item answer), [`service`] (one request,
+//! status classification), [`delivery`] (one job to the end, retries, dead letters) and
+//! [`sink`] (the processor of the shared consumer loop, `Acknowledged` commits, on the queues
+//! of [`crate::sinks::queue`] shared with the Segment sink). The retry policy's
+//! [`Backoff`](crate::sinks::segment::retry::Backoff), `Retry-After` parsing, the rate limiter
+//! and the dead-letter writer are the Segment sink's, used as they are.
+
+pub mod config;
+pub mod delivery;
+pub mod encoding;
+pub mod service;
+pub mod sink;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+pub use config::PendoSinkConfig;
+
+use crate::app::{RoleEnv, RoleFuture};
+use crate::config::{Config, SchemaId};
+use crate::kafka::client_config;
+use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
+use crate::kafka::topics::TopicId;
+use crate::schema::PendoMetadataUpdateCodec;
+
+/// The role's name.
+pub const ROLE: &str = "pendo-sink";
+
+/// Builds the role; refuses to start without `[pendo]` (region and integration key), so
+/// `run --all` skips it with a note where no Pendo subscription is configured.
+pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFuture + Send + use<>> {
+    let Some(pendo) = config.pendo.clone() else {
+        anyhow::bail!(
+            "pendo-sink needs [pendo] with region (us, us1, eu, jpn or au: a key works only in its \
+             own region) and integration_key (with write access)"
+        );
+    };
+    let sink = config.pendo_sink.clone();
+    sink.validate().map_err(anyhow::Error::msg)?;
+    let client = service::PendoClient::new(&pendo, &sink).map_err(anyhow::Error::msg)?;
+    let config = config.clone();
+    Ok(move |env: RoleEnv| -> RoleFuture {
+        Box::pin(async move {
+            let c = &config;
+            tracing::info!(base_url = %client.base(), "pendo-sink writes to");
+            let check = client.verify_key().await;
+            match check.status {
+                Some(200..=299) => tracing::info!("Pendo accepted the integration key"),
+                _ => tracing::error!(answer = %check.describe(),
+                    "Pendo did not confirm the integration key (GET /api/v1/token/verify): check \
+                     pendo.integration_key and pendo.region; writes will be retried until it works"),
+            }
+            let input = c.topic_name(TopicId::CanonicalPendoUpdates);
+            let dlq = client_config::producer(c, ROLE)
+                .create()
+                .context("cannot create the dead-letter producer")?;
+            let ctx = Arc::new(delivery::PendoDeliveryContext {
+                client,
+                create: sink.create,
+                rate_limit: crate::sinks::segment::rate_limit::RateLimiter::new(
+                    None,
+                    sink.rate_limit_requests_per_s,
+                ),
+                paused_until: Mutex::new(None),
+                backoff_initial: Duration::from_millis(sink.backoff_initial_ms),
+                backoff_max: Duration::from_millis(sink.backoff_max_ms),
+                dlq,
+                dlq_topic: c.topic_name(TopicId::DlqPendoSink),
+                source_topic: input.clone(),
+                stage: ROLE,
+            });
+            let processor = sink::PendoSinkProcessor::new(
+                ctx,
+                PendoMetadataUpdateCodec::new(c.schema.wire_format(SchemaId::PendoMetadataUpdate)),
+                sink.max_batch_entities,
+                sink.linger(),
+                sink.max_in_flight_requests,
+            );
+            let spec = LoopSpec {
+                stage: ROLE,
+                topics: vec![input],
+                commit_max_records: c.processing.commit_max_records,
+                commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
+                strategy: CommitStrategy::Acknowledged {
+                    flush_timeout: Duration::from_millis(c.processing.shutdown_grace_ms)
+                        .saturating_sub(Duration::from_secs(5))
+                        .max(Duration::from_secs(1)),
+                },
+            };
+            run_consumer_loop(
+                &client_config::consumer(c, ROLE),
+                spec,
+                processor,
+                env.shutdown.clone(),
+                env.readiness.register(format!("{ROLE}:consumer")),
+            )
+            .await?;
+            Ok(())
+        })
+    })
+}

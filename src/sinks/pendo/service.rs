@@ -1,0 +1,227 @@
+//! One request to Pendo's REST API, and what an answer means.
+//!
+//! [`PendoClient::post`] never fails: a network error or timeout is a [`PendoResponse`] without
+//! a status, so every attempt goes through [`classify`]. The integration key is sent in
+//! `x-pendo-integration-key`, marked sensitive, and never logged. Redirects are not followed
+//! (one means a wrong base URL, and following it would send the key elsewhere).
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+use super::config::{PendoSinkConfig, base_url};
+use crate::config::PendoConfig;
+use crate::secret::Secret;
+use crate::sinks::segment::retry::{Outcome, parse_retry_after};
+use crate::sinks::segment::service::USER_AGENT;
+
+/// Header carrying the integration key.
+pub const KEY_HEADER: &str = "x-pendo-integration-key";
+/// Response bytes kept at most (the per-item answer of a large batch included).
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What Pendo's answer means for the request: like Segment's policy (the shared
+/// [`Outcome`]), except that 409 "Operation in progress" (another write to the same target is
+/// under way) is retried, and 422 is refused content like 400.
+pub fn classify(status: Option<u16>) -> Outcome {
+    match status {
+        None => Outcome::Retry,
+        Some(200..=299) => Outcome::Success,
+        Some(400 | 413 | 422) => Outcome::Invalid,
+        Some(401 | 403) => Outcome::AuthFailure,
+        Some(408 | 409 | 429) => Outcome::Retry,
+        Some(501 | 505) => Outcome::Misconfigured,
+        Some(500..=599) => Outcome::Retry,
+        Some(_) => Outcome::Misconfigured,
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone)]
+pub struct PendoResponse {
+    /// HTTP status; `None` for a network error or timeout.
+    pub status: Option<u16>,
+    /// `Retry-After`, parsed and capped.
+    pub retry_after: Option<Duration>,
+    /// The response body (at most 4 MiB).
+    pub body: Vec<u8>,
+    /// The transport error, when there was no status.
+    pub error: Option<String>,
+    /// From sending to the end of the answer.
+    pub elapsed: Duration,
+}
+
+impl PendoResponse {
+    /// The retry policy's verdict.
+    pub fn outcome(&self) -> Outcome {
+        classify(self.status)
+    }
+
+    /// One line for logs and dead letters.
+    pub fn describe(&self) -> String {
+        let excerpt = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]).into_owned();
+        match (self.status, &self.error) {
+            (Some(s), _) => format!("HTTP {s}: {excerpt}"),
+            (None, Some(e)) => format!("no response: {e}"),
+            (None, None) => "no response".into(),
+        }
+    }
+}
+
+/// Talks to one Pendo subscription.
+#[derive(Debug, Clone)]
+pub struct PendoClient {
+    http: reqwest::Client,
+    base: String,
+    key: Secret,
+    retry_after_cap: Duration,
+}
+
+impl PendoClient {
+    /// A client for `pendo`'s region (or base URL) with `sink`'s timeout.
+    pub fn new(pendo: &PendoConfig, sink: &PendoSinkConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(Duration::from_millis(sink.request_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the Pendo HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            base: base_url(pendo),
+            key: pendo.integration_key.clone(),
+            retry_after_cap: Duration::from_secs(sink.retry_after_cap_s),
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn key_header(&self) -> HeaderValue {
+        let mut v = HeaderValue::from_str(self.key.expose())
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-key"));
+        v.set_sensitive(true);
+        v
+    }
+
+    /// `POST url` with a JSON body.
+    pub async fn post(&self, url: &str, body: Vec<u8>) -> PendoResponse {
+        let req = self
+            .http
+            .post(url)
+            .header(KEY_HEADER, self.key_header())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        self.run(req).await
+    }
+
+    /// `GET /api/v1/token/verify`: whether the key is valid in this region.
+    pub async fn verify_key(&self) -> PendoResponse {
+        let req = self
+            .http
+            .get(format!("{}/api/v1/token/verify", self.base))
+            .header(KEY_HEADER, self.key_header());
+        self.run(req).await
+    }
+
+    async fn run(&self, req: reqwest::RequestBuilder) -> PendoResponse {
+        let start = Instant::now();
+        let mut response = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return PendoResponse {
+                    status: None,
+                    retry_after: None,
+                    body: Vec::new(),
+                    error: Some(error_chain(&e)),
+                    elapsed: start.elapsed(),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, self.retry_after_cap));
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() < MAX_RESPONSE_BYTES => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    // A cut answer cannot be trusted for per-item outcomes: retry it.
+                    return PendoResponse {
+                        status: None,
+                        retry_after,
+                        body,
+                        error: Some(format!("answer cut off: {}", error_chain(&e))),
+                        elapsed: start.elapsed(),
+                    };
+                }
+            }
+        }
+        PendoResponse {
+            status: Some(status),
+            retry_after,
+            body,
+            error: None,
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PendoRegion;
+
+    #[test]
+    fn statuses_follow_the_pendo_policy() {
+        use Outcome::*;
+        for (s, o) in [
+            (None, Retry),
+            (Some(200), Success),
+            (Some(409), Retry),
+            (Some(429), Retry),
+            (Some(500), Retry),
+            (Some(503), Retry),
+            (Some(400), Invalid),
+            (Some(422), Invalid),
+            (Some(401), AuthFailure),
+            (Some(403), AuthFailure),
+            (Some(404), Misconfigured),
+            (Some(501), Misconfigured),
+        ] {
+            assert_eq!(classify(s), o, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_client_never_prints_the_key() {
+        let pendo = PendoConfig {
+            region: PendoRegion::Au,
+            base_url: None,
+            integration_key: Secret::inline("ik-secret"),
+        };
+        let c = PendoClient::new(&pendo, &PendoSinkConfig::default()).unwrap();
+        assert_eq!(c.base(), "https://app.au.pendo.io");
+        assert!(!format!("{c:?}").contains("ik-secret"));
+    }
+}

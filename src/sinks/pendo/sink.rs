@@ -1,0 +1,150 @@
+//! The stream side of the Pendo sink: a [`RecordProcessor`] for the shared consumer loop with
+//! the `Acknowledged` commit strategy, on the sinks' shared [`PartitionQueues`] (the Segment
+//! sink's queue discipline).
+//!
+//! Updates are decoded and checked one by one (bad ones dead-lettered at once) and merged into
+//! one open [`PendoJob`] per partition, coalescing updates of the same visitor/account. A job is
+//! closed when one of its batches holds `max_batch_entities` items or it lingered. At most one
+//! job per partition is in flight, so writes to one visitor are never concurrent (Pendo answers
+//! 409 to that), and at most `max_in_flight_requests` overall; offsets are committed only past
+//! jobs whose every update was applied or dead-lettered. Revoked partitions' jobs are abandoned
+//! uncommitted (writes are idempotent, so a re-read only repeats them).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
+
+use super::delivery::PendoDeliveryContext;
+use super::encoding::{Contributor, PendoJob, validate_update};
+use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
+use crate::kafka::context::TopicPartition;
+use crate::metrics::metrics;
+use crate::schema::PendoMetadataUpdateCodec;
+use crate::sinks::queue::{Deliver, PartitionQueues, SinkJob};
+use crate::sinks::segment::delivery::dead_letter;
+
+impl SinkJob for PendoJob {
+    fn is_empty(&self) -> bool {
+        PendoJob::is_empty(self)
+    }
+
+    fn opened_at(&self) -> Option<Instant> {
+        self.opened_at
+    }
+}
+
+/// Batches Pendo metadata updates per partition and writes them.
+pub struct PendoSinkProcessor {
+    ctx: Arc<PendoDeliveryContext>,
+    codec: PendoMetadataUpdateCodec,
+    max_batch_entities: usize,
+    queues: PartitionQueues<PendoJob>,
+}
+
+impl PendoSinkProcessor {
+    /// A processor delivering through `ctx`.
+    pub fn new(
+        ctx: Arc<PendoDeliveryContext>,
+        codec: PendoMetadataUpdateCodec,
+        max_batch_entities: usize,
+        linger: Duration,
+        max_in_flight: usize,
+    ) -> Self {
+        let c = ctx.clone();
+        let deliver: Deliver<PendoJob> = Arc::new(move |job| {
+            let c = c.clone();
+            Box::pin(async move { c.deliver(job).await })
+        });
+        Self {
+            ctx,
+            codec,
+            max_batch_entities: max_batch_entities.max(1),
+            queues: PartitionQueues::new(
+                deliver,
+                linger,
+                max_in_flight,
+                metrics().pendo_sink_in_flight.clone(),
+            ),
+        }
+    }
+
+    async fn reject(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), ProcessError> {
+        dead_letter(
+            &self.ctx.dlq,
+            &self.ctx.dlq_topic,
+            self.ctx.stage,
+            record.topic(),
+            (record.partition(), record.offset()),
+            record.key(),
+            record.payload().unwrap_or_default(),
+            reason,
+            detail,
+        )
+        .await
+        .map_err(|e| ProcessError::new("produce", e.0))?;
+        let tp: TopicPartition = (record.topic().to_string(), record.partition());
+        self.queues.dead_lettered(&tp, record.offset() + 1);
+        Ok(())
+    }
+}
+
+impl RecordProcessor for PendoSinkProcessor {
+    async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+        let value = record.payload().unwrap_or_default();
+        let update = match self.codec.decode(value) {
+            Ok(u) => u,
+            Err(e) => return self.reject(record, "undecodable", &e).await,
+        };
+        if let Err(e) = validate_update(&update) {
+            return self.reject(record, "invalid_update", &e).await;
+        }
+        let tp: TopicPartition = (record.topic().to_string(), record.partition());
+        let contributor = Contributor {
+            partition: record.partition(),
+            offset: record.offset(),
+            key: record.key().map(Into::into),
+            original: value.into(),
+            received_at: update.origin.received_at,
+        };
+        let (coalesced, size) = self
+            .queues
+            .open_mut(&tp)
+            .get_or_insert_with(PendoJob::default)
+            .push(update, contributor);
+        self.queues.took(&tp, record.offset() + 1);
+        if coalesced {
+            metrics().pendo_sink_updates_coalesced.inc();
+        }
+        if size >= self.max_batch_entities {
+            self.queues.close(&tp);
+        }
+        self.queues.after_record(&tp).await
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
+        self.queues.checkpoint().await
+    }
+
+    fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
+        self.queues.revoked(partitions);
+    }
+
+    async fn progress(&mut self) -> Result<Vec<(TopicPartition, i64)>, ProcessError> {
+        self.queues.progress()
+    }
+
+    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.queues.ready()
+    }
+
+    fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
+        self.queues.is_backpressured(topic, partition)
+    }
+}

@@ -1,0 +1,456 @@
+//! The Pendo sink end to end against a real broker and the Pendo-compatible test server:
+//! `PendoMetadataUpdate`s on `canonical.pendo-updates` -> role `pendo-sink` -> bulk metadata
+//! writes; coalescing of an audience backfill, injected faults, per-item failures and SIGKILL.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use pendo_segment::schema::pendo_metadata_update::{FieldValue, PendoEntity, UpdateOrigin};
+use pendo_segment::schema::{PendoMetadataUpdate, PendoMetadataUpdateCodec, WireFormat};
+use rdkafka::producer::FutureProducer;
+use serde_json::{Value, json};
+use support::pendo_server::{PendoFault, PendoFaultPlan, PendoServerConfig, PendoTestServer};
+use support::produce::produce_all;
+use support::*;
+
+type State = HashMap<(String, String, String), Value>;
+
+fn producer() -> FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .create()
+        .expect("producer")
+}
+
+fn update(
+    n: usize,
+    entity: PendoEntity,
+    id: &str,
+    group: &str,
+    fields: &[(&str, FieldValue)],
+) -> PendoMetadataUpdate {
+    PendoMetadataUpdate {
+        update_id: format!("u-{n}"),
+        entity,
+        entity_id: id.into(),
+        field_group: group.into(),
+        values: fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        timestamp: "2026-11-29T00:00:00.000Z".into(),
+        origin: UpdateOrigin {
+            source: "test".into(),
+            ..Default::default()
+        },
+    }
+}
+
+fn json_of(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Null => Value::Null,
+        FieldValue::Bool(b) => json!(b),
+        FieldValue::Long(n) => json!(n),
+        FieldValue::Double(d) => json!(d),
+        FieldValue::Text(s) => json!(s),
+        FieldValue::List(l) => json!(l),
+    }
+}
+
+/// Produces `updates` keyed by entity id (so one visitor's updates keep their order) and
+/// returns the final state they must leave in Pendo.
+async fn produce_updates(prefix: &str, updates: &[PendoMetadataUpdate]) -> State {
+    let codec = PendoMetadataUpdateCodec::new(WireFormat::SingleObject);
+    let mut want = State::new();
+    let records: Vec<_> = updates
+        .iter()
+        .map(|u| {
+            let kind = match u.entity {
+                PendoEntity::Visitor => "visitor",
+                PendoEntity::Account => "account",
+            };
+            for (k, v) in &u.values {
+                want.insert((kind.into(), u.entity_id.clone(), k.clone()), json_of(v));
+            }
+            (Some(u.entity_id.clone()), codec.encode_to_vec(u).unwrap())
+        })
+        .collect();
+    produce_all(
+        &producer(),
+        &format!("{prefix}.canonical.pendo-updates"),
+        records,
+    )
+    .await;
+    want
+}
+
+fn sink_config(server: &PendoTestServer, extra: &str) -> String {
+    format!(
+        "[pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n\
+         [pendo_sink]\nlinger_ms = 300\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n{extra}",
+        server.url(),
+        server.integration_key()
+    )
+}
+
+fn start(
+    dir: &std::path::Path,
+    prefix: &str,
+    server: &PendoTestServer,
+    extra: &str,
+    log: &str,
+) -> RoleProcess {
+    let (config, ops) = role_config(dir, prefix, &sink_config(server, extra));
+    apply_topics(&config);
+    RoleProcess::start(
+        &config,
+        &["run", "--role", "pendo-sink"],
+        ops,
+        dir.join(log),
+    )
+}
+
+async fn wait_state(server: &PendoTestServer, want: &State, role: &RoleProcess, timeout: Duration) {
+    let reached = server
+        .wait_for(timeout, |s| {
+            let st = s.state();
+            want.iter().all(|(k, v)| st.get(k) == Some(v))
+        })
+        .await;
+    assert!(
+        reached,
+        "final state not reached ({} of {} fields set); statuses {:?}\n{}",
+        server.state().len(),
+        want.len(),
+        server.status_counts(),
+        role.logs()
+    );
+    // Nothing but the expected fields, with the expected values.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(&server.state(), want);
+}
+
+fn backfill_server() -> PendoServerConfig {
+    PendoServerConfig::default()
+        .with_fields("visitor", "custom", &["segment_trial", "plan", "rank"])
+        .with_fields("visitor", "agent", &["segment_audiences"])
+        .with_fields("account", "custom", &["tier"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_and_accounts_get_their_final_values_and_unknown_fields_are_dead_lettered() {
+    require_kafka();
+    let server = PendoTestServer::start(backfill_server()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("psink");
+    let (config, ops) = role_config(dir.path(), &prefix, &sink_config(&server, ""));
+    apply_topics(&config);
+    let mut updates = Vec::new();
+    for i in 0..10 {
+        let id = format!("v{i}");
+        updates.push(update(
+            updates.len(),
+            PendoEntity::Visitor,
+            &id,
+            "custom",
+            &[("segment_trial", FieldValue::Bool(true))],
+        ));
+        updates.push(update(
+            updates.len(),
+            PendoEntity::Visitor,
+            &id,
+            "custom",
+            &[
+                ("segment_trial", FieldValue::Bool(i % 2 == 0)),
+                ("plan", FieldValue::Text(format!("p{i}"))),
+            ],
+        ));
+        updates.push(update(
+            updates.len(),
+            PendoEntity::Visitor,
+            &id,
+            "agent",
+            &[(
+                "segment_audiences",
+                FieldValue::List(vec!["trial".into(), format!("a{i}")]),
+            )],
+        ));
+    }
+    for i in 0..5 {
+        updates.push(update(
+            updates.len(),
+            PendoEntity::Account,
+            &format!("acct{i}"),
+            "custom",
+            &[("tier", FieldValue::Text("silver".into()))],
+        ));
+        updates.push(update(
+            updates.len(),
+            PendoEntity::Account,
+            &format!("acct{i}"),
+            "custom",
+            &[("tier", FieldValue::Text(format!("gold{i}")))],
+        ));
+    }
+    let want = produce_updates(&prefix, &updates).await;
+    // A field Pendo does not have (dead-lettered alone, by Pendo's per-item answer) and a
+    // record that is not Avro (dead-lettered by the sink).
+    let codec = PendoMetadataUpdateCodec::new(WireFormat::SingleObject);
+    let bad = update(
+        999,
+        PendoEntity::Visitor,
+        "v-bad",
+        "custom",
+        &[("not_registered", FieldValue::Bool(true))],
+    );
+    produce_all(
+        &producer(),
+        &format!("{prefix}.canonical.pendo-updates"),
+        vec![
+            (
+                Some("v-bad".to_string()),
+                codec.encode_to_vec(&bad).unwrap(),
+            ),
+            (None, b"not avro".to_vec()),
+        ],
+    )
+    .await;
+
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "pendo-sink"],
+        ops,
+        dir.path().join("role.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    wait_state(&server, &want, &role, Duration::from_secs(60)).await;
+    assert!(server.verifies() >= 1, "the key is verified at start-up");
+    assert_eq!(server.unauthorized(), 0);
+
+    let dlq = read_committed(
+        &format!("{prefix}.dlq.pendo-sink"),
+        2,
+        Duration::from_secs(20),
+    );
+    let mut reasons: Vec<String> = dlq
+        .iter()
+        .map(|m| header(m, "dlq-reason").unwrap())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, vec!["rejected", "undecodable"]);
+    let rejected = dlq
+        .iter()
+        .find(|m| header(m, "dlq-reason").as_deref() == Some("rejected"))
+        .unwrap();
+    assert!(
+        header(rejected, "dlq-detail")
+            .unwrap()
+            .contains("not_registered")
+    );
+
+    let metrics = role.metrics().await;
+    for m in [
+        "pendo_segment_pendo_sink_requests_total{status=\"200\"}",
+        "pendo_segment_pendo_sink_updates_written_total{entity=\"visitorId\"}",
+        "pendo_segment_pendo_sink_updates_coalesced_total",
+        "pendo_segment_dead_letters_total{reason=\"rejected\",stage=\"pendo-sink\"}",
+    ] {
+        assert!(metrics.contains(m), "{m}\n{metrics}");
+    }
+    role.sigterm();
+    assert!(
+        role.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        role.logs()
+    );
+}
+
+/// 2,000 visitors x 5 updates, interleaved as a re-run backfill would send them.
+fn backfill(visitors: usize, repeats: usize) -> Vec<PendoMetadataUpdate> {
+    let mut out = Vec::new();
+    for j in 0..repeats {
+        for i in 0..visitors {
+            out.push(update(
+                out.len(),
+                PendoEntity::Visitor,
+                &format!("visitor-{i}"),
+                "custom",
+                &[
+                    ("segment_trial", FieldValue::Bool(j % 2 == 0)),
+                    ("rank", FieldValue::Long(j as i64)),
+                ],
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_backfill_with_duplicates_writes_each_visitor_once_per_batch() {
+    require_kafka();
+    let server = PendoTestServer::start(backfill_server()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("psink");
+    let (config, ops) = role_config(
+        dir.path(),
+        &prefix,
+        &sink_config(&server, "max_batch_entities = 10000\nlinger_ms = 3000\n")
+            .replace("linger_ms = 300\n", ""),
+    );
+    apply_topics(&config);
+    let updates = backfill(2_000, 5);
+    assert_eq!(updates.len(), 10_000);
+    let want = produce_updates(&prefix, &updates).await;
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "pendo-sink"],
+        ops,
+        dir.path().join("role.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    wait_state(&server, &want, &role, Duration::from_secs(90)).await;
+    let applied = server.applied_counts();
+    assert_eq!(applied.len(), 2_000, "one final value per visitor");
+    let writes = server.writes();
+    let items: usize = writes.iter().map(|w| w.items).sum();
+    eprintln!(
+        "backfill: {} write requests, {items} items for 10,000 updates",
+        writes.len()
+    );
+    // Each partition's records fit one batch (3 partitions); a linger that closes a batch
+    // early adds at most one more per partition.
+    assert!(
+        writes.len() <= 6,
+        "{} write requests for 10,000 updates",
+        writes.len()
+    );
+    assert!(
+        applied.values().all(|&n| n <= 2),
+        "a visitor written more than twice"
+    );
+    assert!(items <= 4_000, "{items} items sent for 2,000 visitors");
+    let metrics = role.metrics().await;
+    assert!(
+        metrics.contains("pendo_segment_pendo_sink_updates_coalesced_total"),
+        "{metrics}"
+    );
+    role.sigterm();
+    assert!(
+        role.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        role.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_conflicts_and_outages_lose_nothing_and_retry_after_is_respected() {
+    require_kafka();
+    let server = PendoTestServer::start(backfill_server()).await;
+    server.set_faults(
+        PendoFaultPlan::none()
+            .nth(1, PendoFault::TooManyRequests { retry_after_s: 1 })
+            .nth(2, PendoFault::Conflict)
+            .nth(3, PendoFault::Status(503))
+            .range(4, 5, PendoFault::Status(500))
+            .nth(6, PendoFault::Conflict)
+            .nth(8, PendoFault::Slow(Duration::from_millis(1500))),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("psink");
+    // One request at a time: a request already under way when another gets its 429 would
+    // otherwise count as early without being a retry.
+    let updates = backfill(300, 3);
+    let mut role = start(
+        dir.path(),
+        &prefix,
+        &server,
+        "max_batch_entities = 40\nmax_in_flight_requests = 1\n",
+        "role.log",
+    );
+    let want = produce_updates(&prefix, &updates).await;
+    role.wait_ready(Duration::from_secs(60)).await;
+    wait_state(&server, &want, &role, Duration::from_secs(90)).await;
+    let statuses = server.status_counts();
+    for s in [429, 409, 503, 500, 200] {
+        assert!(statuses.contains_key(&s), "{statuses:?}");
+    }
+    assert_eq!(
+        server.early_requests(),
+        0,
+        "a request came before Retry-After had passed"
+    );
+    let metrics = role.metrics().await;
+    assert!(
+        metrics.contains("pendo_segment_pendo_sink_retries_total{reason=\"retry\"}"),
+        "{metrics}"
+    );
+    // Nothing was dead-lettered.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("pendo_segment_dead_letters_total") && l.contains("pendo-sink")),
+        "{metrics}"
+    );
+    role.sigterm();
+    assert!(
+        role.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        role.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_still_ends_in_the_exact_final_state() {
+    require_kafka();
+    let server = PendoTestServer::start(backfill_server()).await;
+    // Slow answers keep work in flight when the process is killed.
+    server.set_faults(PendoFaultPlan::none().range(
+        1,
+        1_000,
+        PendoFault::Slow(Duration::from_millis(150)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("psink");
+    let updates = backfill(1_000, 3);
+    let mut role = start(
+        dir.path(),
+        &prefix,
+        &server,
+        "max_batch_entities = 50\n",
+        "role1.log",
+    );
+    let want = produce_updates(&prefix, &updates).await;
+    role.wait_ready(Duration::from_secs(60)).await;
+    assert!(
+        server
+            .wait_for(Duration::from_secs(60), |s| s.write_requests() >= 5)
+            .await,
+        "{}",
+        role.logs()
+    );
+    role.kill9();
+    let before = server.state().len();
+    assert!(
+        before < want.len(),
+        "killed after everything was written; nothing was tested"
+    );
+    let mut role = start(
+        dir.path(),
+        &prefix,
+        &server,
+        "max_batch_entities = 50\n",
+        "role2.log",
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    wait_state(&server, &want, &role, Duration::from_secs(120)).await;
+    role.sigterm();
+    assert!(
+        role.wait_exit(Duration::from_secs(30)).await.success(),
+        "{}",
+        role.logs()
+    );
+}

@@ -185,6 +185,38 @@ impl<J: SinkJob> PartitionQueues<J> {
         }
     }
 
+    /// Writes `record` to the dead-letter topic with `reason` and `detail`, then marks it done in
+    /// its partition's order ([`dead_lettered`](Self::dead_lettered)): what a sink does with a
+    /// record it must never send.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reject(
+        &mut self,
+        dlq: &rdkafka::producer::FutureProducer,
+        dlq_topic: &str,
+        stage: &'static str,
+        record: &rdkafka::message::BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), ProcessError> {
+        use rdkafka::Message;
+        crate::sinks::segment::delivery::dead_letter(
+            dlq,
+            dlq_topic,
+            stage,
+            record.topic(),
+            (record.partition(), record.offset()),
+            record.key(),
+            record.payload().unwrap_or_default(),
+            reason,
+            detail,
+        )
+        .await
+        .map_err(|e| ProcessError::new("produce", e.0))?;
+        let tp: TopicPartition = (record.topic().to_string(), record.partition());
+        self.dead_lettered(&tp, record.offset() + 1);
+        Ok(())
+    }
+
     /// Closes the open job of `tp` and queues it. A job with nothing in it (only dead letters
     /// since the last one) moves the done offset as soon as the jobs before it are done.
     pub fn close(&mut self, tp: &TopicPartition) {

@@ -23,7 +23,6 @@ use crate::kafka::context::TopicPartition;
 use crate::metrics::metrics;
 use crate::schema::PendoMetadataUpdateCodec;
 use crate::sinks::queue::{Deliver, PartitionQueues, SinkJob};
-use crate::sinks::segment::delivery::dead_letter;
 
 impl SinkJob for PendoJob {
     fn is_empty(&self) -> bool {
@@ -76,22 +75,10 @@ impl PendoSinkProcessor {
         reason: &str,
         detail: &str,
     ) -> Result<(), ProcessError> {
-        dead_letter(
-            &self.ctx.dlq,
-            &self.ctx.dlq_topic,
-            self.ctx.stage,
-            record.topic(),
-            (record.partition(), record.offset()),
-            record.key(),
-            record.payload().unwrap_or_default(),
-            reason,
-            detail,
-        )
-        .await
-        .map_err(|e| ProcessError::new("produce", e.0))?;
-        let tp: TopicPartition = (record.topic().to_string(), record.partition());
-        self.queues.dead_lettered(&tp, record.offset() + 1);
-        Ok(())
+        let ctx = &self.ctx;
+        self.queues
+            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.stage, record, reason, detail)
+            .await
     }
 }
 

@@ -17,7 +17,7 @@ use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
 use super::batch::{BatchLimits, RejectReason, SegmentBatch};
-use super::delivery::{BatchToDeliver, DeliveryContext, dead_letter};
+use super::delivery::{BatchToDeliver, DeliveryContext};
 use super::encoding::encode_event;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
 use crate::kafka::context::TopicPartition;
@@ -107,22 +107,10 @@ impl SegmentSinkProcessor {
         reason: &str,
         detail: &str,
     ) -> Result<(), ProcessError> {
-        dead_letter(
-            &self.ctx.dlq,
-            &self.ctx.dlq_topic,
-            self.ctx.stage,
-            record.topic(),
-            (record.partition(), record.offset()),
-            record.key(),
-            record.payload().unwrap_or_default(),
-            reason,
-            detail,
-        )
-        .await
-        .map_err(|e| ProcessError::new("produce", e.0))?;
-        let tp: TopicPartition = (record.topic().to_string(), record.partition());
-        self.queues.dead_lettered(&tp, record.offset() + 1);
-        Ok(())
+        let ctx = &self.ctx;
+        self.queues
+            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.stage, record, reason, detail)
+            .await
     }
 }
 

@@ -12,3 +12,43 @@
 pub mod pendo;
 pub mod queue;
 pub mod segment;
+
+use std::time::Duration;
+
+use crate::app::RoleEnv;
+use crate::config::Config;
+use crate::kafka::client_config;
+use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, RecordProcessor, run_consumer_loop};
+
+/// Runs a sink's processor over `input` in the shared loop with the `Acknowledged` strategy:
+/// the commit cadence of `[processing]`, and a shutdown flush that ends 5 s before the grace
+/// period does (what is not acknowledged by then stays uncommitted).
+pub async fn run_sink_loop<P: RecordProcessor>(
+    config: &Config,
+    role: &'static str,
+    input: String,
+    processor: P,
+    env: &RoleEnv,
+) -> anyhow::Result<()> {
+    let p = &config.processing;
+    let spec = LoopSpec {
+        stage: role,
+        topics: vec![input],
+        commit_max_records: p.commit_max_records,
+        commit_interval: Duration::from_millis(p.commit_interval_ms),
+        strategy: CommitStrategy::Acknowledged {
+            flush_timeout: Duration::from_millis(p.shutdown_grace_ms)
+                .saturating_sub(Duration::from_secs(5))
+                .max(Duration::from_secs(1)),
+        },
+    };
+    run_consumer_loop(
+        &client_config::consumer(config, role),
+        spec,
+        processor,
+        env.shutdown.clone(),
+        env.readiness.register(format!("{role}:consumer")),
+    )
+    .await?;
+    Ok(())
+}

@@ -35,7 +35,6 @@ pub use config::SegmentSinkConfig;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId, SegmentConfig, SegmentRegion};
 use crate::kafka::client_config;
-use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
 use crate::kafka::topics::TopicId;
 use crate::schema::SegmentCallCodec;
 use crate::secret::Secret;
@@ -89,26 +88,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 sink.linger(),
                 sink.max_in_flight_requests,
             );
-            let spec = LoopSpec {
-                stage: ROLE,
-                topics: vec![input],
-                commit_max_records: c.processing.commit_max_records,
-                commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
-                strategy: CommitStrategy::Acknowledged {
-                    flush_timeout: Duration::from_millis(c.processing.shutdown_grace_ms)
-                        .saturating_sub(Duration::from_secs(5))
-                        .max(Duration::from_secs(1)),
-                },
-            };
-            run_consumer_loop(
-                &client_config::consumer(c, ROLE),
-                spec,
-                processor,
-                env.shutdown.clone(),
-                env.readiness.register(format!("{ROLE}:consumer")),
-            )
-            .await?;
-            Ok(())
+            super::run_sink_loop(c, ROLE, input, processor, &env).await
         })
     })
 }

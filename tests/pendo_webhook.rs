@@ -307,15 +307,19 @@ async fn refuses_to_start_without_a_secret_unless_insecure() {
 async fn sigterm_answers_in_flight_requests_and_exits_zero() {
     let mut hook = Hook::start("").await;
     let event = fixture("page-loaded.json");
+    // Every await below has a deadline, so a stuck step fails with its name instead of hanging.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     // A stream of concurrent requests; SIGTERM in the middle of it.
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let http = hook.http.clone();
+        let http = http.clone();
         let url = hook.url.clone();
         let body = event.clone();
         tasks.push(tokio::spawn(async move {
-            let mut ok = 0u32;
-            let mut refused = 0u32;
+            let (mut ok, mut refused, mut timed_out) = (0u32, 0u32, 0u32);
             for _ in 0..200 {
                 let r = http
                     .post(&url)
@@ -330,11 +334,12 @@ async fn sigterm_answers_in_flight_requests_and_exits_zero() {
                         assert_eq!(r.status(), 503, "only 200 or 503 while stopping");
                         refused += 1
                     }
+                    Err(e) if e.is_timeout() => timed_out += 1,
                     // Listener closed: the request was never accepted.
                     Err(_) => refused += 1,
                 }
             }
-            (ok, refused)
+            (ok, refused, timed_out)
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -343,11 +348,25 @@ async fn sigterm_answers_in_flight_requests_and_exits_zero() {
     assert!(status.success(), "exit {status:?}\n{}", hook.process.logs());
     let mut accepted = 0u32;
     for t in tasks {
-        accepted += t.await.unwrap().0;
+        let (ok, _refused, timed_out) = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("a client task did not finish within 120 s after the role exited")
+            .unwrap();
+        // A request without an answer is neither acknowledged nor refused: the role must answer
+        // every request it accepted before it exits.
+        assert_eq!(timed_out, 0, "requests left unanswered by a stopping role");
+        accepted += ok;
     }
     assert!(accepted > 0);
     // Every 200 is on the topic, exactly once: nothing acknowledged was lost at shutdown.
-    let stored = read_committed(&hook.topic(), accepted as usize, Duration::from_secs(15));
+    let topic = hook.topic();
+    let stored = tokio::task::spawn_blocking(move || {
+        read_committed(&topic, accepted as usize, Duration::from_secs(15))
+    });
+    let stored = tokio::time::timeout(Duration::from_secs(60), stored)
+        .await
+        .expect("reading the topic back did not finish within 60 s")
+        .unwrap();
     assert_eq!(stored.len(), accepted as usize);
 }
 

@@ -1,5 +1,5 @@
 //! The command line: `run`, `topics apply`, `config check`, `idmap load|get|delete`,
-//! `mapping check|default`, `inspect TOPIC`.
+//! `mapping check|default`, `inspect TOPIC`, `tail TOPIC`, `replay --role ROLE`.
 //!
 //! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
 //! configuration error.
@@ -64,6 +64,28 @@ pub enum Command {
         #[arg(long)]
         brief: bool,
     },
+    /// Print records of a topic as JSON lines (decoded like `inspect`, with partition, offset,
+    /// timestamp, key and headers) from a chosen position; `--follow` keeps printing new ones.
+    ///
+    /// Reads committed data only, joins no consumer group and commits nothing, so it never
+    /// disturbs the roles. Dead letters carry their reason in the `dlq-reason` header (and
+    /// `dlq-detail`, `dlq-stage`, `dlq-source-*`).
+    Tail(crate::tail::TailArgs),
+    /// Move a consumer role's group to other offsets so it re-processes (or skips) records when
+    /// it next starts.
+    ///
+    /// The group is `<kafka.group_id_prefix>.<role>`; by default every topic the role consumes
+    /// and every partition is moved. Stop the role first: replay refuses while the group has
+    /// active members (Kafka would refuse the commit anyway). Use `--dry-run` to see, per
+    /// partition, the committed offset, the target and how many offsets would be re-processed
+    /// or skipped (transaction markers included, so records can be fewer).
+    ///
+    /// Re-delivering to Segment is safe: messageIds are deterministic (derived from the Pendo
+    /// event), and Segment de-duplicates a messageId it has seen within about the last 24
+    /// hours. Replaying records older than that can create duplicates in Segment destinations.
+    /// Replaying transform-pendo re-produces calls with the same messageIds; the segment-sink
+    /// then delivers them again.
+    Replay(crate::replay::ReplayArgs),
 }
 
 /// `idmap` subcommands.
@@ -196,6 +218,8 @@ pub fn main() -> ExitCode {
             Command::Inspect { topic, last, brief } => {
                 crate::inspect::inspect(&config, &topic, last, brief).await
             }
+            Command::Tail(args) => crate::tail::tail(&config, args).await,
+            Command::Replay(args) => crate::replay::replay(&config, args).await,
             Command::Mapping(MappingCommand::Default) => {
                 print!("{}", crate::transform::mapping::DEFAULT_PENDO_MAPPING);
                 ExitCode::SUCCESS

@@ -78,6 +78,9 @@ pub struct Config {
     /// The `pendo-sink` role (batching, coalescing, retries).
     #[serde(default)]
     pub pendo_sink: crate::sinks::pendo::PendoSinkConfig,
+    /// The `pendo-poller` role (schedules, selected fields, API limits).
+    #[serde(default)]
+    pub pendo_poller: crate::connectors::pendo_poller::PendoPollerConfig,
     /// Segment's HTTP Tracking API (used by the Segment sink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentConfig>,
@@ -663,6 +666,7 @@ impl Config {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.pendo_sink.validate().map_err(ConfigError::Invalid)?;
+        self.pendo_poller.validate().map_err(ConfigError::Invalid)?;
         if self.schema.format == SchemaFormat::Confluent && self.schema.confluent_ids.is_none() {
             return invalid(
                 "schema.format = \"confluent\" needs [schema.confluent_ids] (segment_call, id_mapping, pendo_metadata_update)".into(),

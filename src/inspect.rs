@@ -19,15 +19,16 @@ use crate::kafka::topics::TopicId;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
 
 /// How record values of a topic are decoded.
-enum Decoder {
+pub(crate) enum Decoder {
     SegmentCalls(Box<SegmentCallCodec>),
     IdMappings(IdMappingCodec),
     Raw,
 }
 
-/// Prints the records of `topic` (a default topic name like `canonical.segment-calls`, or the
-/// effective name); at most `last` per partition when given.
-pub async fn inspect(config: &Config, topic: &str, last: Option<i64>, brief: bool) -> ExitCode {
+/// Resolves `topic` (a default topic name like `canonical.segment-calls`, or the effective name)
+/// to its effective name and the decoder for its values; shared with `tail` so both print a
+/// record the same way.
+pub(crate) fn resolve_topic(config: &Config, topic: &str) -> (String, Decoder) {
     let id = TopicId::ALL
         .iter()
         .copied()
@@ -42,6 +43,13 @@ pub async fn inspect(config: &Config, topic: &str, last: Option<i64>, brief: boo
         )),
         _ => Decoder::Raw,
     };
+    (name, decoder)
+}
+
+/// Prints the records of `topic` (a default topic name like `canonical.segment-calls`, or the
+/// effective name); at most `last` per partition when given.
+pub async fn inspect(config: &Config, topic: &str, last: Option<i64>, brief: bool) -> ExitCode {
+    let (name, decoder) = resolve_topic(config, topic);
     let config = config.clone();
     match tokio::task::spawn_blocking(move || scan(&config, &name, last, &decoder, brief)).await {
         Ok(Ok(n)) => {
@@ -84,7 +92,7 @@ fn scan(
 }
 
 /// A short human line: where, what kind of call (or why dead-lettered), who.
-fn one_line(v: &Value) -> String {
+pub(crate) fn one_line(v: &Value) -> String {
     let at = format!("p{}@{}", v["partition"], v["offset"]);
     let seg = &v["value"]["segment"];
     if seg.is_object() {
@@ -118,7 +126,9 @@ fn one_line(v: &Value) -> String {
     format!("{at} key={}{reason} {value}", v["key"])
 }
 
-fn render(m: &rdkafka::message::BorrowedMessage<'_>, decoder: &Decoder) -> Value {
+/// One record as JSON: where it is (partition, offset), when (its Kafka timestamp, RFC 3339),
+/// key, headers (`dlq-*` reasons included) and the decoded value.
+pub(crate) fn render(m: &rdkafka::message::BorrowedMessage<'_>, decoder: &Decoder) -> Value {
     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
     let headers: serde_json::Map<String, Value> = m
         .headers()
@@ -152,9 +162,20 @@ fn render(m: &rdkafka::message::BorrowedMessage<'_>, decoder: &Decoder) -> Value
         (Some(v), Decoder::Raw) => serde_json::from_slice(v)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
     };
+    let timestamp = m
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(|ms| {
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
+        });
     json!({
         "partition": m.partition(),
         "offset": m.offset(),
+        "timestamp": timestamp,
         "key": key,
         "headers": headers,
         "value": value,

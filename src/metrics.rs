@@ -105,6 +105,14 @@ pub struct Metrics {
     pub idmap_entries: IntGauge,
     /// Constant 1 with the version as label.
     pub build_info: IntGaugeVec,
+    /// Poller: requests to Pendo's REST API by endpoint and status (`none` = no answer).
+    pub pendo_api_requests: IntCounterVec,
+    /// Poller: rows Pendo returned, by source (accounts, visitors, catalogue kinds).
+    pub pendo_api_rows: IntCounterVec,
+    /// Poller: records written, by kind (accountSnapshot, visitorFirstSeen, catalog, dead_letter).
+    pub poller_records: IntCounterVec,
+    /// Poller: how far each watermark/cycle end is behind now, in seconds.
+    pub poller_watermark_lag: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -436,6 +444,30 @@ impl Metrics {
                 "pendo_segment_build_info",
                 "Build information.",
                 &["version"],
+            ),
+            pendo_api_requests: counter(
+                &r,
+                "pendo_segment_pendo_api_requests_total",
+                "Poller requests to Pendo's REST API by endpoint and status (none = no answer).",
+                &["endpoint", "status"],
+            ),
+            pendo_api_rows: counter(
+                &r,
+                "pendo_segment_pendo_api_rows_total",
+                "Rows Pendo's REST API returned to the poller, by source.",
+                &["source"],
+            ),
+            poller_records: counter(
+                &r,
+                "pendo_segment_poller_records_total",
+                "Records the poller wrote, by kind.",
+                &["kind"],
+            ),
+            poller_watermark_lag: gauge(
+                &r,
+                "pendo_segment_poller_watermark_lag_seconds",
+                "How far each poller watermark or cycle end is behind now.",
+                &["cursor"],
             ),
             registry: r,
         };

@@ -5,6 +5,7 @@ use std::fmt;
 use crate::app::RoleTask;
 use crate::config::Config;
 use crate::connectors::{pendo_webhook, segment_webhook};
+use crate::kafka::topics::TopicId;
 
 /// Command-line options that affect how roles start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,9 +58,23 @@ impl Role {
         }
     }
 
+    /// The topics the role's consumer group (`<kafka.group_id_prefix>.<role>`) reads and commits
+    /// offsets for; empty for roles that are no consumer group. Kept next to the roles' start-up
+    /// code (`src/transform/*/mod.rs`, `src/sinks/*/mod.rs`) so `replay` resets exactly what a
+    /// role consumes. The id mapping followers are not listed: they read
+    /// `idmap.visitor-to-user` from the beginning at every start and commit nothing.
+    pub fn consumed_topics(self) -> &'static [TopicId] {
+        match self {
+            Role::TransformPendo => &[TopicId::PendoRawWebhook, TopicId::PendoRawApi],
+            Role::SegmentSink => &[TopicId::CanonicalSegmentCalls],
+            Role::TransformSegment => &[TopicId::SegmentRawWebhook],
+            Role::PendoSink => &[TopicId::CanonicalPendoUpdates],
+            Role::PendoWebhook | Role::PendoPoller | Role::SegmentWebhook => &[],
+        }
+    }
+
     /// Builds the role's task, or explains why it cannot run.
     pub fn task(self, config: &Config, options: RunOptions) -> Result<RoleTask, RoleError> {
-        let not_built = |issue| Err(RoleError::NotBuilt { role: self, issue });
         let invalid = |e: anyhow::Error| RoleError::Invalid {
             role: self,
             message: format!("{e:#}"),
@@ -81,7 +96,9 @@ impl Role {
                 Role::TransformSegment => {
                     Box::new(crate::transform::transform_segment::task(config).map_err(invalid)?)
                 }
-                Role::PendoPoller => return not_built(6),
+                Role::PendoPoller => {
+                    Box::new(crate::connectors::pendo_poller::task(config).map_err(invalid)?)
+                }
                 Role::PendoSink => Box::new(crate::sinks::pendo::task(config).map_err(invalid)?),
             };
         Ok(RoleTask {
@@ -100,14 +117,6 @@ impl fmt::Display for Role {
 /// Why a role cannot be started.
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
-    /// The role is designed but not implemented in this build.
-    #[error("role `{role}` is not implemented in this build yet (tracked in issue #{issue})")]
-    NotBuilt {
-        /// The role.
-        role: Role,
-        /// The issue building it.
-        issue: u32,
-    },
     /// The role's configuration does not let it start.
     #[error("role `{role}` cannot start: {message}")]
     Invalid {

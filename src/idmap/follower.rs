@@ -1,5 +1,6 @@
-//! Keeps an [`IdMapTable`](super::IdMapTable) (or, for the reverse flow, a
-//! [`BiIdMap`](super::BiIdMap)) equal to the compacted topic `idmap.visitor-to-user`: reads every
+//! Keeps an in-memory table equal to a compacted topic ([`follow_compacted`]): the id mapping
+//! ([`IdMapTable`](super::IdMapTable), or for the reverse flow a [`BiIdMap`](super::BiIdMap))
+//! from `idmap.visitor-to-user`, and the Pendo catalogue from `pendo.catalog`. It reads every
 //! partition from the beginning to its end at start-up (the caller waits for that before it maps
 //! any event, and `/readyz` stays false until then), then follows new records live.
 //!
@@ -34,16 +35,31 @@ pub fn follower_client_config(mut base: ClientConfig) -> ClientConfig {
     base
 }
 
+/// A table kept equal to a compacted topic by [`follow_compacted`].
+pub trait CompactedTable: Send + 'static {
+    /// What the table holds, for logs (`id mapping`, `catalogue`).
+    const WHAT: &'static str;
+    /// Applies one record: a value sets the key, `None` (a tombstone) deletes it. An error
+    /// means the record was unusable and ignored (the table counts it).
+    fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<(), String>;
+    /// A record without a UTF-8 key was ignored.
+    fn invalid_key(&self) {}
+    /// Entries held.
+    fn entries(&self) -> usize;
+    /// Every partition was read to its end once.
+    fn loaded(&self) {}
+}
+
 /// Follows `topic` into `table` until `shutdown`. `caught_up` turns true once every partition
 /// was read to its end. Errors only when the topic cannot be read at all.
-pub async fn follow_idmap(
+pub async fn follow_compacted<T: CompactedTable>(
     client_config: ClientConfig,
     topic: String,
-    codec: IdMappingCodec,
-    table: impl IdMapSink,
+    table: T,
     caught_up: watch::Sender<bool>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let what = T::WHAT;
     let consumer: Arc<StreamConsumer<ReadToEndContext>> =
         Arc::new(client_config.create_with_context(ReadToEndContext)?);
     let partitions = {
@@ -56,64 +72,108 @@ pub async fn follow_idmap(
         tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let m = metrics();
     let started = Instant::now();
     let mut pending: HashSet<i32> = partitions.iter().copied().collect();
-    tracing::info!(
-        topic,
-        partitions = partitions.len(),
-        "loading the id mapping"
-    );
+    tracing::info!(topic, partitions = partitions.len(), "loading the {what}");
     loop {
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             received = consumer.recv() => match received {
                 Ok(record) => {
                     let Some(key) = record.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                        m.idmap_updates.with_label_values(&["invalid"]).inc();
-                        tracing::warn!(topic, partition = record.partition(), offset = record.offset(), "id mapping record without a UTF-8 key ignored");
+                        table.invalid_key();
+                        tracing::warn!(topic, partition = record.partition(), offset = record.offset(), "{what} record without a UTF-8 key ignored");
                         continue;
                     };
-                    match record.payload() {
-                        None => {
-                            table.delete(key);
-                            m.idmap_updates.with_label_values(&["delete"]).inc();
-                        }
-                        Some(value) => match codec.decode(value) {
-                            Ok(mapping) if mapping.visitor_id == key => {
-                                table.upsert(key, &mapping.user_id);
-                                m.idmap_updates.with_label_values(&["upsert"]).inc();
-                            }
-                            Ok(mapping) => {
-                                m.idmap_updates.with_label_values(&["invalid"]).inc();
-                                tracing::warn!(topic, key, value_visitor = mapping.visitor_id, offset = record.offset(), "id mapping record whose key and visitorId differ ignored");
-                            }
-                            Err(e) => {
-                                m.idmap_updates.with_label_values(&["invalid"]).inc();
-                                tracing::warn!(topic, key, offset = record.offset(), error = %e, "undecodable id mapping record ignored");
-                            }
-                        },
+                    if let Err(e) = table.apply(key, record.payload()) {
+                        tracing::warn!(topic, key, offset = record.offset(), error = %e, "{what} record ignored");
                     }
-                    m.idmap_entries.set(table.entries() as i64);
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if pending.remove(&p) && pending.is_empty() {
                         table.loaded();
                         release_free_memory();
-                        m.idmap_entries.set(table.entries() as i64);
-                        tracing::info!(topic, entries = table.entries(), seconds = started.elapsed().as_secs_f64(), "id mapping loaded; following live updates");
+                        tracing::info!(topic, entries = table.entries(), seconds = started.elapsed().as_secs_f64(), "{what} loaded; following live updates");
                         let _ = caught_up.send(true);
                     }
                 }
                 Err(e) => {
                     // Transient broker errors are retried by librdkafka; keep following.
-                    m.errors.with_label_values(&["idmap", "kafka"]).inc();
-                    tracing::warn!(topic, error = %e, "id mapping consumer error");
+                    metrics().errors.with_label_values(&[what, "kafka"]).inc();
+                    tracing::warn!(topic, error = %e, "{what} consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     }
+}
+
+/// An [`IdMapSink`] fed from `idmap.visitor-to-user` records (Avro `IdMapping` values whose
+/// visitorId must equal the key).
+struct IdMapRecords<S> {
+    codec: IdMappingCodec,
+    sink: S,
+}
+
+impl<S: IdMapSink> CompactedTable for IdMapRecords<S> {
+    const WHAT: &'static str = "id mapping";
+
+    fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let m = metrics();
+        let result = match value {
+            None => {
+                self.sink.delete(key);
+                m.idmap_updates.with_label_values(&["delete"]).inc();
+                Ok(())
+            }
+            Some(value) => match self.codec.decode(value) {
+                Ok(mapping) if mapping.visitor_id == key => {
+                    self.sink.upsert(key, &mapping.user_id);
+                    m.idmap_updates.with_label_values(&["upsert"]).inc();
+                    Ok(())
+                }
+                Ok(mapping) => Err(format!(
+                    "key and visitorId differ (value visitorId {:?})",
+                    mapping.visitor_id
+                )),
+                Err(e) => Err(format!("undecodable: {e}")),
+            },
+        };
+        if result.is_err() {
+            m.idmap_updates.with_label_values(&["invalid"]).inc();
+        }
+        m.idmap_entries.set(self.sink.entries() as i64);
+        result
+    }
+
+    fn invalid_key(&self) {
+        metrics()
+            .idmap_updates
+            .with_label_values(&["invalid"])
+            .inc();
+    }
+
+    fn entries(&self) -> usize {
+        self.sink.entries()
+    }
+
+    fn loaded(&self) {
+        self.sink.loaded();
+        metrics().idmap_entries.set(self.sink.entries() as i64);
+    }
+}
+
+/// Follows the id mapping topic into `table` until `shutdown` (see [`follow_compacted`]).
+pub async fn follow_idmap(
+    client_config: ClientConfig,
+    topic: String,
+    codec: IdMappingCodec,
+    table: impl IdMapSink,
+    caught_up: watch::Sender<bool>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let records = IdMapRecords { codec, sink: table };
+    follow_compacted(client_config, topic, records, caught_up, shutdown).await
 }
 
 /// Hands memory freed while loading (decode buffers, the arena's earlier, smaller copies) back

@@ -118,6 +118,21 @@ impl TransactionalOutput {
         }
     }
 
+    /// Delivers the open transaction's records and commits, for producers that consume
+    /// nothing (the poller). Blocking. On [`TxnError::Abortable`] it has been aborted already.
+    pub fn commit_records(&self, timeout: Duration) -> Result<(), TxnError> {
+        let result = flush_deliveries(self.producer.as_ref(), timeout)
+            .map_err(TxnError::Abortable)
+            .and_then(|()| self.producer.commit_transaction(timeout).map_err(classify));
+        match result {
+            Err(TxnError::Abortable(reason)) => {
+                self.abort(timeout)?;
+                Err(TxnError::Abortable(reason))
+            }
+            other => other,
+        }
+    }
+
     /// Aborts the open transaction. Blocking.
     pub fn abort(&self, timeout: Duration) -> Result<(), TxnError> {
         self.producer

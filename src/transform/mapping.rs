@@ -183,6 +183,8 @@ pub struct Defaults {
     pub feature_id_from: JsonPath,
     /// Where filters find the guide id.
     pub guide_id_from: JsonPath,
+    /// Where the catalogue join finds the page id.
+    pub page_id_from: JsonPath,
     /// Top-level envelope fields that are expected; others are counted as unknown fields.
     pub known_envelope_fields: HashSet<String>,
 }
@@ -278,6 +280,12 @@ impl PendoMapping {
                 .map(path)
                 .transpose()?
                 .unwrap_or_else(|| JsonPath::parse("properties.guideId").expect("path")),
+            page_id_from: d
+                .page_id_from
+                .as_ref()
+                .map(path)
+                .transpose()?
+                .unwrap_or_else(|| JsonPath::parse("properties.pageId").expect("path")),
             known_envelope_fields: d.known_envelope_fields.iter().cloned().collect(),
         };
         if defaults.message_id_fields.is_empty() {
@@ -580,6 +588,7 @@ struct RawDefaults {
     locale_from: Option<Spanned<String>>,
     feature_id_from: Option<Spanned<String>>,
     guide_id_from: Option<Spanned<String>>,
+    page_id_from: Option<Spanned<String>>,
     #[serde(default)]
     known_envelope_fields: Vec<String>,
 }

@@ -2,10 +2,12 @@
 //!
 //! `mapping` is the data-driven Pendo -> Segment mapping file; `pendo_event` reads the Pendo
 //! envelope; `message_id` derives deterministic ids; `pendo_to_segment` applies the mapping to one
-//! event; `transform_pendo` is the role (the shared consumer loop in transactional mode).
+//! event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
+//! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
 //! updates; `transform_segment` is its role. `dead_letter` is shared by both roles.
 
+pub mod catalog;
 pub mod dead_letter;
 pub mod json_path;
 pub mod mapping;

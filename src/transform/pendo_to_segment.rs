@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use super::catalog::CatalogTable;
 use super::json_path::JsonPath;
 use super::mapping::{
     CallMapping, CallType, KindMapping, NameRule, PendoMapping, UnknownKindPolicy, ValueExpr,
@@ -107,6 +108,7 @@ pub struct Observations {
 pub struct PendoToSegment {
     mapping: PendoMapping,
     settings: MapperSettings,
+    catalog: Option<CatalogTable>,
 }
 
 struct EventFacts<'a> {
@@ -213,7 +215,19 @@ fn nps_category(v: Option<&Value>) -> Option<Value> {
 impl PendoToSegment {
     /// A mapper.
     pub fn new(mapping: PendoMapping, settings: MapperSettings) -> Self {
-        Self { mapping, settings }
+        Self {
+            mapping,
+            settings,
+            catalog: None,
+        }
+    }
+
+    /// Joins names from the Pendo catalogue into track and page calls: `feature_name`,
+    /// `guide_name`, `page_name` are added (when the call does not carry them already) for the
+    /// ids found at the mapping's `feature_id_from`, `guide_id_from`, `page_id_from`.
+    pub fn with_catalog(mut self, catalog: CatalogTable) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// The mapping in use.
@@ -503,6 +517,24 @@ impl PendoToSegment {
                 obj.insert(key.clone(), v);
             }
         }
+        if let Some(catalog) = &self.catalog
+            && matches!(cm.call, CallType::Track | CallType::Page)
+        {
+            let d = &self.mapping.defaults;
+            for (kind, path, property) in [
+                ("feature", &d.feature_id_from, "feature_name"),
+                ("guide", &d.guide_id_from, "guide_name"),
+                ("page", &d.page_id_from, "page_name"),
+            ] {
+                if obj.contains_key(property) {
+                    continue;
+                }
+                if let Some(name) = id_text(path.get(event)).and_then(|id| catalog.name(kind, &id))
+                {
+                    obj.insert(property.to_string(), Value::String(name.to_string()));
+                }
+            }
+        }
 
         let mut context = CallContext {
             group_id: None,
@@ -671,6 +703,45 @@ mod tests {
 
     fn run(m: &PendoToSegment, v: &Value) -> (MapOutcome, Observations) {
         m.map(v.to_string().as_bytes(), Some(1), &HashMap::new())
+    }
+
+    #[test]
+    fn catalogue_names_join_into_track_and_page_calls_without_changing_ids() {
+        let catalog = CatalogTable::default();
+        catalog.insert("feature", "ft_1", "Export CSV (catalogue)");
+        catalog.insert("page", "pg_1", "Reports");
+        catalog.insert("guide", "g_1", "Welcome tour");
+        let plain = mapper();
+        let joined = mapper().with_catalog(catalog);
+        let event = ev(json!({"properties": {"featureId": "ft_1", "pageId": "pg_1"}}));
+        let a = calls(run(&plain, &event).0);
+        let b = calls(run(&joined, &event).0);
+        assert_eq!(
+            a[0].message_id, b[0].message_id,
+            "names never change the id"
+        );
+        let CallBody::Track { properties, .. } = &b[0].body else {
+            panic!("track expected")
+        };
+        let p: Value = serde_json::from_str(properties).unwrap();
+        assert_eq!(p["feature_name"], "Export CSV (catalogue)");
+        assert_eq!(p["page_name"], "Reports");
+        assert!(p.get("guide_name").is_none(), "no guide id, no guide name");
+        // Ids the catalogue does not know add nothing.
+        let unknown = ev(json!({"properties": {"featureId": "ft_9"}}));
+        let c = calls(run(&joined, &unknown).0);
+        let CallBody::Track { properties, .. } = &c[0].body else {
+            panic!("track expected")
+        };
+        assert!(!properties.contains("feature_name"));
+        // Identify/group calls are left alone.
+        let visitor = json!({"event": "visitorCreated", "visitorId": "v", "timestamp": 1,
+            "properties": {"featureId": "ft_1", "metadata": {}}});
+        let d = calls(run(&joined, &visitor).0);
+        let CallBody::Identify { traits } = &d[0].body else {
+            panic!("identify expected")
+        };
+        assert!(!traits.contains("feature_name"));
     }
 
     #[test]

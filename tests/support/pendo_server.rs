@@ -13,6 +13,13 @@
 //! under Data Mappings first); so does an id the server does not know when `known_ids` is set
 //! and `?create=true` is absent.
 //!
+//! Reads (for the poller): `POST /api/v1/aggregation` over an in-memory data set (accounts,
+//! visitors, event rows) with the operators `filter`, `sort`, `limit`, `select`, and the
+//! catalogue reads `GET /api/v1/{feature|page|guide|tracktype}`. Result sets are bounded:
+//! more than `max_rows` rows left at the end of a pipeline is a 400 (Pendo's stand-in: timeouts
+//! on unbounded queries). Reads have their own fault plan (numbered by read request) and their
+//! own `Retry-After` early-request counter (`early_read_requests`).
+//!
 //! The per-item answer is **assumed** (Pendo's exact shape is not confirmed):
 //! `{"total": n, "updated": n, "failed": n, "missing": [id...], "errors": [{"id": id, "error": text}...]}`.
 // Each test binary uses a different part of the API.
@@ -30,6 +37,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use std::cmp::Ordering;
 
 /// Slack granted to the client's clock before a request counts as too early after a 429.
 pub const RETRY_AFTER_TOLERANCE: Duration = Duration::from_millis(50);
@@ -92,6 +100,80 @@ pub struct PendoServerConfig {
     pub known_ids: Option<HashMap<String, HashSet<String>>>,
     /// Fault schedule.
     pub faults: PendoFaultPlan,
+    /// Fault schedule for reads (aggregation and catalogue requests), by read-request number.
+    pub read_faults: PendoFaultPlan,
+    /// Most rows an aggregation may answer (checked after the whole pipeline, `limit` included).
+    pub max_rows: usize,
+}
+
+/// Default for [`PendoServerConfig::max_rows`].
+pub const DEFAULT_MAX_ROWS: usize = 5_000;
+
+/// Event sources: need a `timeSeries`.
+pub const EVENT_SOURCES: [&str; 6] = [
+    "events",
+    "featureEvents",
+    "pageEvents",
+    "guideEvents",
+    "pollEvents",
+    "trackEvents",
+];
+
+/// Catalogue kinds served at `GET /api/v1/{kind}`.
+pub const CATALOG_KINDS: [&str; 4] = ["feature", "page", "guide", "tracktype"];
+
+/// Longest `timeSeries` span accepted.
+pub const MAX_SPAN_MS: i64 = 30 * 24 * 3_600_000;
+
+/// An account row as the aggregation source `accounts` returns it.
+pub fn account_row(id: &str, agent: Value, custom: Value, firstvisit_ms: i64) -> Value {
+    json!({
+        "accountId": id,
+        "metadata": {
+            "auto": {"id": id, "firstvisit": firstvisit_ms, "lastvisit": firstvisit_ms},
+            "agent": agent,
+            "custom": custom,
+        }
+    })
+}
+
+/// A visitor row as the aggregation source `visitors` returns it.
+pub fn visitor_row(
+    id: &str,
+    account_id: &str,
+    firstvisit_ms: i64,
+    agent: Value,
+    custom: Value,
+) -> Value {
+    json!({
+        "visitorId": id,
+        "metadata": {
+            "auto": {
+                "id": id,
+                "firstvisit": firstvisit_ms,
+                "lastvisit": firstvisit_ms,
+                "accountid": account_id,
+                "accountids": [account_id],
+            },
+            "agent": agent,
+            "custom": custom,
+        }
+    })
+}
+
+/// One read request (aggregation or catalogue) as received.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    /// `aggregation:<source>` (`aggregation` if no source could be read), `catalog:<kind>`.
+    pub endpoint: String,
+    /// The aggregation body, if it was JSON.
+    pub body: Option<Value>,
+    /// The status answered.
+    pub status: u16,
+    /// Rows answered (0 unless 200).
+    pub rows: usize,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Default for PendoServerConfig {
@@ -101,6 +183,8 @@ impl Default for PendoServerConfig {
             fields: HashMap::new(),
             known_ids: None,
             faults: PendoFaultPlan::none(),
+            read_faults: PendoFaultPlan::none(),
+            max_rows: DEFAULT_MAX_ROWS,
         }
     }
 }
@@ -112,6 +196,12 @@ impl PendoServerConfig {
             .entry(format!("{entity}/{group}"))
             .or_default()
             .extend(names.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets [`Self::max_rows`].
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
         self
     }
 }
@@ -145,6 +235,16 @@ struct Inner {
     early: usize,
     verifies: usize,
     unauthorized: usize,
+    accounts: Vec<Value>,
+    visitors: Vec<Value>,
+    /// Catalogue kind -> items.
+    catalogs: HashMap<String, Vec<Value>>,
+    /// Event source -> rows.
+    events: HashMap<String, Vec<Value>>,
+    reads: Vec<ReadRecord>,
+    /// Earliest time the next read may come after a 429 on a read.
+    read_not_before: Option<Instant>,
+    early_reads: usize,
 }
 
 struct Shared {
@@ -175,6 +275,11 @@ impl PendoTestServer {
         let app = Router::new()
             .route("/api/v1/metadata/{entity}/{group}/value", post(write))
             .route("/api/v1/token/verify", get(verify))
+            .route("/api/v1/aggregation", post(aggregation))
+            .route("/api/v1/feature", get(catalog_feature))
+            .route("/api/v1/page", get(catalog_page))
+            .route("/api/v1/guide", get(catalog_guide))
+            .route("/api/v1/tracktype", get(catalog_tracktype))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -254,6 +359,89 @@ impl PendoTestServer {
         self.shared.inner.lock().unwrap().unauthorized
     }
 
+    /// Replaces the read fault schedule (read numbers keep counting).
+    pub fn set_read_faults(&self, plan: PendoFaultPlan) {
+        self.shared.config.lock().unwrap().read_faults = plan;
+    }
+
+    /// Sets the most rows an aggregation may answer.
+    pub fn set_max_rows(&self, max_rows: usize) {
+        self.shared.config.lock().unwrap().max_rows = max_rows;
+    }
+
+    /// Replaces every account row.
+    pub fn set_accounts(&self, rows: Vec<Value>) {
+        self.shared.inner.lock().unwrap().accounts = rows;
+    }
+
+    /// Replaces the account row with the same `accountId`, or appends it.
+    pub fn upsert_account(&self, row: Value) {
+        upsert(
+            &mut self.shared.inner.lock().unwrap().accounts,
+            "accountId",
+            row,
+        );
+    }
+
+    /// Replaces every visitor row.
+    pub fn set_visitors(&self, rows: Vec<Value>) {
+        self.shared.inner.lock().unwrap().visitors = rows;
+    }
+
+    /// Replaces the visitor row with the same `visitorId`, or appends it.
+    pub fn upsert_visitor(&self, row: Value) {
+        upsert(
+            &mut self.shared.inner.lock().unwrap().visitors,
+            "visitorId",
+            row,
+        );
+    }
+
+    /// Replaces the catalogue `kind` (`feature`, `page`, `guide`, `tracktype`).
+    pub fn set_catalog(&self, kind: &str, items: Vec<Value>) {
+        assert!(
+            CATALOG_KINDS.contains(&kind),
+            "unknown catalogue kind {kind}"
+        );
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .catalogs
+            .insert(kind.to_string(), items);
+    }
+
+    /// Replaces the rows of event `source` (one of [`EVENT_SOURCES`]). A query answers those
+    /// whose `browserTime` (or, failing that, `day`) lies in its `timeSeries` span.
+    pub fn set_event_rows(&self, source: &str, rows: Vec<Value>) {
+        assert!(
+            EVENT_SOURCES.contains(&source),
+            "unknown event source {source}"
+        );
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .events
+            .insert(source.to_string(), rows);
+    }
+
+    /// Every read request so far (aggregation and catalogue).
+    pub fn read_requests(&self) -> Vec<ReadRecord> {
+        self.shared.inner.lock().unwrap().reads.clone()
+    }
+
+    /// Number of read requests (any status).
+    pub fn read_request_count(&self) -> usize {
+        self.shared.inner.lock().unwrap().reads.len()
+    }
+
+    /// Read requests that came before the `Retry-After` deadline of a 429 on a read had
+    /// passed (writes are counted separately by [`Self::early_requests`]).
+    pub fn early_read_requests(&self) -> usize {
+        self.shared.inner.lock().unwrap().early_reads
+    }
+
     /// Waits until `cond(self)` holds or `timeout` passes; returns whether it held.
     pub async fn wait_for(&self, timeout: Duration, cond: impl Fn(&Self) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -331,6 +519,61 @@ async fn write(
     response
 }
 
+fn plain(s: StatusCode, text: &str) -> (StatusCode, Response) {
+    (s, (s, text.to_string()).into_response())
+}
+
+fn json_type_ok(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// The faulty answer for `fault`, if it replaces the normal one (`Slow` waits and returns
+/// `None`). A 429 sets the deadline for writes or, with `read`, for reads.
+async fn apply_fault(
+    shared: &Shared,
+    fault: Option<PendoFault>,
+    read: bool,
+) -> Option<(StatusCode, Response)> {
+    match fault {
+        Some(PendoFault::TooManyRequests { retry_after_s }) => {
+            let deadline = Some(Instant::now() + Duration::from_secs(retry_after_s));
+            let mut inner = shared.inner.lock().unwrap();
+            if read {
+                inner.read_not_before = deadline;
+            } else {
+                inner.not_before = deadline;
+            }
+            let s = StatusCode::TOO_MANY_REQUESTS;
+            Some((
+                s,
+                (
+                    s,
+                    [("retry-after", retry_after_s.to_string())],
+                    "Too Many Requests",
+                )
+                    .into_response(),
+            ))
+        }
+        Some(PendoFault::Conflict) => Some(plain(StatusCode::CONFLICT, "Operation in progress")),
+        Some(PendoFault::Status(code)) => Some(plain(
+            StatusCode::from_u16(code).unwrap(),
+            "injected server error",
+        )),
+        Some(PendoFault::Slow(d)) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        None => None,
+    }
+}
+
 async fn answer(
     shared: &Shared,
     entity: &str,
@@ -340,30 +583,8 @@ async fn answer(
     body: &[u8],
     fault: Option<PendoFault>,
 ) -> (StatusCode, Response) {
-    let plain = |s: StatusCode, text: &str| (s, (s, text.to_string()).into_response());
-    match fault {
-        Some(PendoFault::TooManyRequests { retry_after_s }) => {
-            shared.inner.lock().unwrap().not_before =
-                Some(Instant::now() + Duration::from_secs(retry_after_s));
-            let s = StatusCode::TOO_MANY_REQUESTS;
-            return (
-                s,
-                (
-                    s,
-                    [("retry-after", retry_after_s.to_string())],
-                    "Too Many Requests",
-                )
-                    .into_response(),
-            );
-        }
-        Some(PendoFault::Conflict) => {
-            return plain(StatusCode::CONFLICT, "Operation in progress");
-        }
-        Some(PendoFault::Status(code)) => {
-            return plain(StatusCode::from_u16(code).unwrap(), "injected server error");
-        }
-        Some(PendoFault::Slow(d)) => tokio::time::sleep(d).await,
-        None => {}
+    if let Some(faulted) = apply_fault(shared, fault, false).await {
+        return faulted;
     }
     if !key_ok(shared, headers) {
         shared.inner.lock().unwrap().unauthorized += 1;
@@ -372,15 +593,7 @@ async fn answer(
     if !["visitor", "account"].contains(&entity) || !["custom", "agent"].contains(&group) {
         return plain(StatusCode::NOT_FOUND, "no such metadata kind");
     }
-    let json_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !json_type {
+    if !json_type_ok(headers) {
         return plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
@@ -453,4 +666,449 @@ async fn answer(
         StatusCode::OK,
         (StatusCode::OK, axum::Json(answer)).into_response(),
     )
+}
+
+fn upsert(rows: &mut Vec<Value>, id_key: &str, row: Value) {
+    let id = row.get(id_key).cloned();
+    match rows.iter_mut().find(|r| r.get(id_key) == id.as_ref()) {
+        Some(existing) if id.is_some() => *existing = row,
+        _ => rows.push(row),
+    }
+}
+
+// ---- Reads: aggregation and catalogues ----
+
+/// Counts a read request (checking it against a read 429's deadline) and returns its index
+/// and the fault planned for it.
+fn begin_read(
+    shared: &Shared,
+    endpoint: String,
+    body: Option<Value>,
+) -> (usize, Option<PendoFault>) {
+    let now = Instant::now();
+    let mut inner = shared.inner.lock().unwrap();
+    if inner
+        .read_not_before
+        .is_some_and(|t| now + RETRY_AFTER_TOLERANCE < t)
+    {
+        inner.early_reads += 1;
+    }
+    inner.reads.push(ReadRecord {
+        endpoint,
+        body,
+        status: 0,
+        rows: 0,
+        at: now,
+    });
+    let n = inner.reads.len();
+    (
+        n - 1,
+        shared.config.lock().unwrap().read_faults.at(n as u64),
+    )
+}
+
+fn finish_read(shared: &Shared, idx: usize, status: StatusCode, rows: usize) {
+    let mut inner = shared.inner.lock().unwrap();
+    inner.reads[idx].status = status.as_u16();
+    inner.reads[idx].rows = rows;
+}
+
+async fn catalog_feature(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
+    catalog(&s, "feature", &h).await
+}
+async fn catalog_page(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
+    catalog(&s, "page", &h).await
+}
+async fn catalog_guide(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
+    catalog(&s, "guide", &h).await
+}
+async fn catalog_tracktype(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
+    catalog(&s, "tracktype", &h).await
+}
+
+async fn catalog(shared: &Shared, kind: &str, headers: &HeaderMap) -> Response {
+    let (idx, fault) = begin_read(shared, format!("catalog:{kind}"), None);
+    let (status, rows, response) = if let Some((s, r)) = apply_fault(shared, fault, true).await {
+        (s, 0, r)
+    } else if !key_ok(shared, headers) {
+        shared.inner.lock().unwrap().unauthorized += 1;
+        let (s, r) = plain(StatusCode::UNAUTHORIZED, "invalid integration key");
+        (s, 0, r)
+    } else {
+        let items = shared
+            .inner
+            .lock()
+            .unwrap()
+            .catalogs
+            .get(kind)
+            .cloned()
+            .unwrap_or_default();
+        let n = items.len();
+        (
+            StatusCode::OK,
+            n,
+            (StatusCode::OK, axum::Json(Value::Array(items))).into_response(),
+        )
+    };
+    finish_read(shared, idx, status, rows);
+    response
+}
+
+async fn aggregation(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    let source = parsed
+        .as_ref()
+        .and_then(|b| b.pointer("/request/pipeline/0/source"))
+        .and_then(Value::as_object)
+        .and_then(|o| o.keys().next().cloned());
+    let endpoint = match &source {
+        Some(s) => format!("aggregation:{s}"),
+        None => "aggregation".to_string(),
+    };
+    let (idx, fault) = begin_read(&shared, endpoint, parsed.clone());
+    let (status, rows, response) = if let Some((s, r)) = apply_fault(&shared, fault, true).await {
+        (s, 0, r)
+    } else if !key_ok(&shared, &headers) {
+        shared.inner.lock().unwrap().unauthorized += 1;
+        let (s, r) = plain(StatusCode::UNAUTHORIZED, "invalid integration key");
+        (s, 0, r)
+    } else if !json_type_ok(&headers) {
+        let (s, r) = plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+        (s, 0, r)
+    } else {
+        match run_aggregation(&shared, parsed.as_ref()) {
+            Ok(results) => {
+                let n = results.len();
+                (
+                    StatusCode::OK,
+                    n,
+                    (StatusCode::OK, axum::Json(json!({"results": results}))).into_response(),
+                )
+            }
+            Err(reason) => {
+                let (s, r) = plain(StatusCode::BAD_REQUEST, &reason);
+                (s, 0, r)
+            }
+        }
+    };
+    finish_read(&shared, idx, status, rows);
+    response
+}
+
+/// Validates the body and runs its pipeline; `Err` is the 400 reason.
+fn run_aggregation(shared: &Shared, body: Option<&Value>) -> Result<Vec<Value>, String> {
+    let body = body.ok_or("body must be JSON")?;
+    if body.pointer("/response/mimeType").and_then(Value::as_str) != Some("application/json") {
+        return Err("response.mimeType must be \"application/json\"".into());
+    }
+    let pipeline = body
+        .pointer("/request/pipeline")
+        .and_then(Value::as_array)
+        .filter(|p| !p.is_empty())
+        .ok_or("request.pipeline must be a non-empty array")?;
+    let first = pipeline[0]
+        .as_object()
+        .ok_or("pipeline stages must be objects")?;
+    if let Some(k) = first.keys().find(|k| *k != "source" && *k != "timeSeries") {
+        return Err(format!("unexpected key {k} in the source stage"));
+    }
+    let source = first
+        .get("source")
+        .and_then(Value::as_object)
+        .filter(|o| o.len() == 1)
+        .ok_or("the first stage needs {\"source\": {\"<name>\": ...}}")?;
+    let (name, params) = source.iter().next().unwrap();
+    if !(params.is_null() || params.is_object()) {
+        return Err(format!("source {name} takes null or an object"));
+    }
+    let mut rows = {
+        let inner = shared.inner.lock().unwrap();
+        match name.as_str() {
+            "accounts" => inner.accounts.clone(),
+            "visitors" => inner.visitors.clone(),
+            s if EVENT_SOURCES.contains(&s) => {
+                let (from, to) = time_span(first.get("timeSeries"), s)?;
+                inner
+                    .events
+                    .get(s)
+                    .map(|rows| {
+                        rows.iter()
+                            .filter(|r| {
+                                r.get("browserTime")
+                                    .or_else(|| r.get("day"))
+                                    .and_then(Value::as_i64)
+                                    .is_some_and(|t| from <= t && t < to)
+                            })
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            other => return Err(format!("unsupported source {other}")),
+        }
+    };
+    for stage in &pipeline[1..] {
+        let stage = stage
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .ok_or("each pipeline stage must be an object with one operator")?;
+        let (op, arg) = stage.iter().next().unwrap();
+        match op.as_str() {
+            "filter" => {
+                let expr = arg.as_str().ok_or("filter takes a string expression")?;
+                let clauses = parse_filter(expr).map_err(|e| format!("bad filter: {e}"))?;
+                rows.retain(|r| clauses.iter().all(|c| c.matches(r)));
+            }
+            "sort" => {
+                let keys = arg
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|k| k.as_str().filter(|k| !k.is_empty() && *k != "-"))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .ok_or("sort takes an array of field names")?;
+                rows.sort_by(|a, b| {
+                    for k in &keys {
+                        let (path, desc) = match k.strip_prefix('-') {
+                            Some(p) => (p, true),
+                            None => (*k, false),
+                        };
+                        let o = compare_values(lookup(a, path), lookup(b, path));
+                        let o = if desc { o.reverse() } else { o };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                    Ordering::Equal
+                });
+            }
+            "limit" => {
+                let n = arg.as_u64().ok_or("limit takes a non-negative integer")?;
+                rows.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            "select" => {
+                let fields = arg
+                    .as_object()
+                    .filter(|o| !o.is_empty())
+                    .ok_or("select takes an object of outName: path")?;
+                let mut paths = Vec::new();
+                for (out, path) in fields {
+                    let path = path
+                        .as_str()
+                        .ok_or_else(|| format!("select {out}: path must be a string"))?;
+                    paths.push((out.clone(), path.to_string()));
+                }
+                rows = rows
+                    .iter()
+                    .map(|r| {
+                        Value::Object(
+                            paths
+                                .iter()
+                                .map(|(out, p)| {
+                                    (out.clone(), lookup(r, p).cloned().unwrap_or(Value::Null))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect();
+            }
+            other => return Err(format!("unsupported operator {other}")),
+        }
+    }
+    if rows.len() > shared.config.lock().unwrap().max_rows {
+        return Err("result set too large: add a time window or limit".into());
+    }
+    Ok(rows)
+}
+
+/// `[from, to)` in epoch ms of a `timeSeries`, required for event `source`.
+fn time_span(ts: Option<&Value>, source: &str) -> Result<(i64, i64), String> {
+    let ts = ts
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("source {source} needs a timeSeries"))?;
+    let unit = match ts.get("period").and_then(Value::as_str) {
+        Some("dayRange") => 86_400_000,
+        Some("hourRange") => 3_600_000,
+        _ => return Err("timeSeries.period must be \"dayRange\" or \"hourRange\"".into()),
+    };
+    let first = ts
+        .get("first")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        .ok_or("timeSeries.first must be a number (epoch ms)")?;
+    let count = ts
+        .get("count")
+        .and_then(Value::as_i64)
+        .filter(|c| *c >= 1)
+        .ok_or("timeSeries.count must be an integer >= 1")?;
+    let span = count.saturating_mul(unit);
+    if span > MAX_SPAN_MS {
+        return Err("timeSeries span must be at most 30 days".into());
+    }
+    Ok((first, first.saturating_add(span)))
+}
+
+/// The value at dotted `path` in `row` (objects only).
+fn lookup<'a>(row: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(row, |v, seg| v.get(seg))
+}
+
+/// Total order for sort: missing < null < bools < numbers (numerically) < strings (bytewise)
+/// < arrays < objects (those two compare equal among themselves).
+fn compare_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    fn rank(v: Option<&Value>) -> u8 {
+        match v {
+            None => 0,
+            Some(Value::Null) => 1,
+            Some(Value::Bool(_)) => 2,
+            Some(Value::Number(_)) => 3,
+            Some(Value::String(_)) => 4,
+            Some(Value::Array(_)) => 5,
+            Some(Value::Object(_)) => 6,
+        }
+    }
+    match (a, b) {
+        (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
+        (Some(Value::Number(x)), Some(Value::Number(y))) => compare_numbers(x, y),
+        (Some(Value::String(x)), Some(Value::String(y))) => x.as_bytes().cmp(y.as_bytes()),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
+    match (x.as_i64(), y.as_i64()) {
+        (Some(a), Some(b)) => a.cmp(&b),
+        _ => {
+            let (a, b) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
+            a.partial_cmp(&b).unwrap_or(Ordering::Equal)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CmpOp {
+    Eq,
+    Ne,
+    Ge,
+    Le,
+    Gt,
+    Lt,
+}
+
+/// One `<path> <op> <literal>` clause of a filter expression.
+#[derive(Clone, Debug)]
+struct Clause {
+    path: String,
+    op: CmpOp,
+    literal: Value,
+}
+
+impl Clause {
+    /// Missing field: false. Same type (number/number, string/string): compared. Other types:
+    /// only `!=` holds.
+    fn matches(&self, row: &Value) -> bool {
+        let Some(v) = lookup(row, &self.path) else {
+            return false;
+        };
+        let ord = match (v, &self.literal) {
+            (Value::Number(a), Value::Number(b)) => compare_numbers(a, b),
+            (Value::String(a), Value::String(b)) => a.as_bytes().cmp(b.as_bytes()),
+            _ => return self.op == CmpOp::Ne,
+        };
+        match self.op {
+            CmpOp::Eq => ord == Ordering::Equal,
+            CmpOp::Ne => ord != Ordering::Equal,
+            CmpOp::Ge => ord != Ordering::Less,
+            CmpOp::Le => ord != Ordering::Greater,
+            CmpOp::Gt => ord == Ordering::Greater,
+            CmpOp::Lt => ord == Ordering::Less,
+        }
+    }
+}
+
+/// Parses `clause (&& clause)*`, clause = `path op literal`, path = identifiers
+/// (`[A-Za-z_][A-Za-z0-9_]*`) joined by `.`, op one of `== != >= <= > <`, literal a JSON
+/// number or a double-quoted JSON string. Whitespace (spaces, tabs, newlines) between tokens.
+fn parse_filter(expr: &str) -> Result<Vec<Clause>, String> {
+    let b = expr.as_bytes();
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let mut clauses = Vec::new();
+    loop {
+        skip_ws(&mut i);
+        // path
+        let start = i;
+        loop {
+            if i >= b.len() || !(b[i].is_ascii_alphabetic() || b[i] == b'_') {
+                return Err(format!("expected a field name at offset {i}"));
+            }
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            if i < b.len() && b[i] == b'.' {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        let path = expr[start..i].to_string();
+        skip_ws(&mut i);
+        let rest = &expr[i..];
+        let (op, len) = [
+            ("==", CmpOp::Eq),
+            ("!=", CmpOp::Ne),
+            (">=", CmpOp::Ge),
+            ("<=", CmpOp::Le),
+            (">", CmpOp::Gt),
+            ("<", CmpOp::Lt),
+        ]
+        .iter()
+        .find(|(t, _)| rest.starts_with(t))
+        .map(|(t, op)| (*op, t.len()))
+        .ok_or_else(|| format!("expected an operator (== != >= <= > <) at offset {i}"))?;
+        i += len;
+        skip_ws(&mut i);
+        let start = i;
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            if i >= b.len() {
+                return Err(format!("unterminated string at offset {start}"));
+            }
+            i += 1;
+        } else {
+            while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                i += 1;
+            }
+        }
+        let literal = serde_json::from_str::<Value>(&expr[start..i])
+            .ok()
+            .filter(|v| v.is_number() || v.is_string())
+            .ok_or_else(|| format!("expected a JSON number or string at offset {start}"))?;
+        clauses.push(Clause { path, op, literal });
+        skip_ws(&mut i);
+        if i == b.len() {
+            return Ok(clauses);
+        }
+        if !expr[i..].starts_with("&&") {
+            return Err(format!("expected && or the end at offset {i}"));
+        }
+        i += 2;
+    }
 }

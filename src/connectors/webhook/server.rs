@@ -447,7 +447,15 @@ async fn rejected_body(
         headers: headers_out,
     };
     match e.appender.append(vec![record]).await {
-        Ok(()) => Reply::error(status, reason),
+        Ok(()) => {
+            // Counted with every other stage's dead letters, so one DLQ-rate panel and alert
+            // covers the webhooks too.
+            metrics()
+                .dead_letters
+                .with_label_values(&[e.role, err.reason_label()])
+                .inc();
+            Reply::error(status, reason)
+        }
         Err(a) => Reply::unavailable(
             e,
             format!("rejected body could not be kept, retry later: {a}"),

@@ -80,9 +80,23 @@ pub struct PendoClient {
 impl PendoClient {
     /// A client for `pendo`'s region (or base URL) with `sink`'s timeout.
     pub fn new(pendo: &PendoConfig, sink: &PendoSinkConfig) -> Result<Self, String> {
+        Self::with_limits(
+            pendo,
+            Duration::from_millis(sink.request_timeout_ms),
+            Duration::from_secs(sink.retry_after_cap_s),
+        )
+    }
+
+    /// A client for `pendo`'s region (or base URL): each request ends after `timeout`, and a
+    /// `Retry-After` longer than `retry_after_cap` is capped.
+    pub fn with_limits(
+        pendo: &PendoConfig,
+        timeout: Duration,
+        retry_after_cap: Duration,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .timeout(Duration::from_millis(sink.request_timeout_ms))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the Pendo HTTP client: {e}"))?;
@@ -90,7 +104,7 @@ impl PendoClient {
             http,
             base: base_url(pendo),
             key: pendo.integration_key.clone(),
-            retry_after_cap: Duration::from_secs(sink.retry_after_cap_s),
+            retry_after_cap,
         })
     }
 
@@ -114,6 +128,12 @@ impl PendoClient {
             .header(KEY_HEADER, self.key_header())
             .header(CONTENT_TYPE, "application/json")
             .body(body);
+        self.run(req).await
+    }
+
+    /// `GET url` (catalogue reads).
+    pub async fn get(&self, url: &str) -> PendoResponse {
+        let req = self.http.get(url).header(KEY_HEADER, self.key_header());
         self.run(req).await
     }
 

@@ -1,7 +1,7 @@
 //! Role `transform-pendo`: `pendo.raw.*` -> `canonical.segment-calls`, exactly once.
 //!
-//! Start-up: load and validate the mapping (errors name the line), read the id mapping to its
-//! end (`/readyz` false until then), create the transactional producer (fencing any zombie with
+//! Start-up: load and validate the mapping (errors name the line), read the id mapping and the
+//! Pendo catalogue (`pendo.catalog`) to their ends (`/readyz` false until then), create the transactional producer (fencing any zombie with
 //! the same `transactional.id`), then run the shared consumer loop in transactional mode: each
 //! transaction holds the calls and dead letters of many input records and their offsets.
 
@@ -16,12 +16,13 @@ use tokio::sync::watch;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId};
 use crate::idmap::IdMapTable;
-use crate::idmap::follower::{follow_idmap, follower_client_config};
+use crate::idmap::follower::{follow_compacted, follow_idmap, follower_client_config};
 use crate::kafka::client_config;
 use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
 use crate::kafka::topics::TopicId;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
+use crate::transform::catalog::CatalogTable;
 use crate::transform::mapping::PendoMapping;
 use crate::transform::pendo_to_segment::PendoToSegment;
 use processor::{OutputTopics, PendoTransformProcessor};
@@ -50,8 +51,10 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let c = &config;
             let raw_webhook = c.topic_name(TopicId::PendoRawWebhook);
             let raw_api = c.topic_name(TopicId::PendoRawApi);
+            let catalog = CatalogTable::default();
             let mapper =
-                PendoToSegment::new(mapping, c.transform_pendo.mapper_settings("pendo.webhook"));
+                PendoToSegment::new(mapping, c.transform_pendo.mapper_settings("pendo.webhook"))
+                    .with_catalog(catalog.clone());
 
             // 1. The id mapping, read to its end before any event is mapped.
             let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));
@@ -65,9 +68,23 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 caught_up_tx,
                 env.shutdown.clone(),
             ));
+            // The catalogue (names joined into calls), also read to its end first, so a replay
+            // maps with every name known.
+            let (catalog_tx, mut catalog_caught_up) = watch::channel(false);
+            let catalog_follower = tokio::spawn(follow_compacted(
+                follower_client_config(client_config::consumer(c, &format!("{ROLE}.catalog"))),
+                c.topic_name(TopicId::PendoCatalog),
+                catalog,
+                catalog_tx,
+                env.shutdown.clone(),
+            ));
             tokio::select! {
                 _ = env.shutdown.wait() => return Ok(()),
                 r = caught_up.wait_for(|v| *v) => { r.context("id mapping follower stopped")?; }
+            }
+            tokio::select! {
+                _ = env.shutdown.wait() => return Ok(()),
+                r = catalog_caught_up.wait_for(|v| *v) => { r.context("catalogue follower stopped")?; }
             }
             idmap_ready.set_ready(true);
 
@@ -124,6 +141,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     Ok(Ok(())) => consumer_loop.await.map(|_| ()).map_err(anyhow::Error::from),
                     Ok(Err(e)) => Err(e.context("id mapping follower failed")),
                     Err(e) => Err(anyhow::anyhow!("id mapping follower panicked: {e}")),
+                },
+                f = catalog_follower => match f {
+                    Ok(Ok(())) => consumer_loop.await.map(|_| ()).map_err(anyhow::Error::from),
+                    Ok(Err(e)) => Err(e.context("catalogue follower failed")),
+                    Err(e) => Err(anyhow::anyhow!("catalogue follower panicked: {e}")),
                 },
             }
         })

@@ -1,0 +1,112 @@
+//! The Pendo API poller (role `pendo-poller`): what webhooks do not carry, read from Pendo's
+//! REST API on schedules — account snapshots (-> Segment `group` calls), visitors first seen
+//! (-> `identify` calls) onto `pendo.raw.api`, and the catalogue of features, pages, guides and
+//! track types onto the compacted `pendo.catalog`.
+//!
+//! Split by idea: [`config`] (`[pendo_poller]`), [`api`] (polite reads: rate limit, retries,
+//! `Retry-After`, a refused key stops the role), [`rows`] (queries and row -> record),
+//! [`state`] (what was emitted, in the compacted `state.pendo-poller`), and [`poller`] (the
+//! cycles; every page is one Kafka transaction with its state).
+//!
+//! One poller runs per Pendo subscription: its `transactional.id` is fixed
+//! (`<group_id_prefix>.pendo-poller`), so a second instance fences the first instead of
+//! racing it.
+
+pub mod api;
+pub mod config;
+pub mod poller;
+pub mod rows;
+pub mod state;
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+pub use config::PendoPollerConfig;
+
+use crate::app::{RoleEnv, RoleFuture};
+use crate::config::Config;
+use crate::kafka::client_config;
+use crate::kafka::read_to_end::{StartAt, read_to_end};
+use crate::kafka::topics::TopicId;
+use crate::kafka::transactional_output::TransactionalOutput;
+use rdkafka::Message;
+
+/// The role's name.
+pub const ROLE: &str = "pendo-poller";
+/// Largest record the poller writes (a row with large metadata).
+const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Builds the role; refuses to start without `[pendo]`.
+pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFuture + Send + use<>> {
+    let Some(pendo) = config.pendo.clone() else {
+        anyhow::bail!(
+            "pendo-poller needs [pendo] with region (us, us1, eu, jpn or au: a key works only in \
+             its own region) and integration_key"
+        );
+    };
+    let cfg = config.pendo_poller.clone();
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let api = api::PendoApi::new(&pendo, &cfg).map_err(anyhow::Error::msg)?;
+    let mut producer = client_config::transactional_producer(config, ROLE, MAX_RECORD_BYTES);
+    // Like a consumer group id, it names the deployment's one poller.
+    producer.set("transactional.id", config.group_id(ROLE));
+    let state_reader = client_config::consumer(config, ROLE);
+    let topics = poller::PollerTopics {
+        raw_api: config.topic_name(TopicId::PendoRawApi),
+        catalog: config.topic_name(TopicId::PendoCatalog),
+        state: config.topic_name(TopicId::StatePendoPoller),
+        dlq: config.topic_name(TopicId::DlqPendoPoller),
+    };
+    let txn_timeout = Duration::from_millis(config.processing.transaction_call_timeout_ms);
+    Ok(move |env: RoleEnv| -> RoleFuture {
+        Box::pin(async move {
+            let ready = env.readiness.register(format!("{ROLE}:api"));
+            tracing::info!(base_url = %api.base(), "pendo-poller reads from");
+            match api.verify_key().await {
+                Ok(()) => tracing::info!("Pendo accepted the integration key"),
+                Err(e @ api::ApiError::Unauthorized { .. }) => return Err(e.into()),
+                Err(e) => tracing::warn!(error = %e,
+                    "could not verify the Pendo integration key; polling anyway"),
+            }
+            // Fence an earlier instance (aborting its open transaction) before reading the
+            // state, so what is read back is final.
+            let out = tokio::task::spawn_blocking(move || {
+                TransactionalOutput::create(&producer, txn_timeout)
+            })
+            .await?
+            .context("cannot start the poller's transactional producer")?;
+            let state_topic = topics.state.clone();
+            let state = tokio::task::spawn_blocking(move || {
+                let mut state = state::PollerState::default();
+                let mut unreadable = 0u64;
+                read_to_end(state_reader, &state_topic, StartAt::Beginning, |m| {
+                    let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+                    if let Err(e) = state.apply_record(&key, m.payload()) {
+                        unreadable += 1;
+                        tracing::warn!(error = %e, "state record ignored");
+                    }
+                    Ok(())
+                })?;
+                anyhow::Ok((state, unreadable))
+            })
+            .await?
+            .context("cannot read the poller state (state.pendo-poller)")?;
+            let (state, unreadable) = state;
+            let (accounts, visitors, catalog) = state.sizes();
+            tracing::info!(
+                accounts,
+                visitors,
+                catalog,
+                unreadable,
+                visitors_watermark = state.cursor(poller::VISITORS_CURSOR),
+                "poller state loaded"
+            );
+            ready.set_ready(true);
+            let p = poller::Poller::new(api, out, state, cfg, topics, txn_timeout);
+            let result = p.run(env.shutdown.clone()).await;
+            ready.set_ready(false);
+            result
+        })
+    })
+}

@@ -1,0 +1,477 @@
+//! The poll cycles and their schedule. Every page of rows is one Kafka transaction holding the
+//! records it produced *and* the state that says they were produced (fingerprints, seen
+//! visitors, watermarks), so a crash at any point resumes from the last committed page: no
+//! window is lost and nothing is emitted twice.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::api::{ApiError, PendoApi};
+use super::config::PendoPollerConfig;
+use super::rows::{self, ApiRecord, RowError};
+use super::state::{PollerState, StateUpdate};
+use crate::kafka::headers;
+use crate::kafka::transactional_output::{TransactionalOutput, TxnError};
+use crate::metrics::metrics;
+use crate::shutdown::Shutdown;
+
+/// The role's name (metrics stage, logs).
+pub const STAGE: &str = "pendo-poller";
+/// Watermark of the visitor cycles: first visits before it (minus the settle window) are done.
+pub const VISITORS_CURSOR: &str = "visitors.firstvisit";
+/// End of the last complete account cycle.
+pub const ACCOUNTS_CURSOR: &str = "accounts.cycle";
+/// End of the last complete catalogue refresh.
+pub const CATALOG_CURSOR: &str = "catalog.cycle";
+/// Catalogue records per transaction at most.
+const CATALOG_CHUNK: usize = 5_000;
+
+/// The topics the poller writes.
+#[derive(Debug, Clone)]
+pub struct PollerTopics {
+    /// `pendo.raw.api`.
+    pub raw_api: String,
+    /// `pendo.catalog`.
+    pub catalog: String,
+    /// `state.pendo-poller`.
+    pub state: String,
+    /// `dlq.pendo-poller`.
+    pub dlq: String,
+}
+
+/// Why a cycle stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// Reading from Pendo failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Writing to Kafka failed.
+    #[error("Kafka transaction: {0}")]
+    Txn(#[from] TxnError),
+}
+
+impl PollError {
+    /// Errors that retrying cannot fix: the role stops with the message.
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            PollError::Api(ApiError::Unauthorized { .. }) | PollError::Txn(TxnError::Fatal(_))
+        )
+    }
+}
+
+/// Which topic a record of a step goes to.
+#[derive(Debug, Clone, Copy)]
+enum Dest {
+    RawApi,
+    Catalog,
+    Dlq,
+}
+
+struct OutRecord {
+    dest: Dest,
+    key: String,
+    value: Vec<u8>,
+    headers: Vec<(&'static str, Vec<u8>)>,
+    kind: &'static str,
+}
+
+/// What one transaction writes.
+#[derive(Default)]
+struct Step {
+    records: Vec<OutRecord>,
+    updates: Vec<StateUpdate>,
+}
+
+impl Step {
+    fn raw(&mut self, r: ApiRecord, now_ms: i64) {
+        self.records.push(OutRecord {
+            dest: Dest::RawApi,
+            headers: vec![
+                (headers::RECEIVED_AT, now_ms.to_string().into_bytes()),
+                (headers::SOURCE, b"pendo-api".to_vec()),
+                (headers::EVENT_KIND, r.kind.as_bytes().to_vec()),
+                (headers::CONTENT_TYPE, b"application/json".to_vec()),
+            ],
+            key: r.key,
+            value: r.value,
+            kind: r.kind,
+        });
+    }
+
+    /// Dead-letters an unusable row once (its fingerprint is remembered).
+    fn reject(&mut self, state: &PollerState, source: &str, row: &Value, e: RowError) {
+        let fp = rows::fingerprint(row);
+        if state.rejected(&fp) || self.updates.contains(&StateUpdate::Rejected { fp }) {
+            return;
+        }
+        tracing::warn!(source, reason = e.reason, detail = %e.detail, "unusable Pendo row dead-lettered");
+        metrics()
+            .dead_letters
+            .with_label_values(&[STAGE, e.reason])
+            .inc();
+        self.records.push(OutRecord {
+            dest: Dest::Dlq,
+            key: source.to_string(),
+            value: row.to_string().into_bytes(),
+            headers: vec![
+                (headers::DLQ_REASON, e.reason.as_bytes().to_vec()),
+                (headers::DLQ_DETAIL, e.detail.into_bytes()),
+                (headers::DLQ_STAGE, STAGE.as_bytes().to_vec()),
+                (
+                    headers::DLQ_TIME,
+                    headers::now_millis().to_string().into_bytes(),
+                ),
+                (headers::DLQ_SOURCE_TOPIC, source.as_bytes().to_vec()),
+            ],
+            kind: "dead_letter",
+        });
+        self.updates.push(StateUpdate::Rejected { fp });
+    }
+}
+
+/// The poller: one Pendo subscription into Kafka.
+pub struct Poller {
+    api: PendoApi,
+    out: TransactionalOutput,
+    state: PollerState,
+    cfg: PendoPollerConfig,
+    topics: PollerTopics,
+    txn_timeout: Duration,
+}
+
+impl Poller {
+    /// A poller over loaded `state`.
+    pub fn new(
+        api: PendoApi,
+        out: TransactionalOutput,
+        state: PollerState,
+        cfg: PendoPollerConfig,
+        topics: PollerTopics,
+        txn_timeout: Duration,
+    ) -> Self {
+        Self {
+            api,
+            out,
+            state,
+            cfg,
+            topics,
+            txn_timeout,
+        }
+    }
+
+    /// Runs the cycles on their schedules until `shutdown`; a cycle in progress is abandoned
+    /// between (or during) pages, which loses nothing: its pages are atomic.
+    pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let jobs: [(Job, Option<Duration>); 3] = [
+            (
+                Job::Catalog,
+                PendoPollerConfig::every(self.cfg.catalog_interval_s),
+            ),
+            (
+                Job::Accounts,
+                PendoPollerConfig::every(self.cfg.accounts_interval_s),
+            ),
+            (
+                Job::Visitors,
+                PendoPollerConfig::every(self.cfg.visitors_interval_s),
+            ),
+        ];
+        let mut due: Vec<(Job, Duration, Instant)> = jobs
+            .iter()
+            .filter_map(|(j, every)| every.map(|e| (*j, e, Instant::now())))
+            .collect();
+        if due.is_empty() {
+            tracing::warn!("every pendo_poller interval is 0: nothing to poll");
+            shutdown.wait().await;
+            return Ok(());
+        }
+        loop {
+            let (i, at) = due
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i, d.2))
+                .min_by_key(|(_, at)| *at)
+                .expect("at least one job");
+            tokio::select! {
+                _ = shutdown.wait() => return Ok(()),
+                _ = tokio::time::sleep_until(at.into()) => {}
+            }
+            let (job, every, _) = due[i];
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.wait() => return Ok(()),
+                r = self.run_job(job) => r,
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(
+                        job = job.name(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "poll cycle complete"
+                    );
+                    due[i].2 = Instant::now() + every;
+                }
+                Err(e) if e.is_fatal() => {
+                    metrics()
+                        .errors
+                        .with_label_values(&[STAGE, job.name()])
+                        .inc();
+                    return Err(anyhow::anyhow!("{} cycle: {e}", job.name()));
+                }
+                Err(e) => {
+                    metrics()
+                        .errors
+                        .with_label_values(&[STAGE, job.name()])
+                        .inc();
+                    let retry = every.min(Duration::from_secs(60));
+                    tracing::error!(job = job.name(), error = %e, retry_in_s = retry.as_secs(),
+                        "poll cycle failed; it resumes from its last committed page");
+                    due[i].2 = Instant::now() + retry;
+                }
+            }
+            self.report_lag();
+        }
+    }
+
+    async fn run_job(&mut self, job: Job) -> Result<(), PollError> {
+        match job {
+            Job::Accounts => self.accounts_cycle().await,
+            Job::Visitors => self.visitors_cycle().await,
+            Job::Catalog => self.catalog_cycle().await,
+        }
+    }
+
+    /// Every account, page by page; emits those whose selected metadata changed.
+    pub async fn accounts_cycle(&mut self) -> Result<(), PollError> {
+        let now_ms = headers::now_millis();
+        let page = self.cfg.page_size;
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self
+                .api
+                .aggregate("accounts", rows::accounts_page(after.as_deref(), page))
+                .await?;
+            let mut step = Step::default();
+            for row in &rows {
+                match rows::row_id(row, "accountId") {
+                    Err(e) => step.reject(&self.state, "accounts", row, e),
+                    Ok(id) => {
+                        let selected = rows::select_metadata(row, &self.cfg.account_fields);
+                        let fp = rows::fingerprint(&selected);
+                        let pending = StateUpdate::Account {
+                            id: id.to_string(),
+                            fp,
+                        };
+                        if self.state.account(id) != Some(&fp) && !step.updates.contains(&pending) {
+                            step.raw(
+                                rows::account_event(row, selected, &fp, now_ms / 1000),
+                                now_ms,
+                            );
+                            step.updates.push(pending);
+                        }
+                    }
+                }
+            }
+            let last = last_id(&rows, "accountId");
+            let done = rows.len() < page || last.is_none() || last <= after;
+            if done {
+                step.updates.push(StateUpdate::Cursor {
+                    name: ACCOUNTS_CURSOR.into(),
+                    at: now_ms,
+                });
+            }
+            self.commit(step).await?;
+            if done {
+                return Ok(());
+            }
+            after = last;
+        }
+    }
+
+    /// Visitors first seen since the watermark (re-reading the settle window), window by
+    /// window, page by page; emits each visitor once.
+    pub async fn visitors_cycle(&mut self) -> Result<(), PollError> {
+        let now = headers::now_millis();
+        let settle = (self.cfg.visitors_settle_s * 1000) as i64;
+        let window = (self.cfg.visitors_window_s * 1000) as i64;
+        let page = self.cfg.page_size;
+        let mut from = match self.state.cursor(VISITORS_CURSOR) {
+            Some(wm) => wm - settle,
+            None => now - (self.cfg.visitors_initial_lookback_s * 1000) as i64,
+        };
+        while from < now {
+            let to = (from + window).min(now);
+            let mut after: Option<String> = None;
+            loop {
+                let rows = self
+                    .api
+                    .aggregate(
+                        "visitors",
+                        rows::visitors_page(from, to, after.as_deref(), page),
+                    )
+                    .await?;
+                let mut step = Step::default();
+                for row in &rows {
+                    match rows::visitor_event(row, &self.cfg.visitor_fields) {
+                        Err(e) => step.reject(&self.state, "visitors", row, e),
+                        Ok(r) => {
+                            let pending = StateUpdate::VisitorSeen { id: r.key.clone() };
+                            if !self.state.visitor_seen(&r.key) && !step.updates.contains(&pending)
+                            {
+                                step.raw(r, now);
+                                step.updates.push(pending);
+                            }
+                        }
+                    }
+                }
+                let last = last_id(&rows, "visitorId");
+                let done = rows.len() < page || last.is_none() || last <= after;
+                if done {
+                    let wm = self.state.cursor(VISITORS_CURSOR).unwrap_or(i64::MIN);
+                    step.updates.push(StateUpdate::Cursor {
+                        name: VISITORS_CURSOR.into(),
+                        at: wm.max(to),
+                    });
+                }
+                self.commit(step).await?;
+                if done {
+                    break;
+                }
+                after = last;
+            }
+            from = to;
+        }
+        Ok(())
+    }
+
+    /// Features, pages, guides and track types; publishes entries that are new or changed.
+    pub async fn catalog_cycle(&mut self) -> Result<(), PollError> {
+        let now_ms = headers::now_millis();
+        for kind in rows::CATALOG_KINDS {
+            let items = self.api.catalog(kind).await?;
+            let mut step = Step::default();
+            for item in &items {
+                match rows::catalog_entry(kind, item) {
+                    Err(e) => step.reject(&self.state, kind, item, e),
+                    Ok((key, value)) => {
+                        let fp = rows::fingerprint(&value);
+                        if self.state.catalog(&key) != Some(&fp) {
+                            step.records.push(OutRecord {
+                                dest: Dest::Catalog,
+                                key: key.clone(),
+                                value: value.to_string().into_bytes(),
+                                headers: vec![(headers::SOURCE, b"pendo-api".to_vec())],
+                                kind: "catalog",
+                            });
+                            step.updates.push(StateUpdate::Catalog { key, fp });
+                        }
+                    }
+                }
+                if step.records.len() >= CATALOG_CHUNK {
+                    self.commit(std::mem::take(&mut step)).await?;
+                }
+            }
+            self.commit(step).await?;
+        }
+        let mut done = Step::default();
+        done.updates.push(StateUpdate::Cursor {
+            name: CATALOG_CURSOR.into(),
+            at: now_ms,
+        });
+        self.commit(done).await
+    }
+
+    /// Writes a step in one transaction, then remembers its state.
+    async fn commit(&mut self, step: Step) -> Result<(), PollError> {
+        if step.records.is_empty() && step.updates.is_empty() {
+            return Ok(());
+        }
+        let out = self.out.clone();
+        let topics = self.topics.clone();
+        let timeout = self.txn_timeout;
+        let Step { records, updates } = step;
+        let (records, updates) = tokio::task::spawn_blocking(move || {
+            let result = write_transaction(&out, &topics, &records, &updates, timeout);
+            result.map(|()| (records, updates))
+        })
+        .await
+        .map_err(|e| TxnError::Fatal(format!("transaction task: {e}")))??;
+        self.state.apply(&updates);
+        let m = metrics();
+        for r in &records {
+            m.poller_records.with_label_values(&[r.kind]).inc();
+        }
+        Ok(())
+    }
+
+    fn report_lag(&self) {
+        let now = headers::now_millis();
+        for name in [VISITORS_CURSOR, ACCOUNTS_CURSOR, CATALOG_CURSOR] {
+            if let Some(at) = self.state.cursor(name) {
+                metrics()
+                    .poller_watermark_lag
+                    .with_label_values(&[name])
+                    .set((now - at).max(0) / 1000);
+            }
+        }
+    }
+}
+
+fn write_transaction(
+    out: &TransactionalOutput,
+    topics: &PollerTopics,
+    records: &[OutRecord],
+    updates: &[StateUpdate],
+    timeout: Duration,
+) -> Result<(), TxnError> {
+    out.begin()?;
+    let sent = (|| {
+        for r in records {
+            let topic = match r.dest {
+                Dest::RawApi => &topics.raw_api,
+                Dest::Catalog => &topics.catalog,
+                Dest::Dlq => &topics.dlq,
+            };
+            let h: Vec<(&str, &[u8])> = r.headers.iter().map(|(k, v)| (*k, &v[..])).collect();
+            out.send(topic, Some(r.key.as_bytes()), &r.value, &h)?;
+        }
+        for u in updates {
+            let (k, v) = u.to_record();
+            out.send(&topics.state, Some(k.as_bytes()), &v, &[])?;
+        }
+        Ok::<(), rdkafka::error::KafkaError>(())
+    })();
+    if let Err(e) = sent {
+        out.abort(timeout)?;
+        return Err(TxnError::Abortable(format!("send: {e}")));
+    }
+    out.commit_records(timeout)
+}
+
+/// The last row's id (keyset pagination continues after it).
+fn last_id(rows: &[Value], field: &str) -> Option<String> {
+    rows.iter()
+        .rev()
+        .find_map(|r| r.get(field).and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+/// The scheduled cycles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Accounts,
+    Visitors,
+    Catalog,
+}
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Job::Accounts => "accounts",
+            Job::Visitors => "visitors",
+            Job::Catalog => "catalog",
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! What the poller asks Pendo for (aggregation pipelines: keyset-paginated, time-windowed) and
+//! what it makes of the rows: raw events on `pendo.raw.api` shaped like Pendo's webhook events
+//! (`event`, `accountId`/`visitorId`, `timestamp`, `uniqueId`, `properties.metadata`), so the
+//! transformer's mapping file maps them like any other kind, and catalogue entries on
+//! `pendo.catalog`.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::state::Fingerprint;
+
+/// Kind of the raw event made from an account row (mapped to a Segment `group` call).
+pub const ACCOUNT_KIND: &str = "accountSnapshot";
+/// Kind of the raw event made from a newly seen visitor (mapped to an `identify` call).
+pub const VISITOR_KIND: &str = "visitorFirstSeen";
+/// The catalogue kinds and their `GET /api/v1/<kind>` endpoints.
+pub const CATALOG_KINDS: [&str; 4] = ["feature", "page", "guide", "tracktype"];
+
+/// A JSON string literal for a filter expression.
+fn literal(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// One page of accounts after `after` (by id), at most `limit` rows.
+pub fn accounts_page(after: Option<&str>, limit: usize) -> Value {
+    let mut pipeline = vec![json!({"source": {"accounts": null}})];
+    if let Some(a) = after {
+        pipeline.push(json!({"filter": format!("accountId > {}", literal(a))}));
+    }
+    pipeline.push(json!({"sort": ["accountId"]}));
+    pipeline.push(json!({"limit": limit}));
+    Value::Array(pipeline)
+}
+
+/// One page of visitors first seen in `[from_ms, to_ms)`, after `after` (by id).
+pub fn visitors_page(from_ms: i64, to_ms: i64, after: Option<&str>, limit: usize) -> Value {
+    let mut filter =
+        format!("metadata.auto.firstvisit >= {from_ms} && metadata.auto.firstvisit < {to_ms}");
+    if let Some(a) = after {
+        filter.push_str(&format!(" && visitorId > {}", literal(a)));
+    }
+    json!([
+        {"source": {"visitors": null}},
+        {"filter": filter},
+        {"sort": ["visitorId"]},
+        {"limit": limit},
+    ])
+}
+
+/// A raw event ready for `pendo.raw.api`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRecord {
+    /// Record key (account or visitor id).
+    pub key: String,
+    /// The event's JSON.
+    pub value: Vec<u8>,
+    /// Its kind (header, metrics).
+    pub kind: &'static str,
+}
+
+/// Why a row could not be used (it goes to `dlq.pendo-poller` with this reason).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    /// Short machine-readable reason.
+    pub reason: &'static str,
+    /// Details for a human.
+    pub detail: String,
+}
+
+fn row_error(reason: &'static str, detail: impl Into<String>) -> RowError {
+    RowError {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// The row's id field as a non-empty string.
+pub fn row_id<'a>(row: &'a Value, field: &str) -> Result<&'a str, RowError> {
+    match row.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        other => Err(row_error(
+            "missing_id",
+            format!("row without a string `{field}` (found {other:?})"),
+        )),
+    }
+}
+
+/// `metadata` reduced to `fields` (dotted paths; a group name keeps the whole group), nested
+/// as in the row so the mapping's `flatten = ["agent", "custom"]` applies. Absent paths are
+/// left out.
+pub fn select_metadata(row: &Value, fields: &[String]) -> Value {
+    let mut out = Map::new();
+    let metadata = &row["metadata"];
+    for path in fields {
+        let mut cur = metadata;
+        let mut found = true;
+        for part in path.split('.') {
+            match cur.get(part) {
+                Some(v) => cur = v,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if !found || cur.is_null() {
+            continue;
+        }
+        // Re-create the path in the output.
+        let parts: Vec<&str> = path.split('.').collect();
+        let mut slot = &mut out;
+        for part in &parts[..parts.len() - 1] {
+            let next = slot
+                .entry(part.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !next.is_object() {
+                *next = Value::Object(Map::new());
+            }
+            slot = next.as_object_mut().expect("object");
+        }
+        slot.insert(parts[parts.len() - 1].to_string(), cur.clone());
+    }
+    Value::Object(out)
+}
+
+/// Fingerprint of a JSON value, independent of object key order.
+pub fn fingerprint(v: &Value) -> Fingerprint {
+    fn feed(h: &mut Sha256, v: &Value) {
+        match v {
+            Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                h.update(b"{");
+                for k in keys {
+                    feed(h, &Value::String(k.clone()));
+                    h.update(b":");
+                    feed(h, &o[k]);
+                    h.update(b",");
+                }
+                h.update(b"}");
+            }
+            Value::Array(a) => {
+                h.update(b"[");
+                for x in a {
+                    feed(h, x);
+                    h.update(b",");
+                }
+                h.update(b"]");
+            }
+            other => h.update(other.to_string().as_bytes()),
+        }
+    }
+    let mut h = Sha256::new();
+    feed(&mut h, v);
+    let digest = h.finalize();
+    let mut fp = [0u8; 16];
+    fp.copy_from_slice(&digest[..16]);
+    fp
+}
+
+/// The raw event of an account row whose selected metadata has fingerprint `fp`, polled at
+/// `now_s` (epoch seconds). Its `uniqueId` carries the fingerprint: a changed account is a new
+/// event, the same content emitted again (never, with the state topic) the same one.
+pub fn account_event(row: &Value, selected: Value, fp: &Fingerprint, now_s: i64) -> ApiRecord {
+    let id = row["accountId"].as_str().unwrap_or_default().to_string();
+    let fp_hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+    let event = json!({
+        "event": ACCOUNT_KIND,
+        "accountId": id,
+        "timestamp": now_s,
+        "uniqueId": format!("pendo-api:account:{id}:{fp_hex}"),
+        "properties": {"metadata": selected},
+    });
+    ApiRecord {
+        key: id,
+        value: event.to_string().into_bytes(),
+        kind: ACCOUNT_KIND,
+    }
+}
+
+/// The raw event of a newly seen visitor row; its time is the first visit (epoch ms).
+pub fn visitor_event(row: &Value, fields: &[String]) -> Result<ApiRecord, RowError> {
+    let id = row_id(row, "visitorId")?;
+    let first = row["metadata"]["auto"]["firstvisit"]
+        .as_i64()
+        .ok_or_else(|| row_error("missing_firstvisit", "no metadata.auto.firstvisit"))?;
+    let mut event = json!({
+        "event": VISITOR_KIND,
+        "visitorId": id,
+        "timestamp": first,
+        "uniqueId": format!("pendo-api:visitor:{id}"),
+        "properties": {"metadata": select_metadata(row, fields)},
+    });
+    if let Some(account) = row["metadata"]["auto"]["accountid"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+    {
+        event["accountId"] = Value::String(account.to_string());
+    }
+    Ok(ApiRecord {
+        key: id.to_string(),
+        value: event.to_string().into_bytes(),
+        kind: VISITOR_KIND,
+    })
+}
+
+/// A catalogue entry for `pendo.catalog`: key `<kind>:<id>`, value
+/// `{"kind", "id", "name", "app"}` (the transformer joins names by key).
+pub fn catalog_entry(kind: &str, item: &Value) -> Result<(String, Value), RowError> {
+    let id = match item.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        other => {
+            return Err(row_error(
+                "missing_id",
+                format!("{kind} without an id (found {other:?})"),
+            ));
+        }
+    };
+    let name = item
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| row_error("missing_name", format!("{kind} {id} has no name")))?;
+    let app = item.get("appId").cloned().unwrap_or(Value::Null);
+    Ok((
+        format!("{kind}:{id}"),
+        json!({"kind": kind, "id": id, "name": name, "app": app}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_bounded_and_keyset_paginated() {
+        let p = accounts_page(Some("a\"b"), 500);
+        assert_eq!(p[1]["filter"], "accountId > \"a\\\"b\"");
+        assert_eq!(p[3]["limit"], 500);
+        let v = visitors_page(10, 20, None, 7);
+        assert_eq!(
+            v[1]["filter"],
+            "metadata.auto.firstvisit >= 10 && metadata.auto.firstvisit < 20"
+        );
+    }
+
+    #[test]
+    fn selection_keeps_structure_and_fingerprints_ignore_key_order() {
+        let row = json!({"accountId": "a1", "metadata": {
+            "auto": {"lastvisit": 5}, "agent": {"name": "Acme", "tier": "gold"},
+            "custom": {"health": 71}}});
+        let sel = select_metadata(
+            &row,
+            &["agent.name".into(), "custom".into(), "pendo.nope".into()],
+        );
+        assert_eq!(
+            sel,
+            json!({"agent": {"name": "Acme"}, "custom": {"health": 71}})
+        );
+        let a = json!({"x": 1, "y": {"b": [1, 2], "a": null}});
+        let b: Value = serde_json::from_str(r#"{"y":{"a":null,"b":[1,2]},"x":1}"#).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&json!({"x": 2})));
+    }
+
+    #[test]
+    fn rows_become_webhook_shaped_events() {
+        let row = json!({"visitorId": "v1", "metadata": {"auto": {"firstvisit": 1764000000000i64,
+            "accountid": "a1"}, "agent": {"email": "x@y"}}});
+        let r = visitor_event(&row, &["agent".into()]).unwrap();
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["event"], VISITOR_KIND);
+        assert_eq!(v["accountId"], "a1");
+        assert_eq!(v["timestamp"], 1764000000000i64);
+        assert_eq!(v["properties"]["metadata"]["agent"]["email"], "x@y");
+        let bad = visitor_event(&json!({"visitorId": "v2", "metadata": {}}), &[]).unwrap_err();
+        assert_eq!(bad.reason, "missing_firstvisit");
+        let (k, e) = catalog_entry(
+            "feature",
+            &json!({"id": "f1", "name": "Export", "appId": 7}),
+        )
+        .unwrap();
+        assert_eq!(k, "feature:f1");
+        assert_eq!(e["name"], "Export");
+        assert!(catalog_entry("page", &json!({"id": "p"})).is_err());
+    }
+}

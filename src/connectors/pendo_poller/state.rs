@@ -1,0 +1,258 @@
+//! The poller's memory, kept in the compacted topic `state.pendo-poller` and written in the same
+//! Kafka transaction as the records it covers, so a crash never loses or repeats a window.
+//!
+//! Keys and values (JSON):
+//! - `cursor:<name>` -> `{"at": <epoch ms>}`: a watermark (`visitors.firstvisit`) or the end
+//!   of the last complete cycle (`accounts.cycle`, `catalog.cycle`);
+//! - `account:<id>` -> `{"fp": "<hex>"}`: fingerprint of the account's selected metadata as
+//!   last emitted, so a cycle emits only accounts that changed;
+//! - `visitor:<id>` -> `{"seen": true}`: the visitor's first visit was emitted (overlapping
+//!   windows never emit it again);
+//! - `catalog:<kind>:<id>` -> `{"fp": "<hex>"}`: the catalogue entry as last published;
+//! - `rejected:<hex>` -> `{"seen": true}`: an unusable row already dead-lettered (re-reading it
+//!   in the next cycle does not dead-letter it again).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+
+/// Fingerprint of emitted content (128 bits of SHA-256 over canonical JSON).
+pub type Fingerprint = [u8; 16];
+
+/// One change to the state topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateUpdate {
+    /// A watermark moved.
+    Cursor {
+        /// Cursor name.
+        name: String,
+        /// Epoch ms.
+        at: i64,
+    },
+    /// An account was emitted with this content.
+    Account {
+        /// Pendo account id.
+        id: String,
+        /// Its fingerprint.
+        fp: Fingerprint,
+    },
+    /// A visitor's first visit was emitted.
+    VisitorSeen {
+        /// Pendo visitor id.
+        id: String,
+    },
+    /// An unusable row with this fingerprint was dead-lettered.
+    Rejected {
+        /// The row's fingerprint.
+        fp: Fingerprint,
+    },
+    /// A catalogue entry was published with this content.
+    Catalog {
+        /// `<kind>:<id>`.
+        key: String,
+        /// Its fingerprint.
+        fp: Fingerprint,
+    },
+}
+
+impl StateUpdate {
+    /// The record key and value on `state.pendo-poller`.
+    pub fn to_record(&self) -> (String, Vec<u8>) {
+        let (key, value) = match self {
+            StateUpdate::Cursor { name, at } => (format!("cursor:{name}"), json!({"at": at})),
+            StateUpdate::Account { id, fp } => (format!("account:{id}"), json!({"fp": hex(fp)})),
+            StateUpdate::VisitorSeen { id } => (format!("visitor:{id}"), json!({"seen": true})),
+            StateUpdate::Catalog { key, fp } => (format!("catalog:{key}"), json!({"fp": hex(fp)})),
+            StateUpdate::Rejected { fp } => {
+                (format!("rejected:{}", hex(fp)), json!({"seen": true}))
+            }
+        };
+        (key, value.to_string().into_bytes())
+    }
+}
+
+/// What the poller remembers between cycles and restarts.
+#[derive(Debug, Default)]
+pub struct PollerState {
+    cursors: HashMap<String, i64>,
+    accounts: HashMap<Box<str>, Fingerprint>,
+    visitors: HashSet<Box<str>>,
+    catalog: HashMap<Box<str>, Fingerprint>,
+    rejected: HashSet<Fingerprint>,
+}
+
+impl PollerState {
+    /// Applies one record read back from the state topic; a tombstone (`None`) forgets the key.
+    /// Unknown keys and unreadable values are reported, never fatal: the worst outcome of a
+    /// forgotten entry is one repeated emission (same messageId downstream).
+    pub fn apply_record(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let parsed: Option<Value> = match value {
+            None => None,
+            Some(v) => {
+                Some(serde_json::from_slice(v).map_err(|e| format!("state key {key:?}: {e}"))?)
+            }
+        };
+        let (kind, rest) = key
+            .split_once(':')
+            .ok_or_else(|| format!("state key {key:?} has no kind"))?;
+        match (kind, parsed) {
+            ("cursor", None) => {
+                self.cursors.remove(rest);
+            }
+            ("cursor", Some(v)) => {
+                let at = v["at"]
+                    .as_i64()
+                    .ok_or_else(|| format!("state key {key:?}: no `at`"))?;
+                self.cursors.insert(rest.to_string(), at);
+            }
+            ("account", None) => {
+                self.accounts.remove(rest);
+            }
+            ("account", Some(v)) => {
+                self.accounts.insert(rest.into(), parse_fp(key, &v)?);
+            }
+            ("visitor", None) => {
+                self.visitors.remove(rest);
+            }
+            ("visitor", Some(_)) => {
+                self.visitors.insert(rest.into());
+            }
+            ("catalog", None) => {
+                self.catalog.remove(rest);
+            }
+            ("catalog", Some(v)) => {
+                self.catalog.insert(rest.into(), parse_fp(key, &v)?);
+            }
+            ("rejected", v) => {
+                let mut fp = [0u8; 16];
+                parse_hex(key, rest, &mut fp)?;
+                if v.is_some() {
+                    self.rejected.insert(fp);
+                } else {
+                    self.rejected.remove(&fp);
+                }
+            }
+            _ => return Err(format!("state key {key:?}: unknown kind")),
+        }
+        Ok(())
+    }
+
+    /// Applies updates that were committed.
+    pub fn apply(&mut self, updates: &[StateUpdate]) {
+        for u in updates {
+            match u {
+                StateUpdate::Cursor { name, at } => {
+                    self.cursors.insert(name.clone(), *at);
+                }
+                StateUpdate::Account { id, fp } => {
+                    self.accounts.insert(id.as_str().into(), *fp);
+                }
+                StateUpdate::VisitorSeen { id } => {
+                    self.visitors.insert(id.as_str().into());
+                }
+                StateUpdate::Catalog { key, fp } => {
+                    self.catalog.insert(key.as_str().into(), *fp);
+                }
+                StateUpdate::Rejected { fp } => {
+                    self.rejected.insert(*fp);
+                }
+            }
+        }
+    }
+
+    /// A cursor's value (epoch ms).
+    pub fn cursor(&self, name: &str) -> Option<i64> {
+        self.cursors.get(name).copied()
+    }
+
+    /// The fingerprint an account was last emitted with.
+    pub fn account(&self, id: &str) -> Option<&Fingerprint> {
+        self.accounts.get(id)
+    }
+
+    /// Whether a visitor's first visit was emitted.
+    pub fn visitor_seen(&self, id: &str) -> bool {
+        self.visitors.contains(id)
+    }
+
+    /// The fingerprint a catalogue entry was last published with.
+    pub fn catalog(&self, key: &str) -> Option<&Fingerprint> {
+        self.catalog.get(key)
+    }
+
+    /// Whether an unusable row with this fingerprint was dead-lettered already.
+    pub fn rejected(&self, fp: &Fingerprint) -> bool {
+        self.rejected.contains(fp)
+    }
+
+    /// Entries held (for the start-up log).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.accounts.len(), self.visitors.len(), self.catalog.len())
+    }
+}
+
+fn parse_fp(key: &str, v: &Value) -> Result<Fingerprint, String> {
+    let text = v["fp"]
+        .as_str()
+        .ok_or_else(|| format!("state key {key:?}: no `fp`"))?;
+    let mut fp = [0u8; 16];
+    parse_hex(key, text, &mut fp)?;
+    Ok(fp)
+}
+
+fn parse_hex(key: &str, text: &str, fp: &mut Fingerprint) -> Result<(), String> {
+    let bad = || format!("state key {key:?}: bad fingerprint");
+    if text.len() != 32 || !text.is_ascii() {
+        return Err(bad());
+    }
+    for (i, b) in fp.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(())
+}
+
+fn hex(fp: &Fingerprint) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_update_reads_back_as_it_was_written() {
+        let updates = vec![
+            StateUpdate::Cursor {
+                name: "visitors.firstvisit".into(),
+                at: 1_764_000_000_000,
+            },
+            StateUpdate::Account {
+                id: "acct:1".into(),
+                fp: [7; 16],
+            },
+            StateUpdate::VisitorSeen { id: "v 1".into() },
+            StateUpdate::Rejected { fp: [9; 16] },
+            StateUpdate::Catalog {
+                key: "feature:f1".into(),
+                fp: [255; 16],
+            },
+        ];
+        let mut s = PollerState::default();
+        for u in &updates {
+            let (k, v) = u.to_record();
+            s.apply_record(&k, Some(&v)).unwrap();
+        }
+        assert_eq!(s.cursor("visitors.firstvisit"), Some(1_764_000_000_000));
+        assert_eq!(s.account("acct:1"), Some(&[7; 16]));
+        assert!(s.visitor_seen("v 1"));
+        assert_eq!(s.catalog("feature:f1"), Some(&[255; 16]));
+        assert!(s.rejected(&[9; 16]));
+        s.apply_record("account:acct:1", None).unwrap();
+        assert_eq!(s.account("acct:1"), None);
+        assert!(s.apply_record("bogus", Some(b"{}")).is_err());
+        assert!(
+            s.apply_record("account:x", Some(b"{\"fp\":\"zz\"}"))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,514 @@
+//! The Pendo API poller end to end against a real broker and the Pendo-compatible test server
+//! (which refuses unbounded result sets): one record per account and per new visitor, then only
+//! what changed; SIGKILL mid-cycle loses and repeats nothing; `Retry-After` is respected; a
+//! refused key stops the role with a message naming the settings; with the transformer,
+//! accounts become group calls, visitors identify calls, and webhook events carry catalogue
+//! names.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pendo_segment::schema::segment_call::CallBody;
+use pendo_segment::schema::{SegmentCallCodec, WireFormat};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use support::pendo_server::{
+    PendoFault, PendoFaultPlan, PendoServerConfig, PendoTestServer, account_row, visitor_row,
+};
+use support::*;
+
+const DAY_MS: i64 = 86_400_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// One test's deployment: a topic prefix, and a config file per process.
+struct Deployment {
+    dir: tempfile::TempDir,
+    prefix: String,
+    pendo: String,
+    poller: String,
+}
+
+impl Deployment {
+    fn new(server: &PendoTestServer, poller: &str) -> Self {
+        require_kafka();
+        let d = Self {
+            dir: tempfile::tempdir().unwrap(),
+            prefix: unique("poll"),
+            pendo: format!(
+                "[pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n",
+                server.url(),
+                server.integration_key()
+            ),
+            poller: poller.to_string(),
+        };
+        let (config, _) = d.config("topics", "");
+        apply_topics(&config);
+        d
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// A config for one process (its own ops port) in its own directory.
+    fn config(&self, name: &str, extra: &str) -> (PathBuf, u16) {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        role_config(
+            &dir,
+            &self.prefix,
+            &format!("{}[pendo_poller]\n{}\n{extra}", self.pendo, self.poller),
+        )
+    }
+
+    fn start(&self, role: &str, name: &str) -> RoleProcess {
+        let (config, ops) = self.config(name, "");
+        RoleProcess::start(
+            &config,
+            &["run", "--role", role],
+            ops,
+            self.dir.path().join(format!("{name}.log")),
+        )
+    }
+
+    fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Poller settings for tests: frequent cycles, small pages, fast retries; `extra` lines
+/// (`key = value`) replace the defaults they name.
+fn fast_poller(extra: &str) -> String {
+    let defaults = [
+        "accounts_interval_s = 2",
+        "visitors_interval_s = 2",
+        "catalog_interval_s = 2",
+        "page_size = 200",
+        "requests_per_s = 200",
+        "backoff_initial_ms = 50",
+        "backoff_max_ms = 500",
+        "visitors_window_s = 86400",
+        "visitors_initial_lookback_s = 345600",
+    ];
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let overridden: Vec<String> = extra.lines().map(key).collect();
+    let mut lines: Vec<String> = defaults
+        .iter()
+        .filter(|d| !overridden.contains(&key(d)))
+        .map(|d| d.to_string())
+        .collect();
+    lines.extend(extra.lines().map(str::to_string));
+    lines.join("\n")
+}
+
+fn accounts(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            account_row(
+                &format!("acct-{i:05}"),
+                json!({"name": format!("Account {i}")}),
+                json!({"health_score": (i % 100) as i64, "plan_tier": "growth"}),
+                now_ms() - 30 * DAY_MS,
+            )
+        })
+        .collect()
+}
+
+/// `n` visitors first seen over the last three days.
+fn visitors(n: usize) -> Vec<Value> {
+    let now = now_ms();
+    (0..n)
+        .map(|i| {
+            visitor_row(
+                &format!("vis-{i:05}"),
+                &format!("acct-{:05}", i % 50),
+                now - 3 * DAY_MS + (i as i64 * 3 * DAY_MS / n as i64),
+                json!({"email": format!("v{i}@example.com")}),
+                json!({"role": "user"}),
+            )
+        })
+        .collect()
+}
+
+fn catalog(kind: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"id": format!("{kind}-{i}"), "name": format!("{kind} {i}"), "appId": 7}))
+        .collect()
+}
+
+fn value_of(m: &OwnedMessage) -> Value {
+    serde_json::from_slice(m.payload().expect("value")).expect("JSON value")
+}
+
+/// Records of `topic` by event kind and key: how many times each key was emitted.
+fn emitted(records: &[OwnedMessage]) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for m in records {
+        let v = value_of(m);
+        let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+        *out.entry((v["event"].as_str().unwrap_or("").to_string(), key))
+            .or_default() += 1;
+    }
+    out
+}
+
+/// Reads `topic` until `n` records arrived (or 60 s passed without a new one), then a little
+/// longer so that a duplicate would show.
+async fn read_n(topic: &str, n: usize) -> Vec<OwnedMessage> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || read_committed(&topic, n, Duration::from_secs(60)))
+        .await
+        .unwrap()
+}
+
+async fn wait_log(p: &RoleProcess, needle: &str, times: usize, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while p.logs().matches(needle).count() < times {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{needle}` not logged {times} times in {timeout:?}:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_bounded(server: &PendoTestServer) {
+    for r in server.read_requests() {
+        if let Some(body) = &r.body {
+            let pipeline = body["request"]["pipeline"].as_array().expect("pipeline");
+            assert!(
+                pipeline.iter().any(|s| s.get("limit").is_some()),
+                "an aggregation without a limit: {body}"
+            );
+        }
+        assert_eq!(r.status, 200, "read {} answered {}", r.endpoint, r.status);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_record_per_account_and_new_visitor_then_only_changes() {
+    let server = PendoTestServer::start(PendoServerConfig {
+        max_rows: 500,
+        ..Default::default()
+    })
+    .await;
+    server.set_accounts(accounts(1_100));
+    server.set_visitors(visitors(700));
+    server.set_catalog("feature", catalog("feature", 30));
+    server.set_catalog("page", catalog("page", 10));
+    server.set_catalog("guide", catalog("guide", 5));
+    server.set_catalog("tracktype", catalog("tracktype", 3));
+    let d = Deployment::new(&server, &fast_poller(""));
+    let mut poller = d.start("pendo-poller", "poller");
+    poller.wait_ready(Duration::from_secs(60)).await;
+
+    let raw = read_n(&d.topic("pendo.raw.api"), 1_800).await;
+    let first = emitted(&raw);
+    assert_eq!(raw.len(), 1_800, "one record per account and visitor");
+    assert!(first.values().all(|n| *n == 1), "nothing emitted twice");
+    assert_eq!(
+        first.keys().filter(|(k, _)| k == "accountSnapshot").count(),
+        1_100
+    );
+    assert_eq!(
+        first
+            .keys()
+            .filter(|(k, _)| k == "visitorFirstSeen")
+            .count(),
+        700
+    );
+    let snapshot = raw
+        .iter()
+        .map(value_of)
+        .find(|v| v["accountId"] == "acct-00042")
+        .unwrap();
+    assert_eq!(
+        snapshot["properties"]["metadata"],
+        json!({"agent": {"name": "Account 42"}, "custom": {"health_score": 42, "plan_tier": "growth"}}),
+        "the selected fields (agent, custom), not auto"
+    );
+    let cat = read_n(&d.topic("pendo.catalog"), 48).await;
+    assert_eq!(cat.len(), 48);
+
+    // Let at least one more full cycle pass without changes: nothing new.
+    let cycles = poller.logs().matches("poll cycle complete").count();
+    wait_log(
+        &poller,
+        "poll cycle complete",
+        cycles + 3,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        read_n(&d.topic("pendo.raw.api"), usize::MAX).await.len(),
+        1_800
+    );
+
+    // Changes: 10 accounts change a selected field, one changes only auto.lastvisit (not
+    // selected), 5 visitors are new, a feature is renamed.
+    for i in 0..10 {
+        server.upsert_account(account_row(
+            &format!("acct-{i:05}"),
+            json!({"name": format!("Account {i}")}),
+            json!({"health_score": 99, "plan_tier": "enterprise"}),
+            now_ms() - 30 * DAY_MS,
+        ));
+    }
+    let mut touched = account_row(
+        "acct-00500",
+        json!({"name": "Account 500"}),
+        json!({"health_score": 0, "plan_tier": "growth"}),
+        now_ms() - 30 * DAY_MS,
+    );
+    touched["metadata"]["auto"]["lastvisit"] = json!(now_ms());
+    server.upsert_account(touched);
+    for i in 0..5 {
+        server.upsert_visitor(visitor_row(
+            &format!("new-{i}"),
+            "acct-00001",
+            now_ms() - 3_600_000,
+            json!({"email": format!("new{i}@example.com")}),
+            json!({}),
+        ));
+    }
+    let mut features = catalog("feature", 30);
+    features[3]["name"] = json!("Export CSV");
+    server.set_catalog("feature", features);
+
+    let raw = read_n(&d.topic("pendo.raw.api"), 1_815).await;
+    let after = emitted(&raw);
+    assert_eq!(
+        raw.len(),
+        1_815,
+        "exactly the 10 changed accounts and 5 new visitors"
+    );
+    for i in 0..10 {
+        assert_eq!(
+            after[&("accountSnapshot".to_string(), format!("acct-{i:05}"))],
+            2
+        );
+    }
+    assert_eq!(
+        after[&("accountSnapshot".to_string(), "acct-00500".to_string())],
+        1,
+        "an unselected field does not re-emit"
+    );
+    for i in 0..5 {
+        assert_eq!(
+            after[&("visitorFirstSeen".to_string(), format!("new-{i}"))],
+            1
+        );
+    }
+    let cat = read_n(&d.topic("pendo.catalog"), 49).await;
+    assert_eq!(cat.len(), 49);
+    let mut renamed: Vec<_> = cat
+        .iter()
+        .filter(|m| m.key() == Some(b"feature:feature-3".as_slice()))
+        .collect();
+    renamed.sort_by_key(|m| m.offset());
+    assert_eq!(renamed.len(), 2);
+    assert_eq!(value_of(renamed[1])["name"], "Export CSV");
+    assert_bounded(&server);
+    let metrics = poller.metrics().await;
+    assert!(metrics.contains(
+        "pendo_segment_pendo_api_requests_total{endpoint=\"aggregation:accounts\",status=\"200\"}"
+    ));
+    assert!(
+        metrics
+            .contains("pendo_segment_poller_watermark_lag_seconds{cursor=\"visitors.firstvisit\"}")
+    );
+    poller.sigterm();
+    assert!(poller.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_cycle_loses_no_window_and_repeats_nothing() {
+    let server = PendoTestServer::start(PendoServerConfig {
+        max_rows: 500,
+        ..Default::default()
+    })
+    .await;
+    server.set_accounts(accounts(3_000));
+    server.set_visitors(visitors(1_500));
+    // Slow pages, so the kills land mid-cycle.
+    server.set_read_faults(PendoFaultPlan::none().range(
+        1,
+        1_000_000,
+        PendoFault::Slow(Duration::from_millis(120)),
+    ));
+    let d = Deployment::new(&server, &fast_poller("page_size = 100"));
+    let topic = d.topic("pendo.raw.api");
+    for round in 0..4 {
+        let mut p = d.start("pendo-poller", &format!("poller-{round}"));
+        p.wait_ready(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(2_500 + 700 * round)).await;
+        p.kill9();
+    }
+    let mut last = d.start("pendo-poller", "poller-final");
+    last.wait_ready(Duration::from_secs(60)).await;
+    let raw = read_n(&topic, 4_500).await;
+    let by_key = emitted(&raw);
+    let repeated: Vec<_> = by_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "emitted twice: {repeated:?}");
+    assert_eq!(by_key.len(), 4_500, "every account and visitor, once");
+    assert_eq!(raw.len(), 4_500);
+    let kills_mid_cycle = (0..4)
+        .filter(|r| {
+            let log = std::fs::read_to_string(d.log_dir().join(format!("poller-{r}.log")))
+                .unwrap_or_default();
+            log.contains("poller state loaded")
+        })
+        .count();
+    assert_eq!(
+        kills_mid_cycle, 4,
+        "every killed poller had started polling"
+    );
+    last.sigterm();
+    assert!(last.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_respected_and_a_refused_key_stops_the_role() {
+    let server = PendoTestServer::start(PendoServerConfig::default()).await;
+    server.set_accounts(accounts(450));
+    server.set_read_faults(
+        PendoFaultPlan::none()
+            .range(2, 3, PendoFault::TooManyRequests { retry_after_s: 1 })
+            .nth(5, PendoFault::Status(503)),
+    );
+    let d = Deployment::new(&server, &fast_poller("visitors_interval_s = 0"));
+    let mut p = d.start("pendo-poller", "poller");
+    p.wait_ready(Duration::from_secs(60)).await;
+    let raw = read_n(&d.topic("pendo.raw.api"), 450).await;
+    assert_eq!(raw.len(), 450);
+    assert_eq!(
+        server.early_read_requests(),
+        0,
+        "a request came before Retry-After"
+    );
+    let statuses: HashMap<u16, usize> =
+        server
+            .read_requests()
+            .iter()
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(r.status).or_default() += 1;
+                m
+            });
+    assert_eq!(statuses.get(&429), Some(&2));
+    assert_eq!(statuses.get(&503), Some(&1));
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+
+    // A wrong key: the role stops (non-zero) with a message naming the settings, not retries.
+    let mut wrong = Deployment::new(&server, &fast_poller(""));
+    wrong.pendo = wrong
+        .pendo
+        .replace(&server.integration_key(), "not-the-key");
+    let mut p = wrong.start("pendo-poller", "wrong-key");
+    let status = p.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = p.logs();
+    assert!(
+        logs.contains("pendo.integration_key") && logs.contains("pendo.region"),
+        "{logs}"
+    );
+    assert!(!logs.contains("not-the-key"), "the key was logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_transformer_accounts_group_visitors_identify_and_events_get_names() {
+    let server = PendoTestServer::start(PendoServerConfig::default()).await;
+    server.set_accounts(accounts(40));
+    server.set_visitors(visitors(25));
+    server.set_catalog(
+        "feature",
+        vec![json!({"id": "ft_export_csv", "name": "Export CSV button (catalogue)", "appId": 7})],
+    );
+    server.set_catalog(
+        "page",
+        vec![json!({"id": "pg_reports", "name": "Reports (catalogue)", "appId": 7})],
+    );
+    let d = Deployment::new(
+        &server,
+        &fast_poller("account_fields = [\"agent.name\", \"custom.health_score\"]"),
+    );
+    let mut poller = d.start("pendo-poller", "poller");
+    poller.wait_ready(Duration::from_secs(60)).await;
+    assert_eq!(read_n(&d.topic("pendo.catalog"), 2).await.len(), 2);
+    // The transformer reads the catalogue to its end before mapping anything.
+    let mut transform = d.start("transform-pendo", "transform");
+    transform.wait_ready(Duration::from_secs(60)).await;
+    // A webhook feature click without a feature name: the catalogue supplies it.
+    let mut click: Value = serde_json::from_slice(
+        &std::fs::read(fixtures_dir().join("pendo/feature-clicked.json")).unwrap(),
+    )
+    .unwrap();
+    click["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("featureName");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&d.topic("pendo.raw.webhook"))
+                .key("vis-2002")
+                .payload(&click.to_string()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+
+    let out = read_n(&d.topic("canonical.segment-calls"), 66).await;
+    let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+    let calls: Vec<_> = out
+        .iter()
+        .map(|m| codec.decode(m.payload().unwrap()).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 66);
+    let groups: Vec<_> = calls
+        .iter()
+        .filter_map(|c| match &c.body {
+            CallBody::Group { group_id, traits } => Some((group_id.clone(), traits.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(groups.len(), 40);
+    let (_, traits) = groups.iter().find(|(g, _)| g == "acct-00007").unwrap();
+    let traits: Value = serde_json::from_str(traits).unwrap();
+    assert_eq!(traits, json!({"name": "Account 7", "health_score": 7}));
+    let identifies = calls
+        .iter()
+        .filter(|c| matches!(c.body, CallBody::Identify { .. }))
+        .count();
+    assert_eq!(identifies, 25);
+    let track = calls
+        .iter()
+        .find_map(|c| match &c.body {
+            CallBody::Track { event, properties } if event == "Feature Clicked" => {
+                Some(serde_json::from_str::<Value>(properties).unwrap())
+            }
+            _ => None,
+        })
+        .expect("the feature click");
+    assert_eq!(track["feature_name"], "Export CSV button (catalogue)");
+    assert_eq!(track["page_name"], "Reports (catalogue)");
+    for p in [&mut poller, &mut transform] {
+        p.sigterm();
+        assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+    }
+}

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub poller_records: IntCounterVec,
     /// Poller: how far each watermark/cycle end is behind now, in seconds.
     pub poller_watermark_lag: IntGaugeVec,
+    /// Poller: usage milestones emitted, by rule (configured names: bounded).
+    pub milestones_emitted: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -468,6 +470,12 @@ impl Metrics {
                 "pendo_segment_poller_watermark_lag_seconds",
                 "How far each poller watermark or cycle end is behind now.",
                 &["cursor"],
+            ),
+            milestones_emitted: counter(
+                &r,
+                "pendo_segment_milestones_emitted_total",
+                "Usage milestones the poller emitted, by rule.",
+                &["rule"],
             ),
             registry: r,
         };

@@ -512,3 +512,114 @@ async fn with_the_transformer_accounts_group_visitors_identify_and_events_get_na
         assert!(p.wait_exit(Duration::from_secs(30)).await.success());
     }
 }
+
+fn feature_row(visitor: &str, feature: &str, days_ago: i64, uses: u64) -> Value {
+    let today = now_ms().div_euclid(DAY_MS) * DAY_MS;
+    json!({"visitorId": visitor, "accountId": "acct-00001", "featureId": feature,
+           "day": today - days_ago * DAY_MS, "numEvents": uses, "numMinutes": 1})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_milestone_fires_once_per_visitor_and_never_again_after_restarts() {
+    let server = PendoTestServer::start(PendoServerConfig::default()).await;
+    let mut rows = vec![
+        // 6 + 5 = 11 uses of f1 within 7 days: reaches `exporter` (>= 10).
+        feature_row("v-1", "f1", 0, 6),
+        feature_row("v-1", "f1", 3, 5),
+        // 9 uses: not yet.
+        feature_row("v-2", "f1", 1, 9),
+        // 12 uses, but 10 days ago: outside the window.
+        feature_row("v-3", "f1", 10, 12),
+        // 3 distinct features of f1..f4: reaches `explorer` (>= 3 distinct).
+        feature_row("v-4", "f2", 0, 1),
+        feature_row("v-4", "f3", 2, 1),
+        feature_row("v-4", "f4", 6, 1),
+    ];
+    // Many visitors with one use each, so feature x day pages are paginated (page_size 20).
+    for i in 0..300 {
+        rows.push(feature_row(&format!("w-{i:04}"), "f1", i % 7, 1));
+    }
+    server.set_event_rows("featureEvents", rows.clone());
+    let rules = "milestones_interval_s = 2\npage_size = 20\n\
+         [[pendo_poller.milestones]]\nname = \"exporter\"\nmeasure = \"feature_uses\"\n\
+         feature_ids = [\"f1\"]\nthreshold = 10\nwindow_days = 7\n\
+         [[pendo_poller.milestones]]\nname = \"explorer\"\nmeasure = \"distinct_features\"\n\
+         feature_ids = [\"f1\", \"f2\", \"f3\", \"f4\"]\nthreshold = 3\nwindow_days = 7";
+    let d = Deployment::new(
+        &server,
+        &fast_poller(&format!(
+            "accounts_interval_s = 0\nvisitors_interval_s = 0\ncatalog_interval_s = 0\n{rules}"
+        )),
+    );
+    let topic = d.topic("pendo.raw.api");
+    let mut p = d.start("pendo-poller", "poller-1");
+    p.wait_ready(Duration::from_secs(60)).await;
+    let first = read_n(&topic, 2).await;
+    let got: Vec<(String, String)> = first
+        .iter()
+        .map(value_of)
+        .map(|v| {
+            (
+                v["properties"]["rule"].as_str().unwrap().to_string(),
+                v["visitorId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("explorer".to_string(), "v-4".to_string()),
+            ("exporter".to_string(), "v-1".to_string())
+        ]
+    );
+    let v1 = first
+        .iter()
+        .map(value_of)
+        .find(|v| v["visitorId"] == "v-1")
+        .unwrap();
+    assert_eq!(v1["event"], "featureMilestoneReached");
+    assert_eq!(v1["properties"]["count"], 11);
+    assert_eq!(v1["properties"]["window_days"], 7);
+
+    // More cycles and a SIGKILL + restart: nothing again. Then v-2 crosses the threshold.
+    wait_log(&p, "poll cycle complete", 3, Duration::from_secs(60)).await;
+    p.kill9();
+    rows.push(feature_row("v-2", "f1", 0, 1));
+    server.set_event_rows("featureEvents", rows);
+    let mut p = d.start("pendo-poller", "poller-2");
+    p.wait_ready(Duration::from_secs(60)).await;
+    wait_log(&p, "poll cycle complete", 3, Duration::from_secs(60)).await;
+    let all = read_n(&topic, 3).await;
+    let mut reached: Vec<String> = all
+        .iter()
+        .map(value_of)
+        .map(|v| format!("{}:{}", v["properties"]["rule"], v["visitorId"]))
+        .collect();
+    reached.sort();
+    assert_eq!(
+        reached,
+        vec![
+            "\"explorer\":\"v-4\"",
+            "\"exporter\":\"v-1\"",
+            "\"exporter\":\"v-2\""
+        ],
+        "each milestone exactly once across restarts"
+    );
+    assert!(
+        p.metrics()
+            .await
+            .contains("pendo_segment_milestones_emitted_total{rule=\"exporter\"} 1")
+    );
+    assert_bounded(&server);
+    let continued = server
+        .read_requests()
+        .iter()
+        .filter_map(|r| r.body.as_ref())
+        .filter(|b| b.to_string().contains("visitorId >="))
+        .count();
+    assert!(continued > 0, "feature x day pages were never continued");
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+}

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::milestones::MilestoneRule;
+
 /// Section name used in validation messages.
 const SECTION: &str = "pendo_poller";
 
@@ -21,6 +23,11 @@ pub struct PendoPollerConfig {
     pub visitors_interval_s: u64,
     /// Seconds between catalogue refreshes (features, pages, guides, track types); 0 disables.
     pub catalog_interval_s: u64,
+    /// Seconds between evaluations of the usage milestone rules; 0 disables.
+    pub milestones_interval_s: u64,
+    /// Usage milestone rules (`[[pendo_poller.milestones]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub milestones: Vec<MilestoneRule>,
     /// Metadata of an account that becomes the Segment group's traits: dotted paths under
     /// the row's `metadata` (`agent.name`, `custom.health_score`, `pendo.nps`), or a whole
     /// group (`custom`). Only these fields decide whether an account changed, so volatile
@@ -58,6 +65,8 @@ impl Default for PendoPollerConfig {
             accounts_interval_s: 3_600,
             visitors_interval_s: 900,
             catalog_interval_s: 3_600,
+            milestones_interval_s: 21_600,
+            milestones: Vec::new(),
             account_fields: vec!["agent".into(), "custom".into()],
             visitor_fields: vec!["agent".into(), "custom".into()],
             page_size: 1_000,
@@ -102,6 +111,16 @@ impl PendoPollerConfig {
                 .find(|f| f.is_empty() || f.split('.').any(str::is_empty))
             {
                 return Err(format!("{SECTION}.{key}: `{bad}` is not a dotted path"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for rule in &self.milestones {
+            rule.validate()?;
+            if !names.insert(rule.name.as_str()) {
+                return Err(format!(
+                    "{SECTION}.milestones: the rule name `{}` is used twice",
+                    rule.name
+                ));
             }
         }
         Ok(())

@@ -1,10 +1,12 @@
 //! The Pendo API poller (role `pendo-poller`): what webhooks do not carry, read from Pendo's
 //! REST API on schedules — account snapshots (-> Segment `group` calls), visitors first seen
-//! (-> `identify` calls) onto `pendo.raw.api`, and the catalogue of features, pages, guides and
+//! (-> `identify` calls) and usage milestones (-> `Feature Milestone Reached` tracks) onto
+//! `pendo.raw.api`, and the catalogue of features, pages, guides and
 //! track types onto the compacted `pendo.catalog`.
 //!
 //! Split by idea: [`config`] (`[pendo_poller]`), [`api`] (polite reads: rate limit, retries,
 //! `Retry-After`, a refused key stops the role), [`rows`] (queries and row -> record),
+//! [`milestones`] (rules over aggregated feature usage),
 //! [`state`] (what was emitted, in the compacted `state.pendo-poller`), and [`poller`] (the
 //! cycles; every page is one Kafka transaction with its state).
 //!
@@ -14,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod milestones;
 pub mod poller;
 pub mod rows;
 pub mod state;
@@ -57,6 +60,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
         catalog: config.topic_name(TopicId::PendoCatalog),
         state: config.topic_name(TopicId::StatePendoPoller),
         dlq: config.topic_name(TopicId::DlqPendoPoller),
+        milestones: config.topic_name(TopicId::StateMilestones),
     };
     let txn_timeout = Duration::from_millis(config.processing.transaction_call_timeout_ms);
     Ok(move |env: RoleEnv| -> RoleFuture {
@@ -76,16 +80,22 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             })
             .await?
             .context("cannot start the poller's transactional producer")?;
-            let state_topic = topics.state.clone();
+            let state_topics = (topics.state.clone(), topics.milestones.clone());
             let state = tokio::task::spawn_blocking(move || {
                 let mut state = state::PollerState::default();
                 let mut unreadable = 0u64;
-                read_to_end(state_reader, &state_topic, StartAt::Beginning, |m| {
+                let (cursors, milestones) = state_topics;
+                read_to_end(state_reader.clone(), &cursors, StartAt::Beginning, |m| {
                     let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
                     if let Err(e) = state.apply_record(&key, m.payload()) {
                         unreadable += 1;
                         tracing::warn!(error = %e, "state record ignored");
                     }
+                    Ok(())
+                })?;
+                read_to_end(state_reader, &milestones, StartAt::Beginning, |m| {
+                    let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+                    state.apply_milestone_record(&key, m.payload().is_some());
                     Ok(())
                 })?;
                 anyhow::Ok((state, unreadable))

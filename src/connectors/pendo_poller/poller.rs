@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::api::{ApiError, PendoApi};
 use super::config::PendoPollerConfig;
+use super::milestones::{self, RuleUsage};
 use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
 use crate::kafka::headers;
@@ -24,6 +25,10 @@ pub const VISITORS_CURSOR: &str = "visitors.firstvisit";
 pub const ACCOUNTS_CURSOR: &str = "accounts.cycle";
 /// End of the last complete catalogue refresh.
 pub const CATALOG_CURSOR: &str = "catalog.cycle";
+/// End of the last complete milestone evaluation.
+pub const MILESTONES_CURSOR: &str = "milestones.cycle";
+/// Milestone records per transaction at most.
+const MILESTONE_CHUNK: usize = 1_000;
 /// Catalogue records per transaction at most.
 const CATALOG_CHUNK: usize = 5_000;
 
@@ -38,6 +43,8 @@ pub struct PollerTopics {
     pub state: String,
     /// `dlq.pendo-poller`.
     pub dlq: String,
+    /// `state.milestones`.
+    pub milestones: String,
 }
 
 /// Why a cycle stopped.
@@ -164,7 +171,12 @@ impl Poller {
     /// Runs the cycles on their schedules until `shutdown`; a cycle in progress is abandoned
     /// between (or during) pages, which loses nothing: its pages are atomic.
     pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let jobs: [(Job, Option<Duration>); 3] = [
+        let milestones = if self.cfg.milestones.is_empty() {
+            None
+        } else {
+            PendoPollerConfig::every(self.cfg.milestones_interval_s)
+        };
+        let jobs: [(Job, Option<Duration>); 4] = [
             (
                 Job::Catalog,
                 PendoPollerConfig::every(self.cfg.catalog_interval_s),
@@ -177,6 +189,7 @@ impl Poller {
                 Job::Visitors,
                 PendoPollerConfig::every(self.cfg.visitors_interval_s),
             ),
+            (Job::Milestones, milestones),
         ];
         let mut due: Vec<(Job, Duration, Instant)> = jobs
             .iter()
@@ -240,6 +253,7 @@ impl Poller {
             Job::Accounts => self.accounts_cycle().await,
             Job::Visitors => self.visitors_cycle().await,
             Job::Catalog => self.catalog_cycle().await,
+            Job::Milestones => self.milestones_cycle().await,
         }
     }
 
@@ -383,6 +397,72 @@ impl Poller {
         self.commit(done).await
     }
 
+    /// Evaluates every milestone rule over its window and emits each visitor that reached it
+    /// and never did before.
+    pub async fn milestones_cycle(&mut self) -> Result<(), PollError> {
+        let now_ms = headers::now_millis();
+        let page = self.cfg.page_size;
+        let rules = self.cfg.milestones.clone();
+        for rule in &rules {
+            let mut usage = RuleUsage::default();
+            for feature in &rule.feature_ids {
+                for day in rule.days(now_ms) {
+                    let mut from: Option<(String, bool)> = None;
+                    loop {
+                        let query = milestones::feature_day_page(
+                            feature,
+                            day,
+                            from.as_ref().map(|(v, inclusive)| (v.as_str(), *inclusive)),
+                            page,
+                        );
+                        let mut rows = self.api.aggregate("featureEvents", query).await?;
+                        let next = milestones::split_page(&mut rows, page);
+                        usage.add_rows(feature, &rows);
+                        match next {
+                            Some(n) if from.as_ref() != Some(&n) => from = Some(n),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            let reached: Vec<_> = usage
+                .reached(rule)
+                .into_iter()
+                .filter(|(v, _, _)| !self.state.milestone_reached(&rule.name, v))
+                .collect();
+            for chunk in reached.chunks(MILESTONE_CHUNK) {
+                let mut step = Step::default();
+                for (visitor, account, count) in chunk {
+                    step.raw(
+                        milestones::milestone_event(
+                            rule,
+                            visitor,
+                            account.as_deref(),
+                            *count,
+                            now_ms,
+                        ),
+                        now_ms,
+                    );
+                    step.updates.push(StateUpdate::Milestone {
+                        rule: rule.name.clone(),
+                        visitor: visitor.clone(),
+                    });
+                }
+                self.commit(step).await?;
+                metrics()
+                    .milestones_emitted
+                    .with_label_values(&[&rule.name])
+                    .inc_by(chunk.len() as u64);
+            }
+        }
+        let mut done = Step::default();
+        done.updates.push(StateUpdate::Cursor {
+            name: MILESTONES_CURSOR.into(),
+            at: now_ms,
+        });
+        self.commit(done).await
+    }
+
     /// Writes a step in one transaction, then remembers its state.
     async fn commit(&mut self, step: Step) -> Result<(), PollError> {
         if step.records.is_empty() && step.updates.is_empty() {
@@ -408,7 +488,12 @@ impl Poller {
 
     fn report_lag(&self) {
         let now = headers::now_millis();
-        for name in [VISITORS_CURSOR, ACCOUNTS_CURSOR, CATALOG_CURSOR] {
+        for name in [
+            VISITORS_CURSOR,
+            ACCOUNTS_CURSOR,
+            CATALOG_CURSOR,
+            MILESTONES_CURSOR,
+        ] {
             if let Some(at) = self.state.cursor(name) {
                 metrics()
                     .poller_watermark_lag
@@ -439,7 +524,12 @@ fn write_transaction(
         }
         for u in updates {
             let (k, v) = u.to_record();
-            out.send(&topics.state, Some(k.as_bytes()), &v, &[])?;
+            let topic = if u.is_milestone() {
+                &topics.milestones
+            } else {
+                &topics.state
+            };
+            out.send(topic, Some(k.as_bytes()), &v, &[])?;
         }
         Ok::<(), rdkafka::error::KafkaError>(())
     })();
@@ -464,6 +554,7 @@ enum Job {
     Accounts,
     Visitors,
     Catalog,
+    Milestones,
 }
 
 impl Job {
@@ -472,6 +563,7 @@ impl Job {
             Job::Accounts => "accounts",
             Job::Visitors => "visitors",
             Job::Catalog => "catalog",
+            Job::Milestones => "milestones",
         }
     }
 }

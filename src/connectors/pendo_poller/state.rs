@@ -9,6 +9,8 @@
 //! - `visitor:<id>` -> `{"seen": true}`: the visitor's first visit was emitted (overlapping
 //!   windows never emit it again);
 //! - `catalog:<kind>:<id>` -> `{"fp": "<hex>"}`: the catalogue entry as last published;
+//! - on `state.milestones`, `<rule>:<visitor>` -> `{"reached": true}`: the visitor's milestone
+//!   was emitted;
 //! - `rejected:<hex>` -> `{"seen": true}`: an unusable row already dead-lettered (re-reading it
 //!   in the next cycle does not dead-letter it again).
 
@@ -46,6 +48,13 @@ pub enum StateUpdate {
         /// The row's fingerprint.
         fp: Fingerprint,
     },
+    /// A visitor reached a milestone rule (written to `state.milestones`).
+    Milestone {
+        /// Rule name.
+        rule: String,
+        /// Pendo visitor id.
+        visitor: String,
+    },
     /// A catalogue entry was published with this content.
     Catalog {
         /// `<kind>:<id>`.
@@ -56,7 +65,13 @@ pub enum StateUpdate {
 }
 
 impl StateUpdate {
-    /// The record key and value on `state.pendo-poller`.
+    /// Whether the update belongs on `state.milestones` (else `state.pendo-poller`).
+    pub fn is_milestone(&self) -> bool {
+        matches!(self, StateUpdate::Milestone { .. })
+    }
+
+    /// The record key and value (on `state.milestones` for milestones, else
+    /// `state.pendo-poller`).
     pub fn to_record(&self) -> (String, Vec<u8>) {
         let (key, value) = match self {
             StateUpdate::Cursor { name, at } => (format!("cursor:{name}"), json!({"at": at})),
@@ -65,6 +80,9 @@ impl StateUpdate {
             StateUpdate::Catalog { key, fp } => (format!("catalog:{key}"), json!({"fp": hex(fp)})),
             StateUpdate::Rejected { fp } => {
                 (format!("rejected:{}", hex(fp)), json!({"seen": true}))
+            }
+            StateUpdate::Milestone { rule, visitor } => {
+                (format!("{rule}:{visitor}"), json!({"reached": true}))
             }
         };
         (key, value.to_string().into_bytes())
@@ -79,6 +97,7 @@ pub struct PollerState {
     visitors: HashSet<Box<str>>,
     catalog: HashMap<Box<str>, Fingerprint>,
     rejected: HashSet<Fingerprint>,
+    milestones: HashSet<Box<str>>,
 }
 
 impl PollerState {
@@ -156,6 +175,9 @@ impl PollerState {
                 StateUpdate::Rejected { fp } => {
                     self.rejected.insert(*fp);
                 }
+                StateUpdate::Milestone { rule, visitor } => {
+                    self.milestones.insert(format!("{rule}:{visitor}").into());
+                }
             }
         }
     }
@@ -178,6 +200,22 @@ impl PollerState {
     /// The fingerprint a catalogue entry was last published with.
     pub fn catalog(&self, key: &str) -> Option<&Fingerprint> {
         self.catalog.get(key)
+    }
+
+    /// Applies one record of `state.milestones` (key `<rule>:<visitor>`; `present` false for a
+    /// tombstone, which lets the visitor reach the milestone again).
+    pub fn apply_milestone_record(&mut self, key: &str, present: bool) {
+        if present {
+            self.milestones.insert(key.into());
+        } else {
+            self.milestones.remove(key);
+        }
+    }
+
+    /// Whether `visitor` reached milestone `rule` already.
+    pub fn milestone_reached(&self, rule: &str, visitor: &str) -> bool {
+        self.milestones
+            .contains(format!("{rule}:{visitor}").as_str())
     }
 
     /// Whether an unusable row with this fingerprint was dead-lettered already.
@@ -247,6 +285,17 @@ mod tests {
         assert!(s.visitor_seen("v 1"));
         assert_eq!(s.catalog("feature:f1"), Some(&[255; 16]));
         assert!(s.rejected(&[9; 16]));
+        let m = StateUpdate::Milestone {
+            rule: "r".into(),
+            visitor: "v:1".into(),
+        };
+        assert!(m.is_milestone());
+        let (k, _) = m.to_record();
+        assert_eq!(k, "r:v:1");
+        s.apply_milestone_record(&k, true);
+        assert!(s.milestone_reached("r", "v:1"));
+        s.apply_milestone_record(&k, false);
+        assert!(!s.milestone_reached("r", "v:1"));
         s.apply_record("account:acct:1", None).unwrap();
         assert_eq!(s.account("acct:1"), None);
         assert!(s.apply_record("bogus", Some(b"{}")).is_err());

@@ -623,3 +623,132 @@ async fn a_milestone_fires_once_per_visitor_and_never_again_after_restarts() {
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polled_guide_and_poll_rows_become_tracks_once_and_match_their_webhook_twin() {
+    const HOUR: i64 = 3_600_000;
+    let server = PendoTestServer::start(PendoServerConfig::default()).await;
+    server.set_catalog(
+        "guide",
+        vec![json!({"id": "g1", "name": "Welcome", "appId": 7,
+                    "steps": [{"id": "s1"}, {"id": "s2"}, {"id": "s3"}]})],
+    );
+    let now = now_ms();
+    let mut guide_rows = Vec::new();
+    for i in 0..120i64 {
+        let (kind, step) = match i % 4 {
+            0 => ("guideAdvanced", "s1"),
+            1 => ("guideAdvanced", "s3"), // the last step: a completion
+            2 => ("guideDismissed", "s2"),
+            _ => ("guideSnoozed", "s1"),
+        };
+        // 12 rows share one millisecond (ties across a page boundary); the rest spread over
+        // the last 30 hours.
+        let at = if i < 12 {
+            now - 5 * HOUR
+        } else {
+            now - 30 * HOUR + i * 15 * 60_000
+        };
+        guide_rows.push(json!({"type": kind, "guideId": "g1", "guideStepId": step,
+            "browserTime": at, "visitorId": format!("v-{i}"), "accountId": "acct-1",
+            "url": "https://app.example/x"}));
+    }
+    // A type the mapping does not know: the unknown-kind policy (pass-through) applies.
+    guide_rows.push(
+        json!({"type": "guideTimeout", "guideId": "g1", "guideStepId": "s1",
+        "browserTime": now - 2 * HOUR, "visitorId": "v-timeout", "accountId": "acct-1"}),
+    );
+    server.set_event_rows("guideEvents", guide_rows.clone());
+    let poll_rows: Vec<Value> = (0..15i64)
+        .map(|i| {
+            json!({"pollId": "p1", "guideId": "g-poll", "pollResponse": format!("answer {i}"),
+            "browserTime": now - 20 * HOUR + i * HOUR, "visitorId": format!("p-{i}"),
+            "accountId": "acct-2"})
+        })
+        .collect();
+    server.set_event_rows("pollEvents", poll_rows);
+    let d = Deployment::new(
+        &server,
+        &fast_poller(
+            "accounts_interval_s = 0\nvisitors_interval_s = 0\nguide_events_interval_s = 2\n\
+             poll_events_interval_s = 2\nevents_window_hours = 6\n\
+             events_initial_lookback_s = 129600\npage_size = 10",
+        ),
+    );
+    let mut poller = d.start("pendo-poller", "poller");
+    poller.wait_ready(Duration::from_secs(60)).await;
+    let mut transform = d.start("transform-pendo", "transform");
+    transform.wait_ready(Duration::from_secs(60)).await;
+
+    // The same dismissal also arrives by webhook (seconds, with a uniqueId of its own).
+    let twin_row = &guide_rows[2];
+    let twin = json!({"event": "guideDismissed", "visitorId": "v-2", "accountId": "acct-1",
+        "timestamp": twin_row["browserTime"].as_i64().unwrap() / 1000,
+        "uniqueId": "webhook-unique-id", "properties": {"guideId": "g1", "guideStepId": "s2",
+        "guideProperties": {"id": "g1", "name": "Welcome"}}});
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&d.topic("pendo.raw.webhook"))
+                .key("v-2")
+                .payload(&twin.to_string()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+
+    let raw = read_n(&d.topic("pendo.raw.api"), 136).await;
+    assert_eq!(raw.len(), 136, "every guide and poll row once");
+    // Several more cycles re-read the overlapping 12 h: nothing new.
+    let cycles = poller.logs().matches("poll cycle complete").count();
+    wait_log(
+        &poller,
+        "poll cycle complete",
+        cycles + 6,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        read_n(&d.topic("pendo.raw.api"), usize::MAX).await.len(),
+        136
+    );
+
+    let out = read_n(&d.topic("canonical.segment-calls"), 137).await;
+    let codec = SegmentCallCodec::new(WireFormat::SingleObject);
+    let calls: Vec<_> = out
+        .iter()
+        .map(|m| codec.decode(m.payload().unwrap()).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 137, "136 polled rows + the webhook twin");
+    let mut by_event: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &calls {
+        if let CallBody::Track { event, .. } = &c.body {
+            *by_event.entry(event.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        by_event,
+        BTreeMap::from([
+            ("Guide Advanced".to_string(), 30),
+            ("Guide Completed".to_string(), 30),
+            ("Guide Dismissed".to_string(), 31),
+            ("Guide Snoozed".to_string(), 30),
+            ("Pendo guideTimeout".to_string(), 1),
+            ("Poll Responded".to_string(), 15),
+        ])
+    );
+    let distinct: std::collections::HashSet<_> = calls.iter().map(|c| &c.message_id).collect();
+    assert_eq!(
+        distinct.len(),
+        136,
+        "the webhook twin has the polled row's messageId"
+    );
+    assert_bounded(&server);
+    for p in [&mut poller, &mut transform] {
+        p.sigterm();
+        assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+    }
+}

@@ -88,6 +88,13 @@ impl TransactionalOutput {
         }
     }
 
+    /// Enqueues a tombstone (a key without a value: compaction then forgets the key) into the
+    /// open transaction.
+    pub fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<(), KafkaError> {
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
+        self.producer.send(record).map_err(|(e, _)| e)
+    }
+
     /// Opens a transaction.
     pub fn begin(&self) -> Result<(), TxnError> {
         self.producer.begin_transaction().map_err(classify)

@@ -79,6 +79,9 @@ pub enum ValueExpr {
     EventTime,
     /// The event time, epoch milliseconds.
     EventTimeMs,
+    /// `$event_time_s`: the event time in whole epoch seconds (identity of events that arrive
+    /// with second precision from one source and millisecond precision from another).
+    EventTimeS,
     /// The Pendo event kind as received.
     Kind,
     /// `detractor` (0-6), `passive` (7-8) or `promoter` (9-10) from a 0-10 score at a path.
@@ -544,6 +547,7 @@ fn parse_expr(v: &Spanned<toml::Value>) -> Result<ValueExpr, String> {
     match s {
         "$event_time" => return Ok(ValueExpr::EventTime),
         "$event_time_ms" => return Ok(ValueExpr::EventTimeMs),
+        "$event_time_s" => return Ok(ValueExpr::EventTimeS),
         "$kind" => return Ok(ValueExpr::Kind),
         _ => {}
     }
@@ -557,7 +561,7 @@ fn parse_expr(v: &Spanned<toml::Value>) -> Result<ValueExpr, String> {
     }
     if s.starts_with('$') || s.contains('(') {
         return Err(format!(
-            "unknown expression `{s}`: use a dotted path, $event_time, $event_time_ms, $kind, nps_category(path) or 'literal'"
+            "unknown expression `{s}`: use a dotted path, $event_time, $event_time_ms, $event_time_s, $kind, nps_category(path) or 'literal'"
         ));
     }
     JsonPath::parse(s)

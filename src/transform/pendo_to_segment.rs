@@ -665,6 +665,7 @@ impl PendoToSegment {
             ValueExpr::Path(p) => p.get(facts.event).cloned(),
             ValueExpr::EventTime => Some(Value::String(facts.time_iso.clone())),
             ValueExpr::EventTimeMs => Some(Value::from(facts.time_ms)),
+            ValueExpr::EventTimeS => Some(Value::from(facts.time_ms.div_euclid(1000))),
             ValueExpr::Kind => Some(Value::String(facts.kind.to_string())),
             ValueExpr::NpsCategory(p) => nps_category(p.get(facts.event)),
             ValueExpr::Literal(v) => Some(v.clone()),

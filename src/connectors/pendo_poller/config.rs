@@ -23,6 +23,18 @@ pub struct PendoPollerConfig {
     pub visitors_interval_s: u64,
     /// Seconds between catalogue refreshes (features, pages, guides, track types); 0 disables.
     pub catalog_interval_s: u64,
+    /// Seconds between reads of guide interactions (`guideEvents`: advanced, dismissed,
+    /// snoozed, completed — Pendo pushes no webhook for them); 0 disables.
+    pub guide_events_interval_s: u64,
+    /// Seconds between reads of poll answers (`pollEvents`); 0 disables.
+    pub poll_events_interval_s: u64,
+    /// Window each interaction read re-reads before its watermark, in seconds (Pendo's API
+    /// lags by up to ~12 h); an interaction already emitted is not emitted again.
+    pub events_settle_s: u64,
+    /// How far back the first interaction read looks, in seconds.
+    pub events_initial_lookback_s: u64,
+    /// Hours of interactions per query window (1..=720).
+    pub events_window_hours: u32,
     /// Seconds between evaluations of the usage milestone rules; 0 disables.
     pub milestones_interval_s: u64,
     /// Usage milestone rules (`[[pendo_poller.milestones]]`).
@@ -65,6 +77,11 @@ impl Default for PendoPollerConfig {
             accounts_interval_s: 3_600,
             visitors_interval_s: 900,
             catalog_interval_s: 3_600,
+            guide_events_interval_s: 3_600,
+            poll_events_interval_s: 3_600,
+            events_settle_s: 12 * 3_600,
+            events_initial_lookback_s: 86_400,
+            events_window_hours: 24,
             milestones_interval_s: 21_600,
             milestones: Vec::new(),
             account_fields: vec!["agent".into(), "custom".into()],
@@ -95,6 +112,11 @@ impl PendoPollerConfig {
         if self.visitors_window_s == 0 || self.visitors_window_s > 30 * 86_400 {
             return Err(format!(
                 "{SECTION}.visitors_window_s must be 1..=2592000 (Pendo answers at most 30 days)"
+            ));
+        }
+        if self.events_window_hours == 0 || self.events_window_hours > 720 {
+            return Err(format!(
+                "{SECTION}.events_window_hours must be 1..=720 (Pendo answers at most 30 days)"
             ));
         }
         if self.request_timeout_ms == 0 || self.max_attempts == 0 {

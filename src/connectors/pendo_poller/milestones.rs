@@ -166,25 +166,6 @@ impl RuleUsage {
     }
 }
 
-/// Drops the trailing rows of the page's last visitor when the page is full, so the next page
-/// can start at that visitor (inclusive) and read all its rows; returns where to continue.
-pub fn split_page(rows: &mut Vec<Value>, limit: usize) -> Option<(String, bool)> {
-    if rows.len() < limit {
-        return None;
-    }
-    let last = rows.last()?["visitorId"].as_str()?.to_string();
-    let keep = rows
-        .iter()
-        .rposition(|r| r["visitorId"].as_str() != Some(last.as_str()))
-        .map_or(0, |i| i + 1);
-    if keep == 0 {
-        // The whole page is one visitor: take it and continue after them.
-        return Some((last, false));
-    }
-    rows.truncate(keep);
-    Some((last, true))
-}
-
 /// The raw event of a reached milestone. Its `uniqueId` is the rule and visitor, so even a
 /// re-emission (never, with the state topic) has the same messageId downstream.
 pub fn milestone_event(
@@ -255,18 +236,6 @@ mod tests {
         );
         let distinct = usage.reached(&rule(MilestoneMeasure::DistinctFeatures, 2));
         assert_eq!(distinct, vec![("v1".into(), Some("a1".into()), 2)]);
-    }
-
-    #[test]
-    fn pages_split_between_visitors() {
-        let mut rows = vec![row("a", "f", 1), row("b", "f", 1), row("b", "f", 2)];
-        assert_eq!(split_page(&mut rows, 3), Some(("b".into(), true)));
-        assert_eq!(rows.len(), 1);
-        let mut one = vec![row("b", "f", 1), row("b", "f", 2)];
-        assert_eq!(split_page(&mut one, 2), Some(("b".into(), false)));
-        assert_eq!(one.len(), 2);
-        let mut short = vec![row("a", "f", 1)];
-        assert_eq!(split_page(&mut short, 5), None);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The Pendo API poller (role `pendo-poller`): what webhooks do not carry, read from Pendo's
 //! REST API on schedules — account snapshots (-> Segment `group` calls), visitors first seen
-//! (-> `identify` calls) and usage milestones (-> `Feature Milestone Reached` tracks) onto
-//! `pendo.raw.api`, and the catalogue of features, pages, guides and
+//! (-> `identify` calls), guide and poll interactions Pendo does not push (-> `Guide
+//! Dismissed` / `Advanced` / `Completed`, `Poll Responded`) and usage milestones (-> `Feature
+//! Milestone Reached` tracks) onto `pendo.raw.api`, and the catalogue of features, pages, guides and
 //! track types onto the compacted `pendo.catalog`.
 //!
 //! Split by idea: [`config`] (`[pendo_poller]`), [`api`] (polite reads: rate limit, retries,
 //! `Retry-After`, a refused key stops the role), [`rows`] (queries and row -> record),
-//! [`milestones`] (rules over aggregated feature usage),
+//! [`interactions`] (guideEvents/pollEvents rows), [`milestones`] (rules over aggregated
+//! feature usage),
 //! [`state`] (what was emitted, in the compacted `state.pendo-poller`), and [`poller`] (the
 //! cycles; every page is one Kafka transaction with its state).
 //!
@@ -16,6 +18,7 @@
 
 pub mod api;
 pub mod config;
+pub mod interactions;
 pub mod milestones;
 pub mod poller;
 pub mod rows;

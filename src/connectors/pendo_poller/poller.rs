@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::api::{ApiError, PendoApi};
 use super::config::PendoPollerConfig;
+use super::interactions::{self, GuideSteps, HOUR_MS};
 use super::milestones::{self, RuleUsage};
 use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
@@ -29,6 +30,8 @@ pub const CATALOG_CURSOR: &str = "catalog.cycle";
 pub const MILESTONES_CURSOR: &str = "milestones.cycle";
 /// Milestone records per transaction at most.
 const MILESTONE_CHUNK: usize = 1_000;
+/// Largest page asked for when a page holds a single key value (Pendo-side bound).
+const MAX_PAGE: usize = 5_000;
 /// Catalogue records per transaction at most.
 const CATALOG_CHUNK: usize = 5_000;
 
@@ -140,6 +143,7 @@ impl Step {
 
 /// The poller: one Pendo subscription into Kafka.
 pub struct Poller {
+    guide_steps: GuideSteps,
     api: PendoApi,
     out: TransactionalOutput,
     state: PollerState,
@@ -159,6 +163,7 @@ impl Poller {
         txn_timeout: Duration,
     ) -> Self {
         Self {
+            guide_steps: GuideSteps::default(),
             api,
             out,
             state,
@@ -176,7 +181,7 @@ impl Poller {
         } else {
             PendoPollerConfig::every(self.cfg.milestones_interval_s)
         };
-        let jobs: [(Job, Option<Duration>); 4] = [
+        let jobs: [(Job, Option<Duration>); 6] = [
             (
                 Job::Catalog,
                 PendoPollerConfig::every(self.cfg.catalog_interval_s),
@@ -188,6 +193,14 @@ impl Poller {
             (
                 Job::Visitors,
                 PendoPollerConfig::every(self.cfg.visitors_interval_s),
+            ),
+            (
+                Job::GuideEvents,
+                PendoPollerConfig::every(self.cfg.guide_events_interval_s),
+            ),
+            (
+                Job::PollEvents,
+                PendoPollerConfig::every(self.cfg.poll_events_interval_s),
             ),
             (Job::Milestones, milestones),
         ];
@@ -254,6 +267,8 @@ impl Poller {
             Job::Visitors => self.visitors_cycle().await,
             Job::Catalog => self.catalog_cycle().await,
             Job::Milestones => self.milestones_cycle().await,
+            Job::GuideEvents => self.interactions_cycle(interactions::GUIDE_EVENTS).await,
+            Job::PollEvents => self.interactions_cycle(interactions::POLL_EVENTS).await,
         }
     }
 
@@ -365,6 +380,9 @@ impl Poller {
         let now_ms = headers::now_millis();
         for kind in rows::CATALOG_KINDS {
             let items = self.api.catalog(kind).await?;
+            if kind == "guide" {
+                self.guide_steps.learn(&items);
+            }
             let mut step = Step::default();
             for item in &items {
                 match rows::catalog_entry(kind, item) {
@@ -397,6 +415,88 @@ impl Poller {
         self.commit(done).await
     }
 
+    /// Interaction rows of `source` (guideEvents, pollEvents) since the watermark, re-reading
+    /// the settle window, hour range by hour range, page by page; each row emitted once.
+    pub async fn interactions_cycle(&mut self, source: &'static str) -> Result<(), PollError> {
+        let now = headers::now_millis();
+        let cursor = format!("{source}.browserTime");
+        let settle = (self.cfg.events_settle_s * 1000) as i64;
+        let window_hours = self.cfg.events_window_hours as i64;
+        let page = self.cfg.page_size;
+        let start = match self.state.cursor(&cursor) {
+            Some(wm) => wm - settle,
+            None => now - (self.cfg.events_initial_lookback_s * 1000) as i64,
+        };
+        let mut from = start.div_euclid(HOUR_MS) * HOUR_MS;
+        while from < now {
+            let hours = window_hours
+                .min((now - from + HOUR_MS - 1) / HOUR_MS)
+                .max(1);
+            let end = from + hours * HOUR_MS;
+            let mut cont: Option<(i64, bool)> = None;
+            let mut limit = page;
+            loop {
+                let query = interactions::events_page(source, from, hours, cont, limit);
+                let mut rows = self.api.aggregate(source, query).await?;
+                let next = rows::split_page(&mut rows, limit, "browserTime")
+                    .and_then(|(v, inclusive)| Some((v.as_i64()?, inclusive)));
+                // A full page of one millisecond: read it again wider rather than skip the
+                // rest of that millisecond.
+                if matches!(next, Some((_, false))) && limit < MAX_PAGE {
+                    limit = (limit * 2).min(MAX_PAGE);
+                    continue;
+                }
+                limit = page;
+                let mut step = Step::default();
+                for row in &rows {
+                    match interactions::interaction_event(source, row, &self.guide_steps) {
+                        Err(e) => step.reject(&self.state, source, row, e),
+                        Ok(r) => {
+                            let fp = rows::fingerprint(
+                                &serde_json::json!({"source": source, "row": row}),
+                            );
+                            let at = row["browserTime"].as_i64().unwrap_or_default();
+                            let pending = StateUpdate::SeenRow { fp, at };
+                            if !self.state.row_seen(&fp) && !step.updates.contains(&pending) {
+                                step.raw(r, now);
+                                step.updates.push(pending);
+                            }
+                        }
+                    }
+                }
+                let done = match next {
+                    Some(n) if cont != Some(n) => {
+                        cont = Some(n);
+                        false
+                    }
+                    _ => true,
+                };
+                if done {
+                    let wm = self
+                        .state
+                        .cursor(&cursor)
+                        .unwrap_or(i64::MIN)
+                        .max(end.min(now));
+                    step.updates.push(StateUpdate::Cursor {
+                        name: cursor.clone(),
+                        at: wm,
+                    });
+                    // Rows no later window re-reads (the next one starts at the hour of
+                    // `wm - settle`) are forgotten, so the state stays bounded.
+                    for fp in self.state.rows_before(wm - settle - HOUR_MS) {
+                        step.updates.push(StateUpdate::ForgetRow { fp });
+                    }
+                }
+                self.commit(step).await?;
+                if done {
+                    break;
+                }
+            }
+            from = end;
+        }
+        Ok(())
+    }
+
     /// Evaluates every milestone rule over its window and emits each visitor that reached it
     /// and never did before.
     pub async fn milestones_cycle(&mut self) -> Result<(), PollError> {
@@ -408,17 +508,24 @@ impl Poller {
             for feature in &rule.feature_ids {
                 for day in rule.days(now_ms) {
                     let mut from: Option<(String, bool)> = None;
+                    let mut limit = page;
                     loop {
                         let query = milestones::feature_day_page(
                             feature,
                             day,
                             from.as_ref().map(|(v, inclusive)| (v.as_str(), *inclusive)),
-                            page,
+                            limit,
                         );
                         let mut rows = self.api.aggregate("featureEvents", query).await?;
-                        let next = milestones::split_page(&mut rows, page);
+                        let next = rows::split_page(&mut rows, limit, "visitorId");
+                        // A full page of one visitor: read it again wider.
+                        if matches!(next, Some((_, false))) && limit < MAX_PAGE {
+                            limit = (limit * 2).min(MAX_PAGE);
+                            continue;
+                        }
+                        limit = page;
                         usage.add_rows(feature, &rows);
-                        match next {
+                        match next.and_then(|(v, i)| Some((v.as_str()?.to_string(), i))) {
                             Some(n) if from.as_ref() != Some(&n) => from = Some(n),
                             _ => break,
                         }
@@ -493,6 +600,8 @@ impl Poller {
             ACCOUNTS_CURSOR,
             CATALOG_CURSOR,
             MILESTONES_CURSOR,
+            "guideEvents.browserTime",
+            "pollEvents.browserTime",
         ] {
             if let Some(at) = self.state.cursor(name) {
                 metrics()
@@ -529,7 +638,10 @@ fn write_transaction(
             } else {
                 &topics.state
             };
-            out.send(topic, Some(k.as_bytes()), &v, &[])?;
+            match v {
+                Some(v) => out.send(topic, Some(k.as_bytes()), &v, &[])?,
+                None => out.send_tombstone(topic, k.as_bytes())?,
+            }
         }
         Ok::<(), rdkafka::error::KafkaError>(())
     })();
@@ -555,6 +667,8 @@ enum Job {
     Visitors,
     Catalog,
     Milestones,
+    GuideEvents,
+    PollEvents,
 }
 
 impl Job {
@@ -564,6 +678,8 @@ impl Job {
             Job::Visitors => "visitors",
             Job::Catalog => "catalog",
             Job::Milestones => "milestones",
+            Job::GuideEvents => "guide_events",
+            Job::PollEvents => "poll_events",
         }
     }
 }

@@ -229,9 +229,49 @@ pub fn catalog_entry(kind: &str, item: &Value) -> Result<(String, Value), RowErr
     ))
 }
 
+/// Keyset pagination on a field that is not unique (a visitor's rows, events of one
+/// millisecond): when the page is full, drops its trailing rows that share the last `field`
+/// value, so the next page can start at that value inclusively and read them all. Returns where
+/// to continue (the value, and whether inclusively), or `None` after the last page. A page made
+/// of one value only is kept whole and continued after it.
+pub fn split_page(rows: &mut Vec<Value>, limit: usize, field: &str) -> Option<(Value, bool)> {
+    if rows.len() < limit {
+        return None;
+    }
+    let last = rows.last()?.get(field)?.clone();
+    let keep = rows
+        .iter()
+        .rposition(|r| r.get(field) != Some(&last))
+        .map_or(0, |i| i + 1);
+    if keep == 0 {
+        return Some((last, false));
+    }
+    rows.truncate(keep);
+    Some((last, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_split_between_key_values() {
+        let row = |v: &str| json!({"visitorId": v});
+        let mut rows = vec![row("a"), row("b"), row("b")];
+        assert_eq!(
+            split_page(&mut rows, 3, "visitorId"),
+            Some((json!("b"), true))
+        );
+        assert_eq!(rows.len(), 1);
+        let mut one = vec![row("b"), row("b")];
+        assert_eq!(
+            split_page(&mut one, 2, "visitorId"),
+            Some((json!("b"), false))
+        );
+        assert_eq!(one.len(), 2);
+        let mut short = vec![row("a")];
+        assert_eq!(split_page(&mut short, 5, "visitorId"), None);
+    }
 
     #[test]
     fn pages_are_bounded_and_keyset_paginated() {

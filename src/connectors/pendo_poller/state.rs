@@ -11,6 +11,8 @@
 //! - `catalog:<kind>:<id>` -> `{"fp": "<hex>"}`: the catalogue entry as last published;
 //! - on `state.milestones`, `<rule>:<visitor>` -> `{"reached": true}`: the visitor's milestone
 //!   was emitted;
+//! - `row:<hex>` -> `{"at": <browserTime>}`: a guide/poll interaction row was emitted (deleted
+//!   by a tombstone once the settle window no longer re-reads it);
 //! - `rejected:<hex>` -> `{"seen": true}`: an unusable row already dead-lettered (re-reading it
 //!   in the next cycle does not dead-letter it again).
 
@@ -48,6 +50,19 @@ pub enum StateUpdate {
         /// The row's fingerprint.
         fp: Fingerprint,
     },
+    /// A guide/poll interaction row was emitted (`at`: its browserTime, for forgetting it once
+    /// no window re-reads it).
+    SeenRow {
+        /// The row's fingerprint.
+        fp: Fingerprint,
+        /// Its browserTime (epoch ms).
+        at: i64,
+    },
+    /// An interaction row is older than any window will re-read: its marker is deleted.
+    ForgetRow {
+        /// The row's fingerprint.
+        fp: Fingerprint,
+    },
     /// A visitor reached a milestone rule (written to `state.milestones`).
     Milestone {
         /// Rule name.
@@ -72,8 +87,11 @@ impl StateUpdate {
 
     /// The record key and value (on `state.milestones` for milestones, else
     /// `state.pendo-poller`).
-    pub fn to_record(&self) -> (String, Vec<u8>) {
+    /// `None` as the value is a tombstone.
+    pub fn to_record(&self) -> (String, Option<Vec<u8>>) {
         let (key, value) = match self {
+            StateUpdate::SeenRow { fp, at } => (format!("row:{}", hex(fp)), json!({"at": at})),
+            StateUpdate::ForgetRow { fp } => return (format!("row:{}", hex(fp)), None),
             StateUpdate::Cursor { name, at } => (format!("cursor:{name}"), json!({"at": at})),
             StateUpdate::Account { id, fp } => (format!("account:{id}"), json!({"fp": hex(fp)})),
             StateUpdate::VisitorSeen { id } => (format!("visitor:{id}"), json!({"seen": true})),
@@ -85,7 +103,7 @@ impl StateUpdate {
                 (format!("{rule}:{visitor}"), json!({"reached": true}))
             }
         };
-        (key, value.to_string().into_bytes())
+        (key, Some(value.to_string().into_bytes()))
     }
 }
 
@@ -98,6 +116,7 @@ pub struct PollerState {
     catalog: HashMap<Box<str>, Fingerprint>,
     rejected: HashSet<Fingerprint>,
     milestones: HashSet<Box<str>>,
+    rows: HashMap<Fingerprint, i64>,
 }
 
 impl PollerState {
@@ -142,6 +161,21 @@ impl PollerState {
             ("catalog", Some(v)) => {
                 self.catalog.insert(rest.into(), parse_fp(key, &v)?);
             }
+            ("row", v) => {
+                let mut fp = [0u8; 16];
+                parse_hex(key, rest, &mut fp)?;
+                match v {
+                    Some(v) => {
+                        let at = v["at"]
+                            .as_i64()
+                            .ok_or_else(|| format!("state key {key:?}: no `at`"))?;
+                        self.rows.insert(fp, at);
+                    }
+                    None => {
+                        self.rows.remove(&fp);
+                    }
+                }
+            }
             ("rejected", v) => {
                 let mut fp = [0u8; 16];
                 parse_hex(key, rest, &mut fp)?;
@@ -177,6 +211,12 @@ impl PollerState {
                 }
                 StateUpdate::Milestone { rule, visitor } => {
                     self.milestones.insert(format!("{rule}:{visitor}").into());
+                }
+                StateUpdate::SeenRow { fp, at } => {
+                    self.rows.insert(*fp, *at);
+                }
+                StateUpdate::ForgetRow { fp } => {
+                    self.rows.remove(fp);
                 }
             }
         }
@@ -216,6 +256,20 @@ impl PollerState {
     pub fn milestone_reached(&self, rule: &str, visitor: &str) -> bool {
         self.milestones
             .contains(format!("{rule}:{visitor}").as_str())
+    }
+
+    /// Whether an interaction row with this fingerprint was emitted (and not forgotten).
+    pub fn row_seen(&self, fp: &Fingerprint) -> bool {
+        self.rows.contains_key(fp)
+    }
+
+    /// Interaction rows older than `before` (epoch ms): no window re-reads them.
+    pub fn rows_before(&self, before: i64) -> Vec<Fingerprint> {
+        self.rows
+            .iter()
+            .filter(|(_, at)| **at < before)
+            .map(|(fp, _)| *fp)
+            .collect()
     }
 
     /// Whether an unusable row with this fingerprint was dead-lettered already.
@@ -278,8 +332,21 @@ mod tests {
         let mut s = PollerState::default();
         for u in &updates {
             let (k, v) = u.to_record();
-            s.apply_record(&k, Some(&v)).unwrap();
+            s.apply_record(&k, v.as_deref()).unwrap();
         }
+        let seen = StateUpdate::SeenRow {
+            fp: [3; 16],
+            at: 10,
+        };
+        let (k, v) = seen.to_record();
+        s.apply_record(&k, v.as_deref()).unwrap();
+        assert!(s.row_seen(&[3; 16]));
+        assert_eq!(s.rows_before(11), vec![[3; 16]]);
+        assert!(s.rows_before(10).is_empty());
+        let (k, v) = StateUpdate::ForgetRow { fp: [3; 16] }.to_record();
+        assert!(v.is_none(), "a tombstone");
+        s.apply_record(&k, None).unwrap();
+        assert!(!s.row_seen(&[3; 16]));
         assert_eq!(s.cursor("visitors.firstvisit"), Some(1_764_000_000_000));
         assert_eq!(s.account("acct:1"), Some(&[7; 16]));
         assert!(s.visitor_seen("v 1"));

@@ -83,6 +83,21 @@ pub async fn load(config: &Config, file: &Path, source: &str, dry_run: bool) -> 
     };
     let started = Instant::now();
     let updated_at = now_ms();
+    // A bar on a terminal; a line every 2 s otherwise (logs, CI), and a summary either way.
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if interactive {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} publishing [{bar:40}] {human_pos}/{human_len} mappings ({elapsed}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut in_flight = FuturesUnordered::new();
     let (mut acked, mut failed) = (0usize, 0usize);
     let mut last_report = Instant::now();
@@ -121,14 +136,17 @@ pub async fn load(config: &Config, file: &Path, source: &str, dry_run: bool) -> 
                 &mut first_error,
             );
         }
-        if last_report.elapsed() >= Duration::from_secs(2) {
+        bar.set_position((acked + failed) as u64);
+        if !interactive && last_report.elapsed() >= Duration::from_secs(2) {
             eprintln!("published {acked}/{total}");
             last_report = Instant::now();
         }
     }
     while let Some(r) = in_flight.next().await {
         tally(Some(r), &mut acked, &mut failed, &mut first_error);
+        bar.set_position((acked + failed) as u64);
     }
+    bar.finish_and_clear();
     if failed > 0 {
         eprintln!(
             "error: {failed} of {total} mapping(s) were not acknowledged by Kafka (first error: {}); {acked} were. Loading again is safe.",

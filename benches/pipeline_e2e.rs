@@ -1,0 +1,261 @@
+//! Benchmark: the whole forward path at a fixed rate — `pendo-webhook`, `transform-pendo` and
+//! `segment-sink`, each its own process (the release binary), on one broker, delivering into the
+//! Segment-compatible test server. Reports end-to-end latency from the moment an event is sent
+//! to the webhook to the moment the Segment server accepted its call (p50/p99/max), what
+//! arrived, and each role's peak RSS.
+//!
+//! ```sh
+//! scripts/kafka-local start
+//! cargo bench --bench pipeline_e2e -- [--rate 2000] [--seconds 30] [--connections 64]
+//! ```
+
+#[path = "../tests/support/segment_server.rs"]
+mod segment_server;
+#[path = "../tests/support/synthetic_pendo.rs"]
+mod synthetic_pendo;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pendo_segment::config::Config;
+use pendo_segment::kafka::client_config;
+use pendo_segment::kafka::topics::{TopicAdmin, desired_topics};
+use segment_server::{SegmentServerConfig, SegmentTestServer};
+use serde_json::Value;
+
+const SECRET: &str = "bench-webhook-secret";
+
+fn arg(name: &str, default: u64) -> u64 {
+    let argv: Vec<String> = std::env::args().collect();
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn epoch_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Role {
+    name: &'static str,
+    child: std::process::Child,
+    ops: u16,
+}
+
+impl Role {
+    fn start(name: &'static str, base: &str, dir: &std::path::Path) -> Role {
+        let ops = free_port();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!("{base}[observability]\nlisten = \"127.0.0.1:{ops}\"\nlog_level = \"warn\"\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pendo-segment"))
+            .arg("--config")
+            .arg(&path)
+            .args(["run", "--role", name])
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .expect("start the pendo-segment binary");
+        Role { name, child, ops }
+    }
+
+    async fn wait_ready(&self, http: &reqwest::Client) {
+        for _ in 0..600 {
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{}/readyz", self.ops))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} did not become ready", self.name);
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[i - 1]
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` runs this binary without `--bench`: do nothing then.
+    if !argv.iter().any(|a| a == "--bench") {
+        println!("pipeline_e2e: run with `cargo bench --bench pipeline_e2e`");
+        return;
+    }
+    let rate = arg("--rate", 2_000);
+    let seconds = arg("--seconds", 30);
+    let connections = arg("--connections", 64);
+    let servers =
+        std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+        let dir = std::env::temp_dir().join(format!("pendo-segment-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prefix = format!("e2e-{}", std::process::id());
+        let webhook_port = free_port();
+        let base = format!(
+            "[kafka]\nbootstrap_servers = \"{servers}\"\ngroup_id_prefix = \"{prefix}\"\n\
+             [topics]\nprefix = \"{prefix}.\"\npartitions = 6\nreplication_factor = 1\n\
+             [pendo_webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\nsecrets = [\"{SECRET}\"]\n\
+             [segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n",
+            server.url(),
+            server.write_key()
+        );
+        let config: Config =
+            toml::from_str(&format!("{base}[observability]\nlog_level = \"warn\"\n")).unwrap();
+        config.validate().unwrap();
+        let admin =
+            TopicAdmin::new(&client_config::admin(&config), Duration::from_secs(30)).unwrap();
+        let plan = admin
+            .plan(&desired_topics(&config))
+            .await
+            .expect("is Kafka running? scripts/kafka-local start");
+        admin.apply(&plan, false).await.unwrap();
+
+        let roles = [
+            Role::start("pendo-webhook", &base, &dir),
+            Role::start("transform-pendo", &base, &dir),
+            Role::start("segment-sink", &base, &dir),
+        ];
+        let http = reqwest::Client::new();
+        for r in &roles {
+            r.wait_ready(&http).await;
+        }
+
+        // Fixed-rate load: each connection sends its share of `rate` events per second, one
+        // event per request, each carrying its send time.
+        let url = format!("http://127.0.0.1:{webhook_port}/webhooks/pendo");
+        let sent = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            let (http, url, sent, refused) =
+                (http.clone(), url.clone(), sent.clone(), refused.clone());
+            tasks.push(tokio::spawn(async move {
+                let per_conn = rate as f64 / connections as f64;
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut i = c as usize;
+                while started.elapsed() < Duration::from_secs(seconds) {
+                    tick.tick().await;
+                    let (_, bytes) = synthetic_pendo::synthetic_event(i);
+                    let mut event: Value = serde_json::from_slice(&bytes).unwrap();
+                    event["properties"]["sent_at_ms"] = Value::from(epoch_ms());
+                    event["uniqueId"] = Value::from(format!("e2e-{i}"));
+                    let ok = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("authorization", format!("Bearer {SECRET}"))
+                        .body(event.to_string())
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    if ok {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += connections as usize;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let load_seconds = started.elapsed().as_secs_f64();
+        let accepted = sent.load(Ordering::Relaxed) as usize;
+        let drain_start = Instant::now();
+        let arrived = server
+            .wait_for_distinct(accepted, Duration::from_secs(300))
+            .await;
+        let drain = drain_start.elapsed();
+        let base_instant = Instant::now();
+        let base_epoch = epoch_ms();
+        let mut latencies: Vec<i64> = server
+            .events()
+            .iter()
+            .filter_map(|e| {
+                let sent = e.item["properties"]["sent_at_ms"].as_i64()?;
+                let at = base_epoch - base_instant.duration_since(e.received_at).as_millis() as i64;
+                Some(at - sent)
+            })
+            .collect();
+        latencies.sort_unstable();
+        println!();
+        println!(
+            "| end to end at {rate} events/s for {seconds} s, {connections} connections | value |"
+        );
+        println!("| --- | ---: |");
+        println!(
+            "| events accepted by pendo-webhook (200) / refused | {accepted} / {} |",
+            refused.load(Ordering::Relaxed)
+        );
+        println!(
+            "| achieved rate | {:.0} events/s |",
+            accepted as f64 / load_seconds
+        );
+        println!(
+            "| distinct messageIds at the Segment server | {} (all arrived: {arrived}) |",
+            server.distinct_count()
+        );
+        println!(
+            "| latency webhook request -> Segment accepted, p50 / p99 / max | {} / {} / {} ms |",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(0)
+        );
+        println!(
+            "| drain after the load stopped | {:.1} s |",
+            drain.as_secs_f64()
+        );
+        for r in &roles {
+            println!("| peak RSS {} | {:.0} MiB |", r.name, r.peak_rss_mib());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

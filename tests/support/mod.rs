@@ -268,6 +268,12 @@ impl RoleProcess {
         let _ = self.child.wait();
     }
 
+    /// The exit status if the process has already exited (reaped), else `None`; never waits.
+    /// For supervisors in tests that restart a role that died on its own.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits for exit at most `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;

@@ -307,6 +307,9 @@ pub struct ConfluentSchemaIds {
     pub id_mapping: u32,
     /// `pendo_metadata_update.avsc`.
     pub pendo_metadata_update: u32,
+    /// `pendo_segment_change.avsc` (needed once an audience targets a Pendo Segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pendo_segment_change: Option<u32>,
 }
 
 /// The shipped schemas, for picking a wire format.
@@ -318,19 +321,27 @@ pub enum SchemaId {
     IdMapping,
     /// `PendoMetadataUpdate`.
     PendoMetadataUpdate,
+    /// `PendoSegmentChange`.
+    PendoSegmentChange,
 }
 
 impl SchemaConfig {
     /// The framing of one record type.
     pub fn wire_format(&self, schema: SchemaId) -> WireFormat {
         match (self.format, &self.confluent_ids) {
-            (SchemaFormat::Confluent, Some(ids)) => WireFormat::Confluent {
-                schema_id: match schema {
+            (SchemaFormat::Confluent, Some(ids)) => {
+                let schema_id = match schema {
                     SchemaId::SegmentCall => ids.segment_call,
                     SchemaId::IdMapping => ids.id_mapping,
                     SchemaId::PendoMetadataUpdate => ids.pendo_metadata_update,
-                },
-            },
+                    // Validation refuses a Pendo Segment target without this id.
+                    SchemaId::PendoSegmentChange => match ids.pendo_segment_change {
+                        Some(id) => id,
+                        None => return WireFormat::SingleObject,
+                    },
+                };
+                WireFormat::Confluent { schema_id }
+            }
             _ => WireFormat::SingleObject,
         }
     }
@@ -670,6 +681,18 @@ impl Config {
         if self.schema.format == SchemaFormat::Confluent && self.schema.confluent_ids.is_none() {
             return invalid(
                 "schema.format = \"confluent\" needs [schema.confluent_ids] (segment_call, id_mapping, pendo_metadata_update)".into(),
+            );
+        }
+        if self.schema.format == SchemaFormat::Confluent
+            && self.transform_segment.uses_pendo_segments()
+            && self
+                .schema
+                .confluent_ids
+                .as_ref()
+                .is_some_and(|i| i.pendo_segment_change.is_none())
+        {
+            return invalid(
+                "schema.format = \"confluent\" with an audience targeting a Pendo Segment needs schema.confluent_ids.pendo_segment_change".into(),
             );
         }
         let p = &self.processing;

@@ -68,7 +68,10 @@ impl Role {
             Role::TransformPendo => &[TopicId::PendoRawWebhook, TopicId::PendoRawApi],
             Role::SegmentSink => &[TopicId::CanonicalSegmentCalls],
             Role::TransformSegment => &[TopicId::SegmentRawWebhook],
-            Role::PendoSink => &[TopicId::CanonicalPendoUpdates],
+            Role::PendoSink => &[
+                TopicId::CanonicalPendoUpdates,
+                TopicId::CanonicalPendoSegmentChanges,
+            ],
             Role::PendoWebhook | Role::PendoPoller | Role::SegmentWebhook => &[],
         }
     }

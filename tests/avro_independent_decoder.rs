@@ -3,6 +3,9 @@
 //! `fastavro`, via `tests/support/avro_decode.py`) from the files in `schemas/` alone, and every
 //! field must equal what the pipeline's own decoder reads from the same bytes.
 //!
+//! The same holds for the `PendoSegmentChange` records `transform-segment` writes to
+//! `canonical.pendo-segment-changes` (Pendo Segments as the reverse flow's target).
+//!
 //! Needs `python3` with `fastavro` (`python3 -m pip install fastavro`); without it the test
 //! fails, it never skips.
 
@@ -12,7 +15,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use pendo_segment::schema::{CallBody, SegmentCall, SegmentCallCodec, WireFormat};
+use pendo_segment::schema::{
+    CallBody, PendoSegmentChangeCodec, SegmentCall, SegmentCallCodec, WireFormat,
+};
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
@@ -334,4 +339,97 @@ async fn fastavro_decodes_what_transform_pendo_writes_exactly_as_the_pipeline_do
         .map(String::from)
         .into();
     assert_eq!(types, want, "the fixtures exercise every union branch");
+}
+
+#[tokio::test]
+async fn fastavro_decodes_the_pendo_segment_changes_transform_segment_writes() {
+    require_fastavro();
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("aids");
+    let (config, ops_port) = role_config(
+        dir.path(),
+        &prefix,
+        "[transform_segment]\naudience_target = \"both\"\n",
+    );
+    apply_topics(&config);
+    // The visitor audience fixtures (identify and track; the group fixture is an account
+    // audience, written as a field only).
+    let mut events = Vec::new();
+    for name in [
+        "audience-identify-entered.json",
+        "audience-track-entered.json",
+        "audience-track-exited.json",
+        "actions-batch.json",
+    ] {
+        match serde_json::from_slice::<Value>(
+            &std::fs::read(fixtures_dir().join("segment").join(name)).unwrap(),
+        )
+        .unwrap()
+        {
+            Value::Array(items) => events.extend(items),
+            v => events.push(v),
+        }
+    }
+    produce_raw(&format!("{prefix}.segment.raw.webhook"), &events).await;
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "transform-segment"],
+        ops_port,
+        dir.path().join("transform-segment.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    let out = read_committed(
+        &format!("{prefix}.canonical.pendo-segment-changes"),
+        events.len(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        out.len(),
+        events.len(),
+        "one change per event\n{}",
+        role.logs()
+    );
+
+    let codec = PendoSegmentChangeCodec::new(WireFormat::SingleObject);
+    let fingerprints = run_decoder(&["--fingerprints"]);
+    let python_fp = fingerprints
+        .lines()
+        .find_map(|l| l.strip_suffix(" pendo_segment_change.avsc"))
+        .unwrap_or_else(|| panic!("no fingerprint for pendo_segment_change.avsc:\n{fingerprints}"));
+    let values: Vec<&[u8]> = out.iter().map(|m| m.payload().unwrap()).collect();
+    for v in &values {
+        assert_eq!(hex(&v[..2]), "c301", "single-object magic");
+        assert_eq!(hex(&v[2..10]), python_fp, "header fingerprint");
+    }
+    let input: String = values.iter().map(|v| hex(v) + "\n").collect();
+    let input_path = write_file(dir.path(), "changes.hex", &input);
+    let decoded = run_decoder(&["--input", input_path.to_str().unwrap()]);
+    let lines: Vec<Value> = decoded
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), values.len());
+    for ((line, value), m) in lines.iter().zip(&values).zip(&out) {
+        assert_eq!(line["record"], "PendoSegmentChange");
+        let c = codec.decode(value).unwrap();
+        // Keyed by the audience key: one audience, one partition.
+        assert_eq!(m.key(), Some(c.audience_key.as_bytes()));
+        let rs = json!({
+            "changeId": c.change_id,
+            "audienceKey": c.audience_key,
+            "segmentName": c.segment_name,
+            "visitorId": c.visitor_id,
+            "member": c.member,
+            "timestamp": c.timestamp,
+            "origin": {
+                "source": c.origin.source,
+                "segmentMessageId": c.origin.segment_message_id,
+                "receivedAt": c.origin.received_at.map(millis_text),
+            },
+        });
+        assert_eq!(line["datum"], rs, "whole datum");
+    }
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
 }

@@ -55,12 +55,13 @@ async fn apply_creates_everything_then_is_idempotent_then_reports_and_fixes_drif
         "{out}\n{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert_eq!(out.matches("done: created ").count(), 16, "{out}");
+    assert_eq!(out.matches("done: created ").count(), 18, "{out}");
 
     for compacted in [
         "idmap.visitor-to-user",
         "state.pendo-poller",
         "state.milestones",
+        "state.pendo-segments",
         "pendo.catalog",
     ] {
         let c = topic_configs(&format!("{prefix}{compacted}")).await;
@@ -78,7 +79,7 @@ async fn apply_creates_everything_then_is_idempotent_then_reports_and_fixes_drif
     let second = run(&cfg, &[]);
     assert!(second.status.success());
     assert!(
-        stdout(&second).contains("no changes: all 16 topics match"),
+        stdout(&second).contains("no changes: all 18 topics match"),
         "{}",
         stdout(&second)
     );

@@ -163,6 +163,19 @@ impl<S: IdMapSink> CompactedTable for IdMapRecords<S> {
     }
 }
 
+/// Why a follower stopped before it caught up: its own error when it has one (a missing topic,
+/// an unreachable broker), so the role's failure names the cause.
+pub async fn stopped_early(
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    what: &str,
+) -> anyhow::Error {
+    match handle.await {
+        Ok(Err(e)) => e.context(format!("the {what} follower failed")),
+        Ok(Ok(())) => anyhow::anyhow!("the {what} follower stopped"),
+        Err(e) => anyhow::anyhow!("the {what} follower panicked: {e}"),
+    }
+}
+
 /// Follows the id mapping topic into `table` until `shutdown` (see [`follow_compacted`]).
 pub async fn follow_idmap(
     client_config: ClientConfig,
@@ -191,20 +204,27 @@ fn release_free_memory() {
     }
 }
 
+/// The partitions of `topic`. A topic created moments ago (`topics apply` right before the role
+/// starts) may not be in the broker's metadata yet: it is asked again for up to 30 s before the
+/// follower gives up with a message saying what to do.
 fn partitions_of(
     consumer: &StreamConsumer<ReadToEndContext>,
     topic: &str,
 ) -> anyhow::Result<Vec<i32>> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let t = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .ok_or_else(|| anyhow::anyhow!("no metadata for topic {topic}"))?;
-    if t.error().is_some() || t.partitions().is_empty() {
-        anyhow::bail!(
-            "topic {topic} does not exist or has no partitions: run `pendo-segment topics apply`"
-        );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        let found = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect());
+        match found {
+            Some(partitions) => return Ok(partitions),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+            None => anyhow::bail!(
+                "topic {topic} does not exist or has no partitions: run `pendo-segment topics apply`"
+            ),
+        }
     }
-    Ok(t.partitions().iter().map(|p| p.id()).collect())
 }

@@ -75,10 +75,12 @@ topic_catalogue! {
     SegmentRawWebhook => "segment.raw.webhook", RAW, "Segment webhook deliveries, one record per event.";
     CanonicalSegmentCalls => "canonical.segment-calls", RAW, "Avro Segment calls ready for the Segment sink.";
     CanonicalPendoUpdates => "canonical.pendo-updates", RAW, "Avro Pendo metadata updates ready for the Pendo sink.";
+    CanonicalPendoSegmentChanges => "canonical.pendo-segment-changes", RAW, "Avro Pendo Segment membership changes, keyed by audience key, ready for the Pendo sink.";
     IdmapVisitorToUser => "idmap.visitor-to-user", RetentionPolicy::Compact, "Pendo visitor id -> Segment user id.";
     PendoCatalog => "pendo.catalog", RetentionPolicy::Compact, "Feature/guide/page/track-type names from Pendo.";
     StatePendoPoller => "state.pendo-poller", RetentionPolicy::Compact, "Poller cursors and watermarks.";
     StateMilestones => "state.milestones", RetentionPolicy::Compact, "Usage milestones already emitted.";
+    StatePendoSegments => "state.pendo-segments", RetentionPolicy::Compact, "Pendo Segment created per audience key: {segmentId, name}.";
     DlqPendoWebhook => "dlq.pendo-webhook", DLQ, "Rejected Pendo webhook bodies.";
     DlqPendoPoller => "dlq.pendo-poller", DLQ, "Pendo API rows that could not be used.";
     DlqSegmentWebhook => "dlq.segment-webhook", DLQ, "Rejected Segment webhook bodies.";

@@ -20,20 +20,20 @@ use crate::config::Config;
 use crate::kafka::client_config;
 use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, RecordProcessor, run_consumer_loop};
 
-/// Runs a sink's processor over `input` in the shared loop with the `Acknowledged` strategy:
+/// Runs a sink's processor over `inputs` in the shared loop with the `Acknowledged` strategy:
 /// the commit cadence of `[processing]`, and a shutdown flush that ends 5 s before the grace
 /// period does (what is not acknowledged by then stays uncommitted).
 pub async fn run_sink_loop<P: RecordProcessor>(
     config: &Config,
     role: &'static str,
-    input: String,
+    inputs: Vec<String>,
     processor: P,
     env: &RoleEnv,
 ) -> anyhow::Result<()> {
     let p = &config.processing;
     let spec = LoopSpec {
         stage: role,
-        topics: vec![input],
+        topics: inputs,
         commit_max_records: p.commit_max_records,
         commit_interval: Duration::from_millis(p.commit_interval_ms),
         strategy: CommitStrategy::Acknowledged {

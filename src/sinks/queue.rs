@@ -55,6 +55,11 @@ pub trait SinkJob: Send + 'static {
     fn is_empty(&self) -> bool;
     /// When the first record was taken in, for the linger.
     fn opened_at(&self) -> Option<Instant>;
+    /// This job's own linger, when it differs from the queues' (e.g. the Pendo sink's
+    /// segment changes, batched longer than metadata updates).
+    fn linger(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Delivers one closed job completely; `Err` (a dead letter that could not be written) stops
@@ -345,11 +350,10 @@ impl<J: SinkJob> PartitionQueues<J> {
             .partitions
             .iter()
             .filter(|(_, w)| {
-                let lingered = w
-                    .open
-                    .as_ref()
-                    .and_then(J::opened_at)
-                    .is_some_and(|t| t.elapsed() >= linger);
+                let lingered = w.open.as_ref().is_some_and(|j| {
+                    j.opened_at()
+                        .is_some_and(|t| t.elapsed() >= j.linger().unwrap_or(linger))
+                });
                 lingered || (w.taken_end.is_some() && w.is_idle())
             })
             .map(|(tp, _)| tp.clone())

@@ -30,6 +30,7 @@ use crate::schema::IdMapping;
 use crate::schema::pendo_metadata_update::{
     FieldValue, PendoEntity, PendoMetadataUpdate, UpdateOrigin,
 };
+use crate::schema::pendo_segment_change::{PendoSegmentChange, SegmentChangeOrigin};
 use crate::transform::message_id::MessageIdBuilder;
 use crate::transform::pendo_to_segment::{event_time_ms, iso_millis};
 
@@ -59,6 +60,30 @@ pub enum FieldMode {
     AudienceList,
 }
 
+/// Where an audience's membership is written in Pendo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudienceTarget {
+    /// A metadata field per audience (`field_mode`), via `canonical.pendo-updates`.
+    Field,
+    /// A Pendo Segment per audience (visitors only), via `canonical.pendo-segment-changes`.
+    PendoSegment,
+    /// Both.
+    Both,
+}
+
+impl AudienceTarget {
+    /// Whether the metadata field is written.
+    pub fn writes_field(self) -> bool {
+        matches!(self, AudienceTarget::Field | AudienceTarget::Both)
+    }
+
+    /// Whether the Pendo Segment is written.
+    pub fn writes_segment(self) -> bool {
+        matches!(self, AudienceTarget::PendoSegment | AudienceTarget::Both)
+    }
+}
+
 /// The mapper's settings (from `[transform_segment]`).
 #[derive(Debug, Clone)]
 pub struct SegmentMapperSettings {
@@ -76,6 +101,12 @@ pub struct SegmentMapperSettings {
     pub update_id_prefix: String,
     /// `origin.source` of the updates, and `source` of learned mappings.
     pub source: String,
+    /// Target of audiences not listed in `audience_targets`.
+    pub audience_target: AudienceTarget,
+    /// Target per audience key.
+    pub audience_targets: BTreeMap<String, AudienceTarget>,
+    /// Pendo Segment names are `<prefix><audience_key>`.
+    pub pendo_segment_name_prefix: String,
 }
 
 impl Default for SegmentMapperSettings {
@@ -88,6 +119,9 @@ impl Default for SegmentMapperSettings {
             visitor_id_external_types: vec!["pendo_visitor_id".into()],
             update_id_prefix: "segment".into(),
             source: "segment.webhook".into(),
+            audience_target: AudienceTarget::Field,
+            audience_targets: BTreeMap::new(),
+            pendo_segment_name_prefix: "Segment: ".into(),
         }
     }
 }
@@ -97,8 +131,10 @@ impl Default for SegmentMapperSettings {
 pub enum SegmentOutcome {
     /// Updates to publish, and learned id mappings to publish with them.
     Updates {
-        /// Metadata updates (one per audience membership).
+        /// Metadata updates (one per audience membership whose target is a field).
         updates: Vec<PendoMetadataUpdate>,
+        /// Pendo Segment changes (one per audience membership whose target is a Pendo Segment).
+        segment_changes: Vec<PendoSegmentChange>,
         /// Visitor -> user mappings the event revealed and the table does not hold yet.
         mappings: Vec<IdMapping>,
     },
@@ -346,8 +382,41 @@ impl SegmentToPendo {
             }
         }
         id.part(key.as_bytes()).part(&[u8::from(member)]);
+        let update_id = id.finish(&self.settings.update_id_prefix);
+        let target = self.target_of(key);
+        if target == AudienceTarget::PendoSegment && entity == PendoEntity::Account {
+            return dead(
+                "unsupported_target",
+                format!(
+                    "audience {key:?} targets a Pendo Segment, which holds visitors; an account audience (group call) needs the target \"field\" or \"both\""
+                ),
+            );
+        }
+        let mut segment_changes = Vec::new();
+        if target.writes_segment() && entity == PendoEntity::Visitor {
+            segment_changes.push(PendoSegmentChange {
+                change_id: update_id.clone(),
+                audience_key: key.to_string(),
+                segment_name: format!("{}{key}", self.settings.pendo_segment_name_prefix),
+                visitor_id: entity_id.clone(),
+                member,
+                timestamp: iso_millis(ts_ms),
+                origin: SegmentChangeOrigin {
+                    source: self.settings.source.clone(),
+                    segment_message_id: message_id.map(str::to_string),
+                    received_at,
+                },
+            });
+        }
+        if !target.writes_field() {
+            return SegmentOutcome::Updates {
+                updates: Vec::new(),
+                segment_changes,
+                mappings,
+            };
+        }
         let update = PendoMetadataUpdate {
-            update_id: id.finish(&self.settings.update_id_prefix),
+            update_id,
             entity,
             entity_id,
             field_group: self.settings.field_group.clone(),
@@ -365,8 +434,18 @@ impl SegmentToPendo {
         };
         SegmentOutcome::Updates {
             updates: vec![update],
+            segment_changes,
             mappings,
         }
+    }
+
+    /// The configured target of audience `key`.
+    pub fn target_of(&self, key: &str) -> AudienceTarget {
+        self.settings
+            .audience_targets
+            .get(key)
+            .copied()
+            .unwrap_or(self.settings.audience_target)
     }
 
     /// The Pendo visitor id the event names (configured traits, then external ids).
@@ -503,8 +582,13 @@ mod tests {
 
     fn updates_of(payload: &[u8], ids: &BiIdMap) -> Vec<PendoMetadataUpdate> {
         match mapper().map(payload, RECEIVED, ids).0 {
-            SegmentOutcome::Updates { updates, mappings } => {
+            SegmentOutcome::Updates {
+                updates,
+                mappings,
+                segment_changes,
+            } => {
                 assert!(mappings.is_empty());
+                assert!(segment_changes.is_empty());
                 updates
             }
             other => panic!("expected updates, got {other:?}"),
@@ -654,7 +738,9 @@ mod tests {
     fn a_named_visitor_id_is_learned_and_used() {
         let ids = BiIdMap::default();
         let e = br#"{"type":"identify","messageId":"m1","userId":"u-1","traits":{"pendo_visitor_id":"pv-1","vip":true},"context":{"personas":{"computation_class":"audience","computation_key":"vip"}},"timestamp":"2026-11-27T10:00:00Z"}"#;
-        let SegmentOutcome::Updates { updates, mappings } = mapper().map(e, RECEIVED, &ids).0
+        let SegmentOutcome::Updates {
+            updates, mappings, ..
+        } = mapper().map(e, RECEIVED, &ids).0
         else {
             panic!()
         };
@@ -752,5 +838,60 @@ mod tests {
         let exited = br#"{"type":"track","event":"Audience Exited","userId":"u","properties":{"audience_key":"Power Users-30d","Power Users-30d":false},"timestamp":"2026-11-27T10:00:00Z"}"#;
         assert_ne!(a[0].update_id, updates_of(exited, &ids)[0].update_id);
         assert_eq!(field_name("", "30d"), "_30d");
+    }
+    #[test]
+    fn audience_targets_choose_field_segment_or_both() {
+        let ids = BiIdMap::default();
+        let m = SegmentToPendo::new(SegmentMapperSettings {
+            audience_targets: BTreeMap::from([
+                ("seg_only".to_string(), AudienceTarget::PendoSegment),
+                ("both_k".to_string(), AudienceTarget::Both),
+            ]),
+            ..Default::default()
+        });
+        let ev = |key: &str, name: &str| {
+            format!(
+                r#"{{"type":"track","event":"{name}","messageId":"m-{key}","userId":"u-1","properties":{{"audience_key":"{key}"}},"timestamp":"2026-11-27T10:00:00Z"}}"#
+            )
+        };
+        let out = |key: &str, name: &str| match m.map(ev(key, name).as_bytes(), RECEIVED, &ids).0 {
+            SegmentOutcome::Updates {
+                updates,
+                segment_changes,
+                ..
+            } => (updates, segment_changes),
+            other => panic!("{other:?}"),
+        };
+        let (u, c) = out("seg_only", "Audience Exited");
+        assert!(u.is_empty());
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (
+                c[0].audience_key.as_str(),
+                c[0].segment_name.as_str(),
+                c[0].visitor_id.as_str(),
+                c[0].member
+            ),
+            ("seg_only", "Segment: seg_only", "u-1", false)
+        );
+        assert_eq!(c[0].origin.received_at, RECEIVED);
+        let (u, c) = out("both_k", "Audience Entered");
+        assert_eq!((u.len(), c.len()), (1, 1));
+        assert_eq!(u[0].update_id, c[0].change_id);
+        let (u, c) = out("other", "Audience Entered");
+        assert_eq!(
+            (u.len(), c.len()),
+            (1, 0),
+            "the default target is the field"
+        );
+        // Pendo Segments hold visitors: an account audience cannot target one.
+        let group = br#"{"type":"group","userId":"u","groupId":"g","traits":{"seg_only":true},"context":{"personas":{"computation_class":"audience","computation_key":"seg_only"}},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        assert!(matches!(
+            m.map(group, RECEIVED, &ids).0,
+            SegmentOutcome::DeadLetter {
+                reason: "unsupported_target",
+                ..
+            }
+        ));
     }
 }

@@ -22,6 +22,18 @@
 //!
 //! The per-item answer is **assumed** (Pendo's exact shape is not confirmed):
 //! `{"total": n, "updated": n, "failed": n, "missing": [id...], "errors": [{"id": id, "error": text}...]}`.
+//!
+//! Pendo Segments (the reverse flow's second target): `POST /api/v1/segment/upload`
+//! `{"name", "visitors": [...]}` -> `{"segmentId"}` (400 without visitors or name),
+//! `PATCH /api/v1/segment/{id}/visitor` `{"patch": [{"op": "add"|"remove", "path": "/visitors",
+//! "value": [...]}]}` -> `{"multistatus": [{"status", "message", "operation"}]}` (assumed shape:
+//! one entry per operation, visitors refused by [`PendoTestServer::set_segment_rejected_visitors`]
+//! or [`PendoTestServer::set_segment_item_conflicts`] in entries of their own), and
+//! `GET /api/v1/segment` (list `[{"id", "name"}]`). The server keeps each segment's members,
+//! logs every segment request, answers 409 "Operation in progress" to every n-th segment request
+//! ([`PendoTestServer::set_segment_conflict_every`]), can hold each request
+//! ([`PendoTestServer::set_segment_delay`]) and records every time two requests to one segment
+//! (by name) were in flight at once ([`PendoTestServer::segment_overlaps`]).
 // Each test binary uses a different part of the API.
 #![allow(dead_code)]
 
@@ -35,7 +47,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
 use std::cmp::Ordering;
 
@@ -250,6 +262,57 @@ struct Inner {
 struct Shared {
     config: Mutex<PendoServerConfig>,
     inner: Mutex<Inner>,
+    segments: Mutex<SegmentsInner>,
+}
+
+/// One request to a Pendo Segment endpoint, as received.
+#[derive(Clone, Debug)]
+pub struct SegmentRequestRecord {
+    /// `create`, `patch` or `list`.
+    pub kind: &'static str,
+    /// The segment's name (create, or the patched segment's), if known.
+    pub segment: Option<String>,
+    /// Visitors in the body.
+    pub visitors: usize,
+    /// The status answered (0 while in flight).
+    pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A Pendo Segment held by the server.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentData {
+    /// Its name.
+    pub name: String,
+    /// Current members.
+    pub members: HashSet<String>,
+}
+
+#[derive(Default)]
+struct SegmentsInner {
+    requests: Vec<SegmentRequestRecord>,
+    /// id -> segment.
+    segments: HashMap<String, SegmentData>,
+    created: usize,
+    /// name -> requests in flight.
+    in_flight: HashMap<String, usize>,
+    overlaps: Vec<String>,
+    conflict_every: u64,
+    delay: Duration,
+    rejected_visitors: HashSet<String>,
+    /// visitor -> how many more times its operation answers 409 inside the multistatus.
+    item_conflicts: HashMap<String, u32>,
+    /// (segment name, visitor) -> every applied operation: (member, epoch ms).
+    applied: HashMap<(String, String), Vec<(bool, i64)>>,
+    next_id: u64,
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A running Pendo test server; stops when dropped.
@@ -271,6 +334,7 @@ impl PendoTestServer {
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
             inner: Mutex::new(Inner::default()),
+            segments: Mutex::new(SegmentsInner::default()),
         });
         let app = Router::new()
             .route("/api/v1/metadata/{entity}/{group}/value", post(write))
@@ -280,6 +344,9 @@ impl PendoTestServer {
             .route("/api/v1/page", get(catalog_page))
             .route("/api/v1/guide", get(catalog_guide))
             .route("/api/v1/tracktype", get(catalog_tracktype))
+            .route("/api/v1/segment/upload", post(segment_create))
+            .route("/api/v1/segment", get(segment_list))
+            .route("/api/v1/segment/{id}/visitor", patch(segment_patch))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -440,6 +507,103 @@ impl PendoTestServer {
     /// passed (writes are counted separately by [`Self::early_requests`]).
     pub fn early_read_requests(&self) -> usize {
         self.shared.inner.lock().unwrap().early_reads
+    }
+
+    /// Answers 409 "Operation in progress" to every `n`th Pendo Segment request (0: never).
+    pub fn set_segment_conflict_every(&self, n: u64) {
+        self.shared.segments.lock().unwrap().conflict_every = n;
+    }
+
+    /// Holds every Pendo Segment request this long before answering (widens overlap windows).
+    pub fn set_segment_delay(&self, d: Duration) {
+        self.shared.segments.lock().unwrap().delay = d;
+    }
+
+    /// Visitors whose operations fail with 400 "visitor not found" inside the multistatus.
+    pub fn set_segment_rejected_visitors(&self, ids: &[&str]) {
+        self.shared.segments.lock().unwrap().rejected_visitors =
+            ids.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Visitors whose operations answer 409 inside the multistatus, `times` times each.
+    pub fn set_segment_item_conflicts(&self, ids: &[&str], times: u32) {
+        self.shared.segments.lock().unwrap().item_conflicts =
+            ids.iter().map(|s| (s.to_string(), times)).collect();
+    }
+
+    /// Creates a segment directly (as if an earlier request had), counted in
+    /// [`Self::segments_created`]; returns its id.
+    pub fn create_segment(&self, name: &str, visitors: &[&str]) -> String {
+        let mut s = self.shared.segments.lock().unwrap();
+        s.next_id += 1;
+        let id = format!("seg{:06}", s.next_id);
+        s.segments.insert(
+            id.clone(),
+            SegmentData {
+                name: name.to_string(),
+                members: visitors.iter().map(|v| v.to_string()).collect(),
+            },
+        );
+        s.created += 1;
+        id
+    }
+
+    /// Every Pendo Segment request, in arrival order.
+    pub fn segment_requests(&self) -> Vec<SegmentRequestRecord> {
+        self.shared.segments.lock().unwrap().requests.clone()
+    }
+
+    /// Segments created (successful `upload`s).
+    pub fn segments_created(&self) -> usize {
+        self.shared.segments.lock().unwrap().created
+    }
+
+    /// The segments by id.
+    pub fn segments(&self) -> HashMap<String, SegmentData> {
+        self.shared.segments.lock().unwrap().segments.clone()
+    }
+
+    /// The members of the segment called `name` (empty if there is none).
+    pub fn segment_members(&self, name: &str) -> HashSet<String> {
+        self.shared
+            .segments
+            .lock()
+            .unwrap()
+            .segments
+            .values()
+            .find(|s| s.name == name)
+            .map(|s| s.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Each time a request to a segment arrived while another to it was in flight.
+    pub fn segment_overlaps(&self) -> Vec<String> {
+        self.shared.segments.lock().unwrap().overlaps.clone()
+    }
+
+    /// Applied operations of `visitor` in segment `name`: (member, epoch ms), in order.
+    pub fn segment_applied(&self, name: &str, visitor: &str) -> Vec<(bool, i64)> {
+        self.shared
+            .segments
+            .lock()
+            .unwrap()
+            .applied
+            .get(&(name.to_string(), visitor.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every applied operation of segment `name`: visitor -> [(member, epoch ms)].
+    pub fn segment_applied_all(&self, name: &str) -> HashMap<String, Vec<(bool, i64)>> {
+        self.shared
+            .segments
+            .lock()
+            .unwrap()
+            .applied
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|((_, v), ops)| (v.clone(), ops.clone()))
+            .collect()
     }
 
     /// Waits until `cond(self)` holds or `timeout` passes; returns whether it held.
@@ -1111,4 +1275,274 @@ fn parse_filter(expr: &str) -> Result<Vec<Clause>, String> {
         }
         i += 2;
     }
+}
+
+// ---- Pendo Segments -------------------------------------------------------------------------
+
+/// Starts a segment request: logs it, notes an overlap, and says whether to answer 409.
+fn segment_begin(
+    shared: &Shared,
+    kind: &'static str,
+    segment: Option<&str>,
+    visitors: usize,
+) -> (usize, bool, Duration) {
+    let mut s = shared.segments.lock().unwrap();
+    s.requests.push(SegmentRequestRecord {
+        kind,
+        segment: segment.map(str::to_string),
+        visitors,
+        status: 0,
+        at: Instant::now(),
+    });
+    let n = s.requests.len();
+    if let Some(name) = segment {
+        let c = s.in_flight.entry(name.to_string()).or_default();
+        *c += 1;
+        if *c > 1 {
+            let c = *c;
+            s.overlaps.push(format!(
+                "{kind} request #{n} to segment {name:?} while {} other(s) were in flight",
+                c - 1
+            ));
+        }
+    }
+    let conflict = s.conflict_every > 0 && (n as u64).is_multiple_of(s.conflict_every);
+    (n, conflict, s.delay)
+}
+
+fn segment_end(shared: &Shared, n: usize, segment: Option<&str>, status: StatusCode) {
+    let mut s = shared.segments.lock().unwrap();
+    s.requests[n - 1].status = status.as_u16();
+    if let Some(name) = segment
+        && let Some(c) = s.in_flight.get_mut(name)
+    {
+        *c -= 1;
+    }
+}
+
+fn string_list(v: Option<&Value>) -> Option<Vec<String>> {
+    v?.as_array()?
+        .iter()
+        .map(|x| x.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+        .collect()
+}
+
+/// Segment writes run to the end even when the client goes away (as on a server that received
+/// the request): a killed sink cannot leave a request half-counted.
+async fn segment_create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tokio::spawn(segment_create_run(shared, headers, body))
+        .await
+        .unwrap()
+}
+
+async fn segment_patch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tokio::spawn(segment_patch_run(shared, id, headers, body))
+        .await
+        .unwrap()
+}
+
+async fn segment_create_run(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let name = parsed
+        .as_ref()
+        .and_then(|v| v.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let visitors = string_list(parsed.as_ref().and_then(|v| v.get("visitors")));
+    let (n, conflict, delay) = segment_begin(
+        &shared,
+        "create",
+        name.as_deref(),
+        visitors.as_ref().map_or(0, Vec::len),
+    );
+    tokio::time::sleep(delay).await;
+    let (status, response) = if conflict {
+        plain(StatusCode::CONFLICT, "Operation in progress")
+    } else if !key_ok(&shared, &headers) {
+        shared.inner.lock().unwrap().unauthorized += 1;
+        plain(StatusCode::UNAUTHORIZED, "invalid integration key")
+    } else if !json_type_ok(&headers) {
+        plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        )
+    } else {
+        match (&name, visitors) {
+            (Some(name), Some(visitors)) if !name.is_empty() && !visitors.is_empty() => {
+                let mut s = shared.segments.lock().unwrap();
+                s.next_id += 1;
+                let id = format!("seg{:06}", s.next_id);
+                let at = epoch_ms();
+                for v in &visitors {
+                    s.applied
+                        .entry((name.clone(), v.clone()))
+                        .or_default()
+                        .push((true, at));
+                }
+                s.segments.insert(
+                    id.clone(),
+                    SegmentData {
+                        name: name.clone(),
+                        members: visitors.into_iter().collect(),
+                    },
+                );
+                s.created += 1;
+                let st = StatusCode::OK;
+                (
+                    st,
+                    (st, axum::Json(json!({"segmentId": id}))).into_response(),
+                )
+            }
+            (_, Some(v)) if v.is_empty() => plain(
+                StatusCode::BAD_REQUEST,
+                "a segment needs at least one visitor",
+            ),
+            _ => plain(
+                StatusCode::BAD_REQUEST,
+                "body must be {\"name\": string, \"visitors\": [string...]}",
+            ),
+        }
+    };
+    segment_end(&shared, n, name.as_deref(), status);
+    response
+}
+
+async fn segment_list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let (n, _, _) = segment_begin(&shared, "list", None, 0);
+    let (status, response) = if !key_ok(&shared, &headers) {
+        plain(StatusCode::UNAUTHORIZED, "invalid integration key")
+    } else {
+        let s = shared.segments.lock().unwrap();
+        let list: Vec<Value> = s
+            .segments
+            .iter()
+            .map(|(id, d)| json!({"id": id, "name": d.name}))
+            .collect();
+        let st = StatusCode::OK;
+        (st, (st, axum::Json(Value::Array(list))).into_response())
+    };
+    segment_end(&shared, n, None, status);
+    response
+}
+
+async fn segment_patch_run(
+    shared: Arc<Shared>,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let name = shared
+        .segments
+        .lock()
+        .unwrap()
+        .segments
+        .get(&id)
+        .map(|d| d.name.clone());
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let ops: Option<Vec<(bool, Vec<String>)>> = parsed
+        .as_ref()
+        .and_then(|v| v.get("patch"))
+        .and_then(Value::as_array)
+        .and_then(|ops| {
+            ops.iter()
+                .map(|o| {
+                    let add = match o.get("op").and_then(Value::as_str)? {
+                        "add" => true,
+                        "remove" => false,
+                        _ => return None,
+                    };
+                    if o.get("path").and_then(Value::as_str) != Some("/visitors") {
+                        return None;
+                    }
+                    Some((add, string_list(o.get("value"))?))
+                })
+                .collect()
+        });
+    let visitors = ops
+        .as_ref()
+        .map_or(0, |o| o.iter().map(|(_, v)| v.len()).sum());
+    let target = name.clone().unwrap_or_else(|| format!("id:{id}"));
+    let (n, conflict, delay) = segment_begin(&shared, "patch", Some(&target), visitors);
+    tokio::time::sleep(delay).await;
+    let (status, response) = if conflict {
+        plain(StatusCode::CONFLICT, "Operation in progress")
+    } else if !key_ok(&shared, &headers) {
+        shared.inner.lock().unwrap().unauthorized += 1;
+        plain(StatusCode::UNAUTHORIZED, "invalid integration key")
+    } else if !json_type_ok(&headers) {
+        plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        )
+    } else if name.is_none() {
+        plain(StatusCode::NOT_FOUND, "no such segment")
+    } else {
+        match ops {
+            Some(ops) if !ops.is_empty() && visitors <= 1_000 => {
+                let mut s = shared.segments.lock().unwrap();
+                let name = name.clone().unwrap();
+                let at = epoch_ms();
+                let mut multistatus = Vec::new();
+                for (add, ids) in ops {
+                    let op = if add { "add" } else { "remove" };
+                    let mut ok = Vec::new();
+                    for v in ids {
+                        if s.rejected_visitors.contains(&v) {
+                            multistatus.push(json!({"status": 400, "message": "visitor not found",
+                                "operation": {"op": op, "path": "/visitors", "value": [v]}}));
+                            continue;
+                        }
+                        if let Some(left) = s.item_conflicts.get_mut(&v)
+                            && *left > 0
+                        {
+                            *left -= 1;
+                            multistatus
+                                .push(json!({"status": 409, "message": "Operation in progress",
+                                "operation": {"op": op, "path": "/visitors", "value": [v]}}));
+                            continue;
+                        }
+                        let seg = s.segments.get_mut(&id).unwrap();
+                        if add {
+                            seg.members.insert(v.clone());
+                        } else {
+                            seg.members.remove(&v);
+                        }
+                        s.applied
+                            .entry((name.clone(), v.clone()))
+                            .or_default()
+                            .push((add, at));
+                        ok.push(v);
+                    }
+                    if !ok.is_empty() {
+                        multistatus.push(json!({"status": 200, "message": "ok",
+                            "operation": {"op": op, "path": "/visitors", "value": ok}}));
+                    }
+                }
+                let st = StatusCode::OK;
+                (
+                    st,
+                    (st, axum::Json(json!({"multistatus": multistatus}))).into_response(),
+                )
+            }
+            Some(_) if visitors > 1_000 => plain(
+                StatusCode::BAD_REQUEST,
+                "at most 1,000 visitors per request",
+            ),
+            _ => plain(
+                StatusCode::BAD_REQUEST,
+                "body must be {\"patch\": [{\"op\": \"add\"|\"remove\", \"path\": \"/visitors\", \"value\": [string...]}]}",
+            ),
+        }
+    };
+    segment_end(&shared, n, Some(&target), status);
+    response
 }

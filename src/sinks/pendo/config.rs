@@ -40,6 +40,16 @@ pub struct PendoSinkConfig {
     /// leaky bucket answering 429); unset means no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit_requests_per_s: Option<u32>,
+    /// Pendo Segments: distinct visitors of one segment in a batch before it is sent (after
+    /// coalescing, last write per visitor wins).
+    pub segment_batch_visitors: usize,
+    /// Pendo Segments: visitors per request at most (`POST /api/v1/segment/upload`,
+    /// `PATCH /api/v1/segment/{id}/visitor`; Segment's own destination sends 1,000).
+    pub segment_request_visitors: usize,
+    /// Pendo Segments: longest a membership change waits for its batch to fill, in ms.
+    /// Segment's own destination syncs every 2-3 hours; seconds keep Pendo fresh while a
+    /// burst (an audience's first sync) still costs one request per 1,000 changes.
+    pub segment_linger_ms: u64,
 }
 
 impl Default for PendoSinkConfig {
@@ -54,6 +64,9 @@ impl Default for PendoSinkConfig {
             retry_after_cap_s: 300,
             create: false,
             rate_limit_requests_per_s: None,
+            segment_batch_visitors: 1_000,
+            segment_request_visitors: 1_000,
+            segment_linger_ms: 3_000,
         }
     }
 }
@@ -91,12 +104,30 @@ impl PendoSinkConfig {
             self.backoff_max_ms,
         )?;
         range("retry_after_cap_s", self.retry_after_cap_s, 1, 3_600)?;
+        range(
+            "segment_batch_visitors",
+            self.segment_batch_visitors as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "segment_request_visitors",
+            self.segment_request_visitors as u64,
+            1,
+            10_000,
+        )?;
+        range("segment_linger_ms", self.segment_linger_ms, 0, 3_600_000)?;
         if self.rate_limit_requests_per_s == Some(0) {
             return Err(format!(
                 "{SECTION}.rate_limit_requests_per_s must be at least 1 (leave it unset for no limit)"
             ));
         }
         Ok(())
+    }
+
+    /// [`Self::segment_linger_ms`] as a duration.
+    pub fn segment_linger(&self) -> Duration {
+        Duration::from_millis(self.segment_linger_ms)
     }
 
     /// [`Self::linger_ms`] as a duration.
@@ -115,6 +146,34 @@ pub fn base_url(pendo: &PendoConfig) -> String {
         (None, PendoRegion::Jpn) => "https://app.jpn.pendo.io".into(),
         (None, PendoRegion::Au) => "https://app.au.pendo.io".into(),
     }
+}
+
+/// `POST` URL creating a Pendo Segment from a list of visitors.
+pub fn segment_create_url(base: &str) -> String {
+    format!("{base}/api/v1/segment/upload")
+}
+
+/// `PATCH` URL changing the visitors of Pendo Segment `id`.
+pub fn segment_patch_url(base: &str, id: &str) -> String {
+    let id: String = url_escape(id);
+    format!("{base}/api/v1/segment/{id}/visitor")
+}
+
+/// `GET` URL listing Pendo Segments (used only to recover a segment created just before a crash).
+pub fn segment_list_url(base: &str) -> String {
+    format!("{base}/api/v1/segment")
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// `POST` URL of the bulk metadata endpoint for `entity` and `group` (`custom` or `agent`).

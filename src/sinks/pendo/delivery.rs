@@ -46,10 +46,16 @@ pub struct PendoDeliveryContext {
     pub source_topic: String,
     /// Stage name.
     pub stage: &'static str,
+    /// Pendo Segments' ids and locks (when an audience targets a Pendo Segment).
+    pub segments: Option<std::sync::Arc<super::segments::SegmentState>>,
+    /// Visitors per Pendo Segment request at most.
+    pub segment_request_visitors: usize,
+    /// `canonical.pendo-segment-changes` (dead letters' source header).
+    pub segment_source_topic: String,
 }
 
 impl PendoDeliveryContext {
-    async fn wait_for_pause(&self) {
+    pub(super) async fn wait_for_pause(&self) {
         loop {
             let until = *self.paused_until.lock().expect("pause lock");
             match until {
@@ -59,7 +65,7 @@ impl PendoDeliveryContext {
         }
     }
 
-    fn pause_for(&self, d: Duration) {
+    pub(super) fn pause_for(&self, d: Duration) {
         let until = Instant::now() + d;
         let mut p = self.paused_until.lock().expect("pause lock");
         if p.is_none_or(|t| t < until) {
@@ -72,6 +78,10 @@ impl PendoDeliveryContext {
     pub async fn deliver(&self, job: PendoJob) -> Result<(), DeliveryError> {
         for (_, batch) in job.groups {
             self.deliver_group(batch).await?;
+        }
+        // One segment after the other: never two requests to one segment in flight.
+        for (_, batch) in job.segments {
+            self.deliver_segment(batch).await?;
         }
         Ok(())
     }

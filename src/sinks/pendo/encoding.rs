@@ -15,12 +15,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::schema::PendoMetadataUpdate;
+use super::segments::SegmentBatch;
 use crate::schema::pendo_metadata_update::{FieldValue, PendoEntity};
+use crate::schema::{PendoMetadataUpdate, PendoSegmentChange};
 
 /// Field groups the bulk endpoint accepts.
 pub const FIELD_GROUPS: [&str; 2] = ["custom", "agent"];
@@ -200,13 +201,18 @@ impl GroupBatch {
     }
 }
 
-/// The open or closed work of one partition: one [`GroupBatch`] per (entity, field group).
+/// The open or closed work of one partition: one [`GroupBatch`] per (entity, field group),
+/// and one [`SegmentBatch`] per Pendo Segment (audience key).
 #[derive(Debug, Default)]
 pub struct PendoJob {
     /// Batches by (entity kind, field group), sent in this order.
     pub groups: BTreeMap<(u8, String), GroupBatch>,
+    /// Pendo Segment changes by audience key, sent after the groups, one segment at a time.
+    pub segments: BTreeMap<String, SegmentBatch>,
     /// When the first update was taken in (for the linger).
     pub opened_at: Option<Instant>,
+    /// The job's own linger (segment changes), if not the sink's.
+    pub linger: Option<Duration>,
 }
 
 impl PendoJob {
@@ -225,9 +231,28 @@ impl PendoJob {
         (coalesced, b.len())
     }
 
+    /// Adds a Pendo Segment change; returns whether it was coalesced, and the number of
+    /// distinct visitors of its segment afterwards. `linger` is the segment changes' linger.
+    pub fn push_segment(
+        &mut self,
+        c: PendoSegmentChange,
+        contributor: Contributor,
+        linger: Duration,
+    ) -> (bool, usize) {
+        self.opened_at.get_or_insert_with(Instant::now);
+        self.linger = Some(self.linger.map_or(linger, |l| l.min(linger)));
+        let b = self
+            .segments
+            .entry(c.audience_key.clone())
+            .or_insert_with(|| SegmentBatch::new(&c.audience_key, &c.segment_name));
+        let coalesced = b.push(c, contributor);
+        (coalesced, b.len())
+    }
+
     /// Whether no update was taken in.
     pub fn is_empty(&self) -> bool {
         self.groups.values().all(GroupBatch::is_empty)
+            && self.segments.values().all(SegmentBatch::is_empty)
     }
 }
 

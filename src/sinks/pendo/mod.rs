@@ -13,6 +13,7 @@
 pub mod config;
 pub mod delivery;
 pub mod encoding;
+pub mod segments;
 pub mod service;
 pub mod sink;
 
@@ -27,7 +28,7 @@ use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId};
 use crate::kafka::client_config;
 use crate::kafka::topics::TopicId;
-use crate::schema::PendoMetadataUpdateCodec;
+use crate::schema::{PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
 
 /// The role's name.
 pub const ROLE: &str = "pendo-sink";
@@ -57,9 +58,24 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                      pendo.integration_key and pendo.region; writes will be retried until it works"),
             }
             let input = c.topic_name(TopicId::CanonicalPendoUpdates);
-            let dlq = client_config::producer(c, ROLE)
+            let dlq: rdkafka::producer::FutureProducer = client_config::producer(c, ROLE)
                 .create()
                 .context("cannot create the dead-letter producer")?;
+            // Pendo Segments: read when some audience targets one (the same configuration
+            // file serves transform-segment and pendo-sink).
+            let segment_topic = c.topic_name(TopicId::CanonicalPendoSegmentChanges);
+            let segments = if c.transform_segment.uses_pendo_segments() {
+                let state = Arc::new(segments::SegmentState::new(
+                    client_config::consumer(c, &format!("{ROLE}.segment-state")),
+                    c.topic_name(TopicId::StatePendoSegments),
+                    dlq.clone(),
+                ));
+                let n = state.reload().await.map_err(anyhow::Error::msg)?;
+                tracing::info!(segments = n, "Pendo Segment state read");
+                Some(state)
+            } else {
+                None
+            };
             let ctx = Arc::new(delivery::PendoDeliveryContext {
                 client,
                 create: sink.create,
@@ -74,6 +90,9 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 dlq_topic: c.topic_name(TopicId::DlqPendoSink),
                 source_topic: input.clone(),
                 stage: ROLE,
+                segments: segments.clone(),
+                segment_request_visitors: sink.segment_request_visitors,
+                segment_source_topic: segment_topic.clone(),
             });
             let processor = sink::PendoSinkProcessor::new(
                 ctx,
@@ -82,7 +101,21 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 sink.linger(),
                 sink.max_in_flight_requests,
             );
-            super::run_sink_loop(c, ROLE, input, processor, &env).await
+            let mut inputs = vec![input];
+            let processor = if segments.is_some() {
+                inputs.push(segment_topic.clone());
+                processor.with_segments(sink::SegmentInput {
+                    topic: segment_topic,
+                    codec: PendoSegmentChangeCodec::new(
+                        c.schema.wire_format(SchemaId::PendoSegmentChange),
+                    ),
+                    batch_visitors: sink.segment_batch_visitors,
+                    linger: sink.segment_linger(),
+                })
+            } else {
+                processor
+            };
+            super::run_sink_loop(c, ROLE, inputs, processor, &env).await
         })
     })
 }

@@ -131,6 +131,17 @@ impl PendoClient {
         self.run(req).await
     }
 
+    /// `PATCH url` with a JSON body (Pendo Segment membership).
+    pub async fn patch(&self, url: &str, body: Vec<u8>) -> PendoResponse {
+        let req = self
+            .http
+            .patch(url)
+            .header(KEY_HEADER, self.key_header())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        self.run(req).await
+    }
+
     /// `GET url` (catalogue reads).
     pub async fn get(&self, url: &str) -> PendoResponse {
         let req = self.http.get(url).header(KEY_HEADER, self.key_header());

@@ -18,10 +18,11 @@ use rdkafka::message::BorrowedMessage;
 
 use super::delivery::PendoDeliveryContext;
 use super::encoding::{Contributor, PendoJob, validate_update};
+use super::segments::validate_change;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
 use crate::kafka::context::TopicPartition;
 use crate::metrics::metrics;
-use crate::schema::PendoMetadataUpdateCodec;
+use crate::schema::{PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
 use crate::sinks::queue::{Deliver, PartitionQueues, SinkJob};
 
 impl SinkJob for PendoJob {
@@ -32,6 +33,23 @@ impl SinkJob for PendoJob {
     fn opened_at(&self) -> Option<Instant> {
         self.opened_at
     }
+
+    fn linger(&self) -> Option<Duration> {
+        self.linger
+    }
+}
+
+/// How the sink reads `canonical.pendo-segment-changes` (when an audience targets a Pendo
+/// Segment).
+pub struct SegmentInput {
+    /// The topic's name.
+    pub topic: String,
+    /// Decoder.
+    pub codec: PendoSegmentChangeCodec,
+    /// Distinct visitors of one segment before its batch is closed.
+    pub batch_visitors: usize,
+    /// Longest a change waits for its batch.
+    pub linger: Duration,
 }
 
 /// Batches Pendo metadata updates per partition and writes them.
@@ -39,6 +57,7 @@ pub struct PendoSinkProcessor {
     ctx: Arc<PendoDeliveryContext>,
     codec: PendoMetadataUpdateCodec,
     max_batch_entities: usize,
+    segment_input: Option<SegmentInput>,
     queues: PartitionQueues<PendoJob>,
 }
 
@@ -60,6 +79,7 @@ impl PendoSinkProcessor {
             ctx,
             codec,
             max_batch_entities: max_batch_entities.max(1),
+            segment_input: None,
             queues: PartitionQueues::new(
                 deliver,
                 linger,
@@ -67,6 +87,49 @@ impl PendoSinkProcessor {
                 metrics().pendo_sink_in_flight.clone(),
             ),
         }
+    }
+
+    /// Also reads Pendo Segment changes from `input.topic`.
+    pub fn with_segments(mut self, input: SegmentInput) -> Self {
+        self.segment_input = Some(input);
+        self
+    }
+
+    async fn process_segment_change(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+    ) -> Result<(), ProcessError> {
+        let input = self.segment_input.as_ref().expect("checked by the caller");
+        let value = record.payload().unwrap_or_default();
+        let change = match input.codec.decode(value) {
+            Ok(c) => c,
+            Err(e) => return self.reject(record, "undecodable", &e).await,
+        };
+        if let Err(e) = validate_change(&change) {
+            return self.reject(record, "invalid_update", &e).await;
+        }
+        let (max, linger) = (input.batch_visitors.max(1), input.linger);
+        let tp: TopicPartition = (record.topic().to_string(), record.partition());
+        let contributor = Contributor {
+            partition: record.partition(),
+            offset: record.offset(),
+            key: record.key().map(Into::into),
+            original: value.into(),
+            received_at: change.origin.received_at,
+        };
+        let (coalesced, size) = self
+            .queues
+            .open_mut(&tp)
+            .get_or_insert_with(PendoJob::default)
+            .push_segment(change, contributor, linger);
+        self.queues.took(&tp, record.offset() + 1);
+        if coalesced {
+            metrics().pendo_sink_updates_coalesced.inc();
+        }
+        if size >= max {
+            self.queues.close(&tp);
+        }
+        self.queues.after_record(&tp).await
     }
 
     async fn reject(
@@ -84,6 +147,13 @@ impl PendoSinkProcessor {
 
 impl RecordProcessor for PendoSinkProcessor {
     async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
+        if self
+            .segment_input
+            .as_ref()
+            .is_some_and(|i| i.topic == record.topic())
+        {
+            return self.process_segment_change(record).await;
+        }
         let value = record.payload().unwrap_or_default();
         let update = match self.codec.decode(value) {
             Ok(u) => u,

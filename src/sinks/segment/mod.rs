@@ -88,7 +88,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 sink.linger(),
                 sink.max_in_flight_requests,
             );
-            super::run_sink_loop(c, ROLE, input, processor, &env).await
+            super::run_sink_loop(c, ROLE, vec![input], processor, &env).await
         })
     })
 }

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId};
 use crate::idmap::IdMapTable;
-use crate::idmap::follower::{follow_compacted, follow_idmap, follower_client_config};
+use crate::idmap::follower::{
+    follow_compacted, follow_idmap, follower_client_config, stopped_early,
+};
 use crate::kafka::client_config;
 use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
 use crate::kafka::topics::TopicId;
@@ -80,11 +82,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             ));
             tokio::select! {
                 _ = env.shutdown.wait() => return Ok(()),
-                r = caught_up.wait_for(|v| *v) => { r.context("id mapping follower stopped")?; }
+                failed = async { caught_up.wait_for(|v| *v).await.is_err() } => if failed { return Err(stopped_early(follower, "id mapping").await); }
             }
             tokio::select! {
                 _ = env.shutdown.wait() => return Ok(()),
-                r = catalog_caught_up.wait_for(|v| *v) => { r.context("catalogue follower stopped")?; }
+                failed = async { catalog_caught_up.wait_for(|v| *v).await.is_err() } => if failed { return Err(stopped_early(catalog_follower, "catalogue").await); }
             }
             idmap_ready.set_ready(true);
 

@@ -1,10 +1,14 @@
 //! `[transform_segment]`: which Pendo fields audience membership writes, how Segment users
 //! become Pendo visitors, and which event fields name a Pendo visitor id (identity learning).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::transform::message_id::MAX_PREFIX_LEN;
-use crate::transform::segment_to_pendo::{FieldMode, SegmentMapperSettings, UnmappedUserPolicy};
+use crate::transform::segment_to_pendo::{
+    AudienceTarget, FieldMode, SegmentMapperSettings, UnmappedUserPolicy,
+};
 
 /// Settings of the `transform-segment` role.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -30,6 +34,14 @@ pub struct TransformSegmentConfig {
     /// Namespace of update ids (`<prefix>-<hash>`), at most 60 characters. Changing it makes
     /// replayed events new to the Pendo sink's de-duplication.
     pub update_id_prefix: String,
+    /// Where audiences not listed in `audience_targets` are written: `field` (a metadata field,
+    /// `field_mode`), `pendo_segment` (a Pendo Segment per audience, visitors only) or `both`.
+    pub audience_target: AudienceTarget,
+    /// Target per audience key, e.g. `{ "power_users_30d" = "pendo_segment" }`.
+    pub audience_targets: BTreeMap<String, AudienceTarget>,
+    /// Pendo Segments are named `<prefix><audience_key>` (at most 100 characters in all is
+    /// advised; the name is set once, at creation).
+    pub pendo_segment_name_prefix: String,
 }
 
 impl Default for TransformSegmentConfig {
@@ -43,6 +55,9 @@ impl Default for TransformSegmentConfig {
             visitor_id_traits: d.visitor_id_traits,
             visitor_id_external_types: d.visitor_id_external_types,
             update_id_prefix: d.update_id_prefix,
+            audience_target: d.audience_target,
+            audience_targets: d.audience_targets,
+            pendo_segment_name_prefix: d.pendo_segment_name_prefix,
         }
     }
 }
@@ -82,7 +97,26 @@ impl TransformSegmentConfig {
                 return Err(format!("transform_segment.{key} holds an empty name"));
             }
         }
+        for key in self.audience_targets.keys() {
+            if key.trim().is_empty() || key.trim() != key || key.chars().any(char::is_control) {
+                return Err(format!(
+                    "transform_segment.audience_targets: {key:?} is not an audience key (empty, padded or with control characters)"
+                ));
+            }
+        }
+        let p = &self.pendo_segment_name_prefix;
+        if p.chars().count() > 100 || p.chars().any(char::is_control) {
+            return Err(format!(
+                "transform_segment.pendo_segment_name_prefix must be at most 100 characters without control characters, got {p:?}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether any audience (the default or a listed one) is written to a Pendo Segment.
+    pub fn uses_pendo_segments(&self) -> bool {
+        self.audience_target.writes_segment()
+            || self.audience_targets.values().any(|t| t.writes_segment())
     }
 
     /// The mapper settings for events from `source`.
@@ -95,6 +129,9 @@ impl TransformSegmentConfig {
             visitor_id_external_types: self.visitor_id_external_types.clone(),
             update_id_prefix: self.update_id_prefix.clone(),
             source: source.to_string(),
+            audience_target: self.audience_target,
+            audience_targets: self.audience_targets.clone(),
+            pendo_segment_name_prefix: self.pendo_segment_name_prefix.clone(),
         }
     }
 }
@@ -127,8 +164,37 @@ mod tests {
                 visitor_id_traits: vec![" ".into()],
                 ..Default::default()
             },
+            TransformSegmentConfig {
+                audience_targets: BTreeMap::from([(" k".into(), AudienceTarget::Both)]),
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                pendo_segment_name_prefix: "a\nb".into(),
+                ..Default::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn targets_parse_per_audience_and_unknown_targets_are_refused_by_name() {
+        let c: TransformSegmentConfig = toml::from_str(
+            "audience_target = \"both\"\naudience_targets = { power_users = \"pendo_segment\", trial = \"field\" }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.uses_pendo_segments());
+        assert_eq!(
+            c.audience_targets["power_users"],
+            AudienceTarget::PendoSegment
+        );
+        assert!(!TransformSegmentConfig::default().uses_pendo_segments());
+        let e = toml::from_str::<TransformSegmentConfig>(
+            "audience_targets = { power_users = \"segment\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pendo_segment") && e.contains("segment"), "{e}");
     }
 }

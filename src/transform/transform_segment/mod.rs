@@ -18,12 +18,12 @@ use tokio::sync::watch;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId};
 use crate::idmap::BiIdMap;
-use crate::idmap::follower::{follow_idmap, follower_client_config};
+use crate::idmap::follower::{follow_idmap, follower_client_config, stopped_early};
 use crate::kafka::client_config;
 use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
 use crate::kafka::topics::TopicId;
 use crate::kafka::transactional_output::TransactionalOutput;
-use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec};
+use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
 use crate::transform::segment_to_pendo::SegmentToPendo;
 use processor::{SegmentOutputTopics, SegmentTransformProcessor};
 
@@ -64,7 +64,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             ));
             tokio::select! {
                 _ = env.shutdown.wait() => return Ok(()),
-                r = caught_up.wait_for(|v| *v) => { r.context("id mapping follower stopped")?; }
+                failed = async { caught_up.wait_for(|v| *v).await.is_err() } => if failed { return Err(stopped_early(follower, "id mapping").await); }
             }
             idmap_ready.set_ready(true);
 
@@ -92,11 +92,13 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 ROLE,
                 mapper,
                 PendoMetadataUpdateCodec::new(c.schema.wire_format(SchemaId::PendoMetadataUpdate)),
+                PendoSegmentChangeCodec::new(c.schema.wire_format(SchemaId::PendoSegmentChange)),
                 IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
                 ids,
                 output,
                 SegmentOutputTopics {
                     updates: c.topic_name(TopicId::CanonicalPendoUpdates),
+                    segment_changes: c.topic_name(TopicId::CanonicalPendoSegmentChanges),
                     idmap: idmap_topic,
                     dlq: c.topic_name(TopicId::DlqTransformSegment),
                 },

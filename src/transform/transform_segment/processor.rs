@@ -17,7 +17,7 @@ use crate::kafka::headers;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::pendo_metadata_update::PendoEntity;
-use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec};
+use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
 use crate::transform::dead_letter::{DeadLetterSource, send_dead_letter};
 use crate::transform::segment_to_pendo::{SegmentOutcome, SegmentToPendo};
 use crate::transform::transform_pendo::processor::received_at;
@@ -29,6 +29,8 @@ const MAX_KIND_LABELS: usize = 50;
 pub struct SegmentOutputTopics {
     /// `canonical.pendo-updates`.
     pub updates: String,
+    /// `canonical.pendo-segment-changes` (keyed by audience key).
+    pub segment_changes: String,
     /// `idmap.visitor-to-user` (learned mappings).
     pub idmap: String,
     /// `dlq.transform-segment`.
@@ -40,6 +42,7 @@ pub struct SegmentTransformProcessor {
     stage: &'static str,
     mapper: SegmentToPendo,
     codec: PendoMetadataUpdateCodec,
+    segment_codec: PendoSegmentChangeCodec,
     idmap_codec: IdMappingCodec,
     ids: BiIdMap,
     output: TransactionalOutput,
@@ -49,10 +52,12 @@ pub struct SegmentTransformProcessor {
 
 impl SegmentTransformProcessor {
     /// A processor writing through `output`, resolving visitors with `ids`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stage: &'static str,
         mapper: SegmentToPendo,
         codec: PendoMetadataUpdateCodec,
+        segment_codec: PendoSegmentChangeCodec,
         idmap_codec: IdMappingCodec,
         ids: BiIdMap,
         output: TransactionalOutput,
@@ -62,6 +67,7 @@ impl SegmentTransformProcessor {
             stage,
             mapper,
             codec,
+            segment_codec,
             idmap_codec,
             ids,
             output,
@@ -86,6 +92,7 @@ impl SegmentTransformProcessor {
     fn write_outputs(
         &self,
         updates: &[crate::schema::PendoMetadataUpdate],
+        segment_changes: &[crate::schema::PendoSegmentChange],
         mappings: &[crate::schema::IdMapping],
         kind: &str,
     ) -> Result<Result<(), String>, ProcessError> {
@@ -95,6 +102,15 @@ impl SegmentTransformProcessor {
             match self.codec.encode_to_vec(u) {
                 Ok(v) => encoded.push((&self.topics.updates, u.entity_id.as_str(), v, u.entity)),
                 Err(e) => return Ok(Err(format!("the update does not encode: {e}"))),
+            }
+        }
+        // Keyed by audience key: every change of one audience lands in one partition, so the
+        // sink (one job in flight per partition) never writes one Pendo Segment concurrently.
+        let mut changes = Vec::with_capacity(segment_changes.len());
+        for c in segment_changes {
+            match self.segment_codec.encode_to_vec(c) {
+                Ok(v) => changes.push((c.audience_key.as_str(), v)),
+                Err(e) => return Ok(Err(format!("the segment change does not encode: {e}"))),
             }
         }
         let mut learned = Vec::with_capacity(mappings.len());
@@ -113,6 +129,12 @@ impl SegmentTransformProcessor {
             };
             m.transform_calls
                 .with_label_values(&[self.stage, call])
+                .inc();
+        }
+        for (key, value) in &changes {
+            self.send(&self.topics.segment_changes, key, value, kind)?;
+            m.transform_calls
+                .with_label_values(&[self.stage, "segment_change"])
                 .inc();
         }
         for (key, value) in &learned {
@@ -148,17 +170,19 @@ impl RecordProcessor for SegmentTransformProcessor {
             )
         };
         let outcome = match outcome {
-            SegmentOutcome::Updates { updates, mappings } => {
-                match self.write_outputs(&updates, &mappings, &kind)? {
-                    Ok(()) => "mapped",
-                    Err(detail) => {
-                        dead_letter("encode_error", &detail)?;
-                        "dead_lettered"
-                    }
+            SegmentOutcome::Updates {
+                updates,
+                segment_changes,
+                mappings,
+            } => match self.write_outputs(&updates, &segment_changes, &mappings, &kind)? {
+                Ok(()) => "mapped",
+                Err(detail) => {
+                    dead_letter("encode_error", &detail)?;
+                    "dead_lettered"
                 }
-            }
+            },
             SegmentOutcome::Ignored { mappings } => {
-                if let Err(detail) = self.write_outputs(&[], &mappings, &kind)? {
+                if let Err(detail) = self.write_outputs(&[], &[], &mappings, &kind)? {
                     dead_letter("encode_error", &detail)?;
                     "dead_lettered"
                 } else {

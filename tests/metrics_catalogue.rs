@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use pendo_segment::connectors::webhook::signature::{sign_hex, signed_part};
 use serde_json::Value;
-use support::pendo_server::{PendoFault, PendoFaultPlan, PendoServerConfig, PendoTestServer};
+use support::pendo_server::{
+    PendoFault, PendoFaultPlan, PendoServerConfig, PendoTestServer, account_row, visitor_row,
+};
 use support::segment_server::{FaultAction, FaultPlan, SegmentServerConfig, SegmentTestServer};
 use support::*;
 
@@ -321,6 +323,33 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported_and_every_export_i
         pendo_config = pendo_config.with_fields(entity, "custom", &[field.as_str()]);
     }
     let pendo = PendoTestServer::start(pendo_config).await;
+    // What the poller reads: an account, a new visitor, and feature usage that reaches a
+    // milestone rule.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    pendo.set_accounts(vec![account_row(
+        "acct-metrics",
+        serde_json::json!({"name": "Metrics Inc"}),
+        serde_json::json!({"health_score": 80}),
+        now_ms - 86_400_000,
+    )]);
+    pendo.set_visitors(vec![visitor_row(
+        "vis-metrics-new",
+        "acct-metrics",
+        now_ms - 3_600_000,
+        serde_json::json!({"email": "new@metrics.example"}),
+        serde_json::json!({}),
+    )]);
+    pendo.set_event_rows(
+        "featureEvents",
+        vec![
+            serde_json::json!({"visitorId": "vis-metrics-new", "accountId": "acct-metrics",
+            "featureId": "ft_metrics", "day": now_ms.div_euclid(86_400_000) * 86_400_000,
+            "numEvents": 3, "numMinutes": 1}),
+        ],
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("metrics");
@@ -333,7 +362,12 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported_and_every_export_i
          [segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n\
          [segment_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\
          [pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n\
-         [pendo_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
+         [pendo_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n\
+         [pendo_poller]\naccounts_interval_s = 2\nvisitors_interval_s = 2\ncatalog_interval_s = 2\n\
+         guide_events_interval_s = 2\npoll_events_interval_s = 2\nmilestones_interval_s = 2\n\
+         requests_per_s = 100\n\
+         [[pendo_poller.milestones]]\nname = \"metrics\"\nmeasure = \"feature_uses\"\n\
+         feature_ids = [\"ft_metrics\"]\nthreshold = 2\nwindow_days = 1\n",
         segment.url(),
         segment.write_key(),
         pendo.url(),
@@ -368,6 +402,7 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported_and_every_export_i
         "segment-webhook",
         "transform-segment",
         "pendo-sink",
+        "pendo-poller",
     ];
     let mut roles: Vec<(&str, RoleProcess)> = names
         .iter()

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::rows::ApiRecord;
+use super::rows::{ApiRecord, literal};
 
 /// Kind of the raw event of a reached milestone.
 pub const MILESTONE_KIND: &str = "featureMilestoneReached";
@@ -105,11 +105,10 @@ pub fn feature_day_page(
     from: Option<(&str, bool)>,
     limit: usize,
 ) -> Value {
-    let lit = |s: &str| serde_json::to_string(s).expect("strings serialise");
-    let mut filter = format!("featureId == {}", lit(feature_id));
+    let mut filter = format!("featureId == {}", literal(feature_id));
     if let Some((v, inclusive)) = from {
         let op = if inclusive { ">=" } else { ">" };
-        filter.push_str(&format!(" && visitorId {op} {}", lit(v)));
+        filter.push_str(&format!(" && visitorId {op} {}", literal(v)));
     }
     json!([
         {"source": {"featureEvents": null},

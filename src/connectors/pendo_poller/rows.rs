@@ -17,7 +17,7 @@ pub const VISITOR_KIND: &str = "visitorFirstSeen";
 pub const CATALOG_KINDS: [&str; 4] = ["feature", "page", "guide", "tracktype"];
 
 /// A JSON string literal for a filter expression.
-fn literal(s: &str) -> String {
+pub fn literal(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialise")
 }
 

@@ -13,7 +13,7 @@ use super::config::{PendoSinkConfig, base_url};
 use crate::config::PendoConfig;
 use crate::secret::Secret;
 use crate::sinks::segment::retry::{Outcome, parse_retry_after};
-use crate::sinks::segment::service::USER_AGENT;
+use crate::sinks::segment::service::{USER_AGENT, error_chain};
 
 /// Header carrying the integration key.
 pub const KEY_HEADER: &str = "x-pendo-integration-key";
@@ -205,17 +205,6 @@ impl PendoClient {
             elapsed: start.elapsed(),
         }
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

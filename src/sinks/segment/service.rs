@@ -183,7 +183,8 @@ pub fn gzip_bytes(body: &[u8]) -> Vec<u8> {
 }
 
 /// An error and its causes, `: `-separated (reqwest's own message alone says little).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources on one line (reqwest's top-level message alone hides the cause).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

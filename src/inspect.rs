@@ -79,6 +79,7 @@ fn scan(
         client_config::consumer(config, "inspect"),
         topic,
         start,
+        std::time::Duration::ZERO,
         |m| {
             let v = render(m, decoder);
             if brief {

@@ -24,6 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::kafka::client_config;
+use crate::kafka::metadata::topic_partitions;
 use crate::kafka::topics::TopicId;
 use crate::roles::Role;
 use crate::tail::parse_timestamp_ms;
@@ -302,18 +303,8 @@ fn plan(
     let mut tpl = TopicPartitionList::new();
     let mut seen = BTreeSet::new();
     for topic in topics {
-        let md = consumer.fetch_metadata(Some(topic), timeout)?;
-        let all: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if all.is_empty() {
-            return Err(Failure::Usage(format!(
-                "topic {topic} does not exist: run `pendo-segment topics apply`"
-            )));
-        }
+        let all = topic_partitions(consumer, topic, Duration::ZERO)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
         for p in all {
             if partitions.is_empty() || partitions.contains(&p) {
                 seen.insert(p);

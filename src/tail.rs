@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::inspect::{Decoder, one_line, render, resolve_topic};
 use crate::kafka::client_config;
 use crate::kafka::context::ReadToEndContext;
+use crate::kafka::metadata::topic_partitions;
 use crate::shutdown::Shutdown;
 
 /// `tail` arguments.
@@ -187,18 +188,8 @@ fn read(
     cc.set("enable.partition.eof", "true")
         .set("statistics.interval.ms", "0");
     let consumer: BaseConsumer<ReadToEndContext> = cc.create_with_context(ReadToEndContext)?;
-    let md = consumer.fetch_metadata(Some(topic), timeout)?;
-    let all: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if all.is_empty() {
-        return Err(TailError::Usage(format!(
-            "topic {topic} does not exist: run `pendo-segment topics apply`, or check the name"
-        )));
-    }
+    let all = topic_partitions(&consumer, topic, Duration::ZERO)
+        .map_err(|e| TailError::Usage(format!("{e}, or check the name")))?;
     let chosen: Vec<i32> = if args.partitions.is_empty() {
         all.clone()
     } else {

@@ -233,6 +233,7 @@ fn scan_for(config: &Config, visitor_id: &str) -> anyhow::Result<Option<IdMappin
         client_config::consumer(config, "idmap-cli"),
         &config.topic_name(TopicId::IdmapVisitorToUser),
         StartAt::Beginning,
+        Duration::ZERO,
         |m| {
             if m.key() == Some(visitor_id.as_bytes()) {
                 // Later records replace earlier ones; a tombstone deletes.

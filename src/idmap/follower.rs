@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::reverse::IdMapSink;
 use crate::kafka::context::ReadToEndContext;
+use crate::kafka::metadata::{ROLE_TOPIC_WAIT, topic_partitions};
 use crate::metrics::metrics;
 use crate::schema::IdMappingCodec;
 use crate::shutdown::Shutdown;
@@ -65,7 +66,8 @@ pub async fn follow_compacted<T: CompactedTable>(
     let partitions = {
         let consumer = consumer.clone();
         let topic = topic.clone();
-        tokio::task::spawn_blocking(move || partitions_of(&consumer, &topic)).await??
+        tokio::task::spawn_blocking(move || topic_partitions(&*consumer, &topic, ROLE_TOPIC_WAIT))
+            .await??
     };
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
@@ -200,31 +202,6 @@ fn release_free_memory() {
         // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
         unsafe {
             malloc_trim(0);
-        }
-    }
-}
-
-/// The partitions of `topic`. A topic created moments ago (`topics apply` right before the role
-/// starts) may not be in the broker's metadata yet: it is asked again for up to 30 s before the
-/// follower gives up with a message saying what to do.
-fn partitions_of(
-    consumer: &StreamConsumer<ReadToEndContext>,
-    topic: &str,
-) -> anyhow::Result<Vec<i32>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-        let found = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect());
-        match found {
-            Some(partitions) => return Ok(partitions),
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
-            None => anyhow::bail!(
-                "topic {topic} does not exist or has no partitions: run `pendo-segment topics apply`"
-            ),
         }
     }
 }

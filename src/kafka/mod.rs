@@ -5,6 +5,7 @@ pub mod client_config;
 pub mod consumer_loop;
 pub mod context;
 pub mod headers;
+pub mod metadata;
 pub mod producer;
 pub mod read_to_end;
 pub mod topics;

@@ -11,6 +11,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::context::ReadToEndContext;
+use super::metadata::topic_partitions;
 
 /// Where each partition is read from.
 #[derive(Debug, Clone, Copy)]
@@ -23,26 +24,20 @@ pub enum StartAt {
 
 /// Calls `on_record` for every committed record of `topic`, partition by partition in offset
 /// order, until every partition reached its end; progress goes to stderr every 2 s.
-/// `consumer_config` is a consumer configuration (its group id is never used to commit).
+/// `consumer_config` is a consumer configuration (its group id is never used to commit). A role
+/// reading its state at start passes `ROLE_TOPIC_WAIT` as `wait_for_topic` (a just-created topic
+/// may not be in the metadata yet); the CLI passes zero and fails at once on a wrong name.
 pub fn read_to_end(
     mut consumer_config: ClientConfig,
     topic: &str,
     start: StartAt,
+    wait_for_topic: Duration,
     mut on_record: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     consumer_config.set("enable.partition.eof", "true");
     let consumer: BaseConsumer<ReadToEndContext> =
         consumer_config.create_with_context(ReadToEndContext)?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        anyhow::bail!("topic {topic} does not exist: run `pendo-segment topics apply`");
-    }
+    let partitions = topic_partitions(&consumer, topic, wait_for_topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         let offset = match start {

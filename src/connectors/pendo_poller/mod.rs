@@ -33,6 +33,7 @@ pub use config::PendoPollerConfig;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::Config;
 use crate::kafka::client_config;
+use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::kafka::topics::TopicId;
 use crate::kafka::transactional_output::TransactionalOutput;
@@ -88,19 +89,31 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 let mut state = state::PollerState::default();
                 let mut unreadable = 0u64;
                 let (cursors, milestones) = state_topics;
-                read_to_end(state_reader.clone(), &cursors, StartAt::Beginning, |m| {
-                    let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
-                    if let Err(e) = state.apply_record(&key, m.payload()) {
-                        unreadable += 1;
-                        tracing::warn!(error = %e, "state record ignored");
-                    }
-                    Ok(())
-                })?;
-                read_to_end(state_reader, &milestones, StartAt::Beginning, |m| {
-                    let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
-                    state.apply_milestone_record(&key, m.payload().is_some());
-                    Ok(())
-                })?;
+                read_to_end(
+                    state_reader.clone(),
+                    &cursors,
+                    StartAt::Beginning,
+                    ROLE_TOPIC_WAIT,
+                    |m| {
+                        let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+                        if let Err(e) = state.apply_record(&key, m.payload()) {
+                            unreadable += 1;
+                            tracing::warn!(error = %e, "state record ignored");
+                        }
+                        Ok(())
+                    },
+                )?;
+                read_to_end(
+                    state_reader,
+                    &milestones,
+                    StartAt::Beginning,
+                    ROLE_TOPIC_WAIT,
+                    |m| {
+                        let key = m.key().map(String::from_utf8_lossy).unwrap_or_default();
+                        state.apply_milestone_record(&key, m.payload().is_some());
+                        Ok(())
+                    },
+                )?;
                 anyhow::Ok((state, unreadable))
             })
             .await?

@@ -43,6 +43,7 @@ use super::config::{segment_create_url, segment_list_url, segment_patch_url};
 use super::delivery::PendoDeliveryContext;
 use super::encoding::Contributor;
 use super::service::PendoResponse;
+use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::metrics::metrics;
 use crate::schema::PendoSegmentChange;
@@ -295,7 +296,7 @@ impl SegmentState {
         let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
         let read = tokio::task::spawn_blocking(move || {
             let mut found = HashMap::new();
-            read_to_end(config, &topic, StartAt::Beginning, |m| {
+            read_to_end(config, &topic, StartAt::Beginning, ROLE_TOPIC_WAIT, |m| {
                 use rdkafka::Message;
                 if let Some(k) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                     match m.payload().and_then(parse_entry) {

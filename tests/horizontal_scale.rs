@@ -29,12 +29,19 @@ async fn two_instances_per_role_share_partitions_and_lose_nothing() {
     let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("scale");
-    let extra = format!(
+    let mut extra = format!(
         "[segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n\
          [segment_sink]\nlinger_ms = 100\n",
         server.url(),
         server.write_key()
     );
+    // Diagnosing group membership: SCALE_RDKAFKA_DEBUG=cgrp puts librdkafka's group debug
+    // log into every instance's log.
+    if let Ok(debug) = std::env::var("SCALE_RDKAFKA_DEBUG") {
+        extra.push_str(&format!(
+            "[kafka.consumer_properties]\ndebug = \"{debug}\"\n"
+        ));
+    }
     let mut roles = Vec::new();
     for role in ["transform-pendo", "segment-sink"] {
         for n in 0..2 {
@@ -117,6 +124,13 @@ async fn two_instances_per_role_share_partitions_and_lose_nothing() {
             format!("--- instance {i}\n{}\n", lines.join("\n"))
         })
         .collect();
+    if shares[..2] != [6, 6] {
+        println!("transformers unbalanced (known defect, #9):\n{history}");
+        if let Ok(path) = std::env::var("SCALE_HISTORY_FILE") {
+            let full: String = roles.iter().map(|r| r.logs() + "\n=====\n").collect();
+            std::fs::write(path, full).unwrap();
+        }
+    }
     assert_eq!(
         shares[2..],
         [3, 3],

@@ -115,6 +115,10 @@ pub struct Metrics {
     pub poller_watermark_lag: IntGaugeVec,
     /// Poller: usage milestones emitted, by rule (configured names: bounded).
     pub milestones_emitted: IntCounterVec,
+    /// transform-segment: fields of the configured mapping rules, by rule, field and result
+    /// (`written`, `missing` = path absent so not written, `invalid` = object/array, the event
+    /// dead-lettered). Labels are configured names: bounded.
+    pub transform_rule_fields: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -476,6 +480,12 @@ impl Metrics {
                 "pendo_segment_milestones_emitted_total",
                 "Usage milestones the poller emitted, by rule.",
                 &["rule"],
+            ),
+            transform_rule_fields: counter(
+                &r,
+                "pendo_segment_transform_rule_fields_total",
+                "Fields of transform-segment mapping rules, by rule, field and result (written, missing, invalid).",
+                &["stage", "rule", "field", "result"],
             ),
             registry: r,
         };

@@ -2,7 +2,8 @@
 //! exactly its expected `PendoMetadataUpdate` on `canonical.pendo-updates` (read_committed),
 //! the non-audience event gives none (counted), bad records go to `dlq.transform-segment` with
 //! reasons, the reverse id mapping (loaded at start-up and followed live) picks the visitor,
-//! identity learning publishes the mapping, and SIGKILLs mid-stream lose or duplicate nothing.
+//! identity learning publishes the mapping, SIGKILLs mid-stream lose or duplicate nothing, and
+//! `[[transform_segment.rules]]` map ordinary identify/track calls to exactly their updates.
 
 mod support;
 
@@ -478,4 +479,156 @@ async fn sigkill_twice_yields_every_update_exactly_once() {
     assert_eq!(out.len(), EVENTS);
     role.sigterm();
     assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+const RULES_CONFIG: &str = r#"
+[transform_segment]
+
+[[transform_segment.rules]]
+name = "user-traits"
+match = { type = "identify" }
+target = "visitor"
+fields = { plan = "traits.plan", seats = "traits.seats", phone = "traits.phone" }
+
+[[transform_segment.rules]]
+name = "plan-upgraded"
+match = { type = "track", event = "Plan Upgraded" }
+target = "visitor"
+fields = { plan = "properties.plan", mrr = "properties.mrr" }
+"#;
+
+fn rule_update_id(
+    call_type: &str,
+    message_id: &str,
+    rule: &str,
+    values: &[(&str, &str)],
+) -> String {
+    let mut b = MessageIdBuilder::new("segment-rule", call_type);
+    b.part(message_id.as_bytes())
+        .part(rule.as_bytes())
+        .part(b"custom");
+    for (field, value) in values {
+        b.part(field.as_bytes()).part(value.as_bytes());
+    }
+    b.finish("segment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_map_identify_and_track_calls_to_exactly_their_updates() {
+    let p = Pipeline::new(RULES_CONFIG);
+    // Rule writes resolve visitors like audience events: through the reverse id mapping.
+    p.load_idmap("pv-8841,user-8841\n");
+    let rules = fixtures_dir().join("segment").join("rules");
+    let identify = std::fs::read(rules.join("identify-traits.json")).unwrap();
+    let track = std::fs::read(rules.join("track-plan-upgraded.json")).unwrap();
+    let unmatched = std::fs::read(fixtures_dir().join("segment/non-audience-track.json")).unwrap();
+    let object_value = serde_json::to_vec(&json!({
+        "type": "identify", "messageId": "bad-plan", "userId": "user-8841",
+        "traits": {"plan": {"tier": "pro"}}, "timestamp": "2026-11-27T12:00:00.000Z"
+    }))
+    .unwrap();
+    p.produce(vec![identify, track, unmatched, object_value.clone()])
+        .await;
+
+    let role = p.start("rules").await;
+    let updates = decode_all(&read_committed(
+        &p.topic("canonical.pendo-updates"),
+        2,
+        Duration::from_secs(30),
+    ));
+    // Produced straight to the topic: no connector `received-at` header.
+    let origin = |m: &str| pendo_segment::schema::pendo_metadata_update::UpdateOrigin {
+        source: "segment.webhook".into(),
+        segment_message_id: Some(m.into()),
+        audience_key: None,
+        received_at: None,
+    };
+    let mut got = updates;
+    got.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+    assert_eq!(
+        got,
+        vec![
+            PendoMetadataUpdate {
+                update_id: rule_update_id(
+                    "identify",
+                    "ajs-next-1764331000-bb22",
+                    "user-traits",
+                    &[("plan", "tgrowth"), ("seats", "l25")],
+                ),
+                entity: PendoEntity::Visitor,
+                entity_id: "pv-8841".into(),
+                field_group: "custom".into(),
+                values: BTreeMap::from([
+                    ("plan".into(), FieldValue::Text("growth".into())),
+                    ("seats".into(), FieldValue::Long(25)),
+                ]),
+                timestamp: "2026-11-27T11:30:00.000Z".into(),
+                origin: origin("ajs-next-1764331000-bb22"),
+            },
+            PendoMetadataUpdate {
+                update_id: rule_update_id(
+                    "track",
+                    "ajs-next-1764331200-cc33",
+                    "plan-upgraded",
+                    &[("mrr", "d1499.5"), ("plan", "tenterprise")],
+                ),
+                entity: PendoEntity::Visitor,
+                entity_id: "pv-8841".into(),
+                field_group: "custom".into(),
+                values: BTreeMap::from([
+                    ("mrr".into(), FieldValue::Double(1499.5)),
+                    ("plan".into(), FieldValue::Text("enterprise".into())),
+                ]),
+                timestamp: "2026-11-27T11:40:00.000Z".into(),
+                origin: origin("ajs-next-1764331200-cc33"),
+            },
+        ],
+        "exactly one update per rule-mapped event, none for the unmatched one"
+    );
+    // An object where a rule expects a value: the event is dead-lettered, naming the rule.
+    let dlq = read_committed(
+        &p.topic("dlq.transform-segment"),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        header(&dlq[0], "dlq-reason").as_deref(),
+        Some("invalid_rule_value")
+    );
+    assert!(
+        header(&dlq[0], "dlq-detail")
+            .unwrap()
+            .contains("user-traits")
+    );
+    assert_eq!(dlq[0].payload().unwrap(), object_value.as_slice());
+
+    let metrics = role.metrics().await;
+    for line in [
+        "pendo_segment_transform_events_total{kind=\"identify\",outcome=\"mapped\",stage=\"transform-segment\"} 1",
+        "pendo_segment_transform_events_total{kind=\"track\",outcome=\"mapped\",stage=\"transform-segment\"} 1",
+        "pendo_segment_transform_events_total{kind=\"track\",outcome=\"ignored\",stage=\"transform-segment\"} 1",
+        "pendo_segment_transform_events_total{kind=\"identify\",outcome=\"dead_lettered\",stage=\"transform-segment\"} 1",
+        "pendo_segment_transform_calls_total{call=\"visitor_update\",stage=\"transform-segment\"} 2",
+        "pendo_segment_transform_rule_fields_total{field=\"phone\",result=\"missing\",rule=\"user-traits\",stage=\"transform-segment\"} 1",
+        "pendo_segment_transform_rule_fields_total{field=\"mrr\",result=\"written\",rule=\"plan-upgraded\",stage=\"transform-segment\"} 1",
+        "pendo_segment_transform_rule_fields_total{field=\"plan\",result=\"invalid\",rule=\"user-traits\",stage=\"transform-segment\"} 1",
+        "pendo_segment_dead_letters_total{reason=\"invalid_rule_value\",stage=\"transform-segment\"} 1",
+    ] {
+        assert!(metric_line(&metrics, line), "{line} missing in\n{metrics}");
+    }
+    let mut role = role;
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+
+    // A restart re-reads nothing: the offsets were committed with the updates.
+    let mut again = p.start("rules-restart").await;
+    let after = read_committed(
+        &p.topic("canonical.pendo-updates"),
+        3,
+        Duration::from_secs(5),
+    );
+    assert_eq!(after.len(), 2, "no update written twice");
+    again.sigterm();
+    assert!(again.wait_exit(Duration::from_secs(30)).await.success());
 }

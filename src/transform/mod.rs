@@ -13,6 +13,7 @@ pub mod json_path;
 pub mod mapping;
 pub mod message_id;
 pub mod pendo_to_segment;
+pub mod segment_rules;
 pub mod segment_to_pendo;
 pub mod transform_pendo;
 pub mod transform_segment;

@@ -17,6 +17,12 @@
 //! else the reverse id mapping of the userId; else the unmapped-user policy. An event that names
 //! both a visitor id and a userId also yields the mapping, published to `idmap.visitor-to-user`.
 //!
+//! Other events (ordinary identify / track / group calls) are ignored and counted, unless rules
+//! of `[[transform_segment.rules]]` ([`crate::transform::segment_rules`]) map them: each matching
+//! rule writes one update of its fields, to the visitor resolved exactly as for audiences, or to
+//! an account. Rule update ids hash the same event identity as audience ids, the rule's name and
+//! what it writes, so replays give the same ids.
+//!
 //! Nothing here panics on input: every malformed event is a [`SegmentOutcome::DeadLetter`] with
 //! a short reason code.
 
@@ -33,6 +39,7 @@ use crate::schema::pendo_metadata_update::{
 use crate::schema::pendo_segment_change::{PendoSegmentChange, SegmentChangeOrigin};
 use crate::transform::message_id::MessageIdBuilder;
 use crate::transform::pendo_to_segment::{event_time_ms, iso_millis};
+use crate::transform::segment_rules::{SegmentRule, SegmentRules};
 
 /// What to do with an audience event of a Segment user that has no Pendo visitor in the id
 /// mapping.
@@ -131,14 +138,16 @@ impl Default for SegmentMapperSettings {
 pub enum SegmentOutcome {
     /// Updates to publish, and learned id mappings to publish with them.
     Updates {
-        /// Metadata updates (one per audience membership whose target is a field).
+        /// Metadata updates (one per audience membership whose target is a field, or one per
+        /// matching rule that found a field).
         updates: Vec<PendoMetadataUpdate>,
         /// Pendo Segment changes (one per audience membership whose target is a Pendo Segment).
         segment_changes: Vec<PendoSegmentChange>,
         /// Visitor -> user mappings the event revealed and the table does not hold yet.
         mappings: Vec<IdMapping>,
     },
-    /// Not an audience event: nothing to write (a learned mapping may still be published).
+    /// Not an audience event and no rule wrote anything: nothing to write (a learned mapping
+    /// may still be published).
     Ignored {
         /// Visitor -> user mappings the event revealed.
         mappings: Vec<IdMapping>,
@@ -157,6 +166,7 @@ pub enum SegmentOutcome {
 /// Maps raw Segment events to Pendo metadata updates.
 pub struct SegmentToPendo {
     settings: SegmentMapperSettings,
+    rules: SegmentRules,
 }
 
 fn dead(reason: &'static str, detail: impl Into<String>) -> SegmentOutcome {
@@ -187,7 +197,16 @@ fn field_name(prefix: &str, key: &str) -> String {
 impl SegmentToPendo {
     /// A mapper with `settings`.
     pub fn new(settings: SegmentMapperSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            rules: SegmentRules::default(),
+        }
+    }
+
+    /// The mapper with `rules` for non-audience events (none: such events are ignored).
+    pub fn with_rules(mut self, rules: SegmentRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// The event kind for metric labels: the call type (`identify`, `track`, `group`, ...) or
@@ -285,7 +304,14 @@ impl SegmentToPendo {
                 } else if name.eq_ignore_ascii_case("Audience Exited") {
                     false
                 } else {
-                    return SegmentOutcome::Ignored { mappings };
+                    return self.map_rules(
+                        event,
+                        named_visitor.as_deref(),
+                        ts_ms,
+                        received_at,
+                        ids,
+                        mappings,
+                    );
                 };
                 let props = event.get("properties");
                 let Some(key) = props
@@ -313,7 +339,14 @@ impl SegmentToPendo {
             }
             t @ ("identify" | "group") => {
                 if personas.is_none() {
-                    return SegmentOutcome::Ignored { mappings };
+                    return self.map_rules(
+                        event,
+                        named_visitor.as_deref(),
+                        ts_ms,
+                        received_at,
+                        ids,
+                        mappings,
+                    );
                 }
                 let Some(key) = computation_key else {
                     return dead(
@@ -364,23 +397,7 @@ impl SegmentToPendo {
         };
 
         let message_id = str_at(event, "messageId");
-        let mut id = MessageIdBuilder::new("segment-audience", call_type);
-        match message_id {
-            // Segment's messageId is the event's identity (retries and replays keep it).
-            Some(m) => {
-                id.part(m.as_bytes());
-            }
-            // Without one, the identity is what the event says.
-            None => {
-                for v in [user_id, anonymous_id, str_at(event, "groupId")] {
-                    match v {
-                        Some(v) => id.part(v.as_bytes()),
-                        None => id.absent(),
-                    };
-                }
-                id.part(ts_ms.to_string().as_bytes());
-            }
-        }
+        let mut id = event_identity("segment-audience", call_type, event, ts_ms);
         id.part(key.as_bytes()).part(&[u8::from(member)]);
         let update_id = id.finish(&self.settings.update_id_prefix);
         let target = self.target_of(key);
@@ -435,6 +452,131 @@ impl SegmentToPendo {
         SegmentOutcome::Updates {
             updates: vec![update],
             segment_changes,
+            mappings,
+        }
+    }
+
+    /// Applies the rules matching a non-audience event: one update per matching rule that found
+    /// at least one field. All or nothing: a bad value, a missing account id or timestamp, or an
+    /// unmapped user under `dlq` dead-letters the whole event. A visitor skipped by policy
+    /// (`drop`, anonymous) skips the visitor rules; if nothing else is written the event is
+    /// `Dropped`. No matching rule, or only absent paths: `Ignored` as before rules existed.
+    fn map_rules(
+        &self,
+        event: &Value,
+        named_visitor: Option<&str>,
+        ts_ms: Option<i64>,
+        received_at: Option<i64>,
+        ids: &impl VisitorIdLookup,
+        mappings: Vec<IdMapping>,
+    ) -> SegmentOutcome {
+        if self.rules.is_empty() {
+            return SegmentOutcome::Ignored { mappings };
+        }
+        let call_type = Self::kind_of(event).to_ascii_lowercase();
+        let matched: Vec<&SegmentRule> = self
+            .rules
+            .matching(&call_type, str_at(event, "event"))
+            .collect();
+        if matched.is_empty() {
+            return SegmentOutcome::Ignored { mappings };
+        }
+        // Read every rule first: one bad value dead-letters the event before anything counts.
+        let mut read = Vec::with_capacity(matched.len());
+        for rule in matched {
+            match rule.read(event) {
+                Ok(values) => read.push((rule, values)),
+                Err(detail) => return dead("invalid_rule_value", detail),
+            }
+        }
+        let user_id = str_at(event, "userId");
+        let message_id = str_at(event, "messageId");
+        let mut visitor: Option<Result<String, SegmentOutcome>> = None;
+        let mut dropped = false;
+        let mut updates = Vec::new();
+        let mut wrote = vec![false; read.len()];
+        for (i, (rule, values)) in read.iter().enumerate() {
+            if values.values.is_empty() {
+                continue;
+            }
+            let entity_id = match rule.entity {
+                PendoEntity::Account => match rule.account_id(event) {
+                    Some(a) => a,
+                    None => {
+                        return dead(
+                            "missing_account_id",
+                            format!(
+                                "rule {:?} writes an account but the event has no account id at `{}`",
+                                rule.name,
+                                rule.account_id_from
+                                    .as_ref()
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default()
+                            ),
+                        );
+                    }
+                },
+                PendoEntity::Visitor => match visitor
+                    .get_or_insert_with(|| self.visitor_of(named_visitor, user_id, ids))
+                {
+                    Ok(v) => v.clone(),
+                    Err(SegmentOutcome::Dropped) => {
+                        dropped = true;
+                        continue;
+                    }
+                    Err(other) => return other.clone(),
+                },
+            };
+            let Some(ts_ms) = ts_ms else {
+                return dead(
+                    "missing_timestamp",
+                    "no usable `timestamp` in the event and no received-at header",
+                );
+            };
+            // Same event identity as audience ids, then the rule and exactly what it writes.
+            let mut id = event_identity("segment-rule", rule.call_type.name(), event, ts_ms);
+            id.part(rule.name.as_bytes())
+                .part(rule.field_group.as_bytes());
+            for (field, value) in &values.values {
+                id.part(field.as_bytes())
+                    .part(value_identity(value).as_bytes());
+            }
+            updates.push(PendoMetadataUpdate {
+                update_id: id.finish(&self.settings.update_id_prefix),
+                entity: rule.entity,
+                entity_id,
+                field_group: rule.field_group.clone(),
+                values: values.values.clone(),
+                timestamp: iso_millis(ts_ms),
+                origin: UpdateOrigin {
+                    source: self.settings.source.clone(),
+                    segment_message_id: message_id.map(str::to_string),
+                    audience_key: None,
+                    received_at,
+                },
+            });
+            wrote[i] = true;
+        }
+        for ((rule, values), wrote) in read.iter().zip(wrote) {
+            for field in &values.missing {
+                rule.count(field, "missing");
+            }
+            if wrote {
+                for field in values.values.keys() {
+                    rule.count(field, "written");
+                }
+            }
+        }
+        if updates.is_empty() {
+            return if dropped {
+                SegmentOutcome::Dropped
+            } else {
+                SegmentOutcome::Ignored { mappings }
+            };
+        }
+        SegmentOutcome::Updates {
+            updates,
+            segment_changes: Vec::new(),
             mappings,
         }
     }
@@ -497,7 +639,7 @@ impl SegmentToPendo {
             return match self.settings.unmapped_user {
                 UnmappedUserPolicy::Dlq => Err(dead(
                     "unmapped_user",
-                    "audience event with only an anonymousId: no Pendo visitor",
+                    "event with only an anonymousId: no Pendo visitor",
                 )),
                 _ => Err(SegmentOutcome::Dropped),
             };
@@ -516,6 +658,39 @@ impl SegmentToPendo {
     }
 }
 
+/// Starts an update id over the event's identity: Segment's messageId (retries and replays keep
+/// it), or without one what the event says (ids, groupId, time).
+fn event_identity(kind: &str, call_type: &str, event: &Value, ts_ms: i64) -> MessageIdBuilder {
+    let mut id = MessageIdBuilder::new(kind, call_type);
+    match str_at(event, "messageId") {
+        Some(m) => {
+            id.part(m.as_bytes());
+        }
+        None => {
+            for k in ["userId", "anonymousId", "groupId"] {
+                match str_at(event, k) {
+                    Some(v) => id.part(v.as_bytes()),
+                    None => id.absent(),
+                };
+            }
+            id.part(ts_ms.to_string().as_bytes());
+        }
+    }
+    id
+}
+
+/// A written value's bytes in an update id (type-tagged, so `"1"` and `1` differ).
+fn value_identity(v: &FieldValue) -> String {
+    match v {
+        FieldValue::Null => "n".into(),
+        FieldValue::Bool(b) => format!("b{b}"),
+        FieldValue::Long(n) => format!("l{n}"),
+        FieldValue::Double(d) => format!("d{d:?}"),
+        FieldValue::Text(t) => format!("t{t}"),
+        FieldValue::List(l) => format!("a{l:?}"),
+    }
+}
+
 /// An id given as a string or a number (Pendo visitor ids may be numeric in the app).
 fn scalar_id(v: &Value) -> Option<String> {
     match v {
@@ -529,6 +704,7 @@ fn scalar_id(v: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use crate::idmap::{BiIdMap, IdMapSink};
+    use crate::transform::segment_rules::SegmentRules;
     use std::path::Path;
 
     const RECEIVED: Option<i64> = Some(1_764_340_000_000);
@@ -893,5 +1069,345 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    // --- Rules for non-audience events -------------------------------------------------------
+
+    const RULES: &str = r#"
+[[rules]]
+name = "user-traits"
+match = { type = "identify" }
+target = "visitor"
+fields = { plan = "traits.plan", seats = "traits.seats", beta_opt_in = "traits.beta_opt_in", phone = "traits.phone" }
+
+[[rules]]
+name = "plan-upgraded"
+match = { type = "track", event = "Plan Upgraded" }
+target = "visitor"
+fields = { plan = "properties.plan", mrr = "properties.mrr", coupon = "properties.coupon" }
+
+[[rules]]
+name = "plan-upgraded-account"
+match = { type = "track", event = "Plan Upgraded" }
+target = "account"
+account_id_from = "context.groupId"
+fields = { plan = "properties.plan" }
+field_group = "agent"
+
+[[rules]]
+name = "account-traits"
+match = { type = "group" }
+target = "account"
+fields = { industry = "traits.industry", employees = "traits.employees" }
+"#;
+
+    fn rules_mapper(unmapped_user: UnmappedUserPolicy) -> SegmentToPendo {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            rules: Vec<crate::transform::segment_rules::SegmentRuleConfig>,
+        }
+        let rules = toml::from_str::<Wrapper>(RULES).unwrap().rules;
+        SegmentToPendo::new(SegmentMapperSettings {
+            unmapped_user,
+            ..Default::default()
+        })
+        .with_rules(SegmentRules::compile(&rules, "custom").unwrap())
+    }
+
+    fn rule_fixture(name: &str) -> Vec<u8> {
+        fixture(&format!("rules/{name}"))
+    }
+
+    fn rule_update_id(
+        call_type: &str,
+        message_id: &str,
+        rule: &str,
+        group: &str,
+        values: &[(&str, &str)],
+    ) -> String {
+        let mut b = MessageIdBuilder::new("segment-rule", call_type);
+        b.part(message_id.as_bytes())
+            .part(rule.as_bytes())
+            .part(group.as_bytes());
+        for (field, value) in values {
+            b.part(field.as_bytes()).part(value.as_bytes());
+        }
+        b.finish("segment")
+    }
+
+    fn rule_updates(m: &SegmentToPendo, payload: &[u8], ids: &BiIdMap) -> Vec<PendoMetadataUpdate> {
+        match m.map(payload, RECEIVED, ids).0 {
+            SegmentOutcome::Updates {
+                updates,
+                segment_changes,
+                ..
+            } => {
+                assert!(segment_changes.is_empty());
+                updates
+            }
+            other => panic!("expected updates, got {other:?}"),
+        }
+    }
+
+    fn rule_metric(rule: &str, field: &str, result: &str) -> u64 {
+        crate::metrics::metrics()
+            .transform_rule_fields
+            .with_label_values(&["transform-segment", rule, field, result])
+            .get()
+    }
+
+    fn origin(message_id: &str) -> UpdateOrigin {
+        UpdateOrigin {
+            source: "segment.webhook".into(),
+            segment_message_id: Some(message_id.into()),
+            audience_key: None,
+            received_at: RECEIVED,
+        }
+    }
+
+    #[test]
+    fn an_identify_rule_writes_the_visitor_and_leaves_absent_paths_unwritten() {
+        let ids = BiIdMap::default();
+        ids.upsert("pv-8841", "user-8841");
+        let m = rules_mapper(UnmappedUserPolicy::UseUserId);
+        let missing_before = rule_metric("user-traits", "phone", "missing");
+        let written_before = rule_metric("user-traits", "plan", "written");
+        let u = rule_updates(&m, &rule_fixture("identify-traits.json"), &ids);
+        assert_eq!(
+            u,
+            vec![PendoMetadataUpdate {
+                update_id: rule_update_id(
+                    "identify",
+                    "ajs-next-1764331000-bb22",
+                    "user-traits",
+                    "custom",
+                    &[
+                        ("beta_opt_in", "btrue"),
+                        ("plan", "tgrowth"),
+                        ("seats", "l25")
+                    ],
+                ),
+                entity: PendoEntity::Visitor,
+                entity_id: "pv-8841".into(),
+                field_group: "custom".into(),
+                values: BTreeMap::from([
+                    ("beta_opt_in".into(), FieldValue::Bool(true)),
+                    ("plan".into(), FieldValue::Text("growth".into())),
+                    ("seats".into(), FieldValue::Long(25)),
+                ]),
+                timestamp: "2026-11-27T11:30:00.000Z".into(),
+                origin: origin("ajs-next-1764331000-bb22"),
+            }]
+        );
+        // `phone` is absent: not written, counted.
+        assert!(rule_metric("user-traits", "phone", "missing") > missing_before);
+        assert!(rule_metric("user-traits", "plan", "written") > written_before);
+        // Deterministic: the same event gives the same update (and id) again.
+        assert_eq!(
+            u,
+            rule_updates(&m, &rule_fixture("identify-traits.json"), &ids)
+        );
+        // Only absent paths: nothing to write, ignored as without rules.
+        let bare = br#"{"type":"identify","messageId":"m-bare","userId":"user-8841","traits":{"email":"x@example.com"},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        assert_eq!(
+            m.map(bare, RECEIVED, &ids).0,
+            SegmentOutcome::Ignored { mappings: vec![] }
+        );
+    }
+
+    #[test]
+    fn track_rules_match_the_event_name_and_can_write_visitor_and_account() {
+        let ids = BiIdMap::default();
+        let m = rules_mapper(UnmappedUserPolicy::UseUserId);
+        let u = rule_updates(&m, &rule_fixture("track-plan-upgraded.json"), &ids);
+        let msg = "ajs-next-1764331200-cc33";
+        assert_eq!(
+            u,
+            vec![
+                PendoMetadataUpdate {
+                    update_id: rule_update_id(
+                        "track",
+                        msg,
+                        "plan-upgraded",
+                        "custom",
+                        &[("coupon", "n"), ("mrr", "d1499.5"), ("plan", "tenterprise")],
+                    ),
+                    entity: PendoEntity::Visitor,
+                    entity_id: "user-8841".into(),
+                    field_group: "custom".into(),
+                    values: BTreeMap::from([
+                        ("coupon".into(), FieldValue::Null),
+                        ("mrr".into(), FieldValue::Double(1499.5)),
+                        ("plan".into(), FieldValue::Text("enterprise".into())),
+                    ]),
+                    timestamp: "2026-11-27T11:40:00.000Z".into(),
+                    origin: origin(msg),
+                },
+                PendoMetadataUpdate {
+                    update_id: rule_update_id(
+                        "track",
+                        msg,
+                        "plan-upgraded-account",
+                        "agent",
+                        &[("plan", "tenterprise")],
+                    ),
+                    entity: PendoEntity::Account,
+                    entity_id: "acct-fabrikam".into(),
+                    field_group: "agent".into(),
+                    values: BTreeMap::from([(
+                        "plan".into(),
+                        FieldValue::Text("enterprise".into())
+                    )]),
+                    timestamp: "2026-11-27T11:40:00.000Z".into(),
+                    origin: origin(msg),
+                },
+            ]
+        );
+        // Other event names, and the non-audience fixture, match no rule: ignored as before.
+        let (outcome, kind) = m.map(&fixture("non-audience-track.json"), RECEIVED, &ids);
+        assert_eq!(outcome, SegmentOutcome::Ignored { mappings: vec![] });
+        assert_eq!(kind, "track");
+        // A different value is a different write: a different id.
+        let other = String::from_utf8(rule_fixture("track-plan-upgraded.json"))
+            .unwrap()
+            .replace("1499.5", "1500");
+        let o = rule_updates(&m, other.as_bytes(), &ids);
+        assert_eq!(o[0].values["mrr"], FieldValue::Long(1500));
+        assert_ne!(o[0].update_id, u[0].update_id);
+        assert_eq!(
+            o[1].update_id, u[1].update_id,
+            "the account write is unchanged"
+        );
+        // Without the account id the rule names, the event is dead-lettered whole.
+        let no_group = other.replace(r#""groupId":"acct-fabrikam","#, "");
+        match m.map(no_group.as_bytes(), RECEIVED, &ids).0 {
+            SegmentOutcome::DeadLetter { reason, detail } => {
+                assert_eq!(reason, "missing_account_id");
+                assert!(
+                    detail.contains("plan-upgraded-account") && detail.contains("context.groupId"),
+                    "{detail}"
+                );
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_group_rule_writes_the_account_and_audience_events_are_untouched_by_rules() {
+        let ids = BiIdMap::default();
+        let m = rules_mapper(UnmappedUserPolicy::UseUserId);
+        let u = rule_updates(&m, &rule_fixture("group-traits.json"), &ids);
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (
+                u[0].entity,
+                u[0].entity_id.as_str(),
+                u[0].field_group.as_str()
+            ),
+            (PendoEntity::Account, "acct-fabrikam", "custom")
+        );
+        assert_eq!(
+            u[0].values,
+            BTreeMap::from([
+                ("employees".into(), FieldValue::Long(1200)),
+                ("industry".into(), FieldValue::Text("Manufacturing".into())),
+            ])
+        );
+        // Audience deliveries keep their own mapping even when a rule matches their type.
+        for (payload, expected) in expected_fixture_updates() {
+            assert_eq!(rule_updates(&m, &payload, &ids), vec![expected]);
+        }
+    }
+
+    #[test]
+    fn objects_and_arrays_dead_letter_the_event_naming_rule_field_and_path() {
+        let ids = BiIdMap::default();
+        let m = rules_mapper(UnmappedUserPolicy::UseUserId);
+        let before = rule_metric("user-traits", "plan", "invalid");
+        for (plan, what) in [
+            (r#"{"tier":"pro"}"#, "an object"),
+            (r#"["pro"]"#, "an array"),
+        ] {
+            let e = format!(
+                r#"{{"type":"identify","messageId":"m-bad","userId":"u-1","traits":{{"plan":{plan},"seats":3}},"timestamp":"2026-11-27T10:00:00Z"}}"#
+            );
+            match m.map(e.as_bytes(), RECEIVED, &ids).0 {
+                SegmentOutcome::DeadLetter { reason, detail } => {
+                    assert_eq!(reason, "invalid_rule_value");
+                    assert!(
+                        detail.contains("\"user-traits\"")
+                            && detail.contains("`plan`")
+                            && detail.contains("`traits.plan`")
+                            && detail.contains(what),
+                        "{detail}"
+                    );
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        assert!(rule_metric("user-traits", "plan", "invalid") >= before + 2);
+    }
+
+    #[test]
+    fn rule_visitors_follow_the_id_mapping_and_the_unmapped_user_policy() {
+        let empty = BiIdMap::default();
+        let track = rule_fixture("track-plan-upgraded.json");
+        // dlq: the whole event waits in the DLQ for a mapping.
+        assert!(matches!(
+            rules_mapper(UnmappedUserPolicy::Dlq)
+                .map(&track, RECEIVED, &empty)
+                .0,
+            SegmentOutcome::DeadLetter {
+                reason: "unmapped_user",
+                ..
+            }
+        ));
+        // drop: the visitor rule is skipped, the account rule still writes.
+        let u = rule_updates(&rules_mapper(UnmappedUserPolicy::Drop), &track, &empty);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].entity, PendoEntity::Account);
+        // drop with only visitor rules: the event is dropped (counted).
+        assert_eq!(
+            rules_mapper(UnmappedUserPolicy::Drop)
+                .map(&rule_fixture("identify-traits.json"), RECEIVED, &empty)
+                .0,
+            SegmentOutcome::Dropped
+        );
+        // A named visitor id wins, and the mapping is learned alongside the update.
+        let e = br#"{"type":"identify","messageId":"m-n","userId":"u-9","traits":{"pendo_visitor_id":"pv-9","plan":"pro"},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        let SegmentOutcome::Updates {
+            updates, mappings, ..
+        } = rules_mapper(UnmappedUserPolicy::Dlq)
+            .map(e, RECEIVED, &empty)
+            .0
+        else {
+            panic!()
+        };
+        assert_eq!(updates[0].entity_id, "pv-9");
+        assert_eq!(mappings[0].visitor_id, "pv-9");
+        // Only an anonymousId: no visitor (dropped), as for audiences.
+        let anon = br#"{"type":"identify","anonymousId":"a-1","traits":{"plan":"pro"},"timestamp":"2026-11-27T10:00:00Z"}"#;
+        assert_eq!(
+            rules_mapper(UnmappedUserPolicy::UseUserId)
+                .map(anon, RECEIVED, &empty)
+                .0,
+            SegmentOutcome::Dropped
+        );
+        // No time at all: dead-lettered like an audience event.
+        let untimed = br#"{"type":"identify","userId":"u-1","traits":{"plan":"pro"}}"#;
+        assert!(matches!(
+            rules_mapper(UnmappedUserPolicy::UseUserId)
+                .map(untimed, None, &empty)
+                .0,
+            SegmentOutcome::DeadLetter {
+                reason: "missing_timestamp",
+                ..
+            }
+        ));
+        // Without a messageId the identity is the ids and the time: still deterministic.
+        let m = rules_mapper(UnmappedUserPolicy::UseUserId);
+        let a = rule_updates(&m, untimed, &empty);
+        assert_eq!(a, rule_updates(&m, untimed, &empty));
+        assert_eq!(a[0].origin.segment_message_id, None);
     }
 }

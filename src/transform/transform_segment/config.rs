@@ -1,11 +1,13 @@
 //! `[transform_segment]`: which Pendo fields audience membership writes, how Segment users
-//! become Pendo visitors, and which event fields name a Pendo visitor id (identity learning).
+//! become Pendo visitors, which event fields name a Pendo visitor id (identity learning), and the
+//! rules that map non-audience events (`[[transform_segment.rules]]`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::transform::message_id::MAX_PREFIX_LEN;
+use crate::transform::segment_rules::{SegmentRuleConfig, SegmentRules};
 use crate::transform::segment_to_pendo::{
     AudienceTarget, FieldMode, SegmentMapperSettings, UnmappedUserPolicy,
 };
@@ -42,6 +44,10 @@ pub struct TransformSegmentConfig {
     /// Pendo Segments are named `<prefix><audience_key>` (at most 100 characters in all is
     /// advised; the name is set once, at creation).
     pub pendo_segment_name_prefix: String,
+    /// Rules mapping non-audience identify/track/group calls to metadata writes
+    /// (`[[transform_segment.rules]]`, see `segment_rules`). None: such events are ignored
+    /// (counted), as before rules existed. Last, so the rendered config keeps its tables last.
+    pub rules: Vec<SegmentRuleConfig>,
 }
 
 impl Default for TransformSegmentConfig {
@@ -58,6 +64,7 @@ impl Default for TransformSegmentConfig {
             audience_target: d.audience_target,
             audience_targets: d.audience_targets,
             pendo_segment_name_prefix: d.pendo_segment_name_prefix,
+            rules: Vec::new(),
         }
     }
 }
@@ -110,7 +117,13 @@ impl TransformSegmentConfig {
                 "transform_segment.pendo_segment_name_prefix must be at most 100 characters without control characters, got {p:?}"
             ));
         }
+        self.compiled_rules()?;
         Ok(())
+    }
+
+    /// The checked `rules`; the error names the rule and its bad key or field.
+    pub fn compiled_rules(&self) -> Result<SegmentRules, String> {
+        SegmentRules::compile(&self.rules, &self.field_group)
     }
 
     /// Whether any audience (the default or a listed one) is written to a Pendo Segment.
@@ -196,5 +209,46 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("pendo_segment") && e.contains("segment"), "{e}");
+    }
+
+    #[test]
+    fn rules_parse_as_tables_and_a_bad_rule_is_refused_by_index_and_name() {
+        let c: TransformSegmentConfig = toml::from_str(
+            "field_group = \"agent\"\n\n[[rules]]\nname = \"traits\"\nmatch = { type = \"identify\" }\ntarget = \"visitor\"\nfields = { plan = \"traits.plan\" }\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let rules = c.compiled_rules().unwrap();
+        let r: Vec<_> = rules.matching("identify", None).collect();
+        assert_eq!(
+            r[0].field_group, "agent",
+            "the section's field group is the default"
+        );
+        // The effective configuration renders (tables last) and reads back the same.
+        let text = toml::to_string_pretty(&c).unwrap();
+        let back: TransformSegmentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.rules, c.rules);
+        let bad = TransformSegmentConfig {
+            rules: vec![c.rules[0].clone(), {
+                let mut r = c.rules[0].clone();
+                r.name = "second".into();
+                r.fields = BTreeMap::from([("plan tier".into(), "traits.plan".into())]);
+                r
+            }],
+            ..Default::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(
+            e.contains("rules.1 (rule 2")
+                && e.contains("\"second\"")
+                && e.contains("\"plan tier\""),
+            "{e}"
+        );
+        assert!(
+            TransformSegmentConfig::default()
+                .compiled_rules()
+                .unwrap()
+                .is_empty()
+        );
     }
 }

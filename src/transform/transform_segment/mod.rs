@@ -1,11 +1,12 @@
 //! Role `transform-segment`: `segment.raw.webhook` -> `canonical.pendo-updates`, exactly once.
 //!
 //! Segment Engage audience deliveries (identify, track `Audience Entered`/`Exited`, group)
-//! become `PendoMetadataUpdate`s; events that name a Pendo visitor id next to a userId also
-//! publish that mapping to `idmap.visitor-to-user`, in the same transaction. Same plumbing as
-//! `transform-pendo`: read the id mapping to its end (both directions: the reverse flow needs
-//! userId -> visitorId), create the transactional producer (fencing a zombie), then run the
-//! shared consumer loop in transactional mode.
+//! become `PendoMetadataUpdate`s, and so do other identify/track/group calls that match a rule
+//! of `[[transform_segment.rules]]` (others are ignored, counted); events that name a Pendo
+//! visitor id next to a userId also publish that mapping to `idmap.visitor-to-user`, in the same
+//! transaction. Same plumbing as `transform-pendo`: read the id mapping to its end (both
+//! directions: the reverse flow needs userId -> visitorId), create the transactional producer
+//! (fencing a zombie), then run the shared consumer loop in transactional mode.
 
 pub mod config;
 pub mod processor;
@@ -42,13 +43,18 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
         .transform_segment
         .validate()
         .map_err(anyhow::Error::msg)?;
+    let rules = config
+        .transform_segment
+        .compiled_rules()
+        .map_err(anyhow::Error::msg)?;
     let config = config.clone();
     Ok(move |env: RoleEnv| -> RoleFuture {
         Box::pin(async move {
             let c = &config;
             let raw = c.topic_name(TopicId::SegmentRawWebhook);
             let idmap_topic = c.topic_name(TopicId::IdmapVisitorToUser);
-            let mapper = SegmentToPendo::new(c.transform_segment.mapper_settings(SOURCE));
+            let mapper =
+                SegmentToPendo::new(c.transform_segment.mapper_settings(SOURCE)).with_rules(rules);
 
             // 1. The id mapping in both directions, read to its end before any event is mapped.
             let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));

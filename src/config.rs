@@ -22,9 +22,16 @@ use crate::secret::Secret;
 use crate::transform::transform_pendo::config::TransformPendoConfig;
 use crate::transform::transform_segment::config::TransformSegmentConfig;
 
-/// Largest webhook body a raw topic can hold as one record (its `max.message.bytes` is
-/// [`crate::kafka::topics::RAW_MAX_MESSAGE_BYTES`], which leaves room for headers).
+/// Largest webhook event a raw topic can hold as one record (its `max.message.bytes` is
+/// [`crate::kafka::topics::RAW_MAX_MESSAGE_BYTES`], which leaves room for headers): the upper
+/// bound of the webhooks' `max_event_bytes`.
 pub const MAX_RAW_RECORD_BYTES: usize = 2 * 1024 * 1024;
+
+/// Upper bound of the webhooks' `max_body_bytes`. A body is split into events (one record each),
+/// so it may exceed a record; this cap keeps one request's memory, and the one Kafka transaction
+/// that must hold all its events, within reason (Segment's largest Actions batch, 4,000 events of
+/// 32 KB, is 125 MiB).
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 128 * 1024 * 1024;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "pendo-segment.toml";
@@ -644,6 +651,8 @@ impl Config {
             "pendo_webhook",
             &w.path,
             w.max_body_bytes,
+            w.max_event_bytes,
+            w.max_in_flight_bytes,
             &[
                 ("max_events_per_request", w.max_events_per_request as u64),
                 ("max_in_flight_requests", w.max_in_flight_requests as u64),
@@ -658,6 +667,8 @@ impl Config {
             "segment_webhook",
             &w.path,
             w.max_body_bytes,
+            w.max_event_bytes,
+            w.max_in_flight_bytes,
             &[
                 ("max_events_per_request", w.max_events_per_request as u64),
                 ("max_in_flight_requests", w.max_in_flight_requests as u64),
@@ -737,12 +748,15 @@ impl Config {
     }
 }
 
-/// The limits every webhook section shares: a real path, positive limits, and bodies that fit
-/// in one raw record (the DLQ keeps a rejected body whole).
+/// The limits every webhook section shares: a real path, positive limits, events that fit in
+/// one raw record (each event is one), and bodies within [`MAX_WEBHOOK_BODY_BYTES`] (a body is
+/// split into events, so it may be larger than a record).
 fn validate_webhook(
     section: &str,
     path: &str,
     max_body_bytes: usize,
+    max_event_bytes: usize,
+    max_in_flight_bytes: usize,
     positive: &[(&str, u64)],
 ) -> Result<(), String> {
     if !path.starts_with('/') || path.len() < 2 {
@@ -753,12 +767,25 @@ fn validate_webhook(
     if max_body_bytes == 0 {
         return Err(format!("{section}.max_body_bytes must be > 0"));
     }
+    if max_event_bytes == 0 {
+        return Err(format!("{section}.max_event_bytes must be > 0"));
+    }
     if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(format!("{section}.{key} must be > 0"));
     }
-    if max_body_bytes > MAX_RAW_RECORD_BYTES {
+    if max_body_bytes > MAX_WEBHOOK_BODY_BYTES {
         return Err(format!(
-            "{section}.max_body_bytes may be at most {MAX_RAW_RECORD_BYTES} (the raw topics' max.message.bytes)"
+            "{section}.max_body_bytes may be at most {MAX_WEBHOOK_BODY_BYTES} (128 MiB), got {max_body_bytes}"
+        ));
+    }
+    if max_in_flight_bytes < max_body_bytes {
+        return Err(format!(
+            "{section}.max_in_flight_bytes ({max_in_flight_bytes}) must be at least max_body_bytes ({max_body_bytes}), or no body of the largest size could be accepted"
+        ));
+    }
+    if max_event_bytes > MAX_RAW_RECORD_BYTES {
+        return Err(format!(
+            "{section}.max_event_bytes may be at most {MAX_RAW_RECORD_BYTES} (each event is one record; the raw topics' max.message.bytes leaves room for its headers), got {max_event_bytes}"
         ));
     }
     Ok(())
@@ -887,8 +914,23 @@ mod tests {
             ),
             (
                 "segment_webhook",
-                "max_body_bytes = 3000000",
-                "segment_webhook.max_body_bytes may be at most",
+                "max_body_bytes = 200000000",
+                "segment_webhook.max_body_bytes may be at most 134217728",
+            ),
+            (
+                "segment_webhook",
+                "max_event_bytes = 3000000",
+                "segment_webhook.max_event_bytes may be at most 2097152",
+            ),
+            (
+                "pendo_webhook",
+                "max_event_bytes = 0",
+                "pendo_webhook.max_event_bytes must be > 0",
+            ),
+            (
+                "segment_webhook",
+                "max_in_flight_bytes = 1048576",
+                "segment_webhook.max_in_flight_bytes (1048576) must be at least max_body_bytes (33554432)",
             ),
             (
                 "segment_webhook",
@@ -914,6 +956,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("auth_scheme"), "{err}");
+    }
+
+    #[test]
+    fn webhook_bodies_may_exceed_a_record_but_events_may_not() {
+        let c = load_str(
+            "[kafka]
+bootstrap_servers = \"x:1\"\n",
+        )
+        .unwrap();
+        // Actions batches are far larger than one record; each event is one.
+        assert_eq!(c.segment_webhook.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.segment_webhook.max_event_bytes, MAX_RAW_RECORD_BYTES);
+        assert_eq!(c.pendo_webhook.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.pendo_webhook.max_event_bytes, MAX_RAW_RECORD_BYTES);
+        let c = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nmax_body_bytes = 134217728\nmax_event_bytes = 32768\n[pendo_webhook]\nmax_body_bytes = 8388608\n",
+        )
+        .unwrap();
+        assert_eq!(c.segment_webhook.max_body_bytes, MAX_WEBHOOK_BODY_BYTES);
+        assert_eq!(c.segment_webhook.max_event_bytes, 32768);
+        assert_eq!(c.pendo_webhook.max_body_bytes, 8 * 1024 * 1024);
     }
 
     #[test]

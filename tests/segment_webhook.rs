@@ -405,6 +405,104 @@ async fn size_shape_and_content_type_are_enforced() {
     }
 }
 
+/// An Actions batch larger than one Kafka record (3,000 events, ~3 MiB) is stored event by event
+/// in one request; a batch holding one event too large for a record is refused whole with 413
+/// naming that element, and kept in the DLQ element by element (the oversized one cut, with a
+/// note saying so).
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_batches_larger_than_a_record_are_stored_event_by_event() {
+    let hook = Hook::start("").await;
+    let pad = "p".repeat(1000);
+    let events: Vec<String> = (0..3000)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"track\",\"event\":\"Report Exported\",\"userId\":\"big-{i}\",\"messageId\":\"m-{i}\",\"properties\":{{\"pad\":\"{pad}\"}}}}"
+            )
+        })
+        .collect();
+    let body = format!("[{}]", events.join(","));
+    assert!(body.len() > 2 * 1024 * 1024 + 500_000, "{}", body.len());
+    let r = hook.post_signed(body.into_bytes(), SECRET).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["accepted"],
+        3000
+    );
+    let stored = read_committed(&hook.topic(), 3000, Duration::from_secs(30));
+    assert_eq!(stored.len(), 3000, "one record per event, none twice");
+    let by_key: HashMap<String, &rdkafka::message::OwnedMessage> = stored
+        .iter()
+        .map(|m| (String::from_utf8(m.key().unwrap().to_vec()).unwrap(), m))
+        .collect();
+    assert_eq!(by_key.len(), 3000);
+    for (i, event) in events.iter().enumerate() {
+        let m = by_key[&format!("big-{i}")];
+        assert_eq!(
+            m.payload(),
+            Some(event.as_bytes()),
+            "event {i} byte-identical"
+        );
+    }
+
+    // Element 1 is larger than a record may be: 413 naming it, nothing stored on the raw topic.
+    let small = &events[0];
+    let huge = format!(
+        "{{\"type\":\"track\",\"event\":\"Huge\",\"userId\":\"huge\",\"properties\":{{\"pad\":\"{}\"}}}}",
+        "h".repeat(2 * 1024 * 1024 + 10)
+    );
+    let body = format!("[{small},{huge},{small}]");
+    let r = hook.post_signed(body.into_bytes(), SECRET).await;
+    assert_eq!(r.status(), 413);
+    let reply: serde_json::Value = r.json().await.unwrap();
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains("array element 1") && error.contains(&format!("{} bytes", huge.len())),
+        "{error}"
+    );
+    assert!(reply["request_id"].is_string(), "{reply}");
+
+    let dlq = read_committed(&hook.dlq(), 3, Duration::from_secs(20));
+    assert_eq!(
+        dlq.len(),
+        3,
+        "the refused batch is kept, one record per element"
+    );
+    let details: Vec<String> = dlq
+        .iter()
+        .map(|m| header(m, "dlq-detail").unwrap())
+        .collect();
+    for m in &dlq {
+        assert!(header(m, "dlq-reason").unwrap().contains("array element 1"));
+    }
+    let cut = dlq
+        .iter()
+        .zip(&details)
+        .find(|(_, d)| d.contains("array element 1 of 3"))
+        .expect("the oversized element is kept");
+    assert!(cut.1.contains("cut to its first"), "{}", cut.1);
+    assert_eq!(
+        cut.0.payload().unwrap(),
+        &huge.as_bytes()[..2 * 1024 * 1024]
+    );
+    assert_eq!(
+        dlq.iter()
+            .filter(|m| m.payload() == Some(small.as_bytes()))
+            .count(),
+        2,
+        "the other elements are kept byte-identical"
+    );
+    let more = read_committed(&hook.topic(), 3001, Duration::from_secs(3));
+    assert_eq!(more.len(), 3000, "nothing of the refused batch was stored");
+
+    let metrics = hook.process.metrics().await;
+    for needle in [
+        "pendo_segment_webhook_rejects_total{reason=\"event_too_large\",role=\"segment-webhook\"} 1",
+        "pendo_segment_webhook_events_accepted_total{role=\"segment-webhook\"} 3000",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_to_start_without_a_secret_unless_insecure() {
     require_kafka();

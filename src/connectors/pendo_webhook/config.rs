@@ -23,12 +23,22 @@ pub struct PendoWebhookConfig {
     /// Also accept the secret as the last path segment (`<path>/<secret>`), for senders that
     /// cannot set headers.
     pub path_token: bool,
-    /// Largest accepted body in bytes (413 beyond).
+    /// Largest accepted body in bytes (413 beyond). At most
+    /// [`crate::config::MAX_WEBHOOK_BODY_BYTES`]. Memory: up to `max_in_flight_requests` bodies of
+    /// this size are held at once.
     pub max_body_bytes: usize,
+    /// Largest accepted event in bytes, at most [`crate::config::MAX_RAW_RECORD_BYTES`] (each event
+    /// is one record of the raw topic). A request holding a larger event is refused as a whole
+    /// with 413 naming the event, and kept in the dead-letter topic.
+    pub max_event_bytes: usize,
     /// Most events in one request (413 beyond).
     pub max_events_per_request: usize,
     /// Requests handled (and waiting for Kafka) at once; more get 503 at once.
     pub max_in_flight_requests: usize,
+    /// Bytes of request bodies held at once, the memory bound of this role's requests (default
+    /// 256 MiB, at least `max_body_bytes`): a request that would exceed it gets 503 with
+    /// `Retry-After` before its body is read.
+    pub max_in_flight_bytes: usize,
     /// How long a request may wait for Kafka before it is answered 503, in ms.
     pub ack_timeout_ms: u64,
     /// `Retry-After` on 503, in seconds.
@@ -56,8 +66,10 @@ impl Default for PendoWebhookConfig {
             auth_scheme: "Bearer".to_string(),
             path_token: true,
             max_body_bytes: 1024 * 1024,
+            max_event_bytes: crate::config::MAX_RAW_RECORD_BYTES,
             max_events_per_request: 10_000,
             max_in_flight_requests: 512,
+            max_in_flight_bytes: 256 * 1024 * 1024,
             ack_timeout_ms: 5_000,
             retry_after_seconds: 5,
             linger_ms: 3,

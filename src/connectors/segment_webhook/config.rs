@@ -22,13 +22,23 @@ pub struct SegmentWebhookConfig {
     pub secrets: Vec<Secret>,
     /// Header carrying the hex HMAC-SHA1 signature.
     pub signature_header: String,
-    /// Largest accepted body in bytes (413 beyond). Default: the most a raw record may hold,
-    /// since Actions batches (up to 4,000 events) are large.
+    /// Largest accepted body in bytes (413 beyond). Default 32 MiB, at most
+    /// [`crate::config::MAX_WEBHOOK_BODY_BYTES`]: an Actions batch holds up to 4,000 events of up
+    /// to 32 KB each, far more than one Kafka record, and each of its events is stored as a record
+    /// of its own. Memory: up to `max_in_flight_requests` bodies of this size are held at once.
     pub max_body_bytes: usize,
+    /// Largest accepted event in bytes, at most [`crate::config::MAX_RAW_RECORD_BYTES`] (each event
+    /// is one record of the raw topic). A request holding a larger event is refused as a whole
+    /// with 413 naming the event, and kept in the dead-letter topic.
+    pub max_event_bytes: usize,
     /// Most events in one request (413 beyond). Segment's Actions batches hold at most 4,000.
     pub max_events_per_request: usize,
     /// Requests handled (and waiting for Kafka) at once; more get 503 at once.
     pub max_in_flight_requests: usize,
+    /// Bytes of request bodies held at once, the memory bound of this role's requests (default
+    /// 256 MiB, at least `max_body_bytes`): a request that would exceed it gets 503 with
+    /// `Retry-After` before its body is read.
+    pub max_in_flight_bytes: usize,
     /// How long a request may wait for Kafka before it is answered 503, in ms. Below Segment's
     /// 5 s answer deadline, so Segment gets a 503 to retry on rather than a timeout.
     pub ack_timeout_ms: u64,
@@ -53,9 +63,11 @@ impl Default for SegmentWebhookConfig {
             path: "/webhooks/segment".to_string(),
             secrets: Vec::new(),
             signature_header: "x-signature".to_string(),
-            max_body_bytes: crate::config::MAX_RAW_RECORD_BYTES,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_event_bytes: crate::config::MAX_RAW_RECORD_BYTES,
             max_events_per_request: 4_000,
             max_in_flight_requests: 512,
+            max_in_flight_bytes: 256 * 1024 * 1024,
             ack_timeout_ms: 4_000,
             retry_after_seconds: 5,
             linger_ms: 3,

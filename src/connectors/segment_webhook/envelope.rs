@@ -93,7 +93,7 @@ mod tests {
         ] {
             assert_eq!(identify(&fixture(name)), want, "{name}");
         }
-        let batch = split_events(&fixture("actions-batch.json"), 10).unwrap();
+        let batch = split_events(&fixture("actions-batch.json"), 10, usize::MAX).unwrap();
         let ids: Vec<EventIdentity> = batch.iter().map(|e| identify(e)).collect();
         assert_eq!(
             ids,

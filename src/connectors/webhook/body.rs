@@ -1,6 +1,12 @@
 //! Splits a webhook body into events without re-encoding them: a single JSON object is one
 //! event (the body, byte for byte); a JSON array yields one event per element, each the exact
 //! bytes of that element. Anything else is a clear error, never a panic.
+//!
+//! Two limits apply, because a body and an event end up in different places: the whole body is
+//! bounded by the HTTP server (`max_body_bytes`, a memory bound), while every event becomes one
+//! Kafka record and so is bounded by `max_event_bytes` (at most what a raw topic's record holds).
+//! An Actions batch of 4,000 events of up to 32 KB each is legitimately far larger than one
+//! record, but none of its events may be.
 
 use bytes::Bytes;
 use serde::de::IgnoredAny;
@@ -23,6 +29,24 @@ pub enum BodyError {
         /// The limit.
         max: usize,
     },
+    /// One event is larger than a Kafka record of the raw topic may be. The whole request is
+    /// refused (never a silent drop of that event alone), and dead-lettered.
+    #[error("{} is {size} bytes; at most {max} bytes per event are accepted", describe_event(*.index))]
+    EventTooLarge {
+        /// Position of the event in an array body; `None` when the body is a single object.
+        index: Option<usize>,
+        /// Its size in bytes.
+        size: usize,
+        /// The per-event limit.
+        max: usize,
+    },
+}
+
+fn describe_event(index: Option<usize>) -> String {
+    match index {
+        Some(i) => format!("array element {i} (0-based)"),
+        None => "the event (the body)".to_string(),
+    }
 }
 
 impl BodyError {
@@ -38,6 +62,7 @@ impl BodyError {
             BodyError::Malformed(_) => "malformed",
             BodyError::NotEvents(_) => "not_events",
             BodyError::TooManyEvents { .. } => "too_many_events",
+            BodyError::EventTooLarge { .. } => "event_too_large",
         }
     }
 }
@@ -75,8 +100,13 @@ fn nesting_depth(bytes: &[u8], limit: usize) -> usize {
     max
 }
 
-/// The events of `body`, as slices of it (no copies).
-pub fn split_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, BodyError> {
+/// The events of `body`, as slices of it (no copies): at most `max_events` of them, none larger
+/// than `max_event_bytes`. The first offending element is the one named in the error.
+pub fn split_events(
+    body: &Bytes,
+    max_events: usize,
+    max_event_bytes: usize,
+) -> Result<Vec<Bytes>, BodyError> {
     if nesting_depth(body, MAX_DEPTH) > MAX_DEPTH {
         return Err(BodyError::Malformed(format!(
             "JSON nested deeper than {MAX_DEPTH} levels"
@@ -87,6 +117,13 @@ pub fn split_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, BodyE
         Some(b'{') => {
             serde_json::from_slice::<IgnoredAny>(body)
                 .map_err(|e| BodyError::Malformed(e.to_string()))?;
+            if body.len() > max_event_bytes {
+                return Err(BodyError::EventTooLarge {
+                    index: None,
+                    size: body.len(),
+                    max: max_event_bytes,
+                });
+            }
             Ok(vec![body.clone()])
         }
         Some(b'[') => {
@@ -109,6 +146,13 @@ pub fn split_events(body: &Bytes, max_events: usize) -> Result<Vec<Bytes>, BodyE
                             "array element {i} is not a JSON object"
                         )));
                     }
+                    if text.len() > max_event_bytes {
+                        return Err(BodyError::EventTooLarge {
+                            index: Some(i),
+                            size: text.len(),
+                            max: max_event_bytes,
+                        });
+                    }
                     // `RawValue` borrows from `body`, so its text is a sub-slice of it.
                     let start = text.as_ptr() as usize - base;
                     Ok(body.slice(start..start + text.len()))
@@ -130,7 +174,11 @@ mod tests {
     use super::*;
 
     fn split(s: &str) -> Result<Vec<String>, BodyError> {
-        split_events(&Bytes::from(s.to_string()), 3).map(|v| {
+        split_with(s, 1024)
+    }
+
+    fn split_with(s: &str, max_event_bytes: usize) -> Result<Vec<String>, BodyError> {
+        split_events(&Bytes::from(s.to_string()), 3, max_event_bytes).map(|v| {
             v.iter()
                 .map(|b| String::from_utf8(b.to_vec()).unwrap())
                 .collect()
@@ -176,5 +224,56 @@ mod tests {
         ));
         let deep_obj = format!("{{\"a\":{}1{}}}", "[".repeat(500), "]".repeat(500));
         assert!(matches!(split(&deep_obj), Err(BodyError::Malformed(_))));
+    }
+
+    #[test]
+    fn an_event_over_the_per_event_limit_is_named() {
+        // 64 bytes per event: an element of exactly 64 bytes passes, 65 does not,
+        // whatever the body's total size.
+        let at = format!("{{\"p\":\"{}\"}}", "x".repeat(56));
+        assert_eq!(at.len(), 64);
+        let over = format!("{{\"p\":\"{}\"}}", "x".repeat(57));
+        let ok = format!("[{at},{at},{at}]");
+        assert!(ok.len() > 64 * 3);
+        assert_eq!(split_with(&ok, 64).unwrap().len(), 3);
+        let err = split_with(&format!("[{at}, {over}]"), 64).unwrap_err();
+        assert_eq!(
+            err,
+            BodyError::EventTooLarge {
+                index: Some(1),
+                size: 65,
+                max: 64
+            }
+        );
+        let message = err.to_string();
+        assert!(message.contains("array element 1") && message.contains("65 bytes"));
+        assert!(message.contains("at most 64 bytes per event"), "{message}");
+        assert!(err.is_dead_letter());
+        assert_eq!(err.reason_label(), "event_too_large");
+        // A single-object body is one event: the same limit.
+        assert_eq!(
+            split_with(&over, 64),
+            Err(BodyError::EventTooLarge {
+                index: None,
+                size: 65,
+                max: 64
+            })
+        );
+        // Too many events is judged first: a sender that splits its batch may still succeed.
+        assert!(matches!(
+            split_with(&format!("[{over},{at},{at},{at}]"), 64),
+            Err(BodyError::TooManyEvents { .. })
+        ));
+    }
+
+    #[test]
+    fn a_body_far_larger_than_one_record_splits_into_records_within_the_limit() {
+        // An Actions batch of 3,000 events of ~1 KB: 3 MB in all, each event far below the limit.
+        let event = format!("{{\"type\":\"track\",\"p\":\"{}\"}}", "y".repeat(1000));
+        let body = format!("[{}]", vec![event.as_str(); 3000].join(","));
+        assert!(body.len() > 3_000_000);
+        let events = split_events(&Bytes::from(body), 4000, 2 * 1024 * 1024).unwrap();
+        assert_eq!(events.len(), 3000);
+        assert!(events.iter().all(|e| e.as_ref() == event.as_bytes()));
     }
 }

@@ -30,10 +30,14 @@ pub struct WebhookRoleSpec {
     pub path: String,
     /// How senders authenticate.
     pub auth: WebhookAuth,
-    /// Largest accepted body.
+    /// Largest accepted body (one request may carry many events).
     pub max_body_bytes: usize,
+    /// Largest accepted event (one Kafka record each; at most the raw topics' record size).
+    pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events_per_request: usize,
+    /// Bytes of request bodies held at once (memory bound; at least `max_body_bytes`).
+    pub max_in_flight_bytes: usize,
     /// Requests handled (and waiting for Kafka) at once.
     pub max_in_flight_requests: usize,
     /// How long a request may wait for Kafka before it is answered 503.
@@ -82,7 +86,13 @@ pub fn task(
     config: &Config,
     spec: WebhookRoleSpec,
 ) -> impl FnOnce(RoleEnv) -> RoleFuture + Send + use<> {
-    let producer = client_config::transactional_producer(config, spec.role, spec.max_body_bytes);
+    // Records are events (at most `max_event_bytes`) or dead-letter parts (at most
+    // `MAX_DEAD_LETTER_PAYLOAD_BYTES`), never whole bodies: a body larger than a record is many
+    // records in one transaction, so the producer's record limit does not grow with the body limit.
+    let max_record_bytes = spec
+        .max_event_bytes
+        .max(server::MAX_DEAD_LETTER_PAYLOAD_BYTES);
+    let producer = client_config::transactional_producer(config, spec.role, max_record_bytes);
     let topic: Arc<str> = config.topic_name(spec.topic).into();
     let dlq_topic: Arc<str> = config.topic_name(spec.dlq_topic).into();
     move |env: RoleEnv| -> RoleFuture {
@@ -111,8 +121,10 @@ pub fn task(
                 path: spec.path,
                 auth: spec.auth,
                 max_body_bytes: spec.max_body_bytes,
+                max_event_bytes: spec.max_event_bytes,
                 max_events: spec.max_events_per_request,
                 in_flight: Semaphore::new(spec.max_in_flight_requests),
+                body_budget: Semaphore::new(spec.max_in_flight_bytes),
                 retry_after_seconds: spec.retry_after_seconds,
                 topic,
                 dlq_topic,

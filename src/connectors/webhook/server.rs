@@ -2,11 +2,20 @@
 //!
 //! Order of checks, cheapest first: capacity (503), authentication (401; for a body signature,
 //! the header's presence and form), content type (415), declared and actual size (413), the body
-//! signature if the endpoint uses one (401), body shape (400, and the raw body to the DLQ), then
-//! every event is appended to Kafka in one transaction. Nothing of a body is kept, not even in the
+//! signature if the endpoint uses one (401), body shape (400, and the raw body to the DLQ), the
+//! size of every event (413, and the body to the DLQ), then every event is appended to Kafka in
+//! one transaction. Nothing of a body is kept, not even in the
 //! DLQ, before its sender is authenticated. 200 only after that transaction committed;
 //! 503 with `Retry-After` when Kafka could not take it (nothing of the request is then visible
 //! to `read_committed` consumers, so the sender's retry cannot duplicate).
+//!
+//! Two size limits, because a body is not a record: `max_body_bytes` bounds what one request may
+//! carry (memory), `max_event_bytes` bounds each event, which becomes one Kafka record and must fit
+//! the raw topic. A body larger than one record (an Actions batch of thousands of events) is
+//! still one job of the appender, so all its events commit in one transaction or none does; a job
+//! larger than `max_transaction_bytes`/`max_transaction_records` simply gets a transaction of its
+//! own. A rejected body larger than one record is dead-lettered in parts (see
+//! [`dead_letter_parts`]), never dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +34,7 @@ use tokio::sync::Semaphore;
 use super::auth::{SharedSecrets, credential_from_header};
 use super::body::{BodyError, split_events};
 use super::signature::{SignatureSecrets, parse_hex_signature};
+use crate::config::MAX_RAW_RECORD_BYTES;
 use crate::kafka::headers;
 use crate::kafka::transactional_appender::{AppendError, OutRecord, TransactionalAppender};
 use crate::metrics::metrics;
@@ -75,12 +85,20 @@ pub struct WebhookEndpoint {
     pub path: String,
     /// Authentication.
     pub auth: WebhookAuth,
-    /// Largest accepted body.
+    /// Largest accepted body (a request may carry many events).
     pub max_body_bytes: usize,
+    /// Largest accepted event: each becomes one Kafka record, so at most
+    /// [`MAX_RAW_RECORD_BYTES`].
+    pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events: usize,
     /// Requests handled at once; more are answered 503 at once.
     pub in_flight: Semaphore,
+    /// Bytes of request bodies held at once, one permit per byte: a request reserves its declared
+    /// `Content-Length` (or `max_body_bytes` when it declares none) before its body is read, and is
+    /// answered 503 when the budget cannot hold it. Bounds memory when bodies are large (Actions
+    /// batches), where `in_flight` × `max_body_bytes` would not.
+    pub body_budget: Semaphore,
     /// `Retry-After` seconds on 503.
     pub retry_after_seconds: u64,
     /// Topic of accepted events.
@@ -319,6 +337,13 @@ async fn handle_admitted(
         reject("too_large");
         return too_large(e);
     }
+    // At most `max_body_bytes` (≤ 128 MiB), so it fits a u32; the config guarantees the budget
+    // can hold one such body, so a lone request is never refused for it.
+    let reserve = declared.map_or(e.max_body_bytes, |n| n as usize);
+    let Ok(_body_permit) = e.body_budget.try_acquire_many(reserve.max(1) as u32) else {
+        reject("overloaded");
+        return Reply::unavailable(e, "overloaded: too many request bytes in flight");
+    };
     let bytes = match axum::body::to_bytes(body, e.max_body_bytes).await {
         Ok(b) => b,
         Err(err) => {
@@ -352,11 +377,11 @@ async fn handle_admitted(
         (headers::SOURCE, Bytes::from_static(role.as_bytes())),
     ];
 
-    let events = match split_events(&bytes, e.max_events) {
+    let events = match split_events(&bytes, e.max_events, e.max_event_bytes) {
         Ok(ev) => ev,
         Err(err) => {
             reject(err.reason_label());
-            return rejected_body(e, err, bytes, common).await;
+            return rejected_body(e, err, bytes, common, &request_id).await;
         }
     };
     let records: Vec<OutRecord> = events
@@ -418,6 +443,65 @@ fn append_reason(err: &AppendError) -> &'static str {
     }
 }
 
+/// Largest payload of one dead-letter record: the DLQ topics hold records as large as the raw
+/// topics' (`max.message.bytes` leaves room for the headers).
+pub const MAX_DEAD_LETTER_PAYLOAD_BYTES: usize = MAX_RAW_RECORD_BYTES;
+
+/// The dead-letter records that keep a rejected `body`, as (payload, detail) pairs, in order.
+///
+/// A body that fits one record is kept whole and byte for byte (no detail). A larger body cannot
+/// be one record, so: an array body is kept one record per element, each the element's exact
+/// bytes, so every event of a refused batch can be inspected and replayed; anything else is kept
+/// as its first `limit` bytes. A part still over `limit` (the oversized event itself) is cut to its
+/// first `limit` bytes. Each part's detail says which part of which body it is and whether it was
+/// cut, so a cut is never silent.
+pub fn dead_letter_parts(body: &Bytes, limit: usize) -> Vec<(Bytes, Option<String>)> {
+    let total = body.len();
+    if total <= limit {
+        return vec![(body.clone(), None)];
+    }
+    let cut = |part: Bytes| -> (Bytes, Option<String>) {
+        if part.len() <= limit {
+            (part, None)
+        } else {
+            let note = format!("cut to its first {limit} of {} bytes", part.len());
+            (part.slice(..limit), Some(note))
+        }
+    };
+    let elements: Option<Vec<&serde_json::value::RawValue>> = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .filter(|&&b| b == b'[')
+        .and_then(|_| serde_json::from_slice(body).ok());
+    match elements {
+        Some(elements) if !elements.is_empty() => {
+            let base = body.as_ptr() as usize;
+            let n = elements.len();
+            elements
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    let text = raw.get();
+                    // `RawValue` borrows from `body`, so its text is a sub-slice of it.
+                    let start = text.as_ptr() as usize - base;
+                    let (payload, note) = cut(body.slice(start..start + text.len()));
+                    let mut detail =
+                        format!("array element {i} of {n} of a {total}-byte body, kept apart");
+                    if let Some(note) = note {
+                        detail.push_str(&format!("; {note}"));
+                    }
+                    (payload, Some(detail))
+                })
+                .collect()
+        }
+        _ => {
+            let (payload, note) = cut(body.clone());
+            let note = note.unwrap_or_default();
+            vec![(payload, Some(format!("the body, {note}")))]
+        }
+    }
+}
+
 /// A body that will never become valid: keep it in the DLQ, then answer 4xx. If even the DLQ
 /// cannot take it, answer 503 so the sender retries and nothing is lost.
 async fn rejected_body(
@@ -425,9 +509,12 @@ async fn rejected_body(
     err: BodyError,
     body: Bytes,
     mut headers_out: Vec<(&'static str, Bytes)>,
+    request_id: &str,
 ) -> Reply {
     let status = match err {
-        BodyError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::TooManyEvents { .. } | BodyError::EventTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         _ => StatusCode::BAD_REQUEST,
     };
     let reason = err.to_string();
@@ -440,21 +527,37 @@ async fn rejected_body(
         headers::DLQ_TIME,
         Bytes::from(headers::now_millis().to_string()),
     ));
-    let record = OutRecord {
-        topic: e.dlq_topic.clone(),
-        key: None,
-        payload: body,
-        headers: headers_out,
-    };
-    match e.appender.append(vec![record]).await {
+    // All parts in one job: the whole body is kept, in one transaction, or none of it is.
+    let records: Vec<OutRecord> = dead_letter_parts(&body, MAX_DEAD_LETTER_PAYLOAD_BYTES)
+        .into_iter()
+        .map(|(payload, detail)| {
+            let mut h = headers_out.clone();
+            if let Some(d) = detail {
+                h.push((headers::DLQ_DETAIL, Bytes::from(d)));
+            }
+            OutRecord {
+                topic: e.dlq_topic.clone(),
+                key: None,
+                payload,
+                headers: h,
+            }
+        })
+        .collect();
+    let kept = records.len();
+    match e.appender.append(records).await {
         Ok(()) => {
             // Counted with every other stage's dead letters, so one DLQ-rate panel and alert
             // covers the webhooks too.
             metrics()
                 .dead_letters
                 .with_label_values(&[e.role, err.reason_label()])
-                .inc();
-            Reply::error(status, reason)
+                .inc_by(kept as u64);
+            tracing::warn!(role = e.role, request_id, error = %reason, dead_letters = kept, "body rejected and dead-lettered");
+            Reply {
+                status,
+                body: serde_json::json!({ "error": reason, "request_id": request_id }),
+                retry_after: None,
+            }
         }
         Err(a) => Reply::unavailable(
             e,
@@ -477,4 +580,55 @@ fn request_id(headers: &HeaderMap) -> String {
         std::process::id() & 0xff_ffff,
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn a_body_that_fits_one_record_is_dead_lettered_whole() {
+        let body = Bytes::from_static(b"[{\"a\":1}, 3]");
+        assert_eq!(dead_letter_parts(&body, 64), vec![(body.clone(), None)]);
+    }
+
+    #[test]
+    fn a_larger_array_is_dead_lettered_per_element_and_the_oversized_one_cut() {
+        let small = format!("{{\"p\":\"{}\"}}", "s".repeat(20));
+        let big = format!("{{\"p\":\"{}\"}}", "b".repeat(100));
+        let body = Bytes::from(format!("[{small},\n {big} ,{small}]"));
+        let parts = dead_letter_parts(&body, 64);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(text(&parts[0].0), small);
+        assert_eq!(text(&parts[2].0), small);
+        assert_eq!(text(&parts[1].0), &big[..64]);
+        let detail = parts[1].1.as_deref().unwrap();
+        assert!(detail.contains("array element 1 of 3"), "{detail}");
+        assert!(
+            detail.contains("cut to its first 64 of 108 bytes"),
+            "{detail}"
+        );
+        let whole = parts[0].1.as_deref().unwrap();
+        assert!(
+            whole.contains("element 0 of 3") && !whole.contains("cut"),
+            "{whole}"
+        );
+    }
+
+    #[test]
+    fn a_larger_body_that_is_no_array_is_cut_with_a_note() {
+        let body = Bytes::from(format!("{{\"p\": not json {}", "x".repeat(200)));
+        let parts = dead_letter_parts(&body, 64);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].0, body.slice(..64));
+        let detail = parts[0].1.as_deref().unwrap();
+        assert!(
+            detail.contains(&format!("first 64 of {} bytes", body.len())),
+            "{detail}"
+        );
+    }
 }

@@ -278,8 +278,13 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                     acks.progress(&consumer, stage, &mut processor).await?;
                 }
                 received = consumer.recv() => {
-                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks) {
-                        abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
+                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks)
+                        && abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?
+                    {
+                        // Every assigned partition was sought back to its last commit, this
+                        // record's included: it comes again. Processing it now as well wrote it
+                        // twice into the next transaction (issue #9, found by the scale test).
+                        continue;
                     }
                     let record = match received {
                         Ok(r) => r,
@@ -485,7 +490,9 @@ async fn bounded<T: Send + 'static>(
 
 /// After a revocation: the open transaction holds records of the revoked partitions, so it is
 /// aborted. Records of partitions still assigned (possible with a cooperative assignor) were in
-/// it too, so their uncommitted work is discarded and re-read like after any abort.
+/// it too, so their uncommitted work is discarded and re-read like after any abort. True when a
+/// transaction was aborted and the assigned partitions rewound: a record received but not yet
+/// processed is then read again and must not be processed now.
 async fn abandon_transaction<P: RecordProcessor>(
     consumer: &Arc<StreamConsumer<LoopContext>>,
     spec: &LoopSpec,
@@ -493,7 +500,7 @@ async fn abandon_transaction<P: RecordProcessor>(
     processor: &mut P,
     txn_open: &mut bool,
     stats: &mut LoopStats,
-) -> Result<(), LoopError> {
+) -> Result<bool, LoopError> {
     if let CommitStrategy::Transactional { output, timeout } = &spec.strategy
         && *txn_open
     {
@@ -507,8 +514,9 @@ async fn abandon_transaction<P: RecordProcessor>(
             "open transaction aborted after a rebalance"
         );
         discard_aborted(consumer, spec.stage, pending, processor, stats).await?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// After an aborted transaction: nothing of it is visible, so forget its offsets, drop the
@@ -534,23 +542,49 @@ async fn discard_aborted<P: RecordProcessor>(
 }
 
 /// Seeks every assigned partition back to its committed offset (after an aborted transaction).
+///
+/// After an eager revocation nothing is assigned: there is nothing to rewind (the next owner,
+/// or this member after its next assignment, starts from the committed offsets). librdkafka
+/// refuses to seek an empty list (`_INVALID_ARG`), which used to stop the role (issue #9: a
+/// transformer died at a rebalance and its partner took over every partition). A partition
+/// that cannot be rewound is an error: reading on past an aborted transaction would skip its
+/// records.
 async fn rewind(consumer: &Arc<StreamConsumer<LoopContext>>) -> Result<(), KafkaError> {
     let c = consumer.clone();
     tokio::task::spawn_blocking(move || {
         let committed = c.committed(Duration::from_secs(30))?;
-        let mut tpl = TopicPartitionList::new();
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+        let tpl = rewind_positions(&committed)?;
+        if tpl.count() == 0 {
+            return Ok(());
         }
-        c.seek_partitions(tpl, Duration::from_secs(30))?;
+        let sought = c.seek_partitions(tpl, Duration::from_secs(30))?;
+        for e in sought.elements() {
+            if let Err(err) = e.error() {
+                return Err(KafkaError::Seek(format!(
+                    "{} [{}]: {err}",
+                    e.topic(),
+                    e.partition()
+                )));
+            }
+        }
         Ok(())
     })
     .await
     .expect("rewind task panicked")
+}
+
+/// Where each assigned partition restarts after an abort: its committed offset, or the
+/// beginning when it has none.
+fn rewind_positions(committed: &TopicPartitionList) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+    }
+    Ok(tpl)
 }
 
 /// Checkpoints the processor and commits pending offsets. A processor failure is an error; a

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub pendo_sink_in_flight: IntGauge,
     /// Pendo sink: duration of one HTTP attempt.
     pub pendo_sink_request_duration: Histogram,
+    /// Pendo sink: visitors/accounts whose audience list is held in memory (assigned partitions).
+    pub pendo_audience_list_entities: IntGauge,
+    /// Pendo sink: audience-list state records written, by outcome (`ok`, `failed`).
+    pub pendo_audience_list_state_writes: IntCounterVec,
     /// Partitions a consumer role paused because its downstream is backed up.
     pub paused_partitions: IntGauge,
     /// Segment sink: events per request.
@@ -302,6 +306,16 @@ impl Metrics {
                 "pendo_segment_pendo_sink_request_duration_seconds",
                 "Duration of one HTTP attempt to Pendo.",
                 latency_buckets(),
+            ),
+            pendo_audience_list_entities: plain_gauge(
+                "pendo_segment_pendo_audience_list_state_entities",
+                "Visitors/accounts whose audience list the Pendo sink holds (its assigned partitions).",
+            ),
+            pendo_audience_list_state_writes: counter(
+                &r,
+                "pendo_segment_pendo_audience_list_state_writes_total",
+                "Audience-list state records written to state.pendo-audience-lists, by outcome.",
+                &["outcome"],
             ),
             segment_events_delivered,
             segment_requests,

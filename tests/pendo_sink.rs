@@ -47,6 +47,7 @@ fn update(
             source: "test".into(),
             ..Default::default()
         },
+        list_changes: vec![],
     }
 }
 

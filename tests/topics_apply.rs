@@ -55,13 +55,14 @@ async fn apply_creates_everything_then_is_idempotent_then_reports_and_fixes_drif
         "{out}\n{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert_eq!(out.matches("done: created ").count(), 18, "{out}");
+    assert_eq!(out.matches("done: created ").count(), 19, "{out}");
 
     for compacted in [
         "idmap.visitor-to-user",
         "state.pendo-poller",
         "state.milestones",
         "state.pendo-segments",
+        "state.pendo-audience-lists",
         "pendo.catalog",
     ] {
         let c = topic_configs(&format!("{prefix}{compacted}")).await;
@@ -79,7 +80,7 @@ async fn apply_creates_everything_then_is_idempotent_then_reports_and_fixes_drif
     let second = run(&cfg, &[]);
     assert!(second.status.success());
     assert!(
-        stdout(&second).contains("no changes: all 18 topics match"),
+        stdout(&second).contains("no changes: all 19 topics match"),
         "{}",
         stdout(&second)
     );

@@ -564,6 +564,7 @@ async fn rules_map_identify_and_track_calls_to_exactly_their_updates() {
                 ]),
                 timestamp: "2026-11-27T11:30:00.000Z".into(),
                 origin: origin("ajs-next-1764331000-bb22"),
+                list_changes: vec![],
             },
             PendoMetadataUpdate {
                 update_id: rule_update_id(
@@ -581,6 +582,7 @@ async fn rules_map_identify_and_track_calls_to_exactly_their_updates() {
                 ]),
                 timestamp: "2026-11-27T11:40:00.000Z".into(),
                 origin: origin("ajs-next-1764331200-cc33"),
+                list_changes: vec![],
             },
         ],
         "exactly one update per rule-mapped event, none for the unmatched one"

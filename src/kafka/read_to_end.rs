@@ -22,22 +22,33 @@ pub enum StartAt {
     Last(i64),
 }
 
+/// A consumer that reports each partition's end, and the partitions of `topic` (waited for up
+/// to `wait_for_topic`).
+fn open_reader(
+    mut consumer_config: ClientConfig,
+    topic: &str,
+    wait_for_topic: Duration,
+) -> anyhow::Result<(BaseConsumer<ReadToEndContext>, Vec<i32>)> {
+    consumer_config.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer<ReadToEndContext> =
+        consumer_config.create_with_context(ReadToEndContext)?;
+    let partitions = topic_partitions(&consumer, topic, wait_for_topic)?;
+    Ok((consumer, partitions))
+}
+
 /// Calls `on_record` for every committed record of `topic`, partition by partition in offset
 /// order, until every partition reached its end; progress goes to stderr every 2 s.
 /// `consumer_config` is a consumer configuration (its group id is never used to commit). A role
 /// reading its state at start passes `ROLE_TOPIC_WAIT` as `wait_for_topic` (a just-created topic
 /// may not be in the metadata yet); the CLI passes zero and fails at once on a wrong name.
 pub fn read_to_end(
-    mut consumer_config: ClientConfig,
+    consumer_config: ClientConfig,
     topic: &str,
     start: StartAt,
     wait_for_topic: Duration,
     mut on_record: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    consumer_config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<ReadToEndContext> =
-        consumer_config.create_with_context(ReadToEndContext)?;
-    let partitions = topic_partitions(&consumer, topic, wait_for_topic)?;
+    let (consumer, partitions) = open_reader(consumer_config, topic, wait_for_topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         let offset = match start {
@@ -72,4 +83,55 @@ pub fn read_to_end(
         }
     }
     Ok(read)
+}
+
+/// Calls `on_record` for every committed record of one partition of `topic`, in offset order,
+/// up to the partition's end as it was when the read started (its high watermark), then stops.
+/// For a role's per-partition state (the Pendo sink's audience lists): the partition must
+/// exist (the topic is waited for up to `wait_for_topic`; a missing partition is an error
+/// naming the partition counts to align).
+pub fn read_partition_to_end(
+    consumer_config: ClientConfig,
+    topic: &str,
+    partition: i32,
+    wait_for_topic: Duration,
+    mut on_record: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let (consumer, partitions) = open_reader(consumer_config, topic, wait_for_topic)?;
+    if !partitions.contains(&partition) {
+        anyhow::bail!(
+            "topic {topic} has no partition {partition} (it has {}): it needs at least as many partitions as the topic it keeps state for; run `pendo-segment topics apply`",
+            partitions.len()
+        );
+    }
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    if high <= low {
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut read = 0u64;
+    let mut idle_since = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_secs(1)) {
+            None if idle_since.elapsed() > Duration::from_secs(10) => {
+                anyhow::bail!(
+                    "{topic} partition {partition}: no record for 10 s before its end (offset {high})"
+                )
+            }
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(read),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                idle_since = Instant::now();
+                read += 1;
+                on_record(&m)?;
+                if m.offset() + 1 >= high {
+                    return Ok(read);
+                }
+            }
+        }
+    }
 }

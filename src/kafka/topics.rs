@@ -81,6 +81,7 @@ topic_catalogue! {
     StatePendoPoller => "state.pendo-poller", RetentionPolicy::Compact, "Poller cursors and watermarks.";
     StateMilestones => "state.milestones", RetentionPolicy::Compact, "Usage milestones already emitted.";
     StatePendoSegments => "state.pendo-segments", RetentionPolicy::Compact, "Pendo Segment created per audience key: {segmentId, name}.";
+    StatePendoAudienceLists => "state.pendo-audience-lists", RetentionPolicy::Compact, "Current audience list per visitor/account (key visitor:<id> / account:<id>, value {field: [keys]}), written by pendo-sink to the partition of its canonical.pendo-updates record.";
     DlqPendoWebhook => "dlq.pendo-webhook", DLQ, "Rejected Pendo webhook bodies.";
     DlqPendoPoller => "dlq.pendo-poller", DLQ, "Pendo API rows that could not be used.";
     DlqSegmentWebhook => "dlq.segment-webhook", DLQ, "Rejected Segment webhook bodies.";
@@ -148,11 +149,22 @@ pub fn desired_topics(config: &Config) -> Vec<TopicSpec> {
             if id.holds_webhook_bodies() {
                 configs.insert("max.message.bytes", RAW_MAX_MESSAGE_BYTES.to_string());
             }
+            // The audience-list state is written to the partition of its input record: it
+            // follows canonical.pendo-updates' partition count unless set itself.
+            let follows = match id {
+                TopicId::StatePendoAudienceLists => config
+                    .topics
+                    .overrides
+                    .get(TopicId::CanonicalPendoUpdates.default_name())
+                    .and_then(|o| o.partitions),
+                _ => None,
+            };
             TopicSpec {
                 id,
                 name: config.topic_name(id),
                 partitions: o
                     .and_then(|o| o.partitions)
+                    .or(follows)
                     .unwrap_or(config.topics.partitions),
                 replication_factor: config.topics.replication_factor,
                 configs,
@@ -512,5 +524,32 @@ mod tests {
             .find(|s| s.id == TopicId::DlqSegmentSink)
             .unwrap();
         assert_eq!(dlq.configs["retention.ms"], (30 * DAY_MS).to_string());
+    }
+
+    #[test]
+    fn audience_list_state_follows_the_partitions_of_pendo_updates() {
+        let partitions = |c: &Config, id| {
+            desired_topics(c)
+                .into_iter()
+                .find(|s| s.id == id)
+                .unwrap()
+                .partitions
+        };
+        let c = config();
+        assert_eq!(
+            partitions(&c, TopicId::StatePendoAudienceLists),
+            partitions(&c, TopicId::CanonicalPendoUpdates)
+        );
+        let c: Config = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[topics.overrides.\"canonical.pendo-updates\"]\npartitions = 9\n",
+        )
+        .unwrap();
+        assert_eq!(partitions(&c, TopicId::StatePendoAudienceLists), 9);
+        let spec = desired_topics(&c)
+            .into_iter()
+            .find(|s| s.id == TopicId::StatePendoAudienceLists)
+            .unwrap();
+        assert_eq!(spec.name, "state.pendo-audience-lists");
+        assert_eq!(spec.configs["cleanup.policy"], "compact");
     }
 }

@@ -8,11 +8,16 @@ use std::collections::BTreeMap;
 use apache_avro::types::Value;
 
 use super::segment_call::Fields;
-use super::wire_format::{FramedSchema, WireFormat};
+use super::wire_format::{FramedSchema, WireFormat, WriterSchema};
 
-/// The shipped schema text.
+/// The shipped schema text (v2: `listChanges` added).
 pub const PENDO_METADATA_UPDATE_AVSC: &str =
     include_str!("../../schemas/pendo_metadata_update.avsc");
+
+/// The first released version (without `listChanges`): values written with it in retained or
+/// replayed data are still read (schema resolution gives `listChanges = []`).
+pub const PENDO_METADATA_UPDATE_V1_AVSC: &str =
+    include_str!("../../schemas/pendo_metadata_update.v1.avsc");
 
 /// Which kind of Pendo entity an update targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,18 @@ pub struct UpdateOrigin {
     pub received_at: Option<i64>,
 }
 
+/// One membership delta of a list-valued field (`field_mode = "audience_list"`): the Pendo
+/// sink keeps each entity's current list and writes it whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListChange {
+    /// The list-valued Pendo field (e.g. `segment_audiences`).
+    pub field: String,
+    /// The list item (e.g. an audience key).
+    pub key: String,
+    /// `true`: the key is in the list from now on; `false`: it is not.
+    pub member: bool,
+}
+
 /// One metadata update.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendoMetadataUpdate {
@@ -70,6 +87,9 @@ pub struct PendoMetadataUpdate {
     pub timestamp: String,
     /// Provenance.
     pub origin: UpdateOrigin,
+    /// List membership deltas, applied in order by the Pendo sink (empty in records written
+    /// with the v1 schema).
+    pub list_changes: Vec<ListChange>,
 }
 
 /// Encodes and decodes `PendoMetadataUpdate` values.
@@ -88,7 +108,11 @@ impl PendoMetadataUpdateCodec {
     /// A codec writing `format`.
     pub fn new(format: WireFormat) -> Self {
         Self {
-            framed: FramedSchema::parse_shipped(PENDO_METADATA_UPDATE_AVSC, format),
+            framed: FramedSchema::parse_shipped_with_history(
+                PENDO_METADATA_UPDATE_AVSC,
+                &[PENDO_METADATA_UPDATE_V1_AVSC],
+                format,
+            ),
         }
     }
 
@@ -141,6 +165,21 @@ impl PendoMetadataUpdateCodec {
                     ),
                 ]),
             ),
+            (
+                "listChanges".into(),
+                Value::Array(
+                    u.list_changes
+                        .iter()
+                        .map(|c| {
+                            Value::Record(vec![
+                                ("field".into(), Value::String(c.field.clone())),
+                                ("key".into(), Value::String(c.key.clone())),
+                                ("member".into(), Value::Boolean(c.member)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
         ]);
         let mut out = Vec::with_capacity(128);
         self.framed.write_header(&mut out);
@@ -154,12 +193,24 @@ impl PendoMetadataUpdateCodec {
 
     /// Decodes one framed record value.
     pub fn decode(&self, value: &[u8]) -> Result<PendoMetadataUpdate, String> {
-        let mut datum = self.framed.datum(value).map_err(|e| e.to_string())?;
-        let v = apache_avro::reader::datum::GenericDatumReader::builder(self.framed.schema())
-            .build()
-            .map_err(|e| e.to_string())?
-            .read_value(&mut datum)
-            .map_err(|e| format!("not a valid PendoMetadataUpdate datum: {e}"))?;
+        let (writer, mut datum) = self
+            .framed
+            .writer_and_datum(value)
+            .map_err(|e| e.to_string())?;
+        let v = match writer {
+            WriterSchema::Current => {
+                apache_avro::reader::datum::GenericDatumReader::builder(self.framed.schema())
+                    .build()
+            }
+            WriterSchema::Older(old) => {
+                apache_avro::reader::datum::GenericDatumReader::builder(old)
+                    .reader_schema(self.framed.schema())
+                    .build()
+            }
+        }
+        .map_err(|e| e.to_string())?
+        .read_value(&mut datum)
+        .map_err(|e| format!("not a valid PendoMetadataUpdate datum: {e}"))?;
         let mut f = Fields::new(v)?;
         let update_id = f.string("updateId")?;
         let entity = match f.take("entity")? {
@@ -210,6 +261,25 @@ impl PendoMetadataUpdateCodec {
                 Some(other) => return Err(format!("receivedAt: unexpected {other:?}")),
             },
         };
+        let list_changes = match f.take("listChanges")? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| {
+                    let mut c = Fields::new(item)?;
+                    Ok(ListChange {
+                        field: c.string("field")?,
+                        key: c.string("key")?,
+                        member: match c.take("member")? {
+                            Value::Boolean(b) => b,
+                            other => {
+                                return Err(format!("listChanges.member: unexpected {other:?}"));
+                            }
+                        },
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            other => return Err(format!("listChanges: unexpected {other:?}")),
+        };
         Ok(PendoMetadataUpdate {
             update_id,
             entity,
@@ -218,6 +288,7 @@ impl PendoMetadataUpdateCodec {
             values,
             timestamp,
             origin,
+            list_changes,
         })
     }
 }
@@ -252,8 +323,106 @@ mod tests {
                 audience_key: None,
                 received_at: Some(5),
             },
+            list_changes: vec![
+                ListChange {
+                    field: "segment_audiences".into(),
+                    key: "a".into(),
+                    member: true,
+                },
+                ListChange {
+                    field: "segment_audiences".into(),
+                    key: "b".into(),
+                    member: false,
+                },
+            ],
         };
         let bytes = codec.encode_to_vec(&u).unwrap();
         assert_eq!(codec.decode(&bytes).unwrap(), u);
+    }
+
+    /// A record written with the v1 schema (before `listChanges`), framed with v1's
+    /// fingerprint, as retained or replayed data holds it.
+    fn v1_record(format: WireFormat) -> Vec<u8> {
+        let v1 = FramedSchema::parse_shipped(PENDO_METADATA_UPDATE_V1_AVSC, format);
+        let value = Value::Record(vec![
+            ("updateId".into(), Value::String("seg-v1".into())),
+            ("entity".into(), Value::Enum(0, "visitor".into())),
+            ("entityId".into(), Value::String("v-1".into())),
+            ("fieldGroup".into(), Value::String("custom".into())),
+            (
+                "values".into(),
+                Value::Map(
+                    [(
+                        "segment_trial".to_string(),
+                        Value::Union(1, Box::new(Value::Boolean(true))),
+                    )]
+                    .into(),
+                ),
+            ),
+            (
+                "timestamp".into(),
+                Value::String("2025-11-28T12:00:00.000Z".into()),
+            ),
+            (
+                "origin".into(),
+                Value::Record(vec![
+                    ("source".into(), Value::String("segment.webhook".into())),
+                    ("segmentMessageId".into(), opt(Some("m".into()))),
+                    ("audienceKey".into(), opt(Some("trial".into()))),
+                    ("receivedAt".into(), Value::Union(0, Box::new(Value::Null))),
+                ]),
+            ),
+        ]);
+        let mut out = Vec::new();
+        v1.write_header(&mut out);
+        apache_avro::writer::datum::GenericDatumWriter::builder(v1.schema())
+            .build()
+            .unwrap()
+            .write_value(&mut out, value)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_v1_record_decodes_with_the_current_codec_to_no_list_changes() {
+        let bytes = v1_record(WireFormat::SingleObject);
+        let current =
+            FramedSchema::parse_shipped(PENDO_METADATA_UPDATE_AVSC, WireFormat::SingleObject);
+        // Pinned (schemas/README.md; fastavro computes the same): v1 is the fingerprint
+        // released before `listChanges`, v2 the current one.
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(hex(&bytes[2..10]), "1a447ea603a57d56");
+        assert_eq!(hex(&current.fingerprint()), "d29eae2476ab883a");
+        let u = PendoMetadataUpdateCodec::new(WireFormat::SingleObject)
+            .decode(&bytes)
+            .unwrap();
+        assert_eq!(u.update_id, "seg-v1");
+        assert_eq!(u.entity_id, "v-1");
+        assert_eq!(
+            u.values,
+            BTreeMap::from([("segment_trial".to_string(), FieldValue::Bool(true))])
+        );
+        assert_eq!(u.origin.audience_key.as_deref(), Some("trial"));
+        assert_eq!(u.list_changes, vec![]);
+        // An unknown fingerprint is still refused, naming both known ones.
+        let mut unknown = bytes.clone();
+        unknown[2] ^= 0xff;
+        let e = PendoMetadataUpdateCodec::new(WireFormat::SingleObject)
+            .decode(&unknown)
+            .unwrap_err();
+        assert!(e.contains("unknown schema") && e.contains(", "), "{e}");
+    }
+
+    #[test]
+    fn confluent_framing_knows_only_the_configured_id() {
+        let format = WireFormat::Confluent { schema_id: 7 };
+        let codec = PendoMetadataUpdateCodec::new(format);
+        // Same id, current schema: fine. (Older versions under other ids are not resolved
+        // without a registry.)
+        let mut other = v1_record(WireFormat::Confluent { schema_id: 6 });
+        assert!(codec.decode(&other).is_err());
+        other[4] = 7;
+        // Read as the current schema, a v1 datum is truncated: refused, never misread as valid.
+        assert!(codec.decode(&other).is_err());
     }
 }

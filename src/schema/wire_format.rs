@@ -41,11 +41,27 @@ pub enum FrameError {
 }
 
 /// A parsed schema with its single-object fingerprint, ready to frame and unframe datums.
+///
+/// With [`FramedSchema::parse_shipped_with_history`] it also knows the released older versions
+/// of the schema (`schemas/<name>.vN.avsc`): a single-object value written with one of their
+/// fingerprints is read with that writer schema and resolved to the current one (Avro schema
+/// resolution: a field added since gets its default). Confluent framing knows only the configured
+/// id.
 #[derive(Debug, Clone)]
 pub struct FramedSchema {
     schema: &'static Schema,
     fingerprint: [u8; 8],
     format: WireFormat,
+    history: Vec<([u8; 8], &'static Schema)>,
+}
+
+/// The schema a datum was written with, as found in its frame.
+#[derive(Debug, Clone, Copy)]
+pub enum WriterSchema {
+    /// The current schema: read as is.
+    Current,
+    /// An older released version: read with it, then resolve to the current schema.
+    Older(&'static Schema),
 }
 
 const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -57,19 +73,31 @@ impl FramedSchema {
     /// The schema is leaked: codecs are created a few times per process and keep
     /// `'static` readers and writers, so no schema resolution happens per record.
     pub fn parse_shipped(avsc: &str, format: WireFormat) -> Self {
-        let schema: &'static Schema = Box::leak(Box::new(
-            Schema::parse_str(avsc).expect("a shipped schema parses"),
-        ));
-        let fp = Schema::parse_str(&spec_canonical_form(schema))
-            .expect("a canonical form parses")
-            .fingerprint::<Rabin>();
-        let mut fingerprint = [0u8; 8];
-        fingerprint.copy_from_slice(&fp.bytes[..8]);
+        let (schema, fingerprint) = parse_leaked(avsc);
         Self {
             schema,
             fingerprint,
             format,
+            history: Vec::new(),
         }
+    }
+
+    /// [`FramedSchema::parse_shipped`] that also reads values written with the `older` released
+    /// versions of the schema (single-object framing: found by fingerprint, resolved to
+    /// `current`). Panics if an older version and the current one cannot read each other (a
+    /// build defect: an incompatible schema change).
+    pub fn parse_shipped_with_history(current: &str, older: &[&str], format: WireFormat) -> Self {
+        let mut framed = Self::parse_shipped(current, format);
+        for avsc in older {
+            let (schema, fingerprint) = parse_leaked(avsc);
+            apache_avro::schema_compatibility::SchemaCompatibility::mutual_read(
+                schema,
+                framed.schema,
+            )
+            .expect("the current schema reads every released version");
+            framed.history.push((fingerprint, schema));
+        }
+        framed
     }
 
     /// The parsed schema.
@@ -101,8 +129,25 @@ impl FramedSchema {
         }
     }
 
-    /// Checks the frame of `value` and returns the datum bytes after it.
+    /// Checks the frame of `value` and returns the datum bytes after it; only the current
+    /// schema's fingerprint is accepted (see [`FramedSchema::writer_and_datum`] for history).
     pub fn datum<'a>(&self, value: &'a [u8]) -> Result<&'a [u8], FrameError> {
+        match self.writer_and_datum(value)? {
+            (WriterSchema::Current, datum) => Ok(datum),
+            (WriterSchema::Older(_), _) => Err(FrameError::UnknownSchema {
+                found: hex(&value[2..10]),
+                known: hex(&self.fingerprint),
+            }),
+        }
+    }
+
+    /// Checks the frame of `value`: which schema wrote it (the current one, or an older
+    /// released version given to [`FramedSchema::parse_shipped_with_history`]) and the datum
+    /// bytes after the frame.
+    pub fn writer_and_datum<'a>(
+        &self,
+        value: &'a [u8],
+    ) -> Result<(WriterSchema, &'a [u8]), FrameError> {
         match self.format {
             WireFormat::SingleObject => {
                 if value.len() < 10 || value[..2] != SINGLE_OBJECT_MAGIC {
@@ -110,13 +155,20 @@ impl FramedSchema {
                         expected: "Avro single-object encoding",
                     });
                 }
-                if value[2..10] != self.fingerprint {
-                    return Err(FrameError::UnknownSchema {
-                        found: hex(&value[2..10]),
-                        known: hex(&self.fingerprint),
-                    });
+                if value[2..10] == self.fingerprint {
+                    return Ok((WriterSchema::Current, &value[10..]));
                 }
-                Ok(&value[10..])
+                match self.history.iter().find(|(fp, _)| value[2..10] == *fp) {
+                    Some((_, schema)) => Ok((WriterSchema::Older(schema), &value[10..])),
+                    None => Err(FrameError::UnknownSchema {
+                        found: hex(&value[2..10]),
+                        known: std::iter::once(&self.fingerprint)
+                            .chain(self.history.iter().map(|(fp, _)| fp))
+                            .map(|fp| hex(fp))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                }
             }
             WireFormat::Confluent { schema_id } => {
                 if value.len() < 5 || value[0] != 0 {
@@ -131,10 +183,23 @@ impl FramedSchema {
                         known: format!("schema id {schema_id}"),
                     });
                 }
-                Ok(&value[5..])
+                Ok((WriterSchema::Current, &value[5..]))
             }
         }
     }
+}
+
+/// Parses and leaks a shipped schema; returns it with its single-object fingerprint.
+fn parse_leaked(avsc: &str) -> (&'static Schema, [u8; 8]) {
+    let schema: &'static Schema = Box::leak(Box::new(
+        Schema::parse_str(avsc).expect("a shipped schema parses"),
+    ));
+    let fp = Schema::parse_str(&spec_canonical_form(schema))
+        .expect("a canonical form parses")
+        .fingerprint::<Rabin>();
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&fp.bytes[..8]);
+    (schema, fingerprint)
 }
 
 /// The Parsing Canonical Form as the Avro specification defines it. apache-avro 0.22 keeps a

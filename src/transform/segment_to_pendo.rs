@@ -7,11 +7,14 @@
 //!   `properties[<key>]` (the event name decides when the boolean is absent) -> the visitor;
 //! - **group** with the audience's boolean trait (account audiences) -> the account `groupId`.
 //!
-//! The update sets one custom field per audience, `<prefix><audience_key>` = true/false. It is
+//! Under `field_mode = "per_audience_boolean"` the update sets one custom field per audience,
+//! `<prefix><audience_key>` = true/false. Under `"audience_list"` it carries a membership delta
+//! instead (`listChanges`: `{field: <audience_list_field>, key, member}`, no `values`), and the
+//! Pendo sink, which keeps each entity's current list as state, writes the whole list
+//! (`crate::sinks::pendo::audience_lists`); `"both"` writes both. Either way the mapper is
 //! stateless: each event carries everything its update needs, so replays, backfills and
-//! duplicates per identifier write the same value again (idempotent; the Pendo sink coalesces).
-//! A list field of current audience keys would need each visitor's membership as state (a
-//! compacted topic or a read of Pendo); it is not built (see `FieldMode`).
+//! duplicates per identifier give the same update again (idempotent; the Pendo sink coalesces,
+//! and a delta re-applied leaves the list as it was).
 //!
 //! Visitors: the Pendo visitor id named in the event (trait or external id, from config) wins;
 //! else the reverse id mapping of the userId; else the unmapped-user policy. An event that names
@@ -34,7 +37,7 @@ use serde_json::{Map, Value};
 use crate::idmap::VisitorIdLookup;
 use crate::schema::IdMapping;
 use crate::schema::pendo_metadata_update::{
-    FieldValue, PendoEntity, PendoMetadataUpdate, UpdateOrigin,
+    FieldValue, ListChange, PendoEntity, PendoMetadataUpdate, UpdateOrigin,
 };
 use crate::schema::pendo_segment_change::{PendoSegmentChange, SegmentChangeOrigin};
 use crate::transform::message_id::MessageIdBuilder;
@@ -61,10 +64,33 @@ pub enum FieldMode {
     /// One boolean field per audience, `<prefix><audience_key>`: stateless and idempotent, but
     /// each audience's field must be created in Pendo first.
     PerAudienceBoolean,
-    /// One list field of the visitor's current audience keys: one Pendo field for all
-    /// audiences, but it needs the visitor's current membership (state). Not built yet; the
-    /// configuration refuses it.
+    /// One list field (`audience_list_field`) of the visitor's or account's current audience
+    /// keys: one Pendo field for all audiences. The update carries the membership delta; the
+    /// Pendo sink keeps the current lists as state and writes them whole.
     AudienceList,
+    /// Both: the boolean field per audience and the list field.
+    Both,
+}
+
+impl FieldMode {
+    /// Whether the per-audience boolean field is written.
+    pub fn writes_boolean(self) -> bool {
+        matches!(self, FieldMode::PerAudienceBoolean | FieldMode::Both)
+    }
+
+    /// Whether the list field is written (the Pendo sink then keeps membership state).
+    pub fn writes_list(self) -> bool {
+        matches!(self, FieldMode::AudienceList | FieldMode::Both)
+    }
+
+    /// The configuration value.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldMode::PerAudienceBoolean => "per_audience_boolean",
+            FieldMode::AudienceList => "audience_list",
+            FieldMode::Both => "both",
+        }
+    }
 }
 
 /// Where an audience's membership is written in Pendo.
@@ -114,6 +140,10 @@ pub struct SegmentMapperSettings {
     pub audience_targets: BTreeMap<String, AudienceTarget>,
     /// Pendo Segment names are `<prefix><audience_key>`.
     pub pendo_segment_name_prefix: String,
+    /// Boolean field per audience, list field of current keys, or both.
+    pub field_mode: FieldMode,
+    /// The list field's name (`field_mode` `audience_list` / `both`).
+    pub audience_list_field: String,
 }
 
 impl Default for SegmentMapperSettings {
@@ -129,6 +159,8 @@ impl Default for SegmentMapperSettings {
             audience_target: AudienceTarget::Field,
             audience_targets: BTreeMap::new(),
             pendo_segment_name_prefix: "Segment: ".into(),
+            field_mode: FieldMode::PerAudienceBoolean,
+            audience_list_field: "segment_audiences".into(),
         }
     }
 }
@@ -399,6 +431,13 @@ impl SegmentToPendo {
         let message_id = str_at(event, "messageId");
         let mut id = event_identity("segment-audience", call_type, event, ts_ms);
         id.part(key.as_bytes()).part(&[u8::from(member)]);
+        let mode = self.settings.field_mode;
+        if mode.writes_list() {
+            // Boolean-mode ids stay as they were; list and both modes write something else, so
+            // their ids differ (the mode and the list field are part of the identity).
+            id.part(mode.name().as_bytes())
+                .part(self.settings.audience_list_field.as_bytes());
+        }
         let update_id = id.finish(&self.settings.update_id_prefix);
         let target = self.target_of(key);
         if target == AudienceTarget::PendoSegment && entity == PendoEntity::Account {
@@ -432,15 +471,27 @@ impl SegmentToPendo {
                 mappings,
             };
         }
+        let mut values = BTreeMap::new();
+        if mode.writes_boolean() {
+            values.insert(
+                field_name(&self.settings.field_prefix, key),
+                FieldValue::Bool(member),
+            );
+        }
+        let mut list_changes = Vec::new();
+        if mode.writes_list() {
+            list_changes.push(ListChange {
+                field: self.settings.audience_list_field.clone(),
+                key: key.to_string(),
+                member,
+            });
+        }
         let update = PendoMetadataUpdate {
             update_id,
             entity,
             entity_id,
             field_group: self.settings.field_group.clone(),
-            values: BTreeMap::from([(
-                field_name(&self.settings.field_prefix, key),
-                FieldValue::Bool(member),
-            )]),
+            values,
             timestamp: iso_millis(ts_ms),
             origin: UpdateOrigin {
                 source: self.settings.source.clone(),
@@ -448,6 +499,7 @@ impl SegmentToPendo {
                 audience_key: Some(key.to_string()),
                 received_at,
             },
+            list_changes,
         };
         SegmentOutcome::Updates {
             updates: vec![update],
@@ -554,6 +606,7 @@ impl SegmentToPendo {
                     audience_key: None,
                     received_at,
                 },
+                list_changes: Vec::new(),
             });
             wrote[i] = true;
         }
@@ -753,6 +806,7 @@ mod tests {
                 audience_key: Some(key.into()),
                 received_at: RECEIVED,
             },
+            list_changes: vec![],
         }
     }
 
@@ -848,6 +902,68 @@ mod tests {
                 ),
             ),
         ]
+    }
+
+    #[test]
+    fn audience_list_mode_emits_membership_deltas_with_their_own_ids() {
+        let ids = BiIdMap::default();
+        let list = |mode: FieldMode| {
+            SegmentToPendo::new(SegmentMapperSettings {
+                field_mode: mode,
+                audience_list_field: "segment_audiences".into(),
+                ..Default::default()
+            })
+        };
+        for (payload, boolean) in expected_fixture_updates() {
+            let key = boolean.origin.audience_key.clone().unwrap();
+            let member = boolean.values.values().next() == Some(&FieldValue::Bool(true));
+            let change = ListChange {
+                field: "segment_audiences".into(),
+                key,
+                member,
+            };
+            let of = |mode| match list(mode).map(&payload, RECEIVED, &ids).0 {
+                SegmentOutcome::Updates { mut updates, .. } => {
+                    assert_eq!(updates.len(), 1);
+                    updates.remove(0)
+                }
+                other => panic!("{other:?}"),
+            };
+            let l = of(FieldMode::AudienceList);
+            assert!(l.values.is_empty(), "{l:?}");
+            assert_eq!(l.list_changes, vec![change.clone()]);
+            assert_eq!(
+                (&l.entity, &l.entity_id, &l.timestamp, &l.origin),
+                (
+                    &boolean.entity,
+                    &boolean.entity_id,
+                    &boolean.timestamp,
+                    &boolean.origin
+                )
+            );
+            assert_ne!(l.update_id, boolean.update_id, "the mode is in the id");
+            assert_eq!(l, of(FieldMode::AudienceList), "deterministic");
+            let b = of(FieldMode::Both);
+            assert_eq!(b.values, boolean.values);
+            assert_eq!(b.list_changes, vec![change]);
+            assert_ne!(b.update_id, l.update_id);
+            assert_ne!(b.update_id, boolean.update_id);
+            assert_eq!(of(FieldMode::PerAudienceBoolean), boolean);
+        }
+        // The list field's name is part of the id too.
+        let other = SegmentToPendo::new(SegmentMapperSettings {
+            field_mode: FieldMode::AudienceList,
+            audience_list_field: "audiences".into(),
+            ..Default::default()
+        });
+        let payload = fixture("audience-track-entered.json");
+        let ids_of = |m: &SegmentToPendo| match m.map(&payload, RECEIVED, &ids).0 {
+            SegmentOutcome::Updates { updates, .. } => updates[0].clone(),
+            o => panic!("{o:?}"),
+        };
+        let (a, b) = (ids_of(&other), ids_of(&list(FieldMode::AudienceList)));
+        assert_eq!(a.list_changes[0].field, "audiences");
+        assert_ne!(a.update_id, b.update_id);
     }
 
     #[test]
@@ -1197,6 +1313,7 @@ fields = { industry = "traits.industry", employees = "traits.employees" }
                 ]),
                 timestamp: "2026-11-27T11:30:00.000Z".into(),
                 origin: origin("ajs-next-1764331000-bb22"),
+                list_changes: vec![],
             }]
         );
         // `phone` is absent: not written, counted.
@@ -1242,6 +1359,7 @@ fields = { industry = "traits.industry", employees = "traits.employees" }
                     ]),
                     timestamp: "2026-11-27T11:40:00.000Z".into(),
                     origin: origin(msg),
+                    list_changes: vec![],
                 },
                 PendoMetadataUpdate {
                     update_id: rule_update_id(
@@ -1260,6 +1378,7 @@ fields = { industry = "traits.industry", employees = "traits.employees" }
                     )]),
                     timestamp: "2026-11-27T11:40:00.000Z".into(),
                     origin: origin(msg),
+                    list_changes: vec![],
                 },
             ]
         );

@@ -11,15 +11,18 @@
 //! answer of unknown shape makes the whole request count as failed and retried. A 400 splits
 //! the request until the refused item is alone, and that item is dead-lettered.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
 
+use super::audience_lists::{AudienceListState, Lists, apply_changes, state_key};
 use super::config::metadata_url;
 use super::encoding::{EntityWrite, GroupBatch, PendoJob, parse_outcome};
 use super::service::PendoClient;
 use crate::metrics::metrics;
+use crate::schema::pendo_metadata_update::PendoEntity;
 use crate::sinks::segment::delivery::{DeliveryError, dead_letter};
 use crate::sinks::segment::rate_limit::RateLimiter;
 use crate::sinks::segment::retry::{Backoff, Outcome};
@@ -52,6 +55,8 @@ pub struct PendoDeliveryContext {
     pub segment_request_visitors: usize,
     /// `canonical.pendo-segment-changes` (dead letters' source header).
     pub segment_source_topic: String,
+    /// Current audience lists (when `transform_segment.field_mode` writes the list field).
+    pub audience_lists: Option<std::sync::Arc<AudienceListState>>,
 }
 
 impl PendoDeliveryContext {
@@ -75,7 +80,8 @@ impl PendoDeliveryContext {
 
     /// Delivers every request of `job` (see the module docs). Errors only when a dead letter
     /// cannot be written.
-    pub async fn deliver(&self, job: PendoJob) -> Result<(), DeliveryError> {
+    pub async fn deliver(&self, mut job: PendoJob) -> Result<(), DeliveryError> {
+        self.resolve_lists(&mut job);
         for (_, batch) in job.groups {
             self.deliver_group(batch).await?;
         }
@@ -84,6 +90,53 @@ impl PendoDeliveryContext {
             self.deliver_segment(batch).await?;
         }
         Ok(())
+    }
+
+    /// Audience lists: applies each entity's deltas, in record order, to its current lists
+    /// (one job per partition is in flight, so the previous job's state is in memory) and puts
+    /// the full lists of the fields they touch into the item's values. Batches of one job are
+    /// resolved in order over a job-local overlay, so an entity in two batches (two field
+    /// groups) sees its own earlier deltas.
+    fn resolve_lists(&self, job: &mut PendoJob) {
+        let Some(state) = &self.audience_lists else {
+            return;
+        };
+        let mut overlay: HashMap<String, Lists> = HashMap::new();
+        for batch in job.groups.values_mut() {
+            let entity = batch.entity;
+            for w in &mut batch.writes {
+                if w.list_changes.is_empty() {
+                    continue;
+                }
+                let p = w.contributors.first().map_or(0, |c| c.partition);
+                let key = state_key(entity, &w.id);
+                let current = overlay
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| state.current(p, &key));
+                let (lists, values) = apply_changes(&current, &w.list_changes);
+                w.values.extend(values);
+                overlay.insert(key, lists.clone());
+                w.list_state = Some(lists);
+            }
+        }
+    }
+
+    /// After Pendo applied the items `applied`: their new audience lists are written to the
+    /// state topic (all at once) and acknowledged (each retried until it is) before the job
+    /// may report its offsets done. Dead-lettered items are not in `applied`: their state
+    /// stays as it was.
+    async fn record_lists(&self, entity: PendoEntity, applied: &[&EntityWrite]) {
+        let Some(state) = &self.audience_lists else {
+            return;
+        };
+        let writes = applied.iter().filter_map(|w| {
+            let lists = w.list_state.as_ref()?;
+            let p = w.contributors.first().map_or(0, |c| c.partition);
+            let key = state_key(entity, &w.id);
+            Some(async move { state.record(p, &key, lists).await })
+        });
+        futures::future::join_all(writes).await;
     }
 
     async fn deliver_group(&self, batch: GroupBatch) -> Result<(), DeliveryError> {
@@ -110,17 +163,21 @@ impl PendoDeliveryContext {
                         match parse_outcome(&r.body, &sent) {
                             Ok(failures) => {
                                 m.pendo_sink_backpressure.set(0);
+                                let mut applied = Vec::new();
                                 for w in &batch.writes {
                                     match failures.iter().find(|f| f.id == w.id) {
                                         Some(f) => {
                                             self.dead_letter_write(w, f.reason, &f.detail).await?
                                         }
-                                        None => m
-                                            .pendo_sink_updates_written
-                                            .with_label_values(&[batch.id_key()])
-                                            .inc(),
+                                        None => {
+                                            applied.push(w);
+                                            m.pendo_sink_updates_written
+                                                .with_label_values(&[batch.id_key()])
+                                                .inc()
+                                        }
                                     }
                                 }
+                                self.record_lists(batch.entity, &applied).await;
                                 break;
                             }
                             Err(e) => {

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use super::audience_lists::Lists;
 use super::segments::SegmentBatch;
-use crate::schema::pendo_metadata_update::{FieldValue, PendoEntity};
+use crate::schema::pendo_metadata_update::{FieldValue, ListChange, PendoEntity};
 use crate::schema::{PendoMetadataUpdate, PendoSegmentChange};
 
 /// Field groups the bulk endpoint accepts.
@@ -47,8 +48,16 @@ pub fn validate_update(u: &PendoMetadataUpdate) -> Result<(), String> {
             u.field_group
         ));
     }
-    if u.values.is_empty() {
+    if u.values.is_empty() && u.list_changes.is_empty() {
         return Err("no values".into());
+    }
+    for c in &u.list_changes {
+        if !valid_field_name(&c.field) {
+            return Err(format!("invalid list field name {:?}", c.field));
+        }
+        if c.key.is_empty() {
+            return Err(format!("list field {}: empty key", c.field));
+        }
     }
     for (k, v) in &u.values {
         if !valid_field_name(k) {
@@ -99,6 +108,11 @@ pub struct EntityWrite {
     pub values: BTreeMap<String, FieldValue>,
     /// Records merged into this item, in order.
     pub contributors: Vec<Contributor>,
+    /// List membership deltas of the merged records, in order (audience lists).
+    pub list_changes: Vec<ListChange>,
+    /// The entity's lists after `list_changes`, set when the job is delivered: written to the
+    /// audience-list state once Pendo applied the item.
+    pub list_state: Option<Lists>,
 }
 
 /// The items of one request: one entity kind and field group.
@@ -129,6 +143,7 @@ impl GroupBatch {
         if let Some(&i) = self.index.get(&u.entity_id) {
             let w = &mut self.writes[i];
             w.values.extend(u.values);
+            w.list_changes.extend(u.list_changes);
             w.contributors.push(c);
             return true;
         }
@@ -137,6 +152,8 @@ impl GroupBatch {
             id: u.entity_id,
             values: u.values,
             contributors: vec![c],
+            list_changes: u.list_changes,
+            list_state: None,
         });
         false
     }
@@ -354,6 +371,7 @@ mod tests {
                 .collect(),
             timestamp: "2026-11-29T00:00:00.000Z".into(),
             origin: UpdateOrigin::default(),
+            list_changes: vec![],
         }
     }
 
@@ -424,6 +442,47 @@ mod tests {
             body,
             json!([{"accountId": "a1", "values": {"tier": "gold"}}])
         );
+    }
+
+    #[test]
+    fn list_changes_are_checked_and_accumulate_in_record_order() {
+        let change = |field: &str, key: &str, member: bool| ListChange {
+            field: field.into(),
+            key: key.into(),
+            member,
+        };
+        let with = |id: &str, changes: Vec<ListChange>| PendoMetadataUpdate {
+            list_changes: changes,
+            ..update(id, &[])
+        };
+        // Only list changes, no values: valid (the sink computes the value).
+        validate_update(&with("v1", vec![change("segment_audiences", "a", true)])).unwrap();
+        assert!(validate_update(&with("v1", vec![change("bad-name", "a", true)])).is_err());
+        assert!(validate_update(&with("v1", vec![change("segment_audiences", "", true)])).is_err());
+        let mut job = PendoJob::default();
+        job.push(
+            with("v1", vec![change("segment_audiences", "a", true)]),
+            contributor(0),
+        );
+        job.push(
+            with("v1", vec![change("segment_audiences", "a", false)]),
+            contributor(1),
+        );
+        job.push(
+            with("v1", vec![change("segment_audiences", "b", true)]),
+            contributor(2),
+        );
+        let w = &job.groups.values().next().unwrap().writes[0];
+        assert_eq!(
+            w.list_changes,
+            vec![
+                change("segment_audiences", "a", true),
+                change("segment_audiences", "a", false),
+                change("segment_audiences", "b", true),
+            ]
+        );
+        assert!(w.values.is_empty() && w.list_state.is_none());
+        assert_eq!(w.contributors.len(), 3);
     }
 
     #[test]

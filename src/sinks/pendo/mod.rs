@@ -10,6 +10,7 @@
 //! [`Backoff`](crate::sinks::segment::retry::Backoff), `Retry-After` parsing, the rate limiter
 //! and the dead-letter writer are the Segment sink's, used as they are.
 
+pub mod audience_lists;
 pub mod config;
 pub mod delivery;
 pub mod encoding;
@@ -76,6 +77,19 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             } else {
                 None
             };
+            // Audience lists: the sink keeps each entity's current list when the transformer
+            // writes deltas (the same configuration file serves both roles).
+            let audience_lists = if c.transform_segment.field_mode.writes_list() {
+                Some(Arc::new(audience_lists::AudienceListState::new(
+                    client_config::consumer(c, &format!("{ROLE}.audience-lists")),
+                    c.topic_name(TopicId::StatePendoAudienceLists),
+                    dlq.clone(),
+                    Duration::from_millis(sink.backoff_initial_ms),
+                    Duration::from_millis(sink.backoff_max_ms),
+                )))
+            } else {
+                None
+            };
             let ctx = Arc::new(delivery::PendoDeliveryContext {
                 client,
                 create: sink.create,
@@ -93,6 +107,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 segments: segments.clone(),
                 segment_request_visitors: sink.segment_request_visitors,
                 segment_source_topic: segment_topic.clone(),
+                audience_lists,
             });
             let processor = sink::PendoSinkProcessor::new(
                 ctx,

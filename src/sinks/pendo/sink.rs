@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
+use super::audience_lists::AudienceListState;
 use super::delivery::PendoDeliveryContext;
 use super::encoding::{Contributor, PendoJob, validate_update};
 use super::segments::validate_change;
@@ -132,6 +133,29 @@ impl PendoSinkProcessor {
         self.queues.after_record(&tp).await
     }
 
+    /// Reads the audience-list state of `partition` before its first record with list changes
+    /// is taken after an assignment (a job computes lists from it when delivered).
+    async fn ensure_lists_loaded(
+        &self,
+        state: &AudienceListState,
+        partition: i32,
+    ) -> Result<(), ProcessError> {
+        if state.is_loaded(partition) {
+            return Ok(());
+        }
+        let n = state
+            .load(partition)
+            .await
+            .map_err(|e| ProcessError::new("audience_list_state", e))?;
+        tracing::info!(
+            partition,
+            entities = n,
+            topic = state.topic(),
+            "audience-list state read"
+        );
+        Ok(())
+    }
+
     async fn reject(
         &mut self,
         record: &BorrowedMessage<'_>,
@@ -162,6 +186,18 @@ impl RecordProcessor for PendoSinkProcessor {
         if let Err(e) = validate_update(&update) {
             return self.reject(record, "invalid_update", &e).await;
         }
+        if !update.list_changes.is_empty() {
+            let Some(state) = self.ctx.audience_lists.clone() else {
+                return self
+                    .reject(
+                        record,
+                        "invalid_update",
+                        "the update carries audience-list changes but this pendo-sink keeps no audience lists: set transform_segment.field_mode = \"audience_list\" (or \"both\") in its configuration too",
+                    )
+                    .await;
+            };
+            self.ensure_lists_loaded(&state, record.partition()).await?;
+        }
         let tp: TopicPartition = (record.topic().to_string(), record.partition());
         let contributor = Contributor {
             partition: record.partition(),
@@ -191,6 +227,14 @@ impl RecordProcessor for PendoSinkProcessor {
 
     fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
         self.queues.revoked(partitions);
+        if let Some(state) = &self.ctx.audience_lists {
+            let ps: Vec<i32> = partitions
+                .iter()
+                .filter(|(t, _)| *t == self.ctx.source_topic)
+                .map(|(_, p)| *p)
+                .collect();
+            state.revoke(&ps);
+        }
     }
 
     async fn progress(&mut self) -> Result<Vec<(TopicPartition, i64)>, ProcessError> {

@@ -16,10 +16,13 @@ use crate::transform::segment_to_pendo::{
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformSegmentConfig {
-    /// `per_audience_boolean` (field `<field_prefix><audience_key>` = true/false). The
-    /// `audience_list` mode (one list field of current keys) needs membership state and is not
-    /// built yet: it is refused at start-up rather than silently ignored.
+    /// `per_audience_boolean` (field `<field_prefix><audience_key>` = true/false),
+    /// `audience_list` (one list field, `audience_list_field`, of the entity's current audience
+    /// keys; the Pendo sink keeps the membership in `state.pendo-audience-lists`) or `both`.
     pub field_mode: FieldMode,
+    /// The list field of `audience_list` / `both` (a Pendo field name: letters, digits, `_`,
+    /// not starting with a digit; created in Pendo as a list field).
+    pub audience_list_field: String,
     /// Prefix of per-audience field names; with the key it must form a Pendo field name
     /// (letters, digits, `_`; other characters of keys become `_`).
     pub field_prefix: String,
@@ -54,7 +57,8 @@ impl Default for TransformSegmentConfig {
     fn default() -> Self {
         let d = SegmentMapperSettings::default();
         Self {
-            field_mode: FieldMode::PerAudienceBoolean,
+            field_mode: d.field_mode,
+            audience_list_field: d.audience_list_field,
             field_prefix: d.field_prefix,
             field_group: d.field_group,
             unmapped_user: d.unmapped_user,
@@ -72,8 +76,17 @@ impl Default for TransformSegmentConfig {
 impl TransformSegmentConfig {
     /// Checks the values serde cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.field_mode == FieldMode::AudienceList {
-            return Err("transform_segment.field_mode = \"audience_list\" is not built yet (it needs each visitor's current audience membership as state); use \"per_audience_boolean\"".into());
+        let f = &self.audience_list_field;
+        if f.len() > 64
+            || !f
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            || !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(format!(
+                "transform_segment.audience_list_field must be 1 to 64 letters, digits or '_', starting with a letter or '_' (a Pendo field name), got {f:?}"
+            ));
         }
         let p = &self.field_prefix;
         if p.len() > 64
@@ -145,6 +158,8 @@ impl TransformSegmentConfig {
             audience_target: self.audience_target,
             audience_targets: self.audience_targets.clone(),
             pendo_segment_name_prefix: self.pendo_segment_name_prefix.clone(),
+            field_mode: self.field_mode,
+            audience_list_field: self.audience_list_field.clone(),
         }
     }
 }
@@ -154,11 +169,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_validate_and_unbuilt_or_invalid_values_are_refused() {
+    fn defaults_validate_and_invalid_values_are_refused() {
         TransformSegmentConfig::default().validate().unwrap();
+        for mode in ["per_audience_boolean", "audience_list", "both"] {
+            let c: TransformSegmentConfig =
+                toml::from_str(&format!("field_mode = \"{mode}\"\n")).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.field_mode.name(), mode);
+            assert_eq!(c.mapper_settings("s").field_mode, c.field_mode);
+        }
+        let c: TransformSegmentConfig =
+            toml::from_str("field_mode = \"audience_list\"\naudience_list_field = \"audiences\"\n")
+                .unwrap();
+        assert_eq!(c.mapper_settings("s").audience_list_field, "audiences");
+        assert_eq!(
+            TransformSegmentConfig::default().audience_list_field,
+            "segment_audiences"
+        );
         for bad in [
             TransformSegmentConfig {
                 field_mode: FieldMode::AudienceList,
+                audience_list_field: String::new(),
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                audience_list_field: "9lists".into(),
+                ..Default::default()
+            },
+            TransformSegmentConfig {
+                audience_list_field: "my-audiences".into(),
                 ..Default::default()
             },
             TransformSegmentConfig {

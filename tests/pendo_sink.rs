@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pendo_segment::schema::pendo_metadata_update::{FieldValue, PendoEntity, UpdateOrigin};
 use pendo_segment::schema::{PendoMetadataUpdate, PendoMetadataUpdateCodec, WireFormat};
+use rdkafka::Message;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
 use support::pendo_server::{PendoFault, PendoFaultPlan, PendoServerConfig, PendoTestServer};
@@ -197,10 +198,56 @@ async fn visitors_and_accounts_get_their_final_values_and_unknown_fields_are_dea
             &[("tier", FieldValue::Text(format!("gold{i}")))],
         ));
     }
-    let want = produce_updates(&prefix, &updates).await;
+    let mut want = produce_updates(&prefix, &updates).await;
     // A field Pendo does not have (dead-lettered alone, by Pendo's per-item answer) and a
     // record that is not Avro (dead-lettered by the sink).
     let codec = PendoMetadataUpdateCodec::new(WireFormat::SingleObject);
+    // Three records of one visitor coalesced into one item, the middle one writing a field
+    // Pendo does not have: Pendo refuses the item; the sink sends the three again one by one,
+    // so only the middle one is dead-lettered and the last good value wins.
+    let mixed = [
+        update(
+            900,
+            PendoEntity::Visitor,
+            "v-mixed",
+            "custom",
+            &[("plan", FieldValue::Text("good".into()))],
+        ),
+        update(
+            901,
+            PendoEntity::Visitor,
+            "v-mixed",
+            "custom",
+            &[
+                ("plan", FieldValue::Text("bad".into())),
+                ("not_registered_either", FieldValue::Long(1)),
+            ],
+        ),
+        update(
+            902,
+            PendoEntity::Visitor,
+            "v-mixed",
+            "custom",
+            &[("rank", FieldValue::Long(7))],
+        ),
+    ];
+    produce_all(
+        &producer(),
+        &format!("{prefix}.canonical.pendo-updates"),
+        mixed
+            .iter()
+            .map(|u| (Some("v-mixed".to_string()), codec.encode_to_vec(u).unwrap()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    want.insert(
+        ("visitor".into(), "v-mixed".into(), "plan".into()),
+        json!("good"),
+    );
+    want.insert(
+        ("visitor".into(), "v-mixed".into(), "rank".into()),
+        json!(7),
+    );
     let bad = update(
         999,
         PendoEntity::Visitor,
@@ -234,7 +281,7 @@ async fn visitors_and_accounts_get_their_final_values_and_unknown_fields_are_dea
 
     let dlq = read_committed(
         &format!("{prefix}.dlq.pendo-sink"),
-        2,
+        3,
         Duration::from_secs(20),
     );
     let mut reasons: Vec<String> = dlq
@@ -242,15 +289,33 @@ async fn visitors_and_accounts_get_their_final_values_and_unknown_fields_are_dea
         .map(|m| header(m, "dlq-reason").unwrap())
         .collect();
     reasons.sort();
-    assert_eq!(reasons, vec!["rejected", "undecodable"]);
-    let rejected = dlq
+    assert_eq!(reasons, vec!["rejected", "rejected", "undecodable"]);
+    let rejected: Vec<_> = dlq
         .iter()
-        .find(|m| header(m, "dlq-reason").as_deref() == Some("rejected"))
-        .unwrap();
+        .filter(|m| header(m, "dlq-reason").as_deref() == Some("rejected"))
+        .collect();
+    let bad_alone = rejected
+        .iter()
+        .find(|m| m.key() == Some(&b"v-bad"[..]))
+        .expect("v-bad dead-lettered");
     assert!(
-        header(rejected, "dlq-detail")
+        header(bad_alone, "dlq-detail")
             .unwrap()
             .contains("not_registered")
+    );
+    // Of the coalesced three, exactly the refused record, byte for byte.
+    let mixed_dead = rejected
+        .iter()
+        .find(|m| m.key() == Some(&b"v-mixed"[..]))
+        .expect("the refused record of v-mixed dead-lettered");
+    assert_eq!(
+        mixed_dead.payload(),
+        Some(codec.encode_to_vec(&mixed[1]).unwrap().as_slice())
+    );
+    assert!(
+        header(mixed_dead, "dlq-detail")
+            .unwrap()
+            .contains("not_registered_either")
     );
 
     let metrics = role.metrics().await;

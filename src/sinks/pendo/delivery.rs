@@ -19,9 +19,10 @@ use rdkafka::producer::FutureProducer;
 
 use super::audience_lists::{AudienceListState, Lists, apply_changes, state_key};
 use super::config::metadata_url;
-use super::encoding::{EntityWrite, GroupBatch, PendoJob, parse_outcome};
+use super::encoding::{EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
 use super::service::PendoClient;
 use crate::metrics::metrics;
+use crate::schema::PendoMetadataUpdateCodec;
 use crate::schema::pendo_metadata_update::PendoEntity;
 use crate::sinks::segment::delivery::{DeliveryError, dead_letter};
 use crate::sinks::segment::rate_limit::RateLimiter;
@@ -57,6 +58,16 @@ pub struct PendoDeliveryContext {
     pub segment_source_topic: String,
     /// Current audience lists (when `transform_segment.field_mode` writes the list field).
     pub audience_lists: Option<std::sync::Arc<AudienceListState>>,
+    /// Decodes a refused coalesced item's records again, to send them one by one.
+    pub codec: PendoMetadataUpdateCodec,
+}
+
+/// Whether a refused item is worth sending again record by record: it merged several records
+/// and Pendo refused its content (`rejected`, e.g. one record's field that does not exist), so
+/// the other records may be fine. Not for `missing` (the entity is unknown to every record) nor
+/// for audience lists (each record's list depends on the ones before it).
+fn is_isolatable(f: &ItemFailure, w: &EntityWrite) -> bool {
+    f.reason == "rejected" && w.contributors.len() > 1 && w.list_changes.is_empty()
 }
 
 impl PendoDeliveryContext {
@@ -164,8 +175,10 @@ impl PendoDeliveryContext {
                             Ok(failures) => {
                                 m.pendo_sink_backpressure.set(0);
                                 let mut applied = Vec::new();
+                                let mut isolate = Vec::new();
                                 for w in &batch.writes {
                                     match failures.iter().find(|f| f.id == w.id) {
+                                        Some(f) if is_isolatable(f, w) => isolate.push(w),
                                         Some(f) => {
                                             self.dead_letter_write(w, f.reason, &f.detail).await?
                                         }
@@ -178,6 +191,24 @@ impl PendoDeliveryContext {
                                     }
                                 }
                                 self.record_lists(batch.entity, &applied).await;
+                                // Records coalesced into a refused item are sent again one by
+                                // one (in order, stack: last pushed is sent first), so only
+                                // the ones Pendo refuses are dead-lettered.
+                                for w in &isolate {
+                                    m.pendo_sink_retries
+                                        .with_label_values(&["isolating_refused_item"])
+                                        .inc();
+                                    tracing::warn!(stage = self.stage, id = %w.id, records = w.contributors.len(),
+                                        "Pendo refused a coalesced item; its records are sent one by one to find the refused ones");
+                                    for single in self
+                                        .one_batch_per_record(&batch, w)
+                                        .await?
+                                        .into_iter()
+                                        .rev()
+                                    {
+                                        work.push(single);
+                                    }
+                                }
                                 break;
                             }
                             Err(e) => {
@@ -233,6 +264,33 @@ impl PendoDeliveryContext {
             }
         }
         Ok(())
+    }
+
+    /// One single-item batch per record merged into `w`, in record order: each record decoded
+    /// again from its original bytes (one that no longer decodes is dead-lettered).
+    async fn one_batch_per_record(
+        &self,
+        batch: &GroupBatch,
+        w: &EntityWrite,
+    ) -> Result<Vec<GroupBatch>, DeliveryError> {
+        let mut out = Vec::with_capacity(w.contributors.len());
+        for c in &w.contributors {
+            match self.codec.decode(&c.original) {
+                Ok(update) => {
+                    let mut single = GroupBatch::new(batch.entity, &batch.group);
+                    single.push(update, c.clone());
+                    out.push(single);
+                }
+                Err(e) => {
+                    let one = EntityWrite {
+                        contributors: vec![c.clone()],
+                        ..w.clone()
+                    };
+                    self.dead_letter_write(&one, "undecodable", &e).await?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn dead_letter_write(

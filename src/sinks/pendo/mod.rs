@@ -108,6 +108,9 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 segment_request_visitors: sink.segment_request_visitors,
                 segment_source_topic: segment_topic.clone(),
                 audience_lists,
+                codec: PendoMetadataUpdateCodec::new(
+                    c.schema.wire_format(SchemaId::PendoMetadataUpdate),
+                ),
             });
             let processor = sink::PendoSinkProcessor::new(
                 ctx,

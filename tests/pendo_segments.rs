@@ -199,13 +199,18 @@ async fn an_audience_ends_as_exactly_its_members_in_one_pendo_segment_through_40
             s.segment_members(SEGMENT_NAME) == want
         })
         .await;
-    assert!(
-        reached,
-        "{} members, {} wanted\n{}",
-        server.segment_members(SEGMENT_NAME).len(),
-        want.len(),
-        sink.logs()
-    );
+    if !reached {
+        let members = server.segment_members(SEGMENT_NAME);
+        let extra: Vec<_> = members.difference(&want).collect();
+        let missing: Vec<_> = want.difference(&members).collect();
+        panic!(
+            "{} members, {} wanted; extra {extra:?}, missing {missing:?}\ntransformer:\n{}\nsink:\n{}",
+            members.len(),
+            want.len(),
+            transform.logs(),
+            sink.logs()
+        );
+    }
     // Nothing late changes it again.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(

@@ -59,7 +59,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     .with_catalog(catalog.clone());
 
             // 1. The id mapping, read to its end before any event is mapped.
+            // Every component is registered before any becomes ready: /readyz must not say ready
+            // between the id mapping being loaded and the transactional producer being
+            // initialised (a zombie with the same id is fenced only then).
             let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));
+            let consumer_ready = env.readiness.register(format!("{ROLE}:consumer"));
             let table = IdMapTable::default();
             let (caught_up_tx, mut caught_up) = watch::channel(false);
             let follower = tokio::spawn(follow_idmap(
@@ -132,7 +136,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 spec,
                 processor,
                 env.shutdown.clone(),
-                env.readiness.register(format!("{ROLE}:consumer")),
+                consumer_ready,
             );
             tokio::pin!(consumer_loop);
             let mut follower = follower;

@@ -57,7 +57,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 SegmentToPendo::new(c.transform_segment.mapper_settings(SOURCE)).with_rules(rules);
 
             // 1. The id mapping in both directions, read to its end before any event is mapped.
+            // Every component is registered before any becomes ready: /readyz must not say ready
+            // between the id mapping being loaded and the transactional producer being
+            // initialised (a zombie with the same id is fenced only then).
             let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));
+            let consumer_ready = env.readiness.register(format!("{ROLE}:consumer"));
             let ids = BiIdMap::default();
             let (caught_up_tx, mut caught_up) = watch::channel(false);
             let follower = tokio::spawn(follow_idmap(
@@ -115,7 +119,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 spec,
                 processor,
                 env.shutdown.clone(),
-                env.readiness.register(format!("{ROLE}:consumer")),
+                consumer_ready,
             );
             tokio::pin!(consumer_loop);
             let mut follower = follower;

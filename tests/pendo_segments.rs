@@ -114,15 +114,7 @@ async fn an_audience_ends_as_exactly_its_members_in_one_pendo_segment_through_40
         server.url(),
         server.integration_key()
     );
-    let start_role = |role: &str, n: usize| {
-        let (c, ops) = role_config(dir.path(), &prefix, &extra);
-        RoleProcess::start(
-            &c,
-            &["run", "--role", role],
-            ops,
-            dir.path().join(format!("{role}-{n}.log")),
-        )
-    };
+    let start_role = |role: &str, n: usize| role_process(dir.path(), &prefix, &extra, role, n);
     let (config, _) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&config);
     wait_for_topics(&prefix).await;

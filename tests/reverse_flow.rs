@@ -221,15 +221,7 @@ async fn sigkill_of_each_role_mid_stream_still_ends_in_the_exact_state() {
         server.integration_key()
     );
     // Each process gets the same settings and its own ops port (the file is read at start).
-    let start_role = |role: &str, n: usize| {
-        let (c, ops) = role_config(dir.path(), &prefix, &extra);
-        RoleProcess::start(
-            &c,
-            &["run", "--role", role],
-            ops,
-            dir.path().join(format!("{role}-{n}.log")),
-        )
-    };
+    let start_role = |role: &str, n: usize| role_process(dir.path(), &prefix, &extra, role, n);
     let (config, _) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&config);
     let mut hook = start_role("segment-webhook", 0);
@@ -367,15 +359,7 @@ async fn audience_list_mode_keeps_each_entitys_current_list_across_a_sink_restar
         server.url(),
         server.integration_key()
     );
-    let start_role = |role: &str, n: usize| {
-        let (c, ops) = role_config(dir.path(), &prefix, &extra);
-        RoleProcess::start(
-            &c,
-            &["run", "--role", role],
-            ops,
-            dir.path().join(format!("{role}-{n}.log")),
-        )
-    };
+    let start_role = |role: &str, n: usize| role_process(dir.path(), &prefix, &extra, role, n);
     let (config, _) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&config);
     let mut hook = start_role("segment-webhook", 0);
@@ -581,15 +565,7 @@ async fn audience_lists_converge_after_sink_sigkills_mid_stream() {
         server.url(),
         server.integration_key()
     );
-    let start_role = |role: &str, n: usize| {
-        let (c, ops) = role_config(dir.path(), &prefix, &extra);
-        RoleProcess::start(
-            &c,
-            &["run", "--role", role],
-            ops,
-            dir.path().join(format!("{role}-{n}.log")),
-        )
-    };
+    let start_role = |role: &str, n: usize| role_process(dir.path(), &prefix, &extra, role, n);
     let (config, _) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&config);
     let mut transform = start_role("transform-segment", 0);

@@ -367,6 +367,18 @@ pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> 
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Starts `pendo-segment run --role <role>` as its own process on a config of `extra` written to
+/// `dir` (with its own ops port), logging to `<dir>/<role>-<n>.log`.
+pub fn role_process(dir: &Path, prefix: &str, extra: &str, role: &str, n: usize) -> RoleProcess {
+    let (config, ops) = role_config(dir, prefix, extra);
+    RoleProcess::start(
+        &config,
+        &["run", "--role", role],
+        ops,
+        dir.join(format!("{role}-{n}.log")),
+    )
+}
+
 /// Writes a config for one role process and returns (path, ops port).
 pub fn role_config(dir: &Path, prefix: &str, extra: &str) -> (PathBuf, u16) {
     let ops = free_port();

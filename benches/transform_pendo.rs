@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! scripts/kafka-local start
-//! cargo bench --bench transform_pendo -- [--events 200000] [--rounds 2] [--mappings 1000000]
+//! cargo bench --bench transform_pendo -- [--events 200000] [--rounds 3] [--mappings 1000000]
 //! ```
 //!
 //! Both modes read the same raw topic (synthetic Pendo events, 0.4-0.7 KB) from the beginning
@@ -61,7 +61,7 @@ fn args() -> Option<Args> {
     };
     Some(Args {
         events: get("--events", 200_000),
-        rounds: get("--rounds", 2),
+        rounds: get("--rounds", 3),
         mappings: get("--mappings", 1_000_000),
         threads: get("--threads", 0),
         batch: get("--batch", 512),
@@ -270,8 +270,9 @@ async fn produce(config: &Config, topic: &str, records: impl Iterator<Item = (St
     produce::produce_all(&p, topic, records.map(|(k, v)| (Some(k), v))).await;
 }
 
-/// The mapping and encoding alone, without Kafka: where the transformer's CPU goes.
-fn cpu_only(events: usize) {
+/// The mapping and encoding alone, without Kafka: where the transformer's CPU goes. Returns
+/// microseconds per event on one thread.
+fn cpu_only(events: usize) -> f64 {
     let raw: Vec<Vec<u8>> = (0..10_000)
         .map(|i| synthetic_pendo::synthetic_event(i).1)
         .collect();
@@ -311,6 +312,7 @@ fn cpu_only(events: usize) {
         events as f64 / secs,
         secs * 1e6 / events as f64
     );
+    secs * 1e6 / events as f64
 }
 
 fn main() {
@@ -322,6 +324,10 @@ fn main() {
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     if std::env::args().any(|a| a == "--cpu-only") {
         cpu_only(args.events);
+        return;
+    }
+    let map_us = cpu_only(200_000);
+    if args.rounds == 0 {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -369,6 +375,11 @@ fn main() {
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (p, tr) = (mean(&pass), mean(&transform));
+        let per_round: Vec<String> = pass
+            .iter()
+            .zip(&transform)
+            .map(|(p, t)| format!("{:.2}", t / p))
+            .collect();
 
         // Id mapping: the transform-pendo role as its own process (the release binary), started
         // once on an empty mapping and once after `mappings` were published: time to ready
@@ -428,6 +439,8 @@ fn main() {
         println!("| baseline: pass-through (same loop, transactional producer, cadence) | {p:.0} |");
         println!("| transform-pendo (map + Avro encode) | {tr:.0} |");
         println!("| ratio | {:.2}x |", tr / p);
+        println!("| ratio per round (baseline and transformer alternate) | {} |", per_round.join(", "));
+        println!("| map + Avro encode alone, one thread, no Kafka | {map_us:.2} us/event |");
         println!();
         println!("| id mapping | value |");
         println!("| --- | ---: |");

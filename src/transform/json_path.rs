@@ -1,7 +1,7 @@
 //! Dotted paths into JSON objects (`properties.nps.rating`), parsed once when the mapping is
 //! loaded and applied per event without allocation for the lookup.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A path of object keys. Keys cannot contain dots (Pendo's field names do not).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,26 +38,6 @@ impl JsonPath {
         }
         Some(v)
     }
-
-    /// The value at this path inside `map`.
-    pub fn get_in<'a>(&self, map: &'a Map<String, Value>) -> Option<&'a Value> {
-        let (first, rest) = self.0.split_first()?;
-        let mut v = map.get(first)?;
-        for k in rest {
-            v = v.as_object()?.get(k)?;
-        }
-        Some(v)
-    }
-
-    /// Removes and returns the value at this path inside `map`.
-    pub fn remove_in(&self, map: &mut Map<String, Value>) -> Option<Value> {
-        let (last, parents) = self.0.split_last()?;
-        let mut m = map;
-        for k in parents {
-            m = m.get_mut(k)?.as_object_mut()?;
-        }
-        m.remove(last)
-    }
 }
 
 impl std::fmt::Display for JsonPath {
@@ -72,13 +52,10 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn get_and_remove_nested() {
+    fn get_nested() {
         let p = JsonPath::parse("a.b").unwrap();
         let v = json!({"a": {"b": 1, "c": 2}});
         assert_eq!(p.get(&v), Some(&json!(1)));
-        let mut m = v.as_object().unwrap().clone();
-        assert_eq!(p.remove_in(&mut m), Some(json!(1)));
-        assert_eq!(Value::Object(m), json!({"a": {"c": 2}}));
         assert_eq!(JsonPath::parse("x.y").unwrap().get(&v), None);
         assert!(JsonPath::parse("a..b").is_none());
         assert!(JsonPath::parse("").is_none());

@@ -8,7 +8,11 @@
 //! the root of the Pendo event (`properties.nps.rating`, `visitorId`); `flatten`, `keep`,
 //! `rename` and `drop` are relative to the `from` object of their call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+/// Sets and maps looked up per event with keys from the mapping file (not from events), so a
+/// fast non-randomised hash is safe and saves most of the lookup time.
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -143,7 +147,7 @@ pub struct KindMapping {
     /// Fields of the event that identify it (messageId input).
     pub message_id_fields: Vec<ValueExpr>,
     /// Property keys the mapping expects; others are counted as unknown fields.
-    pub known_properties: HashSet<String>,
+    pub known_properties: FxHashSet<String>,
     /// Calls in emission order: identify, group, page, track.
     pub calls: Vec<CallMapping>,
 }
@@ -189,7 +193,7 @@ pub struct Defaults {
     /// Where the catalogue join finds the page id.
     pub page_id_from: JsonPath,
     /// Top-level envelope fields that are expected; others are counted as unknown fields.
-    pub known_envelope_fields: HashSet<String>,
+    pub known_envelope_fields: FxHashSet<String>,
 }
 
 /// A validated mapping, ready to apply.
@@ -203,7 +207,7 @@ pub struct PendoMapping {
     pub unknown_properties_from: Option<JsonPath>,
     /// Filters.
     pub filters: Filters,
-    kinds: HashMap<String, usize>,
+    kinds: FxHashMap<String, usize>,
     mappings: Vec<KindMapping>,
 }
 
@@ -329,7 +333,7 @@ impl PendoMapping {
             any: false,
         };
 
-        let mut kinds = HashMap::new();
+        let mut kinds = FxHashMap::default();
         let mut mappings = Vec::new();
         for (name, kind) in &raw.kinds {
             let span = table_span(text, &format!("kinds.{name}"));
@@ -444,7 +448,7 @@ impl PendoMapping {
                     ));
                 }
             }
-            let mut known: HashSet<String> = kind.known.iter().cloned().collect();
+            let mut known: FxHashSet<String> = kind.known.iter().cloned().collect();
             for c in &calls {
                 for p in c
                     .rename

@@ -1,8 +1,8 @@
 //! Transformers: consume raw source records and produce canonical Avro records, exactly once.
 //!
-//! `mapping` is the data-driven Pendo -> Segment mapping file; `pendo_event` reads the Pendo
-//! envelope; `message_id` derives deterministic ids; `pendo_to_segment` applies the mapping to one
-//! event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
+//! `mapping` is the data-driven Pendo -> Segment mapping file; `lazy_json` reads an event only
+//! as deep as the mapping does (the rest is copied through as text); `message_id` derives
+//! deterministic ids; `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
 //! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
 //! updates; `transform_segment` is its role. `dead_letter` is shared by both roles.
@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod dead_letter;
 pub mod json_path;
+pub mod lazy_json;
 pub mod mapping;
 pub mod message_id;
 pub mod pendo_to_segment;

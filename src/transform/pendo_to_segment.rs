@@ -6,10 +6,11 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::catalog::CatalogTable;
 use super::json_path::JsonPath;
+use super::lazy_json::{Found, LazyNode, LazyObject, LazyParseError, OpenTree};
 use super::mapping::{
     CallMapping, CallType, KindMapping, NameRule, PendoMapping, UnknownKindPolicy, ValueExpr,
 };
@@ -109,11 +110,13 @@ pub struct PendoToSegment {
     mapping: PendoMapping,
     settings: MapperSettings,
     catalog: Option<CatalogTable>,
+    /// The objects of an event the mapping reads from, opened when the event is parsed.
+    open: OpenTree,
 }
 
-struct EventFacts<'a> {
-    event: &'a Value,
-    kind: &'a str,
+struct EventFacts<'e, 'a> {
+    event: &'e LazyObject<'a>,
+    kind: &'e str,
     visitor_id: Option<String>,
     account_id: Option<String>,
     time_ms: i64,
@@ -212,13 +215,62 @@ fn nps_category(v: Option<&Value>) -> Option<Value> {
     Some(Value::String(cat.into()))
 }
 
+/// The value at `path` in the event, parsed.
+fn value_at(event: &LazyObject<'_>, path: &JsonPath) -> Option<Value> {
+    event.get(path.segments())?.to_value()
+}
+
+/// Every object of the event that `mapping` reads from: opened once at parse time instead of
+/// at every read. (Paths relative to a call's object — flatten, rename, drop — are opened on
+/// the call's own copy when they are applied.)
+fn read_tree(mapping: &PendoMapping) -> OpenTree {
+    let mut tree = OpenTree::default();
+    let d = &mapping.defaults;
+    let mut reads: Vec<&JsonPath> = Vec::new();
+    reads.extend(&d.time_from);
+    reads.extend(&d.user_agent_from);
+    reads.extend(&d.locale_from);
+    reads.extend([&d.feature_id_from, &d.guide_id_from, &d.page_id_from]);
+    let mut exprs: Vec<&ValueExpr> = d.message_id_fields.iter().collect();
+    let mut objects: Vec<&JsonPath> = mapping.unknown_properties_from.iter().collect();
+    for km in mapping.kinds() {
+        exprs.extend(&km.message_id_fields);
+        for cm in &km.calls {
+            reads.extend(&cm.name.from);
+            reads.extend(
+                [&cm.page.url, &cm.page.title, &cm.page.referrer]
+                    .into_iter()
+                    .flatten(),
+            );
+            exprs.extend(cm.set.iter().map(|(_, e)| e));
+            objects.extend(&cm.from);
+        }
+    }
+    for e in exprs {
+        if let ValueExpr::Path(p) | ValueExpr::NpsCategory(p) = e {
+            reads.push(p);
+        }
+    }
+    for p in reads {
+        tree.add_read(p.segments());
+    }
+    for p in objects {
+        tree.add_object(p.segments());
+    }
+    // Unknown `properties.<key>` are counted for every event.
+    tree.add_object(&["properties".to_string()]);
+    tree
+}
+
 impl PendoToSegment {
     /// A mapper.
     pub fn new(mapping: PendoMapping, settings: MapperSettings) -> Self {
+        let open = read_tree(&mapping);
         Self {
             mapping,
             settings,
             catalog: None,
+            open,
         }
     }
 
@@ -243,26 +295,32 @@ impl PendoToSegment {
         ids: &dyn UserIdLookup,
     ) -> (MapOutcome, Observations) {
         let mut obs = Observations::default();
-        let event: Value = match serde_json::from_slice(raw) {
+        let event = match LazyObject::parse(raw, &self.open) {
             Ok(v) => v,
-            Err(e) => return (dead("invalid_json", format!("not JSON: {e}")), obs),
+            Err(e @ LazyParseError::Invalid(_)) => {
+                return (dead("invalid_json", e.to_string()), obs);
+            }
+            Err(LazyParseError::NotAnObject) => {
+                return (dead("not_an_object", "the event is not a JSON object"), obs);
+            }
         };
-        let outcome = self.map_value(&event, received_at, ids, &mut obs);
+        let outcome = self.map_event(&event, received_at, ids, &mut obs);
         (outcome, obs)
     }
 
     /// Maps one parsed event.
-    pub fn map_value(
+    fn map_event(
         &self,
-        event: &Value,
+        event: &LazyObject<'_>,
         received_at: Option<i64>,
         ids: &dyn UserIdLookup,
         obs: &mut Observations,
     ) -> MapOutcome {
-        let Some(envelope) = event.as_object() else {
-            return dead("not_an_object", "the event is not a JSON object");
-        };
-        let kind = match envelope.get("event").or_else(|| envelope.get("type")) {
+        let kind_value = event
+            .member("event")
+            .or_else(|| event.member("type"))
+            .and_then(|f| f.to_value());
+        let kind = match &kind_value {
             Some(Value::String(k)) if !k.is_empty() => k.as_str(),
             _ => return dead("no_kind", "the event has no `event` (kind) field"),
         };
@@ -270,12 +328,14 @@ impl PendoToSegment {
         let m = &self.mapping;
         let kind_mapping = m.kind(kind);
         obs.unknown_kind = kind_mapping.is_none();
-        for key in envelope.keys() {
+        for key in event.keys() {
             if !m.defaults.known_envelope_fields.contains(key) {
-                obs.unknown_fields.push(key.clone());
+                obs.unknown_fields.push(key.to_string());
             }
         }
-        if let (Some(km), Some(Value::Object(props))) = (kind_mapping, envelope.get("properties")) {
+        if let (Some(km), Some(Found::Node(LazyNode::Object(props)))) =
+            (kind_mapping, event.member("properties"))
+        {
             for key in props.keys() {
                 if !km.known_properties.contains(key) {
                     obs.unknown_fields.push(format!("properties.{key}"));
@@ -328,8 +388,18 @@ impl PendoToSegment {
             },
         };
 
-        let visitor_id = id_text(envelope.get("visitorId"));
-        let account_id = id_text(envelope.get("accountId"));
+        let visitor_id = id_text(
+            event
+                .member("visitorId")
+                .and_then(|f| f.to_value())
+                .as_ref(),
+        );
+        let account_id = id_text(
+            event
+                .member("accountId")
+                .and_then(|f| f.to_value())
+                .as_ref(),
+        );
         if visitor_id.is_none() && account_id.is_none() {
             return dead(
                 "no_identity",
@@ -340,7 +410,7 @@ impl PendoToSegment {
             .defaults
             .time_from
             .iter()
-            .find_map(|p| p.get(event).and_then(event_time_ms))
+            .find_map(|p| value_at(event, p).as_ref().and_then(event_time_ms))
         else {
             return dead(
                 "no_event_time",
@@ -432,7 +502,7 @@ impl PendoToSegment {
     /// The filter rule that excludes this event, if any (only called when filters are set).
     fn filter_rule(
         &self,
-        event: &Value,
+        event: &LazyObject<'_>,
         kind: &str,
         kind_mapping: Option<&KindMapping>,
     ) -> Option<&'static str> {
@@ -449,8 +519,8 @@ impl PendoToSegment {
         if !f.allow_kinds.is_empty() && !listed(&f.allow_kinds) {
             return Some("allow_kinds");
         }
-        let feature = id_text(m.defaults.feature_id_from.get(event));
-        let guide = id_text(m.defaults.guide_id_from.get(event));
+        let feature = id_text(value_at(event, &m.defaults.feature_id_from).as_ref());
+        let guide = id_text(value_at(event, &m.defaults.guide_id_from).as_ref());
         if feature
             .as_ref()
             .is_some_and(|id| f.deny_feature_ids.contains(id))
@@ -484,37 +554,39 @@ impl PendoToSegment {
         &self,
         km: &KindMapping,
         cm: &CallMapping,
-        facts: &EventFacts<'_>,
+        facts: &EventFacts<'_, '_>,
         user_id: &Option<String>,
         anonymous_id: &Option<String>,
         received_at: Option<i64>,
     ) -> Result<SegmentCall, MapOutcome> {
         let event = facts.event;
-        let mut obj: Map<String, Value> = match cm.from.as_ref().and_then(|p| p.get(event)) {
-            Some(Value::Object(m)) => m.clone(),
-            _ => Map::new(),
-        };
+        let mut obj: LazyObject<'_> = cm
+            .from
+            .as_ref()
+            .and_then(|p| event.get(p.segments())?.to_object())
+            .unwrap_or_default();
         for p in &cm.flatten {
-            if let Some(Value::Object(inner)) = p.remove_in(&mut obj) {
-                for (k, v) in inner {
-                    obj.entry(k).or_insert(v);
+            // A flattened path that is not an object is removed all the same.
+            if let Some(inner) = obj.remove(p.segments()).and_then(LazyNode::into_object) {
+                for (k, v) in inner.into_members() {
+                    obj.insert_if_absent(k, v);
                 }
             }
         }
         if !cm.keep.is_empty() {
-            obj.retain(|k, _| cm.keep.iter().any(|p| p.first() == k));
+            obj.retain(|k| cm.keep.iter().any(|p| p.first() == k));
         }
         for (p, target) in &cm.rename {
-            if let Some(v) = p.remove_in(&mut obj) {
+            if let Some(v) = obj.remove(p.segments()) {
                 obj.insert(target.clone(), v);
             }
         }
         for p in &cm.drop {
-            p.remove_in(&mut obj);
+            obj.remove(p.segments());
         }
         for (key, expr) in &cm.set {
             if let Some(v) = self.eval(expr, facts) {
-                obj.insert(key.clone(), v);
+                obj.insert(key.clone(), LazyNode::Owned(v));
             }
         }
         if let Some(catalog) = &self.catalog
@@ -529,9 +601,10 @@ impl PendoToSegment {
                 if obj.contains_key(property) {
                     continue;
                 }
-                if let Some(name) = id_text(path.get(event)).and_then(|id| catalog.name(kind, &id))
+                if let Some(name) =
+                    id_text(value_at(event, path).as_ref()).and_then(|id| catalog.name(kind, &id))
                 {
-                    obj.insert(property.to_string(), Value::String(name.to_string()));
+                    obj.insert(property, LazyNode::Owned(Value::String(name.to_string())));
                 }
             }
         }
@@ -545,13 +618,13 @@ impl PendoToSegment {
                 .defaults
                 .user_agent_from
                 .as_ref()
-                .and_then(|p| non_empty_str(p.get(event))),
+                .and_then(|p| non_empty_str(value_at(event, p).as_ref())),
             locale: self
                 .mapping
                 .defaults
                 .locale_from
                 .as_ref()
-                .and_then(|p| non_empty_str(p.get(event))),
+                .and_then(|p| non_empty_str(value_at(event, p).as_ref())),
             // The sink sets `context.library` when it sends (the version that delivered it).
             library: None,
             extra: None,
@@ -564,9 +637,9 @@ impl PendoToSegment {
             .name
             .from
             .as_ref()
-            .and_then(|p| non_empty_str(p.get(event)))
+            .and_then(|p| non_empty_str(value_at(event, p).as_ref()))
             .or_else(|| cm.name.fixed.clone());
-        let json = |m: Map<String, Value>| Value::Object(m).to_string();
+        let json = |m: LazyObject<'_>| m.to_json_string();
         let body = match cm.call {
             CallType::Track => CallBody::Track {
                 event: name.ok_or_else(|| {
@@ -587,11 +660,11 @@ impl PendoToSegment {
                     ("referrer", &page.referrer),
                 ] {
                     if let Some(v) = v {
-                        obj.insert(k.to_string(), Value::String(v.clone()));
+                        obj.insert(k, LazyNode::Owned(Value::String(v.clone())));
                     }
                 }
                 if let Some(n) = &name {
-                    obj.insert("name".to_string(), Value::String(n.clone()));
+                    obj.insert("name", LazyNode::Owned(Value::String(n.clone())));
                 }
                 context.page = Some(page);
                 CallBody::Page {
@@ -641,8 +714,11 @@ impl PendoToSegment {
         })
     }
 
-    fn page_context(&self, cm: &CallMapping, event: &Value) -> PageContext {
-        let get = |p: &Option<JsonPath>| p.as_ref().and_then(|p| non_empty_str(p.get(event)));
+    fn page_context(&self, cm: &CallMapping, event: &LazyObject<'_>) -> PageContext {
+        let get = |p: &Option<JsonPath>| {
+            p.as_ref()
+                .and_then(|p| non_empty_str(value_at(event, p).as_ref()))
+        };
         let url = get(&cm.page.url);
         let (path, search) = match url.as_deref().map(url::Url::parse) {
             Some(Ok(u)) => (
@@ -660,14 +736,14 @@ impl PendoToSegment {
         }
     }
 
-    fn eval(&self, expr: &ValueExpr, facts: &EventFacts<'_>) -> Option<Value> {
+    fn eval(&self, expr: &ValueExpr, facts: &EventFacts<'_, '_>) -> Option<Value> {
         match expr {
-            ValueExpr::Path(p) => p.get(facts.event).cloned(),
+            ValueExpr::Path(p) => value_at(facts.event, p),
             ValueExpr::EventTime => Some(Value::String(facts.time_iso.clone())),
             ValueExpr::EventTimeMs => Some(Value::from(facts.time_ms)),
             ValueExpr::EventTimeS => Some(Value::from(facts.time_ms.div_euclid(1000))),
             ValueExpr::Kind => Some(Value::String(facts.kind.to_string())),
-            ValueExpr::NpsCategory(p) => nps_category(p.get(facts.event)),
+            ValueExpr::NpsCategory(p) => nps_category(value_at(facts.event, p).as_ref()),
             ValueExpr::Literal(v) => Some(v.clone()),
         }
     }
@@ -743,6 +819,80 @@ mod tests {
             panic!("identify expected")
         };
         assert!(!traits.contains("feature_name"));
+    }
+
+    /// Every bundled fixture's events, as JSON values.
+    fn fixture_events() -> Vec<Value> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pendo");
+        let mut events = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") || path.ends_with("index.json") {
+                continue;
+            }
+            match serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap() {
+                Value::Array(a) => events.extend(a),
+                v => events.push(v),
+            }
+        }
+        assert!(events.len() >= 15, "{} fixture events", events.len());
+        events
+    }
+
+    #[test]
+    fn how_an_event_is_spelled_does_not_change_its_calls() {
+        // The event is read lazily and copied through as text. Pretty-printed, it must give
+        // exactly the calls of its compact form; with `\/` escapes, calls whose JSON fields
+        // are the same JSON (a copied string keeps its escapes).
+        let m = mapper();
+        let ids = HashMap::new();
+        let json_of = |calls: &[SegmentCall]| -> Vec<Value> {
+            calls
+                .iter()
+                .map(|c| {
+                    let mut out = Vec::new();
+                    c.write_segment_json(&mut out);
+                    serde_json::from_slice(&out).unwrap()
+                })
+                .collect()
+        };
+        let mut compared = 0;
+        for event in fixture_events() {
+            let compact = m.map(event.to_string().as_bytes(), Some(1), &ids);
+            let pretty = serde_json::to_string_pretty(&event).unwrap();
+            assert_eq!(compact, m.map(pretty.as_bytes(), Some(1), &ids), "{event}");
+            let escaped = m.map(pretty.replace('/', "\\/").as_bytes(), Some(1), &ids);
+            match (&compact.0, &escaped.0) {
+                (MapOutcome::Calls(a), MapOutcome::Calls(b)) => {
+                    assert_eq!(json_of(a), json_of(b), "{event}");
+                    compared += 1;
+                }
+                (a, b) => assert_eq!(a, b, "{event}"),
+            }
+        }
+        assert!(compared >= 12, "only {compared} fixtures made calls");
+    }
+
+    #[test]
+    fn properties_keep_nested_json_exactly_and_duplicates_resolve_last_wins() {
+        let m = mapper();
+        let raw = br#"{"event":"trackEventReceived","visitorId":"v","timestamp":1764330099,
+            "properties":{"trackTypeName":"Exported","language":"x","language":"de-DE",
+              "eventProperties":{"rows":12345678901234567890123,"ratio":1.50,"k\u00e9y":"\u00e9",
+                "nested":{"a":[1,{"b":null}],"a":"second"}}}}"#;
+        let c = calls(m.map(raw, Some(1), &HashMap::new()).0);
+        let CallBody::Track { event, properties } = &c[0].body else {
+            panic!("track expected")
+        };
+        assert_eq!(event, "Exported");
+        // Flattened members are copied as they were spelled: no rounding of big numbers.
+        assert_eq!(
+            properties,
+            r#"{"kéy":"\u00e9","nested":{"a":[1,{"b":null}],"a":"second"},"ratio":1.50,"rows":12345678901234567890123}"#
+        );
+        let v: Value = serde_json::from_str(properties).unwrap();
+        assert_eq!(v["nested"], json!({"a": "second"}));
+        assert!(v.get("language").is_none(), "dropped, duplicates included");
     }
 
     #[test]

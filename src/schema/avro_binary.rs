@@ -93,6 +93,32 @@ impl<'a> AvroWriter<'a> {
     pub fn branch(&mut self, index: usize) {
         self.long(index as i64);
     }
+
+    /// `boolean`: one byte.
+    pub fn boolean(&mut self, b: bool) {
+        self.out.push(u8::from(b));
+    }
+
+    /// `double`: 8 bytes, little-endian IEEE 754.
+    pub fn double(&mut self, d: f64) {
+        self.out.extend_from_slice(&d.to_le_bytes());
+    }
+
+    /// An array's or map's items as one block (count, items, then the closing empty block);
+    /// an empty array or map is the closing block alone.
+    pub fn block<T>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = T>,
+        mut item: impl FnMut(&mut Self, T),
+    ) {
+        if items.len() > 0 {
+            self.long(items.len() as i64);
+            for i in items {
+                item(self, i);
+            }
+        }
+        self.long(0);
+    }
 }
 
 /// Reads Avro binary values from a slice, front to back.

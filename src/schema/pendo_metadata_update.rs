@@ -1,12 +1,13 @@
 //! `PendoMetadataUpdate`: set metadata fields of one Pendo visitor or account, on
 //! `canonical.pendo-updates` (schema `schemas/pendo_metadata_update.avsc`). Written by the
-//! reverse-flow transformer and read by the Pendo sink (issue #7); the reverse flow is low
-//! volume, so this goes through Avro `Value`s rather than the serde fast path.
+//! reverse-flow transformer and read by the Pendo sink (issue #7). Written by hand (a fixed,
+//! deterministic byte layout); read through apache-avro, which also resolves older versions.
 
 use std::collections::BTreeMap;
 
 use apache_avro::types::Value;
 
+use super::avro_binary::AvroWriter;
 use super::segment_call::Fields;
 use super::wire_format::{FramedSchema, WireFormat, WriterSchema};
 
@@ -97,13 +98,6 @@ pub struct PendoMetadataUpdateCodec {
     framed: FramedSchema,
 }
 
-fn opt(v: Option<String>) -> Value {
-    match v {
-        None => Value::Union(0, Box::new(Value::Null)),
-        Some(s) => Value::Union(1, Box::new(Value::String(s))),
-    }
-}
-
 impl PendoMetadataUpdateCodec {
     /// A codec writing `format`.
     pub fn new(format: WireFormat) -> Self {
@@ -116,78 +110,58 @@ impl PendoMetadataUpdateCodec {
         }
     }
 
-    /// The framed Avro encoding of `u`.
+    /// The framed Avro encoding of `u`. Written field by field in schema order, the map in key
+    /// order, so one update always encodes to the same bytes (apache-avro writes a map from a
+    /// `HashMap`, in no fixed order; a dead letter could then not be compared with its record).
     pub fn encode_to_vec(&self, u: &PendoMetadataUpdate) -> Result<Vec<u8>, String> {
-        let values = u
-            .values
-            .iter()
-            .map(|(k, v)| {
-                let branch = match v {
-                    FieldValue::Null => Value::Union(0, Box::new(Value::Null)),
-                    FieldValue::Bool(b) => Value::Union(1, Box::new(Value::Boolean(*b))),
-                    FieldValue::Long(n) => Value::Union(2, Box::new(Value::Long(*n))),
-                    FieldValue::Double(d) => Value::Union(3, Box::new(Value::Double(*d))),
-                    FieldValue::Text(s) => Value::Union(4, Box::new(Value::String(s.clone()))),
-                    FieldValue::List(l) => Value::Union(
-                        5,
-                        Box::new(Value::Array(l.iter().cloned().map(Value::String).collect())),
-                    ),
-                };
-                (k.clone(), branch)
-            })
-            .collect();
-        let o = &u.origin;
-        let value = Value::Record(vec![
-            ("updateId".into(), Value::String(u.update_id.clone())),
-            (
-                "entity".into(),
-                match u.entity {
-                    PendoEntity::Visitor => Value::Enum(0, "visitor".into()),
-                    PendoEntity::Account => Value::Enum(1, "account".into()),
-                },
-            ),
-            ("entityId".into(), Value::String(u.entity_id.clone())),
-            ("fieldGroup".into(), Value::String(u.field_group.clone())),
-            ("values".into(), Value::Map(values)),
-            ("timestamp".into(), Value::String(u.timestamp.clone())),
-            (
-                "origin".into(),
-                Value::Record(vec![
-                    ("source".into(), Value::String(o.source.clone())),
-                    ("segmentMessageId".into(), opt(o.segment_message_id.clone())),
-                    ("audienceKey".into(), opt(o.audience_key.clone())),
-                    (
-                        "receivedAt".into(),
-                        match o.received_at {
-                            None => Value::Union(0, Box::new(Value::Null)),
-                            Some(t) => Value::Union(1, Box::new(Value::TimestampMillis(t))),
-                        },
-                    ),
-                ]),
-            ),
-            (
-                "listChanges".into(),
-                Value::Array(
-                    u.list_changes
-                        .iter()
-                        .map(|c| {
-                            Value::Record(vec![
-                                ("field".into(), Value::String(c.field.clone())),
-                                ("key".into(), Value::String(c.key.clone())),
-                                ("member".into(), Value::Boolean(c.member)),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ),
-        ]);
         let mut out = Vec::with_capacity(128);
         self.framed.write_header(&mut out);
-        apache_avro::writer::datum::GenericDatumWriter::builder(self.framed.schema())
-            .build()
-            .map_err(|e| e.to_string())?
-            .write_value(&mut out, value)
-            .map_err(|e| e.to_string())?;
+        let w = &mut AvroWriter::new(&mut out);
+        w.string(&u.update_id);
+        w.long(match u.entity {
+            PendoEntity::Visitor => 0,
+            PendoEntity::Account => 1,
+        });
+        w.string(&u.entity_id);
+        w.string(&u.field_group);
+        // `values`: a map of ["null", "boolean", "long", "double", "string", array<string>].
+        w.block(u.values.iter(), |w, (k, v)| {
+            w.string(k);
+            match v {
+                FieldValue::Null => w.branch(0),
+                FieldValue::Bool(b) => {
+                    w.branch(1);
+                    w.boolean(*b);
+                }
+                FieldValue::Long(n) => {
+                    w.branch(2);
+                    w.long(*n);
+                }
+                FieldValue::Double(d) => {
+                    w.branch(3);
+                    w.double(*d);
+                }
+                FieldValue::Text(s) => {
+                    w.branch(4);
+                    w.string(s);
+                }
+                FieldValue::List(l) => {
+                    w.branch(5);
+                    w.block(l.iter(), |w, s| w.string(s));
+                }
+            }
+        });
+        w.string(&u.timestamp);
+        let o = &u.origin;
+        w.string(&o.source);
+        w.opt_string(o.segment_message_id.as_deref());
+        w.opt_string(o.audience_key.as_deref());
+        w.opt_long(o.received_at);
+        w.block(u.list_changes.iter(), |w, c| {
+            w.string(&c.field);
+            w.string(&c.key);
+            w.boolean(c.member);
+        });
         Ok(out)
     }
 
@@ -297,6 +271,13 @@ impl PendoMetadataUpdateCodec {
 mod tests {
     use super::*;
 
+    fn opt(v: Option<String>) -> Value {
+        match v {
+            None => Value::Union(0, Box::new(Value::Null)),
+            Some(s) => Value::Union(1, Box::new(Value::String(s))),
+        }
+    }
+
     #[test]
     fn every_value_kind_round_trips() {
         let codec = PendoMetadataUpdateCodec::new(WireFormat::SingleObject);
@@ -338,6 +319,138 @@ mod tests {
         };
         let bytes = codec.encode_to_vec(&u).unwrap();
         assert_eq!(codec.decode(&bytes).unwrap(), u);
+        // The same update is always the same bytes (the map is written in key order).
+        for _ in 0..20 {
+            assert_eq!(codec.encode_to_vec(&u.clone()).unwrap(), bytes);
+        }
+    }
+
+    /// `u` encoded by apache-avro's generic writer: the reference for the hand-written encoder
+    /// (with at most one map entry, the map's order cannot differ).
+    fn apache_avro_bytes(codec: &PendoMetadataUpdateCodec, u: &PendoMetadataUpdate) -> Vec<u8> {
+        let values = u
+            .values
+            .iter()
+            .map(|(k, v)| {
+                let branch = match v {
+                    FieldValue::Null => Value::Union(0, Box::new(Value::Null)),
+                    FieldValue::Bool(b) => Value::Union(1, Box::new(Value::Boolean(*b))),
+                    FieldValue::Long(n) => Value::Union(2, Box::new(Value::Long(*n))),
+                    FieldValue::Double(d) => Value::Union(3, Box::new(Value::Double(*d))),
+                    FieldValue::Text(s) => Value::Union(4, Box::new(Value::String(s.clone()))),
+                    FieldValue::List(l) => Value::Union(
+                        5,
+                        Box::new(Value::Array(l.iter().cloned().map(Value::String).collect())),
+                    ),
+                };
+                (k.clone(), branch)
+            })
+            .collect();
+        let o = &u.origin;
+        let record = Value::Record(vec![
+            ("updateId".into(), Value::String(u.update_id.clone())),
+            (
+                "entity".into(),
+                match u.entity {
+                    PendoEntity::Visitor => Value::Enum(0, "visitor".into()),
+                    PendoEntity::Account => Value::Enum(1, "account".into()),
+                },
+            ),
+            ("entityId".into(), Value::String(u.entity_id.clone())),
+            ("fieldGroup".into(), Value::String(u.field_group.clone())),
+            ("values".into(), Value::Map(values)),
+            ("timestamp".into(), Value::String(u.timestamp.clone())),
+            (
+                "origin".into(),
+                Value::Record(vec![
+                    ("source".into(), Value::String(o.source.clone())),
+                    ("segmentMessageId".into(), opt(o.segment_message_id.clone())),
+                    ("audienceKey".into(), opt(o.audience_key.clone())),
+                    (
+                        "receivedAt".into(),
+                        match o.received_at {
+                            None => Value::Union(0, Box::new(Value::Null)),
+                            Some(t) => Value::Union(1, Box::new(Value::TimestampMillis(t))),
+                        },
+                    ),
+                ]),
+            ),
+            (
+                "listChanges".into(),
+                Value::Array(
+                    u.list_changes
+                        .iter()
+                        .map(|c| {
+                            Value::Record(vec![
+                                ("field".into(), Value::String(c.field.clone())),
+                                ("key".into(), Value::String(c.key.clone())),
+                                ("member".into(), Value::Boolean(c.member)),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+        ]);
+        let mut out = Vec::new();
+        codec.framed.write_header(&mut out);
+        apache_avro::writer::datum::GenericDatumWriter::builder(codec.framed.schema())
+            .build()
+            .unwrap()
+            .write_value(&mut out, record)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_hand_written_encoding_is_what_apache_avro_writes() {
+        let codec = PendoMetadataUpdateCodec::new(WireFormat::SingleObject);
+        let base = PendoMetadataUpdate {
+            update_id: "seg-1".into(),
+            entity: PendoEntity::Visitor,
+            entity_id: "v-ü".into(),
+            field_group: "agent".into(),
+            values: BTreeMap::new(),
+            timestamp: "2025-11-28T12:00:00.000Z".into(),
+            origin: UpdateOrigin {
+                source: "segment.webhook".into(),
+                segment_message_id: None,
+                audience_key: Some("trial".into()),
+                received_at: Some(-1_764_330_000_000),
+            },
+            list_changes: vec![],
+        };
+        let mut cases = vec![base.clone()];
+        for v in [
+            FieldValue::Null,
+            FieldValue::Bool(false),
+            FieldValue::Long(i64::MIN),
+            FieldValue::Double(-0.1),
+            FieldValue::Text(String::new()),
+            FieldValue::List(vec![]),
+            FieldValue::List((0..70).map(|i| format!("k{i}")).collect()),
+        ] {
+            let mut u = base.clone();
+            u.values.insert("f".into(), v);
+            cases.push(u);
+        }
+        let mut lists = base.clone();
+        lists.entity = PendoEntity::Account;
+        lists.origin = UpdateOrigin::default();
+        lists.list_changes = (0..3)
+            .map(|i| ListChange {
+                field: "segment_audiences".into(),
+                key: format!("a{i}"),
+                member: i != 1,
+            })
+            .collect();
+        cases.push(lists);
+        for u in cases {
+            assert_eq!(
+                codec.encode_to_vec(&u).unwrap(),
+                apache_avro_bytes(&codec, &u),
+                "{u:?}"
+            );
+        }
     }
 
     /// A record written with the v1 schema (before `listChanges`), framed with v1's

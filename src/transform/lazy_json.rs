@@ -15,7 +15,7 @@
 //! its escapes; duplicate keys are resolved (last wins) only in the objects that are opened.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -23,6 +23,9 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// Up to this many members, objects are scanned rather than indexed.
+const SMALL: usize = 32;
 
 /// One member value: untouched text, an opened object, or a value the mapping computed.
 #[derive(Debug, Clone)]
@@ -375,19 +378,46 @@ impl<'a> LazyObject<'a> {
         self.0.retain(|(k, _)| keep(k));
     }
 
-    /// Takes out the members that count (one per key).
-    pub fn into_members(mut self) -> impl Iterator<Item = (Cow<'a, str>, LazyNode<'a>)> {
-        let mut i = 0;
-        while i < self.0.len() {
-            // A later member of the same name shadows this one.
-            let key = &self.0[i].0;
-            if self.0[i + 1..].iter().any(|(k, _)| k == key) {
-                self.0.remove(i);
-            } else {
-                i += 1;
+    /// Takes out the members that count (one per key), in their order.
+    pub fn into_members(self) -> impl Iterator<Item = (Cow<'a, str>, LazyNode<'a>)> {
+        let members = self.0;
+        // Small objects: a scan. Large ones (an event may hold an object of thousands of
+        // members): a set, so the work stays linear.
+        let last_of_each = if members.len() <= SMALL {
+            let keys: Vec<&str> = members.iter().map(|(k, _)| k.as_ref()).collect();
+            (0..members.len())
+                .map(|i| !keys[i + 1..].contains(&keys[i]))
+                .collect::<Vec<bool>>()
+        } else {
+            let mut seen = HashSet::with_capacity(members.len());
+            let mut keep: Vec<bool> = members
+                .iter()
+                .rev()
+                .map(|(k, _)| seen.insert(k.as_ref()))
+                .collect();
+            keep.reverse();
+            keep
+        };
+        members
+            .into_iter()
+            .zip(last_of_each)
+            .filter_map(|(m, keep)| keep.then_some(m))
+    }
+
+    /// Adds the members of `other` whose keys are absent here (flattening).
+    pub fn merge_absent(&mut self, other: LazyObject<'a>) {
+        if self.0.len() + other.0.len() <= SMALL {
+            for (k, v) in other.into_members() {
+                self.insert_if_absent(k, v);
+            }
+            return;
+        }
+        let mut present: HashSet<Cow<'a, str>> = self.0.iter().map(|(k, _)| k.clone()).collect();
+        for (k, v) in other.into_members() {
+            if present.insert(k.clone()) {
+                self.0.push((k, v));
             }
         }
-        self.0.into_iter()
     }
 
     /// Removes and returns the value at `path`, opening objects on the way as needed.
@@ -523,6 +553,40 @@ mod tests {
         let back: Value = serde_json::from_str(&o.to_json_string()).unwrap();
         assert_eq!(back["properties"]["a"], json!({"b": [1, {"c": "d e"}]}));
         assert_eq!(back["set"], json!({"in": {"keep": 2}}));
+    }
+
+    #[test]
+    fn large_objects_merge_in_linear_time() {
+        // 20,000 members with duplicates: flattening must neither take quadratic time nor lose
+        // the last-wins rule.
+        let n = 20_000;
+        let mut text = String::from("{\"inner\":{");
+        for i in 0..n {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"k0\":\"last\"}}");
+        for outer in [&[][..], &[("k1", "outer")]] {
+            let started = std::time::Instant::now();
+            let mut o = LazyObject::parse(text.as_bytes(), &OpenTree::default()).unwrap();
+            let inner = o.remove(&path("inner")).unwrap().into_object().unwrap();
+            for (k, v) in outer {
+                o.insert(*k, LazyNode::Owned(json!(v)));
+            }
+            o.merge_absent(inner);
+            let v: Value = serde_json::from_str(&o.to_json_string()).unwrap();
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            let m = v.as_object().unwrap();
+            assert_eq!(m.len(), n);
+            assert_eq!(m["k0"], json!("last"), "the later duplicate counts");
+            assert_eq!(m["k19999"], json!(19999));
+            if !outer.is_empty() {
+                assert_eq!(m["k1"], json!("outer"), "present keys are kept");
+            }
+        }
     }
 
     #[test]

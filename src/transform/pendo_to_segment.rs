@@ -568,9 +568,7 @@ impl PendoToSegment {
         for p in &cm.flatten {
             // A flattened path that is not an object is removed all the same.
             if let Some(inner) = obj.remove(p.segments()).and_then(LazyNode::into_object) {
-                for (k, v) in inner.into_members() {
-                    obj.insert_if_absent(k, v);
-                }
+                obj.merge_absent(inner);
             }
         }
         if !cm.keep.is_empty() {

@@ -48,7 +48,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
-use crate::kafka::context::{LoopContext, RebalanceEvent, TopicPartition};
+use crate::kafka::context::{LoopContext, RebalanceEvent, RevocationBarrier, TopicPartition};
 use crate::kafka::transactional_output::{TransactionalOutput, TxnError};
 use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
@@ -66,6 +66,14 @@ pub trait RecordProcessor: Send {
 
     /// These partitions were taken away: drop any buffered, uncheckpointed work of theirs.
     fn partitions_revoked(&mut self, _partitions: &[TopicPartition]) {}
+
+    /// Work that must be finished before revoked partitions go to another member, run inside
+    /// the revocation callback (before [`partitions_revoked`](Self::partitions_revoked), which
+    /// the loop calls later, between records): e.g. waiting for side writes of those partitions
+    /// that their next owner reads. None by default.
+    fn revocation_barrier(&self) -> Option<RevocationBarrier> {
+        None
+    }
 
     /// `Acknowledged` strategy: finishes what it can without waiting (collects completions,
     /// sends lingering batches) and returns, per partition, the next offset below which every
@@ -251,7 +259,10 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     let kafka_err = |source| LoopError::Kafka { stage, source };
     let consumer: Arc<StreamConsumer<LoopContext>> = Arc::new(
         client_config
-            .create_with_context(LoopContext::new(stage, readiness.clone()))
+            .create_with_context(
+                LoopContext::new(stage, readiness.clone())
+                    .with_revocation_barrier(processor.revocation_barrier()),
+            )
             .map_err(kafka_err)?,
     );
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();

@@ -1,7 +1,7 @@
 //! The librdkafka client context of consumer roles: turns rebalance callbacks into events the
 //! consumer loop handles between records, and statistics into consumer-lag gauges.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -22,11 +22,17 @@ pub enum RebalanceEvent {
     Revoked(Vec<TopicPartition>),
 }
 
+/// Work that must be finished before revoked partitions go to another member. It runs inside
+/// librdkafka's revocation callback, which the group waits for, so keep it bounded: it holds up
+/// the whole group's rebalance.
+pub type RevocationBarrier = Arc<dyn Fn(&[TopicPartition]) + Send + Sync>;
+
 /// Consumer context shared by every consumer role.
 pub struct LoopContext {
     stage: &'static str,
     events: Mutex<Vec<RebalanceEvent>>,
     readiness: ReadinessHandle,
+    barrier: Option<RevocationBarrier>,
 }
 
 impl LoopContext {
@@ -36,7 +42,14 @@ impl LoopContext {
             stage,
             events: Mutex::new(Vec::new()),
             readiness,
+            barrier: None,
         }
+    }
+
+    /// Runs `barrier` on every revocation, before the callback returns.
+    pub fn with_revocation_barrier(mut self, barrier: Option<RevocationBarrier>) -> Self {
+        self.barrier = barrier;
+        self
     }
 
     /// Takes the rebalance events queued since the last call, oldest first.
@@ -92,6 +105,9 @@ impl ConsumerContext for LoopContext {
                         topic,
                         &p.to_string(),
                     ]);
+                }
+                if let Some(barrier) = &self.barrier {
+                    barrier(&parts);
                 }
                 self.push(RebalanceEvent::Revoked(parts));
             }

@@ -31,12 +31,20 @@
 //!   the same state record, so Pendo and the state end identical to a run without the crash.
 //!   (An uncommitted state write of an aborted job that lands after the next owner read the
 //!   partition is harmless for the same reason: its records are replayed on top.)
+//! - **Revocation** ([`AudienceListState::fence`], the sink's revocation barrier, run inside
+//!   the rebalance callback that the group waits for): the revoked partitions' state is dropped,
+//!   so no state write for them starts any more (a write that Kafka keeps refusing stops
+//!   retrying), and every write already handed to Kafka is waited for (up to 30 s). So no write
+//!   of the old owner lands after the new owner read the partition and wrote its own — which
+//!   compaction would otherwise keep. Left: a member that the group expelled while it was stuck
+//!   (session timeout) gets no callback before its partitions move.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{Map, Value};
 
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
@@ -44,6 +52,10 @@ use crate::kafka::read_to_end::read_partition_to_end;
 use crate::metrics::metrics;
 use crate::schema::pendo_metadata_update::{FieldValue, ListChange, PendoEntity};
 use crate::sinks::segment::retry::Backoff;
+
+/// How long a revocation waits for the revoked partitions' state writes (Kafka's own send
+/// timeout for them).
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One entity's lists: field -> current keys (sorted, no duplicates).
 pub type Lists = BTreeMap<String, BTreeSet<String>>;
@@ -215,9 +227,46 @@ impl AudienceListState {
             .unwrap_or_default()
     }
 
+    /// The revocation barrier: drops the state of `partitions` (no state write for them starts
+    /// from now on) and waits, up to [`FENCE_TIMEOUT`], until every write already handed to
+    /// Kafka is resolved, so that none lands after the partitions' next owner wrote its own.
+    /// Blocking: call it where blocking is meant (librdkafka's rebalance callback).
+    pub fn fence(&self, partitions: &[i32]) {
+        {
+            let mut map = self.partitions.lock().expect("state lock");
+            let mut held = false;
+            for p in partitions {
+                held |= map.remove(p).is_some();
+            }
+            Self::update_gauge(&map);
+            // Writes are only made for partitions whose state is held.
+            if !held {
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        match self.producer.flush(FENCE_TIMEOUT) {
+            Ok(()) => tracing::info!(topic = %self.topic, ?partitions,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "revoked: every audience-list state write of these partitions is resolved"),
+            Err(e) => {
+                metrics()
+                    .pendo_audience_list_state_writes
+                    .with_label_values(&["unresolved_at_revocation"])
+                    .inc();
+                tracing::error!(topic = %self.topic, ?partitions, error = %e,
+                    "revoked with audience-list state writes still unresolved: one may land after \
+                     the next owner's, and compaction would keep that older list until the \
+                     entity's next change");
+            }
+        }
+    }
+
     /// Writes `lists` as the state of `key` to state partition `p`, retrying until Kafka
-    /// acknowledges it, then updates the in-memory map.
-    pub async fn record(&self, p: i32, key: &str, lists: &Lists) {
+    /// acknowledges it, then updates the in-memory map. Returns false, without writing, once
+    /// `p` is revoked ([`fence`](Self::fence), [`revoke`](Self::revoke)): its next owner
+    /// writes the entity's state from the replayed records.
+    pub async fn record(&self, p: i32, key: &str, lists: &Lists) -> bool {
         let value = encode_lists(lists);
         let m = metrics();
         let seed = std::time::SystemTime::now()
@@ -225,24 +274,39 @@ impl AudienceListState {
             .map_or(1, |d| d.as_nanos() as u64);
         let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max, seed);
         loop {
-            let sent = self
-                .producer
-                .send(
+            // Checked and handed to Kafka under the lock that `fence` takes: a write is either
+            // in the producer's queue when the fence flushes it, or not started at all.
+            let delivery = {
+                let map = self.partitions.lock().expect("state lock");
+                if !map.contains_key(&p) {
+                    m.pendo_audience_list_state_writes
+                        .with_label_values(&["skipped_revoked"])
+                        .inc();
+                    return false;
+                }
+                self.producer.send_result(
                     FutureRecord::to(&self.topic)
                         .partition(p)
                         .key(key)
                         .payload(&value),
-                    Duration::from_secs(30),
                 )
-                .await;
+            };
+            let sent = match delivery {
+                Ok(pending) => match pending.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err((e, _)) => Err(e),
+            };
             match sent {
-                Ok(_) => {
+                Ok(()) => {
                     m.pendo_audience_list_state_writes
                         .with_label_values(&["ok"])
                         .inc();
                     break;
                 }
-                Err((e, _)) => {
+                Err(e) => {
                     m.pendo_audience_list_state_writes
                         .with_label_values(&["failed"])
                         .inc();
@@ -260,6 +324,7 @@ impl AudienceListState {
             entities.insert(key.to_string(), lists.clone());
             Self::update_gauge(&map);
         }
+        true
     }
 }
 

@@ -21,7 +21,7 @@ use super::delivery::PendoDeliveryContext;
 use super::encoding::{Contributor, PendoJob, validate_update};
 use super::segments::validate_change;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
-use crate::kafka::context::TopicPartition;
+use crate::kafka::context::{RevocationBarrier, TopicPartition};
 use crate::metrics::metrics;
 use crate::schema::{PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
 use crate::sinks::queue::{Deliver, PartitionQueues, SinkJob};
@@ -223,6 +223,19 @@ impl RecordProcessor for PendoSinkProcessor {
 
     async fn checkpoint(&mut self) -> Result<(), ProcessError> {
         self.queues.checkpoint().await
+    }
+
+    fn revocation_barrier(&self) -> Option<RevocationBarrier> {
+        let state = self.ctx.audience_lists.clone()?;
+        let source_topic = self.ctx.source_topic.clone();
+        Some(Arc::new(move |partitions: &[TopicPartition]| {
+            let ps: Vec<i32> = partitions
+                .iter()
+                .filter(|(t, _)| *t == source_topic)
+                .map(|(_, p)| *p)
+                .collect();
+            state.fence(&ps);
+        }))
     }
 
     fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {

@@ -9,8 +9,8 @@
 //! from the mapping once); anything else is opened on demand, so a missing entry in the tree
 //! costs time, never correctness.
 //!
-//! Members are kept sorted by key, like `serde_json::Map`, so the JSON written is the same object
-//! the `Value` path produced. Differences are only in how equal JSON is spelled: a copied-through
+//! Opened objects are written with their members sorted by key, like `serde_json::Map`, so the
+//! JSON written is the same object the `Value` path produced. Differences are only in how equal JSON is spelled: a copied-through
 //! number keeps its digits (`1.50`, integers beyond 64 bits are not rounded) and a string keeps
 //! its escapes; duplicate keys are resolved (last wins) only in the objects that are opened.
 

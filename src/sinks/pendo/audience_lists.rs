@@ -232,18 +232,12 @@ impl AudienceListState {
     /// Kafka is resolved, so that none lands after the partitions' next owner wrote its own.
     /// Blocking: call it where blocking is meant (librdkafka's rebalance callback).
     pub fn fence(&self, partitions: &[i32]) {
-        {
-            let mut map = self.partitions.lock().expect("state lock");
-            let mut held = false;
-            for p in partitions {
-                held |= map.remove(p).is_some();
-            }
-            Self::update_gauge(&map);
-            // Writes are only made for partitions whose state is held.
-            if !held {
-                return;
-            }
+        if partitions.is_empty() {
+            return;
         }
+        // Also when the state is no longer held (`revoke` ran first): a write may still be in
+        // flight. With nothing queued the flush returns at once.
+        self.revoke(partitions);
         let started = std::time::Instant::now();
         match self.producer.flush(FENCE_TIMEOUT) {
             Ok(()) => tracing::info!(topic = %self.topic, ?partitions,

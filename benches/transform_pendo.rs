@@ -26,6 +26,7 @@ use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::consumer_loop::{
     CommitStrategy, LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
 };
+use pendo_segment::kafka::record_size::TopicLimits;
 use pendo_segment::kafka::topics::{TopicAdmin, TopicId, desired_topics};
 use pendo_segment::kafka::transactional_output::TransactionalOutput;
 use pendo_segment::schema::{IdMapping, IdMappingCodec, SegmentCallCodec};
@@ -188,11 +189,13 @@ async fn run_mode(
     let role = format!("bench-{mode}-{round}");
     let timeout = Duration::from_secs(10);
     let producer = client_config::transactional_producer(config, &role, 4 << 20);
-    let output =
-        tokio::task::spawn_blocking(move || TransactionalOutput::create(&producer, timeout))
-            .await
-            .unwrap()
-            .unwrap();
+    let limits = TopicLimits::from_config(config);
+    let output = tokio::task::spawn_blocking(move || {
+        TransactionalOutput::create(&producer, limits, timeout)
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let raw = config.topic_name(TopicId::PendoRawWebhook);
     let spec = LoopSpec {
         stage: "bench",

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub unknown_fields: IntCounterVec,
     /// Records written to a dead-letter topic, by stage and reason.
     pub dead_letters: IntCounterVec,
+    /// Dead letters cut to fit their topic (key, payload or carried headers), by stage.
+    pub dead_letters_cut: IntCounterVec,
     /// Changes applied to the in-memory id mapping, by operation (upsert, delete, invalid).
     pub idmap_updates: IntCounterVec,
     /// Mappings in the in-memory id mapping.
@@ -357,6 +359,12 @@ impl Metrics {
                 "pendo_segment_dead_letters_total",
                 "Records written to a dead-letter topic, by stage and reason.",
                 &["stage", "reason"],
+            ),
+            dead_letters_cut: counter(
+                &r,
+                "pendo_segment_dead_letters_cut_total",
+                "Dead letters cut to fit their topic's max.message.bytes, by stage.",
+                &["stage"],
             ),
             idmap_updates: counter(
                 &r,

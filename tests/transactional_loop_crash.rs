@@ -16,6 +16,7 @@ use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::consumer_loop::{
     CommitStrategy, LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
 };
+use pendo_segment::kafka::record_size::TopicLimits;
 use pendo_segment::kafka::transactional_output::TransactionalOutput;
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
@@ -66,8 +67,9 @@ fn child_main() {
             Box::pin(async move {
                 let producer = client_config::transactional_producer(&cfg, "eos-test", 1 << 20);
                 let timeout = Duration::from_secs(10);
+                let limits = TopicLimits::from_config(&cfg);
                 let output = tokio::task::spawn_blocking(move || {
-                    TransactionalOutput::create(&producer, timeout)
+                    TransactionalOutput::create(&producer, limits, timeout)
                 })
                 .await??;
                 let spec = LoopSpec {

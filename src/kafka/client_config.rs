@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 
 use crate::config::Config;
+use crate::kafka::topics::RAW_MAX_MESSAGE_BYTES;
 
 fn base(config: &Config, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -32,7 +33,14 @@ pub fn producer(config: &Config, role: &str) -> ClientConfig {
     let mut c = base(config, role);
     c.set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", "30000")
+        // The client must never refuse a record its topic takes (librdkafka's default is
+        // 1,000,000, below Kafka's topic default): the roles bound records by the topics' own
+        // limits (`record_size`), the largest of which is the raw topics'.
+        .set(
+            "message.max.bytes",
+            (RAW_MAX_MESSAGE_BYTES as usize + 1024 * 1024).to_string(),
+        );
     for (k, v) in config.kafka.producer_properties.iter() {
         c.set(k, v);
     }

@@ -26,6 +26,12 @@ pub const DLQ_SOURCE_PARTITION: &str = "dlq-source-partition";
 /// Dead letters from consumers: its offset.
 pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
 
+/// Dead letters cut to fit their topic: what was cut, comma-separated (`headers`, `key`,
+/// `payload`). Absent when the dead letter is whole.
+pub const DLQ_TRUNCATED: &str = "dlq-truncated";
+/// Dead letters cut to fit their topic: the payload's original size in bytes, decimal.
+pub const DLQ_ORIGINAL_BYTES: &str = "dlq-original-bytes";
+
 /// Milliseconds since the Unix epoch, for header values.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

@@ -1,13 +1,16 @@
 //! Shared Kafka plumbing: client configuration, the durable producer, the one consume-process-
-//! commit loop every consumer role runs, and the topic catalogue.
+//! commit loop every consumer role runs, the topic catalogue, and the record-size guarantee
+//! (records and dead letters that always fit their topic).
 
 pub mod client_config;
 pub mod consumer_loop;
 pub mod context;
+pub mod dead_letter;
 pub mod headers;
 pub mod metadata;
 pub mod producer;
 pub mod read_to_end;
+pub mod record_size;
 pub mod topics;
 pub mod transactional_appender;
 pub mod transactional_output;

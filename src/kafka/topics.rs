@@ -25,6 +25,11 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// does not fit Kafka's default of 1 MiB + 12 bytes.
 pub const RAW_MAX_MESSAGE_BYTES: i64 = 3 * 1024 * 1024;
 
+/// `max.message.bytes` of every other topic: Kafka's own default (broker `message.max.bytes`),
+/// set on the topic explicitly so the limit the roles check their records against
+/// ([`crate::kafka::record_size`]) holds whatever the broker's default is.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 /// How a topic keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetentionPolicy {
@@ -105,6 +110,16 @@ impl TopicId {
         )
     }
 
+    /// The `max.message.bytes` the catalogue gives this topic (`topics apply` sets it): the
+    /// limit every record a role writes to it is checked against.
+    pub fn max_message_bytes(self) -> usize {
+        if self.holds_webhook_bodies() {
+            RAW_MAX_MESSAGE_BYTES as usize
+        } else {
+            DEFAULT_MAX_MESSAGE_BYTES
+        }
+    }
+
     /// Looks a topic up by its default name.
     pub fn from_default_name(name: &str) -> Option<TopicId> {
         TopicId::ALL
@@ -146,9 +161,7 @@ pub fn desired_topics(config: &Config) -> Vec<TopicSpec> {
                     configs.insert("cleanup.policy", "compact".to_string());
                 }
             }
-            if id.holds_webhook_bodies() {
-                configs.insert("max.message.bytes", RAW_MAX_MESSAGE_BYTES.to_string());
-            }
+            configs.insert("max.message.bytes", id.max_message_bytes().to_string());
             // The audience-list state is written to the partition of its input record: it
             // follows canonical.pendo-updates' partition count unless set itself.
             let follows = match id {

@@ -2,6 +2,10 @@
 //! transactions also carry the consumer's offsets (`send_offsets_to_transaction`), so every
 //! input record's output is committed exactly once together with its offset, or not at all.
 //!
+//! Every record is checked against its topic's `max.message.bytes` before it is enqueued
+//! ([`SendError::TooLarge`]): a record Kafka would refuse must become a dead letter of its input,
+//! never a failed transaction that the re-read input fails again.
+//!
 //! The consumer loop owns the transaction boundaries (begin before the first record, commit at
 //! commit points, abort on failure or rebalance); processors only [`send`](TransactionalOutput::send).
 
@@ -15,10 +19,24 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+use crate::kafka::record_size::{RecordTooLarge, TopicLimits};
+
 /// A cloneable handle to one transactional producer.
 #[derive(Clone)]
 pub struct TransactionalOutput {
     producer: Arc<ThreadedProducer<DefaultProducerContext>>,
+    limits: TopicLimits,
+}
+
+/// Why a record was not enqueued.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// It would not fit its topic: nothing was enqueued; dead-letter the input instead.
+    #[error(transparent)]
+    TooLarge(#[from] RecordTooLarge),
+    /// The producer refused it (queue full for too long, fatal state...): a role failure.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
 }
 
 /// How a failed transaction must be handled.
@@ -44,23 +62,37 @@ fn classify(e: KafkaError) -> TxnError {
 
 impl TransactionalOutput {
     /// Creates the producer and initialises transactions (fencing any earlier producer with the
-    /// same `transactional.id`). Blocking: call from a blocking context.
-    pub fn create(client_config: &ClientConfig, timeout: Duration) -> Result<Self, KafkaError> {
+    /// same `transactional.id`); records are checked against `limits`. Blocking: call from a
+    /// blocking context.
+    pub fn create(
+        client_config: &ClientConfig,
+        limits: TopicLimits,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
         let producer: ThreadedProducer<DefaultProducerContext> = client_config.create()?;
         producer.init_transactions(timeout)?;
         Ok(Self {
             producer: Arc::new(producer),
+            limits,
         })
     }
 
+    /// The topic limits records are checked against (dead letters are cut to them).
+    pub fn limits(&self) -> &TopicLimits {
+        &self.limits
+    }
+
     /// Enqueues one record into the open transaction (waits up to 10 s while the queue is full).
+    /// A record that would not fit its topic is refused before anything is enqueued.
     pub fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
         headers: &[(&str, &[u8])],
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), SendError> {
+        self.limits
+            .check(topic, key, payload, headers.iter().copied())?;
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
             h = h.insert(Header {
@@ -83,7 +115,7 @@ impl TransactionalOutput {
                     record = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => return Err(e.into()),
             }
         }
     }

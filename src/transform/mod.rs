@@ -5,10 +5,10 @@
 //! deterministic ids; `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
 //! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
-//! updates; `transform_segment` is its role. `dead_letter` is shared by both roles.
+//! updates; `transform_segment` is its role. Both write dead letters through
+//! [`crate::kafka::dead_letter`].
 
 pub mod catalog;
-pub mod dead_letter;
 pub mod json_path;
 pub mod lazy_json;
 pub mod mapping;

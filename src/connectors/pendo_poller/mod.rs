@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::kafka::client_config;
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
+use crate::kafka::record_size::TopicLimits;
 use crate::kafka::topics::TopicId;
 use crate::kafka::transactional_output::TransactionalOutput;
 use rdkafka::Message;
@@ -67,6 +68,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
         milestones: config.topic_name(TopicId::StateMilestones),
     };
     let txn_timeout = Duration::from_millis(config.processing.transaction_call_timeout_ms);
+    let limits = TopicLimits::from_config(config);
     Ok(move |env: RoleEnv| -> RoleFuture {
         Box::pin(async move {
             let ready = env.readiness.register(format!("{ROLE}:api"));
@@ -79,8 +81,9 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             }
             // Fence an earlier instance (aborting its open transaction) before reading the
             // state, so what is read back is final.
+            let limits = limits.clone();
             let out = tokio::task::spawn_blocking(move || {
-                TransactionalOutput::create(&producer, txn_timeout)
+                TransactionalOutput::create(&producer, limits, txn_timeout)
             })
             .await?
             .context("cannot start the poller's transactional producer")?;

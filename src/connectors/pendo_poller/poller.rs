@@ -13,8 +13,9 @@ use super::interactions::{self, GuideSteps, HOUR_MS};
 use super::milestones::{self, RuleUsage};
 use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
+use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::headers;
-use crate::kafka::transactional_output::{TransactionalOutput, TxnError};
+use crate::kafka::transactional_output::{SendError, TransactionalOutput, TxnError};
 use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
 
@@ -629,7 +630,42 @@ fn write_transaction(
                 Dest::Dlq => &topics.dlq,
             };
             let h: Vec<(&str, &[u8])> = r.headers.iter().map(|(k, v)| (*k, &v[..])).collect();
-            out.send(topic, Some(r.key.as_bytes()), &r.value, &h)?;
+            let dlq_limit = out.limits().max_message_bytes(&topics.dlq);
+            if let Dest::Dlq = r.dest {
+                // Rows come from Pendo: their dead letters are cut to fit, never refused.
+                let letter =
+                    DeadLetter::from_parts(Some(r.key.as_bytes()), &r.value, h).fit(dlq_limit);
+                out.send(topic, letter.key(), letter.payload(), &letter.headers())?;
+                if letter.was_cut() {
+                    metrics().dead_letters_cut.with_label_values(&[STAGE]).inc();
+                }
+                continue;
+            }
+            match out.send(topic, Some(r.key.as_bytes()), &r.value, &h) {
+                Err(SendError::TooLarge(e)) => {
+                    // A row (or catalogue entry) Kafka would refuse: dead-lettered, never a
+                    // transaction that fails again at every cycle.
+                    tracing::warn!(kind = r.kind, error = %e, "Pendo row too large for its topic; dead-lettered");
+                    let letter = DeadLetter::new(
+                        STAGE,
+                        "too_large",
+                        &e.to_string(),
+                        Some(r.key.as_bytes()),
+                        &r.value,
+                    )
+                    .header(headers::DLQ_SOURCE_TOPIC, topic.as_bytes().into())
+                    .carrying(h)
+                    .fit(dlq_limit);
+                    out.send(
+                        &topics.dlq,
+                        letter.key(),
+                        letter.payload(),
+                        &letter.headers(),
+                    )?;
+                    letter.count(STAGE, "too_large");
+                }
+                other => other?,
+            }
         }
         for u in updates {
             let (k, v) = u.to_record();
@@ -643,7 +679,7 @@ fn write_transaction(
                 None => out.send_tombstone(topic, k.as_bytes())?,
             }
         }
-        Ok::<(), rdkafka::error::KafkaError>(())
+        Ok::<(), SendError>(())
     })();
     if let Err(e) = sent {
         out.abort(timeout)?;

@@ -35,9 +35,17 @@ pub fn identify(event: &[u8]) -> EventIdentity {
         Some(Value::String(s)) if !s.is_empty() => Some(s),
         _ => None,
     };
+    let (key, key_field) = match (id_text(env.visitor_id), id_text(env.account_id)) {
+        (Some(v), _) => (Some(v), "visitorId"),
+        (None, Some(a)) => (Some(a), "accountId"),
+        (None, None) => (None, ""),
+    };
+    let kind_field = if kind.is_some() { "event" } else { "" };
     EventIdentity {
-        key: id_text(env.visitor_id).or_else(|| id_text(env.account_id)),
+        key,
+        key_field,
         kind,
+        kind_field,
     }
 }
 

@@ -48,11 +48,18 @@ pub fn identify(event: &[u8]) -> EventIdentity {
     } else {
         None
     };
+    let (key, key_field) = match (id_text(env.user_id), group, id_text(env.anonymous_id)) {
+        (Some(u), _, _) => (Some(u), "userId"),
+        (None, Some(g), _) => (Some(g), "groupId"),
+        (None, None, Some(a)) => (Some(a), "anonymousId"),
+        (None, None, None) => (None, ""),
+    };
+    let kind_field = if kind.is_some() { "type" } else { "" };
     EventIdentity {
-        key: id_text(env.user_id)
-            .or(group)
-            .or_else(|| id_text(env.anonymous_id)),
+        key,
+        key_field,
         kind,
+        kind_field,
     }
 }
 
@@ -72,11 +79,14 @@ mod tests {
         Bytes::from(std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
     }
 
-    fn id(key: &str, kind: &str) -> EventIdentity {
-        EventIdentity {
-            key: Some(key.to_string()),
-            kind: Some(kind.to_string()),
-        }
+    fn id(key: &str, kind: &str) -> (Option<String>, Option<String>) {
+        (Some(key.to_string()), Some(kind.to_string()))
+    }
+
+    /// Key and kind of one event (the field names are checked separately).
+    fn key_kind(event: &[u8]) -> (Option<String>, Option<String>) {
+        let i = identify(event);
+        (i.key, i.kind)
     }
 
     #[test]
@@ -91,10 +101,10 @@ mod tests {
             ("audience-track-exited.json", id("user-8841", "track")),
             ("non-audience-track.json", id("user-1001", "track")),
         ] {
-            assert_eq!(identify(&fixture(name)), want, "{name}");
+            assert_eq!(key_kind(&fixture(name)), want, "{name}");
         }
         let batch = split_events(&fixture("actions-batch.json"), 10, usize::MAX).unwrap();
-        let ids: Vec<EventIdentity> = batch.iter().map(|e| identify(e)).collect();
+        let ids: Vec<_> = batch.iter().map(|e| key_kind(e)).collect();
         assert_eq!(
             ids,
             vec![id("user-1001", "track"), id("user-2002", "track")]
@@ -104,30 +114,30 @@ mod tests {
     #[test]
     fn user_then_group_then_anonymous_then_nothing() {
         assert_eq!(
-            identify(br#"{"type":"track","anonymousId":"anon-1","event":"x"}"#),
+            key_kind(br#"{"type":"track","anonymousId":"anon-1","event":"x"}"#),
             id("anon-1", "track")
         );
         assert_eq!(
-            identify(br#"{"type":"identify","userId":"","anonymousId":"anon-2"}"#),
+            key_kind(br#"{"type":"identify","userId":"","anonymousId":"anon-2"}"#),
             id("anon-2", "identify")
         );
         // A group call without a user is keyed by its account...
         assert_eq!(
-            identify(br#"{"type":"group","anonymousId":"anon-3","groupId":"acct-1"}"#),
+            key_kind(br#"{"type":"group","anonymousId":"anon-3","groupId":"acct-1"}"#),
             id("acct-1", "group")
         );
         // ... but a user's group call stays with the user's other calls.
         assert_eq!(
-            identify(br#"{"type":"group","userId":"u-9","anonymousId":"a","groupId":"acct-1"}"#),
+            key_kind(br#"{"type":"group","userId":"u-9","anonymousId":"a","groupId":"acct-1"}"#),
             id("u-9", "group")
         );
         // groupId outside a group call is not an identity.
         assert_eq!(
-            identify(br#"{"type":"track","groupId":"acct-1","anonymousId":"anon-4"}"#),
+            key_kind(br#"{"type":"track","groupId":"acct-1","anonymousId":"anon-4"}"#),
             id("anon-4", "track")
         );
         assert_eq!(
-            identify(br#"{"type":"page","userId":42}"#),
+            key_kind(br#"{"type":"page","userId":42}"#),
             id("42", "page")
         );
         assert_eq!(
@@ -137,5 +147,20 @@ mod tests {
         assert_eq!(identify(br#"{"x":1}"#), EventIdentity::default());
         assert_eq!(identify(b"not json"), EventIdentity::default());
         assert_eq!(identify(b"[1]"), EventIdentity::default());
+    }
+
+    #[test]
+    fn the_key_names_its_field() {
+        let f = |e: &[u8]| identify(e).key_field;
+        assert_eq!(
+            f(br#"{"type":"track","userId":"u","anonymousId":"a"}"#),
+            "userId"
+        );
+        assert_eq!(
+            f(br#"{"type":"group","groupId":"g","anonymousId":"a"}"#),
+            "groupId"
+        );
+        assert_eq!(f(br#"{"type":"track","anonymousId":"a"}"#), "anonymousId");
+        assert_eq!(identify(br#"{"type":"track"}"#).kind_field, "type");
     }
 }

@@ -40,6 +40,20 @@ pub enum BodyError {
         /// The per-event limit.
         max: usize,
     },
+    /// A value that becomes part of the event's Kafka record (its key, a header) is longer than
+    /// any real one: refused at admission, naming the field, so it can never make a record or a
+    /// dead letter too large downstream. The body is dead-lettered.
+    #[error("{}: {field} is {size} bytes; at most {max} bytes are accepted", describe_event(*.index))]
+    FieldTooLong {
+        /// Position of the event in an array body; `None` when the body is a single object.
+        index: Option<usize>,
+        /// The event field.
+        field: &'static str,
+        /// Its length in bytes.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 fn describe_event(index: Option<usize>) -> String {
@@ -63,6 +77,7 @@ impl BodyError {
             BodyError::NotEvents(_) => "not_events",
             BodyError::TooManyEvents { .. } => "too_many_events",
             BodyError::EventTooLarge { .. } => "event_too_large",
+            BodyError::FieldTooLong { .. } => "field_too_long",
         }
     }
 }

@@ -46,8 +46,43 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 pub struct EventIdentity {
     /// Partitioning key (per-user ordering downstream).
     pub key: Option<String>,
+    /// The event field the key was read from (`userId`, `visitorId`...), named when it is too
+    /// long to be a key.
+    pub key_field: &'static str,
     /// The source's event kind, for the `event-kind` header.
     pub kind: Option<String>,
+    /// The event field the kind was read from (`type`, `event`).
+    pub kind_field: &'static str,
+}
+
+/// Longest key an event may give its record: ids are short; a megabyte "id" would make every
+/// record of its user (and its dead letters) carry it.
+pub const MAX_EVENT_KEY_BYTES: usize = 1024;
+/// Longest event kind: it becomes the `event-kind` header (and a metric label downstream).
+pub const MAX_EVENT_KIND_BYTES: usize = 256;
+
+impl EventIdentity {
+    /// Admission of what becomes the record's key and headers: `Err` names the field over its
+    /// bound, so the sender learns what to fix.
+    pub fn check(&self, index: Option<usize>) -> Result<(), BodyError> {
+        let too_long = |field: &'static str, size: usize, max: usize| BodyError::FieldTooLong {
+            index,
+            field,
+            size,
+            max,
+        };
+        if let Some(k) = &self.key
+            && k.len() > MAX_EVENT_KEY_BYTES
+        {
+            return Err(too_long(self.key_field, k.len(), MAX_EVENT_KEY_BYTES));
+        }
+        if let Some(k) = &self.kind
+            && k.len() > MAX_EVENT_KIND_BYTES
+        {
+            return Err(too_long(self.kind_field, k.len(), MAX_EVENT_KIND_BYTES));
+        }
+        Ok(())
+    }
 }
 
 /// How senders prove who they are.
@@ -292,10 +327,17 @@ fn unauthorized(e: &WebhookEndpoint) -> Reply {
     Reply::error(StatusCode::UNAUTHORIZED, message)
 }
 
+/// Longest `Content-Type` accepted (it is kept as the `content-type` header of every record).
+const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
 fn json_content_type(headers: &HeaderMap) -> bool {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return true; // Not declared: judge the body itself.
     };
+    // It is stored as a header of every event's record: a real one is short.
+    if ct.len() > MAX_CONTENT_TYPE_BYTES {
+        return false;
+    }
     let Ok(ct) = ct.to_str() else { return false };
     let essence = ct
         .split(';')
@@ -384,10 +426,18 @@ async fn handle_admitted(
             return rejected_body(e, err, bytes, common, &request_id).await;
         }
     };
+    let identities: Vec<EventIdentity> = events.iter().map(|ev| (e.identify)(ev)).collect();
+    let array = events.len() > 1 || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    for (i, id) in identities.iter().enumerate() {
+        if let Err(err) = id.check(array.then_some(i)) {
+            reject(err.reason_label());
+            return rejected_body(e, err, bytes, common, &request_id).await;
+        }
+    }
     let records: Vec<OutRecord> = events
         .into_iter()
-        .map(|event| {
-            let id = (e.identify)(&event);
+        .zip(identities)
+        .map(|(event, id)| {
             let mut h = common.clone();
             if let Some(kind) = id.kind {
                 h.push((headers::EVENT_KIND, Bytes::from(kind)));
@@ -588,6 +638,42 @@ mod tests {
 
     fn text(b: &Bytes) -> &str {
         std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn admission_bounds_keys_kinds_and_content_types() {
+        let id = |key: usize, kind: usize| EventIdentity {
+            key: Some("k".repeat(key)),
+            key_field: "userId",
+            kind: Some("t".repeat(kind)),
+            kind_field: "type",
+        };
+        assert!(
+            id(MAX_EVENT_KEY_BYTES, MAX_EVENT_KIND_BYTES)
+                .check(None)
+                .is_ok()
+        );
+        let e = id(MAX_EVENT_KEY_BYTES + 1, 5).check(Some(3)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "array element 3 (0-based): userId is 1025 bytes; at most 1024 bytes are accepted"
+        );
+        assert_eq!(e.reason_label(), "field_too_long");
+        assert!(e.is_dead_letter());
+        let e = id(5, 1_000_000).check(None).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the event (the body): type is 1000000 bytes")
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(json_content_type(&h));
+        let long = format!("application/json; x={}", "y".repeat(300));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&long).unwrap());
+        assert!(!json_content_type(&h));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use super::encoding::EncodedEvent;
 use super::rate_limit::RateLimiter;
 use super::retry::{Backoff, Outcome};
 use super::service::SegmentClient;
+use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::headers;
+use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
 
 /// What every delivery task shares.
@@ -199,7 +201,9 @@ impl DeliveryContext {
     }
 }
 
-/// Writes one dead letter and waits for Kafka's acknowledgement.
+/// Writes one dead letter of a sink's input record and waits for Kafka's acknowledgement. The
+/// dead letter is cut to fit the sinks' dead-letter topics (see [`DeadLetter::fit`]), so a
+/// record can never stop a sink through its own dead letter.
 #[allow(clippy::too_many_arguments)]
 pub async fn dead_letter(
     dlq: &FutureProducer,
@@ -212,36 +216,30 @@ pub async fn dead_letter(
     reason: &str,
     detail: &str,
 ) -> Result<(), DeliveryError> {
-    let partition_s = partition.to_string();
-    let offset_s = offset.to_string();
-    let now = headers::now_millis().to_string();
+    // Both sinks' dead-letter topics have the same catalogue limit.
+    let limit = TopicId::DlqSegmentSink
+        .max_message_bytes()
+        .min(TopicId::DlqPendoSink.max_message_bytes());
+    let letter = DeadLetter::new(stage, reason, detail, key, original)
+        .from_source(source_topic, partition, offset)
+        .fit(limit);
     let mut h = rdkafka::message::OwnedHeaders::new();
-    for (k, v) in [
-        (headers::DLQ_REASON, reason),
-        (headers::DLQ_DETAIL, detail),
-        (headers::DLQ_STAGE, stage),
-        (headers::DLQ_TIME, now.as_str()),
-        (headers::DLQ_SOURCE_TOPIC, source_topic),
-        (headers::DLQ_SOURCE_PARTITION, partition_s.as_str()),
-        (headers::DLQ_SOURCE_OFFSET, offset_s.as_str()),
-    ] {
+    for (k, v) in letter.headers() {
         h = h.insert(rdkafka::message::Header {
             key: k,
             value: Some(v),
         });
     }
-    let mut record: FutureRecord<'_, [u8], [u8]> =
-        FutureRecord::to(dlq_topic).payload(original).headers(h);
-    if let Some(k) = key {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic)
+        .payload(letter.payload())
+        .headers(h);
+    if let Some(k) = letter.key() {
         record = record.key(k);
     }
     dlq.send(record, Duration::from_secs(30))
         .await
         .map_err(|(e, _)| DeliveryError(format!("dead letter to {dlq_topic}: {e}")))?;
-    metrics()
-        .dead_letters
-        .with_label_values(&[stage, reason])
-        .inc();
+    letter.count(stage, reason);
     Ok(())
 }
 

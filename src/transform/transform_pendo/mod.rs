@@ -21,6 +21,7 @@ use crate::idmap::follower::{
 };
 use crate::kafka::client_config;
 use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
+use crate::kafka::record_size::TopicLimits;
 use crate::kafka::topics::TopicId;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
@@ -97,8 +98,9 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             // 2. The transactional producer (fences a zombie instance with the same id).
             let timeout = Duration::from_millis(c.processing.transaction_call_timeout_ms);
             let producer = client_config::transactional_producer(c, ROLE, MAX_OUTPUT_RECORD_BYTES);
+            let limits = TopicLimits::from_config(c);
             let output = tokio::task::spawn_blocking(move || {
-                TransactionalOutput::create(&producer, timeout)
+                TransactionalOutput::create(&producer, limits, timeout)
             })
             .await?
             .context("cannot initialise the transactional producer")?;

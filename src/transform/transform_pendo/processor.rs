@@ -20,11 +20,11 @@ use tokio::task::JoinHandle;
 use crate::idmap::IdMapTable;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
 use crate::kafka::context::TopicPartition;
+use crate::kafka::dead_letter::{DeadLetterSource, send_dead_letter};
 use crate::kafka::headers;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::SegmentCallCodec;
-use crate::transform::dead_letter::{DeadLetterSource, send_dead_letter};
 use crate::transform::pendo_to_segment::{MapOutcome, Observations, PendoToSegment};
 
 /// Distinct kinds tracked in metric labels before `_other`.
@@ -290,7 +290,32 @@ impl PendoTransformProcessor {
                 .with_label_values(&[stage, kind, field])
                 .inc();
         }
-        let (slot, outcome) = match r.result {
+        // Every call must fit the canonical topic before any of the event's calls is written.
+        let result = match r.result {
+            Mapped::Calls(calls) => {
+                let kind_header = [(headers::EVENT_KIND, r.obs.kind.as_bytes())];
+                let too_large = calls.iter().find_map(|c| {
+                    self.output
+                        .limits()
+                        .check(
+                            &self.calls_topic,
+                            c.key.as_deref().map(str::as_bytes),
+                            &c.value,
+                            kind_header,
+                        )
+                        .err()
+                });
+                match too_large {
+                    None => Mapped::Calls(calls),
+                    Some(e) => Mapped::DeadLetter {
+                        reason: "output_too_large",
+                        detail: e.to_string(),
+                    },
+                }
+            }
+            other => other,
+        };
+        let (slot, outcome) = match result {
             Mapped::Calls(calls) => {
                 for call in calls {
                     self.output

@@ -13,12 +13,12 @@ use rdkafka::message::BorrowedMessage;
 
 use crate::idmap::BiIdMap;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
+use crate::kafka::dead_letter::{DeadLetterSource, send_dead_letter};
 use crate::kafka::headers;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::pendo_metadata_update::PendoEntity;
 use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
-use crate::transform::dead_letter::{DeadLetterSource, send_dead_letter};
 use crate::transform::segment_to_pendo::{SegmentOutcome, SegmentToPendo};
 use crate::transform::transform_pendo::processor::received_at;
 
@@ -87,21 +87,28 @@ impl SegmentTransformProcessor {
             .map_err(|e| ProcessError::new("produce", e.to_string()))
     }
 
-    /// Encodes and writes the outputs of one event; an encoding failure (our own defect) is
-    /// returned as a dead-letter reason so one event cannot stop the role.
+    /// Encodes and writes the outputs of one event. An output that does not encode (our own
+    /// defect) or would not fit its topic is returned as a dead-letter reason and detail, before
+    /// anything of the event is written, so one event can never stop the role.
     fn write_outputs(
         &self,
         updates: &[crate::schema::PendoMetadataUpdate],
         segment_changes: &[crate::schema::PendoSegmentChange],
         mappings: &[crate::schema::IdMapping],
         kind: &str,
-    ) -> Result<Result<(), String>, ProcessError> {
+    ) -> Result<Result<(), (&'static str, String)>, ProcessError> {
+        let encode_error = |what: &str, e: &dyn std::fmt::Display| {
+            Ok(Err((
+                "encode_error",
+                format!("the {what} does not encode: {e}"),
+            )))
+        };
         // Encode everything first: an event's outputs are written all or not at all.
         let mut encoded = Vec::with_capacity(updates.len() + mappings.len());
         for u in updates {
             match self.codec.encode_to_vec(u) {
                 Ok(v) => encoded.push((&self.topics.updates, u.entity_id.as_str(), v, u.entity)),
-                Err(e) => return Ok(Err(format!("the update does not encode: {e}"))),
+                Err(e) => return encode_error("update", &e),
             }
         }
         // Keyed by audience key: every change of one audience lands in one partition, so the
@@ -110,14 +117,38 @@ impl SegmentTransformProcessor {
         for c in segment_changes {
             match self.segment_codec.encode_to_vec(c) {
                 Ok(v) => changes.push((c.audience_key.as_str(), v)),
-                Err(e) => return Ok(Err(format!("the segment change does not encode: {e}"))),
+                Err(e) => return encode_error("segment change", &e),
             }
         }
         let mut learned = Vec::with_capacity(mappings.len());
         for m in mappings {
             match self.idmap_codec.encode_to_vec(m) {
                 Ok(v) => learned.push((m.visitor_id.as_str(), v)),
-                Err(e) => return Ok(Err(format!("the id mapping does not encode: {e}"))),
+                Err(e) => return encode_error("id mapping", &e),
+            }
+        }
+        // Every record must fit its topic (values and ids come from the event).
+        let kind_header = [(headers::EVENT_KIND, kind.as_bytes())];
+        let all = encoded
+            .iter()
+            .map(|(t, k, v, _)| (t.as_str(), *k, v))
+            .chain(
+                changes
+                    .iter()
+                    .map(|(k, v)| (self.topics.segment_changes.as_str(), *k, v)),
+            )
+            .chain(
+                learned
+                    .iter()
+                    .map(|(k, v)| (self.topics.idmap.as_str(), *k, v)),
+            );
+        for (topic, key, value) in all {
+            if let Err(e) =
+                self.output
+                    .limits()
+                    .check(topic, Some(key.as_bytes()), value, kind_header)
+            {
+                return Ok(Err(("output_too_large", e.to_string())));
             }
         }
         let m = metrics();
@@ -176,14 +207,14 @@ impl RecordProcessor for SegmentTransformProcessor {
                 mappings,
             } => match self.write_outputs(&updates, &segment_changes, &mappings, &kind)? {
                 Ok(()) => "mapped",
-                Err(detail) => {
-                    dead_letter("encode_error", &detail)?;
+                Err((reason, detail)) => {
+                    dead_letter(reason, &detail)?;
                     "dead_lettered"
                 }
             },
             SegmentOutcome::Ignored { mappings } => {
-                if let Err(detail) = self.write_outputs(&[], &[], &mappings, &kind)? {
-                    dead_letter("encode_error", &detail)?;
+                if let Err((reason, detail)) = self.write_outputs(&[], &[], &mappings, &kind)? {
+                    dead_letter(reason, &detail)?;
                     "dead_lettered"
                 } else {
                     "ignored"

@@ -49,6 +49,17 @@ METRICS_PORT = 9464
 K8S_CONFIG_PATH = "/etc/pendo-segment/pendo-segment.toml"
 K8S_SECRET_NAME = "pendo-segment-secrets"
 SECRET_RE = re.compile(r"\{\s*(file|env)\s*=\s*\"([^\"]+)\"\s*\}")
+NGINX_BODY_SIZE = "nginx.ingress.kubernetes.io/proxy-body-size"
+# ingress-nginx's proxy-body-size when the annotation is absent.
+NGINX_DEFAULT_BODY_SIZE = "1m"
+
+
+def nginx_size(text: str) -> int | None:
+    """Bytes of an nginx size ("32m", "512k", "1g", "1048576"); 0 = unlimited; None if malformed."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", str(text))
+    if not m:
+        return None
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
 
 
 class Checker:
@@ -507,6 +518,7 @@ class Checker:
 
         deployments = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "Deployment"}
         role_deploy = {}
+        webhook_cfg = {}  # Deployment name -> (role, effective webhook section)
         grace_ms = int(((base_cfg or {}).get("processing") or {}).get("shutdown_grace_ms", 30000))
         for dname, d in deployments.items():
             label = f"k8s Deployment {dname}"
@@ -632,6 +644,8 @@ class Checker:
                 if cfg is not None:
                     exposed = {str(p) for p in ports.values()}
                     self.role_requirements(label, role, cfg, args, exposed)
+                    if role in WEBHOOK_ROLES:
+                        webhook_cfg[dname] = (role, cfg.get(WEBHOOK_ROLES[role], {}))
                     if role == "segment-sink" and cfg.get("segment_sink", {}).get("dry_run_file"):
                         self.fail(f"{label}: segment_sink.dry_run_file is set: production delivers to Segment (and the root filesystem is read-only)")
 
@@ -655,6 +669,10 @@ class Checker:
             if d.get("kind") != "Ingress":
                 continue
             iname = d["metadata"]["name"]
+            body_size_text = ((d["metadata"].get("annotations") or {}).get(NGINX_BODY_SIZE))
+            body_size = nginx_size(body_size_text if body_size_text is not None else NGINX_DEFAULT_BODY_SIZE)
+            if body_size is None:
+                self.fail(f"k8s Ingress {iname}: {NGINX_BODY_SIZE} {body_size_text!r} is not an nginx size")
             for t in d["spec"].get("tls") or []:
                 sn = t.get("secretName")
                 self.check(sn in secrets, f"k8s Ingress {iname}: TLS Secret {sn} is templated in secret.example.yaml", f"k8s Ingress {iname}: TLS Secret {sn} is not in secret.example.yaml")
@@ -666,6 +684,20 @@ class Checker:
                     ok = svc is not None and any(sp.get("name") == port.get("name") or sp.get("port") == port.get("number") for sp in svc["spec"].get("ports") or [])
                     if self.check(ok, f"k8s Ingress {iname}: {p.get('path')} -> Service {be.get('name')}", f"k8s Ingress {iname}: backend {be} is not a Service port"):
                         ingressed.update(pods_matching(svc["spec"].get("selector") or {}))
+                        # The proxy must pass every body the webhook accepts (an Actions batch
+                        # refused by the ingress never reaches the role, and Segment retries it in vain).
+                        for dname in pods_matching(svc["spec"].get("selector") or {}):
+                            if dname not in webhook_cfg or body_size is None:
+                                continue
+                            role, section = webhook_cfg[dname]
+                            max_body = int(section.get("max_body_bytes", 0))
+                            shown = body_size_text if body_size_text is not None else f"absent, ingress-nginx default {NGINX_DEFAULT_BODY_SIZE}"
+                            if body_size == 0 or body_size >= max_body:
+                                self.ok(f"k8s Ingress {iname}: {NGINX_BODY_SIZE} ({shown}) passes {role}'s max_body_bytes {max_body}")
+                                if body_size > max_body:
+                                    self.warn(f"k8s Ingress {iname}: {NGINX_BODY_SIZE} ({shown}) is larger than {role}'s max_body_bytes {max_body}: the role answers 413 beyond it")
+                            else:
+                                self.fail(f"k8s Ingress {iname}: {NGINX_BODY_SIZE} ({shown} = {body_size} bytes) refuses bodies {role} accepts ({WEBHOOK_ROLES[role]}.max_body_bytes {max_body}); make them agree")
         for role in WEBHOOK_ROLES:
             if role in role_deploy:
                 self.check(role_deploy[role] in ingressed, f"k8s: {role} is reachable through an Ingress", f"k8s: no Ingress routes to {role}")

@@ -662,6 +662,14 @@ impl Config {
             ],
         )
         .map_err(ConfigError::Invalid)?;
+        validate_http_limits(
+            "pendo_webhook",
+            w.header_read_timeout_ms,
+            w.body_read_timeout_ms,
+            w.idle_timeout_ms,
+            w.max_connections,
+        )
+        .map_err(ConfigError::Invalid)?;
         let w = &self.segment_webhook;
         validate_webhook(
             "segment_webhook",
@@ -676,6 +684,14 @@ impl Config {
                 ("ack_timeout_ms", w.ack_timeout_ms),
                 ("transaction_producers", w.transaction_producers as u64),
             ],
+        )
+        .map_err(ConfigError::Invalid)?;
+        validate_http_limits(
+            "segment_webhook",
+            w.header_read_timeout_ms,
+            w.body_read_timeout_ms,
+            w.idle_timeout_ms,
+            w.max_connections,
         )
         .map_err(ConfigError::Invalid)?;
         if self.segment_webhook.signature_header.trim().is_empty() {
@@ -786,6 +802,40 @@ fn validate_webhook(
     if max_event_bytes > MAX_RAW_RECORD_BYTES {
         return Err(format!(
             "{section}.max_event_bytes may be at most {MAX_RAW_RECORD_BYTES} (each event is one record; the raw topics' max.message.bytes leaves room for its headers), got {max_event_bytes}"
+        ));
+    }
+    Ok(())
+}
+
+/// Longest accepted webhook connection deadline: one of hours protects nothing.
+pub const MAX_WEBHOOK_TIMEOUT_MS: u64 = 3_600_000;
+/// Most accepted webhook connections per role: far beyond one process's useful file descriptors.
+pub const MAX_WEBHOOK_CONNECTIONS: usize = 1_000_000;
+
+/// The connection limits of a webhook section: every deadline positive and at most
+/// [`MAX_WEBHOOK_TIMEOUT_MS`] (zero would close every connection, hours would let stalled peers
+/// stay), and a connection cap of 1 to [`MAX_WEBHOOK_CONNECTIONS`].
+fn validate_http_limits(
+    section: &str,
+    header_read_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    max_connections: usize,
+) -> Result<(), String> {
+    for (key, ms) in [
+        ("header_read_timeout_ms", header_read_timeout_ms),
+        ("body_read_timeout_ms", body_read_timeout_ms),
+        ("idle_timeout_ms", idle_timeout_ms),
+    ] {
+        if ms == 0 || ms > MAX_WEBHOOK_TIMEOUT_MS {
+            return Err(format!(
+                "{section}.{key} must be 1 to {MAX_WEBHOOK_TIMEOUT_MS} (1 hour), got {ms}: a stalled connection must be closed, and a live one get time to send"
+            ));
+        }
+    }
+    if max_connections == 0 || max_connections > MAX_WEBHOOK_CONNECTIONS {
+        return Err(format!(
+            "{section}.max_connections must be 1 to {MAX_WEBHOOK_CONNECTIONS}, got {max_connections}"
         ));
     }
     Ok(())
@@ -956,6 +1006,74 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("auth_scheme"), "{err}");
+    }
+
+    #[test]
+    fn webhook_connection_limits_have_defaults_and_are_validated() {
+        let c = load_str("[kafka]\nbootstrap_servers = \"x:1\"\n").unwrap();
+        for limits in [
+            c.pendo_webhook.http_limits(),
+            c.segment_webhook.http_limits(),
+        ] {
+            assert_eq!(
+                limits,
+                crate::connectors::webhook::listener::HttpLimits {
+                    header_read_timeout: std::time::Duration::from_secs(10),
+                    body_read_timeout: std::time::Duration::from_secs(30),
+                    idle_timeout: std::time::Duration::from_secs(75),
+                    max_connections: 2048,
+                }
+            );
+        }
+        let c = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nheader_read_timeout_ms = 1500\nbody_read_timeout_ms = 2000\nidle_timeout_ms = 3000\nmax_connections = 7\n",
+        )
+        .unwrap();
+        let l = c.segment_webhook.http_limits();
+        assert_eq!(l.header_read_timeout.as_millis(), 1500);
+        assert_eq!(l.body_read_timeout.as_millis(), 2000);
+        assert_eq!(l.idle_timeout.as_millis(), 3000);
+        assert_eq!(l.max_connections, 7);
+        assert_eq!(c.pendo_webhook.max_connections, 2048);
+        for (section, body, needle) in [
+            (
+                "pendo_webhook",
+                "header_read_timeout_ms = 0",
+                "pendo_webhook.header_read_timeout_ms must be 1 to 3600000",
+            ),
+            (
+                "segment_webhook",
+                "body_read_timeout_ms = 0",
+                "segment_webhook.body_read_timeout_ms must be 1 to 3600000",
+            ),
+            (
+                "segment_webhook",
+                "idle_timeout_ms = 3600001",
+                "segment_webhook.idle_timeout_ms must be 1 to 3600000 (1 hour), got 3600001",
+            ),
+            (
+                "pendo_webhook",
+                "max_connections = 0",
+                "pendo_webhook.max_connections must be 1 to 1000000, got 0",
+            ),
+            (
+                "segment_webhook",
+                "max_connections = 1000001",
+                "segment_webhook.max_connections must be 1 to 1000000",
+            ),
+        ] {
+            let err = load_str(&format!(
+                "[kafka]\nbootstrap_servers = \"x:1\"\n[{section}]\n{body}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+        // The bounds themselves are accepted.
+        load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[pendo_webhook]\nheader_read_timeout_ms = 1\nbody_read_timeout_ms = 3600000\nidle_timeout_ms = 1\nmax_connections = 1000000\n",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub webhook_in_flight: IntGaugeVec,
     /// Time from receiving a webhook request to Kafka's commit of its events, by role.
     pub webhook_ack_latency: HistogramVec,
+    /// Webhook connections the role closed itself, by role and reason (`header_timeout`,
+    /// `body_timeout`, `idle_timeout`, `connection_cap`): stalled peers must show, not hide.
+    pub webhook_connections_closed: IntCounterVec,
+    /// Webhook connections open, by role (bounded by `max_connections`).
+    pub webhook_open_connections: IntGaugeVec,
     /// Segment sink: events Segment acknowledged (2xx), by call type.
     pub segment_events_delivered: IntCounterVec,
     /// Segment sink: HTTP attempts by status (`none` = network error or timeout).
@@ -417,6 +422,18 @@ impl Metrics {
                 &["role"],
             ),
             webhook_ack_latency,
+            webhook_connections_closed: counter(
+                &r,
+                "pendo_segment_webhook_connections_closed_total",
+                "Webhook connections closed by the role: stalled past a timeout, or over the connection cap.",
+                &["role", "reason"],
+            ),
+            webhook_open_connections: gauge(
+                &r,
+                "pendo_segment_webhook_open_connections",
+                "Webhook connections open.",
+                &["role"],
+            ),
             records_in: counter(
                 &r,
                 "pendo_segment_records_in_total",

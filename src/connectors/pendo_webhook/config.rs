@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::webhook::listener::HttpLimits;
 use crate::secret::Secret;
 
 /// Settings of the `pendo-webhook` role.
@@ -21,7 +22,9 @@ pub struct PendoWebhookConfig {
     /// Scheme before the secret in that header; empty for the bare secret.
     pub auth_scheme: String,
     /// Also accept the secret as the last path segment (`<path>/<secret>`), for senders that
-    /// cannot set headers.
+    /// cannot set headers. This puts the secret into the URL, and so into the access logs of
+    /// every proxy, load balancer and ingress on the way (the role never logs it): prefer the
+    /// header, and turn this off once senders use it.
     pub path_token: bool,
     /// Largest accepted body in bytes (413 beyond). At most
     /// [`crate::config::MAX_WEBHOOK_BODY_BYTES`]. Memory: up to `max_in_flight_requests` bodies of
@@ -39,6 +42,23 @@ pub struct PendoWebhookConfig {
     /// 256 MiB, at least `max_body_bytes`): a request that would exceed it gets 503 with
     /// `Retry-After` before its body is read.
     pub max_in_flight_bytes: usize,
+    /// Longest time to receive a request's head (request line and headers), in ms, counted from
+    /// the connection's accept, or from the first byte of a further request on a kept-alive
+    /// connection; the connection is closed then. Default 10 s.
+    pub header_read_timeout_ms: u64,
+    /// Longest time to receive a whole request body once its headers are in, in ms: answered 408
+    /// and the connection closed then, so a stalled sender holds its received bytes of
+    /// `max_in_flight_bytes` no longer. One deadline for the whole body (not a minimum rate): it
+    /// bounds what a stalled peer holds whatever it sends. Default 30 s: a 1 MiB body (the default limit) then needs 35 KB/s, far below any real sender.
+    pub body_read_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request, in ms, before it is
+    /// closed. Default 75 s: longer than the 60 s idle timeout of ingress-nginx's upstream
+    /// keep-alive and of AWS load balancers, so such a proxy closes an idle connection first and
+    /// never sends a request on one the role is closing.
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once (each holds a file descriptor); one more is answered 503
+    /// and closed at once, never queued. Default 2048.
+    pub max_connections: usize,
     /// How long a request may wait for Kafka before it is answered 503, in ms.
     pub ack_timeout_ms: u64,
     /// `Retry-After` on 503, in seconds.
@@ -70,6 +90,10 @@ impl Default for PendoWebhookConfig {
             max_events_per_request: 10_000,
             max_in_flight_requests: 512,
             max_in_flight_bytes: 256 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 2048,
             ack_timeout_ms: 5_000,
             retry_after_seconds: 5,
             linger_ms: 3,
@@ -78,5 +102,17 @@ impl Default for PendoWebhookConfig {
             max_transaction_records: 20_000,
             max_transaction_bytes: 16 * 1024 * 1024,
         }
+    }
+}
+
+impl PendoWebhookConfig {
+    /// The listener's connection limits from these settings.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits::from_settings(
+            self.header_read_timeout_ms,
+            self.body_read_timeout_ms,
+            self.idle_timeout_ms,
+            self.max_connections,
+        )
     }
 }

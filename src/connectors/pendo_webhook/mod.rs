@@ -51,6 +51,7 @@ pub fn task(
             role: ROLE,
             section: "pendo_webhook",
             listen: c.listen,
+            http: c.http_limits(),
             path: c.path,
             auth,
             max_body_bytes: c.max_body_bytes,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::webhook::listener::HttpLimits;
 use crate::secret::Secret;
 
 /// Settings of the `segment-webhook` role.
@@ -39,6 +40,23 @@ pub struct SegmentWebhookConfig {
     /// 256 MiB, at least `max_body_bytes`): a request that would exceed it gets 503 with
     /// `Retry-After` before its body is read.
     pub max_in_flight_bytes: usize,
+    /// Longest time to receive a request's head (request line and headers), in ms, counted from
+    /// the connection's accept, or from the first byte of a further request on a kept-alive
+    /// connection; the connection is closed then. Default 10 s.
+    pub header_read_timeout_ms: u64,
+    /// Longest time to receive a whole request body once its headers are in, in ms: answered 408
+    /// and the connection closed then, so a stalled sender holds its received bytes of
+    /// `max_in_flight_bytes` no longer. One deadline for the whole body (not a minimum rate): it
+    /// bounds what a stalled peer holds whatever it sends. Default 30 s: a 32 MiB Actions batch (the default limit) then needs 1.1 MB/s; Segment sends from its data centres and gives up on an answer after 5 s anyway.
+    pub body_read_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request, in ms, before it is
+    /// closed. Default 75 s: longer than the 60 s idle timeout of ingress-nginx's upstream
+    /// keep-alive and of AWS load balancers, so such a proxy closes an idle connection first and
+    /// never sends a request on one the role is closing.
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once (each holds a file descriptor); one more is answered 503
+    /// and closed at once, never queued. Default 2048.
+    pub max_connections: usize,
     /// How long a request may wait for Kafka before it is answered 503, in ms. Below Segment's
     /// 5 s answer deadline, so Segment gets a 503 to retry on rather than a timeout.
     pub ack_timeout_ms: u64,
@@ -68,6 +86,10 @@ impl Default for SegmentWebhookConfig {
             max_events_per_request: 4_000,
             max_in_flight_requests: 512,
             max_in_flight_bytes: 256 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 2048,
             ack_timeout_ms: 4_000,
             retry_after_seconds: 5,
             linger_ms: 3,
@@ -76,5 +98,17 @@ impl Default for SegmentWebhookConfig {
             max_transaction_records: 20_000,
             max_transaction_bytes: 16 * 1024 * 1024,
         }
+    }
+}
+
+impl SegmentWebhookConfig {
+    /// The listener's connection limits from these settings.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits::from_settings(
+            self.header_read_timeout_ms,
+            self.body_read_timeout_ms,
+            self.idle_timeout_ms,
+            self.max_connections,
+        )
     }
 }

@@ -54,6 +54,7 @@ pub fn task(
             role: ROLE,
             section: "segment_webhook",
             listen: c.listen,
+            http: c.http_limits(),
             path: c.path,
             auth,
             max_body_bytes: c.max_body_bytes,

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod listener;
 pub mod role;
 pub mod server;
 pub mod signature;

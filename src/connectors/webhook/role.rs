@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Semaphore;
 
+use super::listener::HttpLimits;
 use super::server::{self, EventIdentity, WebhookAuth, WebhookEndpoint, WebhookMetrics};
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct WebhookRoleSpec {
     pub path: String,
     /// How senders authenticate.
     pub auth: WebhookAuth,
+    /// Connection limits: header, body and idle deadlines, and the connection cap.
+    pub http: HttpLimits,
     /// Largest accepted body (one request may carry many events).
     pub max_body_bytes: usize,
     /// Largest accepted event (one Kafka record each; at most the raw topics' record size).
@@ -125,6 +128,7 @@ pub fn task(
                 max_events: spec.max_events_per_request,
                 in_flight: Semaphore::new(spec.max_in_flight_requests),
                 body_budget: Semaphore::new(spec.max_in_flight_bytes),
+                body_read_timeout: spec.http.body_read_timeout,
                 retry_after_seconds: spec.retry_after_seconds,
                 topic,
                 dlq_topic,
@@ -133,7 +137,7 @@ pub fn task(
                 metrics: WebhookMetrics::new(role),
             });
             let http_ready = env.readiness.register(format!("{role}:http"));
-            let (_, http) = server::serve(spec.listen, endpoint, env.shutdown.clone())
+            let (_, http) = server::serve(spec.listen, endpoint, spec.http, env.shutdown.clone())
                 .await
                 .with_context(|| {
                     format!("cannot listen on {}.listen {}", spec.section, spec.listen)

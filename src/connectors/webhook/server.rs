@@ -2,10 +2,18 @@
 //!
 //! Order of checks, cheapest first: capacity (503), authentication (401; for a body signature,
 //! the header's presence and form), content type (415), declared and actual size (413), the body
-//! signature if the endpoint uses one (401), body shape (400, and the raw body to the DLQ), the
-//! size of every event (413, and the body to the DLQ), then every event is appended to Kafka in
-//! one transaction. Nothing of a body is kept, not even in the
-//! DLQ, before its sender is authenticated. 200 only after that transaction committed;
+//! within `body_read_timeout` (408, and the connection closed) and the byte budget (503), the body
+//! signature if the endpoint uses one (401), a request slot (503), body shape (400, and the raw
+//! body to the DLQ), the size of every event (413, and the body to the DLQ), then every event is
+//! appended to Kafka in one transaction. Nothing of a body is kept, not even in the
+//! DLQ, before its sender is authenticated.
+//!
+//! What a sender that has not been authenticated yet can hold (a Segment sender is only
+//! authenticated once its whole body has been read and its signature checked): a connection
+//! (within the listener's cap and deadlines, see [`super::listener`]), and for at most
+//! `body_read_timeout` the body bytes it actually sent. A declared `Content-Length` reserves
+//! nothing, and a request slot (`max_in_flight_requests`) is taken only once the body is read and
+//! authenticated, so stalled peers cannot starve honest senders of either. 200 only after that transaction committed;
 //! 503 with `Retry-After` when Kafka could not take it (nothing of the request is then visible
 //! to `read_committed` consumers, so the sender's retry cannot duplicate).
 //!
@@ -20,7 +28,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -28,11 +36,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::Bytes;
-use tokio::sync::Semaphore;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::auth::{SharedSecrets, credential_from_header};
 use super::body::{BodyError, split_events};
+use super::listener::{self, HttpLimits};
 use super::signature::{SignatureSecrets, parse_hex_signature};
 use crate::config::MAX_RAW_RECORD_BYTES;
 use crate::kafka::headers;
@@ -127,13 +137,18 @@ pub struct WebhookEndpoint {
     pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events: usize,
-    /// Requests handled at once; more are answered 503 at once.
+    /// Requests being stored (body read and authenticated, waiting for Kafka) at once; more are
+    /// answered 503 at once. Taken only after the body is read, so peers that stall mid-body
+    /// cannot hold them.
     pub in_flight: Semaphore,
-    /// Bytes of request bodies held at once, one permit per byte: a request reserves its declared
-    /// `Content-Length` (or `max_body_bytes` when it declares none) before its body is read, and is
-    /// answered 503 when the budget cannot hold it. Bounds memory when bodies are large (Actions
-    /// batches), where `in_flight` × `max_body_bytes` would not.
+    /// Bytes of request bodies held at once, one permit per byte, charged as the bytes arrive
+    /// (never by the declared `Content-Length`, which a stalled peer could inflate for free); a
+    /// request whose next bytes do not fit is answered 503. Bounds memory when bodies are large
+    /// (Actions batches), where `in_flight` × `max_body_bytes` would not.
     pub body_budget: Semaphore,
+    /// Longest time to receive a whole body once the headers are in; then 408 and the connection
+    /// is closed, so a stalled sender holds its bytes of `body_budget` no longer than this.
+    pub body_read_timeout: Duration,
     /// `Retry-After` seconds on 503.
     pub retry_after_seconds: u64,
     /// Topic of accepted events.
@@ -155,6 +170,7 @@ pub struct WebhookMetrics {
     bytes: IntCounter,
     in_flight: IntGauge,
     ack_latency: Histogram,
+    body_timeout: IntCounter,
 }
 
 impl WebhookMetrics {
@@ -167,6 +183,9 @@ impl WebhookMetrics {
             bytes: m.webhook_bytes.with_label_values(&[role]),
             in_flight: m.webhook_in_flight.with_label_values(&[role]),
             ack_latency: m.webhook_ack_latency.with_label_values(&[role]),
+            body_timeout: m
+                .webhook_connections_closed
+                .with_label_values(&[role, listener::BODY_TIMEOUT]),
         }
     }
 }
@@ -201,21 +220,27 @@ pub fn router(endpoint: Arc<WebhookEndpoint>) -> Router {
     r.with_state(endpoint)
 }
 
-/// Serves `endpoint` on `listen` until `shutdown`; in-flight requests are finished and answered.
+/// Serves `endpoint` on `listen` under `limits` until `shutdown`; in-flight requests are
+/// finished and answered.
 pub async fn serve(
     listen: SocketAddr,
     endpoint: Arc<WebhookEndpoint>,
+    limits: HttpLimits,
     shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(role = endpoint.role, %addr, path = %endpoint.path, "webhook endpoint listening");
-    let app = router(endpoint);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
-    });
+    let role = endpoint.role;
+    let path = endpoint.path.clone();
+    let retry_after = endpoint.retry_after_seconds;
+    let (addr, task) = listener::serve(
+        listen,
+        router(endpoint),
+        role,
+        limits,
+        retry_after,
+        shutdown,
+    )
+    .await?;
+    tracing::info!(role, %addr, %path, "webhook endpoint listening");
     Ok((addr, task))
 }
 
@@ -251,19 +276,15 @@ async fn handle(
     let m = metrics();
     let role = e.role;
     let received = Instant::now();
-    let reply = match e.in_flight.try_acquire() {
-        Err(_) => {
-            m.webhook_rejects
-                .with_label_values(&[role, "overloaded"])
-                .inc();
-            Reply::unavailable(&e, "overloaded: too many requests in flight")
-        }
-        Ok(_permit) => {
-            e.metrics.in_flight.inc();
-            let r = handle_admitted(&e, token, &headers, body, received).await;
-            e.metrics.in_flight.dec();
-            r
-        }
+    // Refused before anything is read when every request slot is taken; the slot itself is
+    // taken once the body is in (see `handle_admitted`).
+    let reply = if e.in_flight.available_permits() == 0 {
+        m.webhook_rejects
+            .with_label_values(&[role, "overloaded"])
+            .inc();
+        overloaded(&e)
+    } else {
+        handle_admitted(&e, token, &headers, body, received).await
     };
     if reply.status == StatusCode::OK {
         e.metrics.ok.inc();
@@ -278,7 +299,74 @@ async fn handle(
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
+    if reply.status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body may still be on its way: this connection cannot carry another
+        // request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
+}
+
+fn overloaded(e: &WebhookEndpoint) -> Reply {
+    Reply::unavailable(e, "overloaded: too many requests in flight")
+}
+
+/// Why a body was not read whole.
+enum BodyRead {
+    /// More than `max_body_bytes`.
+    TooLarge,
+    /// The byte budget cannot hold its next bytes.
+    Overloaded,
+    /// The sender went away or sent a broken body.
+    Failed,
+}
+
+/// Reads the body, charging `body_budget` for every byte as it arrives; the permit holds those
+/// bytes until the request is answered. Chunks are kept as received and joined once at the end,
+/// never pre-allocated from a declared length.
+async fn read_body<'a>(
+    e: &'a WebhookEndpoint,
+    mut body: Body,
+) -> Result<(Bytes, Option<SemaphorePermit<'a>>), BodyRead> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    let mut held: Option<SemaphorePermit<'a>> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyRead::Failed)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // Trailers carry no body bytes.
+        };
+        if data.is_empty() {
+            continue;
+        }
+        total += data.len();
+        if total > e.max_body_bytes {
+            return Err(BodyRead::TooLarge);
+        }
+        // At most `max_body_bytes` (<= 128 MiB), so it fits a u32; the config guarantees the
+        // budget can hold one such body, so a lone request is never refused for it.
+        let permit = e
+            .body_budget
+            .try_acquire_many(data.len() as u32)
+            .map_err(|_| BodyRead::Overloaded)?;
+        match held.as_mut() {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        chunks.push(data);
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total);
+            chunks.iter().for_each(|c| joined.extend_from_slice(c));
+            joined.freeze()
+        }
+    };
+    Ok((bytes, held))
 }
 
 /// The checks possible before the body is read. For a signature: that one is present and
@@ -379,32 +467,54 @@ async fn handle_admitted(
         reject("too_large");
         return too_large(e);
     }
-    // At most `max_body_bytes` (≤ 128 MiB), so it fits a u32; the config guarantees the budget
-    // can hold one such body, so a lone request is never refused for it.
-    let reserve = declared.map_or(e.max_body_bytes, |n| n as usize);
-    let Ok(_body_permit) = e.body_budget.try_acquire_many(reserve.max(1) as u32) else {
-        reject("overloaded");
-        return Reply::unavailable(e, "overloaded: too many request bytes in flight");
-    };
-    let bytes = match axum::body::to_bytes(body, e.max_body_bytes).await {
-        Ok(b) => b,
-        Err(err) => {
-            // Over the limit while streaming, or the client went away mid-body.
-            let over = std::error::Error::source(&err)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over {
+    let (bytes, _body_permit) =
+        match tokio::time::timeout(e.body_read_timeout, read_body(e, body)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(BodyRead::TooLarge)) => {
                 reject("too_large");
                 return too_large(e);
             }
-            reject("body_read");
-            return Reply::error(StatusCode::BAD_REQUEST, "could not read the request body");
-        }
-    };
+            Ok(Err(BodyRead::Overloaded)) => {
+                reject("overloaded");
+                return Reply::unavailable(e, "overloaded: too many request bytes in flight");
+            }
+            Ok(Err(BodyRead::Failed)) => {
+                // The client went away mid-body.
+                reject("body_read");
+                return Reply::error(StatusCode::BAD_REQUEST, "could not read the request body");
+            }
+            Err(_) => {
+                reject("body_timeout");
+                e.metrics.body_timeout.inc();
+                return Reply::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "body not received within {} ms",
+                        e.body_read_timeout.as_millis()
+                    ),
+                );
+            }
+        };
     e.metrics.bytes.inc_by(bytes.len() as u64);
     if !body_authorized(e, headers, &bytes) {
         reject("auth");
         return unauthorized(e);
     }
+    let Ok(_slot) = e.in_flight.try_acquire() else {
+        reject("overloaded");
+        return overloaded(e);
+    };
+    e.metrics.in_flight.inc();
+    let reply = store(e, headers, bytes, received).await;
+    e.metrics.in_flight.dec();
+    reply
+}
+
+/// Splits an authenticated body into events and appends them to Kafka in one transaction.
+async fn store(e: &WebhookEndpoint, headers: &HeaderMap, bytes: Bytes, received: Instant) -> Reply {
+    let m = metrics();
+    let role = e.role;
+    let reject = |reason: &str| m.webhook_rejects.with_label_values(&[role, reason]).inc();
 
     let request_id = request_id(headers);
     let content_type = headers

@@ -281,13 +281,14 @@ impl PendoTransformProcessor {
         } else {
             &r.obs.kind
         });
+        let kind: &str = &kind;
         if r.obs.unknown_kind {
             m.unknown_kinds.with_label_values(&[stage, kind]).inc();
         }
         for field in &r.obs.unknown_fields {
             let field = self.fields.label(field);
             m.unknown_fields
-                .with_label_values(&[stage, kind, field])
+                .with_label_values(&[stage, kind, &field])
                 .inc();
         }
         let (slot, outcome) = match r.result {

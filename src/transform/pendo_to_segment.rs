@@ -192,9 +192,24 @@ fn size_upper_bound(call: &SegmentCall) -> usize {
     6 * (strings + body_strings) + json + 512
 }
 
+/// Epoch milliseconds of 9999-12-31T23:59:59.999Z, the last instant RFC 3339 (and humantime)
+/// can write.
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// `ms` (epoch milliseconds) as ISO-8601 UTC with milliseconds, the form canonical records use;
+/// `None` outside 1970..=9999, which that form cannot hold (humantime panics there).
+pub(crate) fn iso_millis_checked(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms)
+        .ok()
+        .filter(|&ms| ms <= MAX_RFC3339_MS as u64)?;
+    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
 /// `ms` (epoch milliseconds) as ISO-8601 UTC with milliseconds, the form canonical records use.
+/// Callers pass plausible times ([`event_time_ms`], checked received-at values); anything else is
+/// clamped into 1970..=9999 rather than allowed to panic.
 pub(crate) fn iso_millis(ms: i64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    iso_millis_checked(ms.clamp(0, MAX_RFC3339_MS)).unwrap_or_default()
 }
 
 fn non_empty_str(v: Option<&Value>) -> Option<String> {
@@ -1097,5 +1112,18 @@ mod tests {
             assert_eq!(nps_category(Some(&json!(score))), Some(json!(cat)));
         }
         assert_eq!(nps_category(Some(&json!(11))), None);
+    }
+
+    #[test]
+    fn iso_millis_of_any_i64_is_text_never_a_panic() {
+        assert_eq!(iso_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_millis(1_764_340_000_000), "2025-11-28T14:26:40.000Z");
+        assert_eq!(iso_millis(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        for ms in [i64::MIN, -1, 253_402_300_800_000, i64::MAX] {
+            assert_eq!(iso_millis_checked(ms), None, "{ms}");
+            let _ = iso_millis(ms);
+        }
+        assert_eq!(iso_millis(-1), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

@@ -156,7 +156,17 @@ pub(crate) fn event_time_ms(v: &Value) -> Option<i64> {
         _ => return None,
     };
     // 1970 < t < 3000: anything else is a unit or data error, not an event time.
-    (ms > 0.0 && ms < 32_503_680_000_000.0).then_some(ms.round() as i64)
+    (ms > 0.0 && ms < MAX_PLAUSIBLE_MS as f64).then_some(ms.round() as i64)
+}
+
+/// Epoch milliseconds of 3000-01-01: times from input are accepted below it.
+const MAX_PLAUSIBLE_MS: i64 = 32_503_680_000_000;
+
+/// Whether epoch milliseconds from input (an event time, a `received-at` header) are a time the
+/// pipeline accepts: after 1970 and before 3000, so they always have an ISO-8601 form and leave
+/// room for arithmetic. Anything else is a unit or data error.
+pub(crate) fn plausible_epoch_ms(ms: i64) -> bool {
+    ms > 0 && ms < MAX_PLAUSIBLE_MS
 }
 
 /// An upper bound of a call's size as Segment JSON: JSON-text fields are exact, every other
@@ -302,13 +312,15 @@ impl PendoToSegment {
         &self.mapping
     }
 
-    /// Maps one raw event (the bytes of one JSON object).
+    /// Maps one raw event (the bytes of one JSON object). `received_at` (the connector's
+    /// receive time, epoch ms) counts as absent unless it is a plausible time.
     pub fn map(
         &self,
         raw: &[u8],
         received_at: Option<i64>,
         ids: &dyn UserIdLookup,
     ) -> (MapOutcome, Observations) {
+        let received_at = received_at.filter(|&ms| plausible_epoch_ms(ms));
         let mut obs = Observations::default();
         let event = match LazyObject::parse(raw, &self.open) {
             Ok(v) => v,

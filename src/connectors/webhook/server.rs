@@ -468,10 +468,14 @@ pub fn dead_letter_parts(body: &Bytes, limit: usize) -> Vec<(Bytes, Option<Strin
             (part.slice(..limit), Some(note))
         }
     };
+    // Checked without holding anything first: an array that is not valid JSON as a whole (a
+    // million elements, then garbage) must not become a million-entry vector here either. A
+    // valid one reached this point past `split_events`' count check, so its elements are few.
     let elements: Option<Vec<&serde_json::value::RawValue>> = body
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .filter(|&&b| b == b'[')
+        .filter(|_| serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok())
         .and_then(|_| serde_json::from_slice(body).ok());
     match elements {
         Some(elements) if !elements.is_empty() => {

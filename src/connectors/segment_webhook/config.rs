@@ -18,7 +18,8 @@ pub struct SegmentWebhookConfig {
     /// Path of the endpoint.
     pub path: String,
     /// Shared secrets of the Segment destination; a signature made with any of them is accepted
-    /// (rotation). Required unless `--insecure-no-auth`.
+    /// (rotation). Required unless `--insecure-no-auth`; each at least
+    /// [`crate::config::MIN_WEBHOOK_SECRET_BYTES`] long.
     pub secrets: Vec<Secret>,
     /// Header carrying the hex HMAC-SHA1 signature.
     pub signature_header: String,

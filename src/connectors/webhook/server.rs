@@ -2,7 +2,8 @@
 //!
 //! Order of checks, cheapest first: capacity (503), authentication (401; for a body signature,
 //! the header's presence and form), content type (415), declared and actual size (413), the body
-//! signature if the endpoint uses one (401), body shape (400, and the raw body to the DLQ), the
+//! signature if the endpoint uses one (401), an array body where batches are refused (400,
+//! nothing kept), body shape (400, and the raw body to the DLQ), the
 //! size of every event (413, and the body to the DLQ), then every event is appended to Kafka in
 //! one transaction. Nothing of a body is kept, not even in the
 //! DLQ, before its sender is authenticated. 200 only after that transaction committed;
@@ -92,6 +93,11 @@ pub struct WebhookEndpoint {
     pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events: usize,
+    /// Whether a JSON array body is accepted. `false` answers 400 to any array, after the
+    /// sender is authenticated and before anything is stored (see
+    /// `segment_webhook.accept_batches`: Segment's signature covers only a batch's first
+    /// element, so the rest of an array is not worth keeping, not even as a dead letter).
+    pub accept_batches: bool,
     /// Requests handled at once; more are answered 503 at once.
     pub in_flight: Semaphore,
     /// Bytes of request bodies held at once, one permit per byte: a request reserves its declared
@@ -362,6 +368,14 @@ async fn handle_admitted(
     if !body_authorized(e, headers, &bytes) {
         reject("auth");
         return unauthorized(e);
+    }
+    if !e.accept_batches && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        reject("batch_refused");
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "JSON array (batched) bodies are not accepted here (accept_batches = false): the \
+             signature covers only the first element of a batch; send one event per request",
+        );
     }
 
     let request_id = request_id(headers);

@@ -21,7 +21,7 @@ use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::topics::{TopicAdmin, desired_topics};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-webhook-secret-1";
 
 struct Args {
     seconds: u64,

@@ -33,6 +33,11 @@ pub const MAX_RAW_RECORD_BYTES: usize = 2 * 1024 * 1024;
 /// 32 KB, is 125 MiB).
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 128 * 1024 * 1024;
 
+/// Shortest webhook secret accepted, in bytes. A shared secret (or HMAC key) is all that stands
+/// between the internet and the raw topics: an empty one lets anyone in (an HMAC with an empty
+/// key is computable by anyone), a short one can be guessed. `openssl rand -hex 32` gives 64.
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "pendo-segment.toml";
 /// Prefix of environment overrides; `__` separates nesting levels.
@@ -697,6 +702,30 @@ impl Config {
         if self.segment_webhook.signature_header.trim().is_empty() {
             return invalid("segment_webhook.signature_header is empty".into());
         }
+        for (section, secrets) in [
+            ("pendo_webhook", &self.pendo_webhook.secrets),
+            ("segment_webhook", &self.segment_webhook.secrets),
+        ] {
+            for (i, secret) in secrets.iter().enumerate() {
+                // The value is never printed: its length and where it came from are.
+                let len = secret.expose().len();
+                if len < MIN_WEBHOOK_SECRET_BYTES {
+                    return invalid(format!(
+                        "{section}.secrets[{i}] ({secret}) is {len} bytes; at least {MIN_WEBHOOK_SECRET_BYTES} are required, or senders can be forged (generate one with `openssl rand -hex 32`)"
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.segment
+            && s.write_key.expose().trim().is_empty()
+        {
+            return invalid("segment.write_key is empty".into());
+        }
+        if let Some(p) = &self.pendo
+            && p.integration_key.expose().trim().is_empty()
+        {
+            return invalid("pendo.integration_key is empty".into());
+        }
         self.transform_pendo
             .validate()
             .map_err(ConfigError::Invalid)?;
@@ -1100,7 +1129,7 @@ bootstrap_servers = \"x:1\"\n",
     #[test]
     fn webhook_secrets_are_never_printed() {
         let c = load_str(
-            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nsecrets = [\"sig-secret-1\", \"sig-secret-2\"]\n",
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nsecrets = [\"sig-secret-1-of-rotation\", \"sig-secret-2-of-rotation\"]\n",
         )
         .unwrap();
         assert_eq!(c.segment_webhook.secrets.len(), 2);
@@ -1118,5 +1147,57 @@ bootstrap_servers = \"x:1\"\n",
         .unwrap_err()
         .to_string();
         assert!(err.contains("pendo.raw.webhook,"), "{err}");
+    }
+
+    #[test]
+    fn empty_or_short_webhook_secrets_are_refused_naming_the_setting_not_the_value() {
+        for section in ["pendo_webhook", "segment_webhook"] {
+            for (secrets, index, len) in [
+                (r#"[""]"#, 0, 0),
+                (r#"["tiny-secret-x"]"#, 0, 13),
+                (r#"["a-long-enough-secret", "tiny-secret-x"]"#, 1, 13),
+            ] {
+                let err = load_str(&format!(
+                    "[kafka]\nbootstrap_servers = \"x:1\"\n[{section}]\nsecrets = {secrets}\n"
+                ))
+                .unwrap_err()
+                .to_string();
+                assert!(
+                    err.contains(&format!("{section}.secrets[{index}]"))
+                        && err.contains(&format!("{len} bytes"))
+                        && err.contains("at least 16"),
+                    "{err}"
+                );
+                assert!(!err.contains("tiny-secret"), "the value leaked: {err}");
+            }
+            // 16 bytes is enough.
+            let c = load_str(&format!(
+                "[kafka]\nbootstrap_servers = \"x:1\"\n[{section}]\nsecrets = [\"0123456789abcdef\"]\n"
+            ));
+            assert!(c.is_ok(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn empty_api_keys_are_refused() {
+        let err = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[segment]\nregion = \"us\"\nwrite_key = \"\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("segment.write_key is empty"), "{err}");
+        let err = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[pendo]\nregion = \"us\"\nintegration_key = \" \"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("pendo.integration_key is empty"), "{err}");
+        // Any non-empty key is the vendor's to judge.
+        assert!(
+            load_str(
+                "[kafka]\nbootstrap_servers = \"x:1\"\n[segment]\nregion = \"us\"\nwrite_key = \"k\"\n"
+            )
+            .is_ok()
+        );
     }
 }

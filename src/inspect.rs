@@ -16,7 +16,9 @@ use crate::config::{Config, SchemaId};
 use crate::kafka::client_config;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::kafka::topics::TopicId;
+use crate::schema::segment_call::parse_json_lenient;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
+use crate::transform::pendo_to_segment::iso_millis_checked;
 
 /// How record values of a topic are decoded.
 pub(crate) enum Decoder {
@@ -122,9 +124,19 @@ pub(crate) fn one_line(v: &Value) -> String {
         .as_str()
         .map(|r| format!(" dlq-reason={r}"))
         .unwrap_or_default();
-    let mut value = v["value"].to_string();
-    value.truncate(120);
+    let value = v["value"].to_string();
+    // At most 120 bytes, cut on a character boundary (values hold any text).
+    let value = &value[..value.floor_char_boundary(120)];
     format!("{at} key={}{reason} {value}", v["key"])
+}
+
+/// A record's Kafka timestamp as RFC 3339 text; a producer may set any value, so one that has
+/// no RFC 3339 form (before 1970, after 9999) is shown as the number of milliseconds it is.
+fn timestamp_json(ms: Option<i64>) -> Value {
+    match ms {
+        None => Value::Null,
+        Some(ms) => iso_millis_checked(ms).map_or_else(|| Value::from(ms), Value::String),
+    }
 }
 
 /// One record as JSON: where it is (partition, offset), when (its Kafka timestamp, RFC 3339),
@@ -160,19 +172,10 @@ pub(crate) fn render(m: &rdkafka::message::BorrowedMessage<'_>, decoder: &Decode
                 "source": im.source, "updatedAt": im.updated_at}),
             Err(e) => json!({"undecodable": e}),
         },
-        (Some(v), Decoder::Raw) => serde_json::from_slice(v)
+        (Some(v), Decoder::Raw) => parse_json_lenient(v)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned())),
     };
-    let timestamp = m
-        .timestamp()
-        .to_millis()
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| {
-            humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-            )
-            .to_string()
-        });
+    let timestamp = timestamp_json(m.timestamp().to_millis());
     json!({
         "partition": m.partition(),
         "offset": m.offset(),
@@ -181,4 +184,31 @@ pub(crate) fn render(m: &rdkafka::message::BorrowedMessage<'_>, decoder: &Decode
         "headers": headers,
         "value": value,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brief_lines_are_cut_on_char_boundaries() {
+        // Multi-byte characters around byte 120 of the value's JSON, at every alignment.
+        for pad in 0..4 {
+            let text = format!("{}{}", "a".repeat(110 + pad), "é€😀".repeat(20));
+            let v = json!({"partition": 0, "offset": 7, "key": null, "headers": {},
+                "value": {"p": text}});
+            let line = one_line(&v);
+            assert!(line.starts_with("p0@7 key=null {\"p\":\"aaa"), "{line}");
+            assert!(line.len() < 200, "{line}");
+        }
+    }
+
+    #[test]
+    fn kafka_timestamps_of_any_value_render() {
+        assert_eq!(timestamp_json(None), Value::Null);
+        assert_eq!(timestamp_json(Some(0)), "1970-01-01T00:00:00.000Z");
+        for ms in [i64::MIN, -1, 253_402_300_800_000, i64::MAX] {
+            assert_eq!(timestamp_json(Some(ms)), Value::from(ms));
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Names follow Prometheus conventions (`pendo_segment_` prefix, `_total` for counters,
 //! `_seconds` for durations). Labels are bounded sets (stage, topic, partition, reason, result),
-//! never ids or free text, so cardinality stays small.
+//! never ids or free text, so cardinality stays small; the few labels taken from input (event
+//! kinds, field names) go through [`BoundedLabel`], bounded in number and in length.
 
 use std::sync::LazyLock;
 
@@ -556,9 +557,33 @@ fn resident_memory_bytes() -> Option<i64> {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-/// Caps the distinct values of a label that comes from input data (event kinds, field names),
-/// so a stream of junk cannot grow the metric series without bound: after `max` distinct
-/// values, new ones are reported as `_other`.
+/// Longest label value taken from input data, in bytes (the cut marker included). Prometheus
+/// keeps every label value of every series and `/metrics` repeats it on every line, so a 5 KB
+/// event kind would cost 5 KB per series and per scrape; real kinds and field names are short.
+pub const MAX_LABEL_BYTES: usize = 64;
+
+/// Appended to a label value that was cut to [`MAX_LABEL_BYTES`].
+const CUT_MARKER: char = '…';
+
+/// `value` at most [`MAX_LABEL_BYTES`] long: unchanged when it fits, else its first bytes (cut on
+/// a character boundary) followed by `…`. Long values that share those first bytes therefore
+/// share one label; that is intended (such values are junk or drift, and the count they get is
+/// still right in sum), and the marker tells a cut value from a real one.
+pub fn cap_label_len(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_LABEL_BYTES {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let keep = value.floor_char_boundary(MAX_LABEL_BYTES - CUT_MARKER.len_utf8());
+    let mut cut = String::with_capacity(keep + CUT_MARKER.len_utf8());
+    cut.push_str(&value[..keep]);
+    cut.push(CUT_MARKER);
+    std::borrow::Cow::Owned(cut)
+}
+
+/// Caps a label that comes from input data (event kinds, field names) in number and in length,
+/// so a stream of junk cannot grow the metric series, or `/metrics`, without bound: values are
+/// cut to [`MAX_LABEL_BYTES`] (see [`cap_label_len`]), and after `max` distinct values new ones
+/// are reported as `_other`.
 pub struct BoundedLabel {
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
     max: usize,
@@ -573,17 +598,19 @@ impl BoundedLabel {
         }
     }
 
-    /// `value` if it is (or can become) one of the tracked values, else `_other`.
-    pub fn label<'a>(&self, value: &'a str) -> &'a str {
+    /// `value` (cut to [`MAX_LABEL_BYTES`]) if it is (or can become) one of the tracked values,
+    /// else `_other`.
+    pub fn label<'a>(&self, value: &'a str) -> std::borrow::Cow<'a, str> {
+        let value = cap_label_len(value);
         let mut seen = self.seen.lock().expect("label lock");
-        if seen.contains(value) {
+        if seen.contains(value.as_ref()) {
             return value;
         }
         if seen.len() < self.max {
             seen.insert(value.to_string());
             return value;
         }
-        "_other"
+        std::borrow::Cow::Borrowed("_other")
     }
 }
 
@@ -606,5 +633,49 @@ mod tests {
         );
         assert!(text.contains("pendo_segment_records_in_total{stage=\"test\",topic=\"t\"} "));
         assert!(text.contains("pendo_segment_process_resident_memory_bytes "));
+    }
+
+    #[test]
+    fn labels_from_input_are_capped_in_length_as_well_as_in_number() {
+        // Issue #17: 300 Pendo events with distinct 5 KB kinds made /metrics 2 MB.
+        let kinds = BoundedLabel::new(200);
+        let stage = "bounded-label-length-test";
+        for i in 0..300 {
+            let value = format!("{i:04}{}", "k".repeat(5 * 1024));
+            let label = kinds.label(&value);
+            assert!(label.len() <= MAX_LABEL_BYTES, "{} bytes", label.len());
+            metrics()
+                .unknown_kinds
+                .with_label_values(&[stage, &*label])
+                .inc();
+        }
+        let ours: usize = metrics()
+            .render()
+            .lines()
+            .filter(|l| l.contains(stage))
+            .map(|l| l.len() + 1)
+            .sum();
+        assert!(ours > 0);
+        assert!(ours < 50 * 1024, "{ours} bytes of /metrics for one label");
+    }
+
+    #[test]
+    fn long_labels_are_cut_on_a_char_boundary_and_marked() {
+        let l = BoundedLabel::new(10);
+        assert_eq!(l.label("short"), "short");
+        let exact = "x".repeat(MAX_LABEL_BYTES);
+        assert_eq!(l.label(&exact), exact.as_str());
+        // Multi-byte characters straddling the cut: never split, never over the bound.
+        for pad in 0..4 {
+            let long = format!("{}{}", "a".repeat(pad), "é€😀".repeat(100));
+            let cut = l.label(&long);
+            assert!(cut.len() <= MAX_LABEL_BYTES, "{}", cut.len());
+            assert!(cut.ends_with('…'), "{cut}");
+            assert!(long.starts_with(cut.trim_end_matches('…')));
+        }
+        // Long values sharing their first bytes share one label (documented).
+        let a = format!("{}a", "p".repeat(200));
+        let b = format!("{}b", "p".repeat(200));
+        assert_eq!(l.label(&a), l.label(&b));
     }
 }

@@ -16,7 +16,7 @@ use support::*;
 use tokio::sync::Mutex;
 
 const SENDERS: usize = 6;
-const SECRET: &str = "restart-secret";
+const SECRET: &str = "restart-webhook-secret";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {

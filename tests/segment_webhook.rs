@@ -542,3 +542,48 @@ async fn refuses_to_start_without_a_secret_unless_insecure() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// With `accept_batches = false` an Actions batch (whose signature covers only its first
+/// element) is refused with 400, correctly signed or not, and nothing of it is stored, not even
+/// in the DLQ; a single event still goes through, and an unsigned batch is still a 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_batches_false_refuses_arrays_without_storing_them() {
+    let hook = Hook::start("accept_batches = false\n").await;
+    let batch = fixture("actions-batch.json");
+    let r = hook.post_signed(batch.clone(), SECRET).await;
+    assert_eq!(r.status(), 400);
+    let error = r.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("accept_batches = false") && error.contains("first element"),
+        "{error}"
+    );
+    // A one-element array is an array too.
+    let one = format!(
+        "[{}]",
+        String::from_utf8(events_of(&batch)[0].clone()).unwrap()
+    );
+    assert_eq!(
+        hook.post_signed(one.into_bytes(), SECRET).await.status(),
+        400
+    );
+    // Authentication still comes first.
+    assert_eq!(hook.post(batch.clone(), None).await.status(), 401);
+    let single = fixture("audience-track-entered.json");
+    assert_eq!(hook.post_signed(single.clone(), SECRET).await.status(), 200);
+
+    let stored = read_committed(&hook.topic(), 1, Duration::from_secs(15));
+    assert_eq!(stored.len(), 1, "only the single event was stored");
+    assert_eq!(stored[0].payload(), Some(single.as_slice()));
+    let dlq = read_committed(&hook.dlq(), 1, Duration::from_secs(2));
+    assert!(dlq.is_empty(), "refused batches are not dead-lettered");
+    let metrics = hook.process.metrics().await;
+    for needle in [
+        "pendo_segment_webhook_rejects_total{reason=\"batch_refused\",role=\"segment-webhook\"} 2",
+        "pendo_segment_webhook_requests_total{role=\"segment-webhook\",status=\"400\"} 2",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+}

@@ -270,11 +270,67 @@ impl SegmentCall {
     }
 
     /// The Segment API JSON of this call as a value (tests and tooling; the sink streams bytes).
+    /// Never panics on a record the pipeline passed through: a number beyond `f64` (`1e400`,
+    /// valid JSON) becomes a string of its raw text, and JSON-text fields that are not JSON at
+    /// all (a hand-made record) make the whole value the written text as a string.
     pub fn to_segment_json(&self) -> serde_json::Value {
         let mut out = Vec::new();
         self.write_segment_json(&mut out);
-        serde_json::from_slice(&out).expect("write_segment_json writes valid JSON")
+        parse_json_lenient(&out)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&out).into()))
     }
+}
+
+/// Parses JSON text as `serde_json::Value`, keeping numbers that `Value` cannot hold (beyond
+/// `f64`, e.g. `1e400`: valid JSON, passed through untouched by the pipeline) as strings of their
+/// raw text, so tools can show every record instead of failing on it.
+pub fn parse_json_lenient(text: &[u8]) -> serde_json::Result<serde_json::Value> {
+    match serde_json::from_slice(text) {
+        Ok(v) => Ok(v),
+        Err(e) => serde_json::from_slice(&quote_huge_numbers(text)).map_err(|_| e),
+    }
+}
+
+/// `text` with every number token outside strings that does not fit `f64` put in quotes.
+fn quote_huge_numbers(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < text.len() {
+        let c = text[i];
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else if c == b'-' || c.is_ascii_digit() {
+            let start = i;
+            while i < text.len()
+                && matches!(text[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let token = &text[start..i];
+            let fits = std::str::from_utf8(token)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .is_some_and(f64::is_finite);
+            if !fits {
+                out.push(b'"');
+            }
+            out.extend_from_slice(token);
+            if !fits {
+                out.push(b'"');
+            }
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {
@@ -812,5 +868,28 @@ mod tests {
         anon.context = CallContext::default();
         assert_eq!(anon.kafka_key(), Some("a-1"));
         assert_eq!(anon.to_segment_json()["context"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn segment_json_of_numbers_beyond_f64_is_their_raw_text_never_a_panic() {
+        // Valid JSON that serde_json's `Value` cannot hold, passed through by the lazy reader.
+        let call = sample(CallBody::Track {
+            event: "E".into(),
+            properties: r#"{"huge":1e400,"neg":-2E+999,"ok":1.5,"s":"1e400","l":[1e400]}"#.into(),
+        });
+        let v = call.to_segment_json();
+        assert_eq!(v["properties"]["huge"], "1e400");
+        assert_eq!(v["properties"]["neg"], "-2E+999");
+        assert_eq!(v["properties"]["ok"], 1.5);
+        assert_eq!(v["properties"]["s"], "1e400");
+        assert_eq!(v["properties"]["l"][0], "1e400");
+        // JSON-text fields that are not JSON at all (a hand-made record): the text, not a panic.
+        let mut broken = call.clone();
+        broken.body = CallBody::Track {
+            event: "E".into(),
+            properties: "{not json".into(),
+        };
+        let v = broken.to_segment_json();
+        assert!(v.as_str().is_some_and(|s| s.contains("{not json")), "{v}");
     }
 }

@@ -270,11 +270,12 @@ impl<'a> LazyObject<'a> {
         self.position(key).map(|i| &mut self.0[i].1)
     }
 
-    /// Removes every member named `key`, returning the one that counted.
+    /// Removes every member named `key`, returning the one that counted. Linear however many
+    /// duplicates there are (one pass removes them all, instead of a scan and a shift each).
     fn take(&mut self, key: &str) -> Option<LazyNode<'a>> {
         let taken = self.0.remove(self.position(key)?).1;
-        while let Some(i) = self.position(key) {
-            self.0.remove(i);
+        if self.0.iter().any(|(k, _)| k.as_ref() == key) {
+            self.0.retain(|(k, _)| k.as_ref() != key);
         }
         Some(taken)
     }
@@ -622,5 +623,29 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "[\"a \\\" b\",{\"k\":\" \\\\\"}]"
         );
+    }
+
+    #[test]
+    fn removing_a_key_with_many_duplicates_is_linear() {
+        // 50,000 duplicates of "a", then 50,000 of "b": removing "a" used to rescan and shift the
+        // "b"s once per duplicate (quadratic).
+        let n = 50_000;
+        let mut text = String::from("{");
+        for _ in 0..n {
+            text.push_str("\"a\":1,");
+        }
+        for _ in 0..n {
+            text.push_str("\"b\":2,");
+        }
+        text.push_str("\"c\":3}");
+        let mut obj = LazyObject::parse(text.as_bytes(), &OpenTree::default()).unwrap();
+        let start = std::time::Instant::now();
+        let taken = obj.remove(&path("a")).expect("a is there");
+        assert_eq!(taken.to_value(), Some(Value::from(1)));
+        assert!(!obj.contains_key("a"));
+        assert_eq!(obj.keys().count(), n + 1);
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+        assert_eq!(obj.to_json_string(), r#"{"b":2,"c":3}"#);
     }
 }

@@ -156,7 +156,17 @@ pub(crate) fn event_time_ms(v: &Value) -> Option<i64> {
         _ => return None,
     };
     // 1970 < t < 3000: anything else is a unit or data error, not an event time.
-    (ms > 0.0 && ms < 32_503_680_000_000.0).then_some(ms.round() as i64)
+    (ms > 0.0 && ms < MAX_PLAUSIBLE_MS as f64).then_some(ms.round() as i64)
+}
+
+/// Epoch milliseconds of 3000-01-01: times from input are accepted below it.
+const MAX_PLAUSIBLE_MS: i64 = 32_503_680_000_000;
+
+/// Whether epoch milliseconds from input (an event time, a `received-at` header) are a time the
+/// pipeline accepts: after 1970 and before 3000, so they always have an ISO-8601 form and leave
+/// room for arithmetic. Anything else is a unit or data error.
+pub(crate) fn plausible_epoch_ms(ms: i64) -> bool {
+    ms > 0 && ms < MAX_PLAUSIBLE_MS
 }
 
 /// An upper bound of a call's size as Segment JSON: JSON-text fields are exact, every other
@@ -192,9 +202,24 @@ fn size_upper_bound(call: &SegmentCall) -> usize {
     6 * (strings + body_strings) + json + 512
 }
 
+/// Epoch milliseconds of 9999-12-31T23:59:59.999Z, the last instant RFC 3339 (and humantime)
+/// can write.
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
+/// `ms` (epoch milliseconds) as ISO-8601 UTC with milliseconds, the form canonical records use;
+/// `None` outside 1970..=9999, which that form cannot hold (humantime panics there).
+pub(crate) fn iso_millis_checked(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms)
+        .ok()
+        .filter(|&ms| ms <= MAX_RFC3339_MS as u64)?;
+    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
 /// `ms` (epoch milliseconds) as ISO-8601 UTC with milliseconds, the form canonical records use.
+/// Callers pass plausible times ([`event_time_ms`], checked received-at values); anything else is
+/// clamped into 1970..=9999 rather than allowed to panic.
 pub(crate) fn iso_millis(ms: i64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    iso_millis_checked(ms.clamp(0, MAX_RFC3339_MS)).unwrap_or_default()
 }
 
 fn non_empty_str(v: Option<&Value>) -> Option<String> {
@@ -287,13 +312,15 @@ impl PendoToSegment {
         &self.mapping
     }
 
-    /// Maps one raw event (the bytes of one JSON object).
+    /// Maps one raw event (the bytes of one JSON object). `received_at` (the connector's
+    /// receive time, epoch ms) counts as absent unless it is a plausible time.
     pub fn map(
         &self,
         raw: &[u8],
         received_at: Option<i64>,
         ids: &dyn UserIdLookup,
     ) -> (MapOutcome, Observations) {
+        let received_at = received_at.filter(|&ms| plausible_epoch_ms(ms));
         let mut obs = Observations::default();
         let event = match LazyObject::parse(raw, &self.open) {
             Ok(v) => v,
@@ -1097,5 +1124,18 @@ mod tests {
             assert_eq!(nps_category(Some(&json!(score))), Some(json!(cat)));
         }
         assert_eq!(nps_category(Some(&json!(11))), None);
+    }
+
+    #[test]
+    fn iso_millis_of_any_i64_is_text_never_a_panic() {
+        assert_eq!(iso_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_millis(1_764_340_000_000), "2025-11-28T14:26:40.000Z");
+        assert_eq!(iso_millis(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        for ms in [i64::MIN, -1, 253_402_300_800_000, i64::MAX] {
+            assert_eq!(iso_millis_checked(ms), None, "{ms}");
+            let _ = iso_millis(ms);
+        }
+        assert_eq!(iso_millis(-1), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

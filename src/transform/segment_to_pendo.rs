@@ -41,7 +41,7 @@ use crate::schema::pendo_metadata_update::{
 };
 use crate::schema::pendo_segment_change::{PendoSegmentChange, SegmentChangeOrigin};
 use crate::transform::message_id::MessageIdBuilder;
-use crate::transform::pendo_to_segment::{event_time_ms, iso_millis};
+use crate::transform::pendo_to_segment::{event_time_ms, iso_millis, plausible_epoch_ms};
 use crate::transform::segment_rules::{SegmentRule, SegmentRules};
 
 /// What to do with an audience event of a Segment user that has no Pendo visitor in the id
@@ -247,13 +247,15 @@ impl SegmentToPendo {
         event.get("type").and_then(Value::as_str).unwrap_or("none")
     }
 
-    /// Maps one raw record. `received_at` is the connector's receive time (epoch ms).
+    /// Maps one raw record. `received_at` is the connector's receive time (epoch ms); a value
+    /// that is not a plausible time (see [`plausible_epoch_ms`]) counts as absent.
     pub fn map(
         &self,
         payload: &[u8],
         received_at: Option<i64>,
         ids: &impl VisitorIdLookup,
     ) -> (SegmentOutcome, String) {
+        let received_at = received_at.filter(|&ms| plausible_epoch_ms(ms));
         let event: Value = match serde_json::from_slice(payload) {
             Ok(v) => v,
             Err(e) => {
@@ -1528,5 +1530,32 @@ fields = { industry = "traits.industry", employees = "traits.employees" }
         let a = rule_updates(&m, untimed, &empty);
         assert_eq!(a, rule_updates(&m, untimed, &empty));
         assert_eq!(a[0].origin.segment_message_id, None);
+    }
+
+    #[test]
+    fn received_at_values_out_of_range_are_absent_never_a_panic() {
+        // No event time: the received-at time would be used. Absurd ones count as absent.
+        let ids = BiIdMap::default();
+        let e = br#"{"type":"track","event":"Audience Entered","userId":"u","properties":{"audience_key":"k"}}"#;
+        for bad in [i64::MAX, i64::MIN, -1, 0, 253_402_300_800_000] {
+            assert!(
+                matches!(
+                    mapper().map(e, Some(bad), &ids).0,
+                    SegmentOutcome::DeadLetter {
+                        reason: "missing_timestamp",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+        // An event time wins over any received-at value.
+        let timed = br#"{"type":"track","event":"Audience Entered","userId":"u","timestamp":"2026-01-02T03:04:05.678Z","properties":{"audience_key":"k"}}"#;
+        match mapper().map(timed, Some(i64::MAX), &ids).0 {
+            SegmentOutcome::Updates { updates, .. } => {
+                assert_eq!(updates[0].timestamp, "2026-01-02T03:04:05.678Z");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

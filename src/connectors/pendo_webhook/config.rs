@@ -15,7 +15,8 @@ pub struct PendoWebhookConfig {
     pub listen: SocketAddr,
     /// Path of the endpoint.
     pub path: String,
-    /// Shared secrets; any of them is accepted (rotation). Required unless `--insecure-no-auth`.
+    /// Shared secrets; any of them is accepted (rotation). Required unless `--insecure-no-auth`;
+    /// each at least [`crate::config::MIN_WEBHOOK_SECRET_BYTES`] long.
     pub secrets: Vec<Secret>,
     /// Header carrying the secret.
     pub auth_header: String,

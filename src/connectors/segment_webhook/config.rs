@@ -19,10 +19,18 @@ pub struct SegmentWebhookConfig {
     /// Path of the endpoint.
     pub path: String,
     /// Shared secrets of the Segment destination; a signature made with any of them is accepted
-    /// (rotation). Required unless `--insecure-no-auth`.
+    /// (rotation). Required unless `--insecure-no-auth`; each at least
+    /// [`crate::config::MIN_WEBHOOK_SECRET_BYTES`] long.
     pub secrets: Vec<Secret>,
     /// Header carrying the hex HMAC-SHA1 signature.
     pub signature_header: String,
+    /// Whether a JSON array body (an Actions batch) is accepted. Segment's signature covers only
+    /// the first element of a batch, so the other elements are not authenticated: whoever
+    /// captured one signed delivery can append events to it. `false` refuses every array body
+    /// with 400 (nothing stored, not even in the dead-letter topic, since its sender is not
+    /// authenticated for it); use it when the destination sends one event per request. Default
+    /// `true`, so batching destinations keep working.
+    pub accept_batches: bool,
     /// Largest accepted body in bytes (413 beyond). Default 32 MiB, at most
     /// [`crate::config::MAX_WEBHOOK_BODY_BYTES`]: an Actions batch holds up to 4,000 events of up
     /// to 32 KB each, far more than one Kafka record, and each of its events is stored as a record
@@ -81,6 +89,7 @@ impl Default for SegmentWebhookConfig {
             path: "/webhooks/segment".to_string(),
             secrets: Vec::new(),
             signature_header: "x-signature".to_string(),
+            accept_batches: true,
             max_body_bytes: 32 * 1024 * 1024,
             max_event_bytes: crate::config::MAX_RAW_RECORD_BYTES,
             max_events_per_request: 4_000,

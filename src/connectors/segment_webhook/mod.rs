@@ -60,6 +60,7 @@ pub fn task(
             max_body_bytes: c.max_body_bytes,
             max_event_bytes: c.max_event_bytes,
             max_events_per_request: c.max_events_per_request,
+            accept_batches: c.accept_batches,
             max_in_flight_requests: c.max_in_flight_requests,
             max_in_flight_bytes: c.max_in_flight_bytes,
             ack_timeout: Duration::from_millis(c.ack_timeout_ms),

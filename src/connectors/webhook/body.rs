@@ -9,7 +9,7 @@
 //! record, but none of its events may be.
 
 use bytes::Bytes;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// Why a body holds no usable events.
@@ -115,6 +115,55 @@ fn nesting_depth(bytes: &[u8], limit: usize) -> usize {
     max
 }
 
+/// The elements of an array body, held only up to `max`: past it the rest are counted, not
+/// kept, so a body of a million tiny elements is refused without a million-entry vector.
+struct BoundedElements {
+    max: usize,
+}
+
+/// What [`BoundedElements`] found.
+enum Elements<'a> {
+    /// At most `max` elements, as raw text borrowed from the body.
+    Within(Vec<&'a RawValue>),
+    /// More than `max`: how many in all.
+    TooMany(usize),
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedElements {
+    type Value = Elements<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedElements {
+    type Value = Elements<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut elements = Vec::new();
+        while elements.len() < self.max {
+            match seq.next_element::<&'de RawValue>()? {
+                Some(e) => elements.push(e),
+                None => return Ok(Elements::Within(elements)),
+            }
+        }
+        let mut count = elements.len();
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            count += 1;
+        }
+        Ok(if count > self.max {
+            Elements::TooMany(count)
+        } else {
+            Elements::Within(elements)
+        })
+    }
+}
+
 /// The events of `body`, as slices of it (no copies): at most `max_events` of them, none larger
 /// than `max_event_bytes`. The first offending element is the one named in the error.
 pub fn split_events(
@@ -142,14 +191,20 @@ pub fn split_events(
             Ok(vec![body.clone()])
         }
         Some(b'[') => {
-            let elements: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))?;
-            if elements.len() > max_events {
-                return Err(BodyError::TooManyEvents {
-                    count: elements.len(),
-                    max: max_events,
-                });
-            }
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let elements = BoundedElements { max: max_events }
+                .deserialize(&mut de)
+                .and_then(|elements| de.end().map(|()| elements))
+                .map_err(|e| BodyError::Malformed(e.to_string()))?;
+            let elements = match elements {
+                Elements::Within(elements) => elements,
+                Elements::TooMany(count) => {
+                    return Err(BodyError::TooManyEvents {
+                        count,
+                        max: max_events,
+                    });
+                }
+            };
             let base = body.as_ptr() as usize;
             elements
                 .iter()

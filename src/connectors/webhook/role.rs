@@ -39,6 +39,8 @@ pub struct WebhookRoleSpec {
     pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events_per_request: usize,
+    /// Whether a JSON array body (several events) is accepted; `false` refuses it with 400.
+    pub accept_batches: bool,
     /// Bytes of request bodies held at once (memory bound; at least `max_body_bytes`).
     pub max_in_flight_bytes: usize,
     /// Requests handled (and waiting for Kafka) at once.
@@ -126,6 +128,7 @@ pub fn task(
                 max_body_bytes: spec.max_body_bytes,
                 max_event_bytes: spec.max_event_bytes,
                 max_events: spec.max_events_per_request,
+                accept_batches: spec.accept_batches,
                 in_flight: Semaphore::new(spec.max_in_flight_requests),
                 body_budget: Semaphore::new(spec.max_in_flight_bytes),
                 body_read_timeout: spec.http.body_read_timeout,

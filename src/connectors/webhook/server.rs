@@ -3,7 +3,8 @@
 //! Order of checks, cheapest first: capacity (503), authentication (401; for a body signature,
 //! the header's presence and form), content type (415), declared and actual size (413), the body
 //! within `body_read_timeout` (408, and the connection closed) and the byte budget (503), the body
-//! signature if the endpoint uses one (401), a request slot (503), body shape (400, and the raw
+//! signature if the endpoint uses one (401), an array body where batches are refused (400,
+//! nothing kept), a request slot (503), body shape (400, and the raw
 //! body to the DLQ), the size of every event (413, and the body to the DLQ), then every event is
 //! appended to Kafka in one transaction. Nothing of a body is kept, not even in the
 //! DLQ, before its sender is authenticated.
@@ -137,6 +138,11 @@ pub struct WebhookEndpoint {
     pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events: usize,
+    /// Whether a JSON array body is accepted. `false` answers 400 to any array, after the
+    /// sender is authenticated and before anything is stored (see
+    /// `segment_webhook.accept_batches`: Segment's signature covers only a batch's first
+    /// element, so the rest of an array is not worth keeping, not even as a dead letter).
+    pub accept_batches: bool,
     /// Requests being stored (body read and authenticated, waiting for Kafka) at once; more are
     /// answered 503 at once. Taken only after the body is read, so peers that stall mid-body
     /// cannot hold them.
@@ -500,6 +506,14 @@ async fn handle_admitted(
         reject("auth");
         return unauthorized(e);
     }
+    if !e.accept_batches && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        reject("batch_refused");
+        return Reply::error(
+            StatusCode::BAD_REQUEST,
+            "JSON array (batched) bodies are not accepted here (accept_batches = false): the \
+             signature covers only the first element of a batch; send one event per request",
+        );
+    }
     let Ok(_slot) = e.in_flight.try_acquire() else {
         reject("overloaded");
         return overloaded(e);
@@ -628,10 +642,14 @@ pub fn dead_letter_parts(body: &Bytes, limit: usize) -> Vec<(Bytes, Option<Strin
             (part.slice(..limit), Some(note))
         }
     };
+    // Checked without holding anything first: an array that is not valid JSON as a whole (a
+    // million elements, then garbage) must not become a million-entry vector here either. A
+    // valid one reached this point past `split_events`' count check, so its elements are few.
     let elements: Option<Vec<&serde_json::value::RawValue>> = body
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .filter(|&&b| b == b'[')
+        .filter(|_| serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok())
         .and_then(|_| serde_json::from_slice(body).ok());
     match elements {
         Some(elements) if !elements.is_empty() => {

@@ -17,7 +17,8 @@ use crate::sinks::segment::service::{USER_AGENT, error_chain};
 
 /// Header carrying the integration key.
 pub const KEY_HEADER: &str = "x-pendo-integration-key";
-/// Response bytes kept at most (the per-item answer of a large batch included).
+/// Largest answer read (the per-item answer of a large batch included); a larger one is an
+/// error saying so, never a cut body.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What Pendo's answer means for the request: like Segment's policy (the shared
@@ -43,9 +44,9 @@ pub struct PendoResponse {
     pub status: Option<u16>,
     /// `Retry-After`, parsed and capped.
     pub retry_after: Option<Duration>,
-    /// The response body (at most 4 MiB).
+    /// The response body (at most 4 MiB; a larger answer is an `error` without a status).
     pub body: Vec<u8>,
-    /// The transport error, when there was no status.
+    /// The transport error (or the answer over the size limit), when there was no status.
     pub error: Option<String>,
     /// From sending to the end of the answer.
     pub elapsed: Duration,
@@ -180,10 +181,24 @@ impl PendoClient {
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
-                Ok(Some(chunk)) if body.len() < MAX_RESPONSE_BYTES => {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_RESPONSE_BYTES => {
                     body.extend_from_slice(&chunk)
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    // Too large to hold: say so, instead of handing on a cut body that would
+                    // then fail as "not JSON". Like an answer cut off by the network it is no
+                    // usable answer (retried; the poller gives up after its attempts with this
+                    // message). The rest is not read: dropping the response closes it.
+                    return PendoResponse {
+                        status: None,
+                        retry_after,
+                        body: Vec::new(),
+                        error: Some(format!(
+                            "the answer (HTTP {status}) exceeded the {MAX_RESPONSE_BYTES}-byte limit on Pendo answers; it was not read"
+                        )),
+                        elapsed: start.elapsed(),
+                    };
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // A cut answer cannot be trusted for per-item outcomes: retry it.
@@ -243,5 +258,58 @@ mod tests {
         let c = PendoClient::new(&pendo, &PendoSinkConfig::default()).unwrap();
         assert_eq!(c.base(), "https://app.au.pendo.io");
         assert!(!format!("{c:?}").contains("ik-secret"));
+    }
+
+    /// Serves one HTTP answer per `bodies` entry (200, JSON), one connection each.
+    async fn serve_answers(bodies: Vec<Vec<u8>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for body in bodies {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                // The client may hang up once it has read enough: not an error here.
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_an_error_saying_so_not_a_cut_body() {
+        // A JSON array just over 4 MiB, then one well within.
+        let mut over = b"[".to_vec();
+        while over.len() <= MAX_RESPONSE_BYTES {
+            over.extend_from_slice(b"1234567,");
+        }
+        over.extend_from_slice(b"0]");
+        let within = br#"[{"id":"f1"}]"#.to_vec();
+        let url = serve_answers(vec![over, within.clone()]).await;
+        let pendo = PendoConfig {
+            region: PendoRegion::Us,
+            base_url: Some(url.clone()),
+            integration_key: Secret::inline("ik-secret"),
+        };
+        let c = PendoClient::with_limits(&pendo, Duration::from_secs(10), Duration::from_secs(1))
+            .unwrap();
+        let r = c.get(&format!("{url}/api/v1/feature")).await;
+        assert_eq!(r.status, None, "not a usable answer: {}", r.describe());
+        assert_eq!(r.outcome(), Outcome::Retry);
+        let said = r.describe();
+        assert!(
+            said.contains("exceeded") && said.contains(&MAX_RESPONSE_BYTES.to_string()),
+            "{said}"
+        );
+        let r = c.get(&format!("{url}/api/v1/feature")).await;
+        assert_eq!(r.status, Some(200));
+        assert_eq!(r.body, within);
     }
 }

@@ -123,7 +123,7 @@ impl DeliveryContext {
                                 .inc();
                             if let Some(t) = received_at[*i] {
                                 m.end_to_end_latency
-                                    .observe((now - t).max(0) as f64 / 1000.0);
+                                    .observe(now.saturating_sub(t).max(0) as f64 / 1000.0);
                             }
                         }
                         break;

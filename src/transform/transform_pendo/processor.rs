@@ -25,7 +25,9 @@ use crate::kafka::headers;
 use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::SegmentCallCodec;
-use crate::transform::pendo_to_segment::{MapOutcome, Observations, PendoToSegment};
+use crate::transform::pendo_to_segment::{
+    MapOutcome, Observations, PendoToSegment, plausible_epoch_ms,
+};
 
 /// Distinct kinds tracked in metric labels before `_other`.
 const MAX_KIND_LABELS: usize = 200;
@@ -281,13 +283,14 @@ impl PendoTransformProcessor {
         } else {
             &r.obs.kind
         });
+        let kind: &str = &kind;
         if r.obs.unknown_kind {
             m.unknown_kinds.with_label_values(&[stage, kind]).inc();
         }
         for field in &r.obs.unknown_fields {
             let field = self.fields.label(field);
             m.unknown_fields
-                .with_label_values(&[stage, kind, field])
+                .with_label_values(&[stage, kind, &field])
                 .inc();
         }
         // Every call must fit the canonical topic before any of the event's calls is written.
@@ -385,12 +388,25 @@ impl PendoTransformProcessor {
     }
 }
 
-/// The connector's `received-at` header (epoch ms), if present and numeric.
+/// The connector's `received-at` header (epoch ms), if present and a plausible time (see
+/// [`parse_received_at`]).
 pub(crate) fn received_at(record: &BorrowedMessage<'_>) -> Option<i64> {
     let h = record.headers()?;
     h.iter()
         .find(|x| x.key == headers::RECEIVED_AT)
-        .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse().ok())
+        .and_then(|x| parse_received_at(x.value?))
+}
+
+/// A `received-at` header value as epoch ms: `None` unless it is a number between 1970 and
+/// 3000 (exclusive; the range event times are accepted in). Any producer can write the header,
+/// and an absurd value (`i64::MAX`, negative) is treated as absent rather than carried into
+/// timestamps and latencies, where it would not fit.
+pub(crate) fn parse_received_at(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&ms| plausible_epoch_ms(ms))
 }
 
 impl RecordProcessor for PendoTransformProcessor {
@@ -436,6 +452,29 @@ impl RecordProcessor for PendoTransformProcessor {
         self.batch_bytes = self.batch.iter().map(|r| r.payload.len()).sum();
         for job in &mut self.in_flight {
             job.discard.extend(partitions.iter().cloned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_at_headers_out_of_range_are_absent() {
+        assert_eq!(parse_received_at(b"1764340000000"), Some(1_764_340_000_000));
+        for bad in [
+            i64::MAX.to_string(),
+            i64::MIN.to_string(),
+            "-1".to_string(),
+            "0".to_string(),
+            "32503680000000".to_string(),
+            "99999999999999999999".to_string(),
+            "12.5".to_string(),
+            "soon".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(parse_received_at(bad.as_bytes()), None, "{bad:?}");
         }
     }
 }

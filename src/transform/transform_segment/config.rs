@@ -32,9 +32,13 @@ pub struct TransformSegmentConfig {
     /// id = userId), `drop` (counted) or `dlq`.
     pub unmapped_user: UnmappedUserPolicy,
     /// Traits (`traits` or `context.traits`) holding the Pendo visitor id; such events also
-    /// publish the visitor -> user mapping. Empty disables.
+    /// publish the visitor -> user mapping (identity learning). Empty disables. A trust
+    /// decision: whoever can set these traits in a Segment event (client-side sources, anyone
+    /// sending to the webhook) can remap a visitor to another user for both flows, so list only
+    /// fields that trusted (server-side) sources set.
     pub visitor_id_traits: Vec<String>,
-    /// `context.externalIds[].type` values whose `id` is the Pendo visitor id. Empty disables.
+    /// `context.externalIds[].type` values whose `id` is the Pendo visitor id (identity
+    /// learning, the same trust decision as `visitor_id_traits`). Empty disables.
     pub visitor_id_external_types: Vec<String>,
     /// Namespace of update ids (`<prefix>-<hash>`), at most 60 characters. Changing it makes
     /// replayed events new to the Pendo sink's de-duplication.

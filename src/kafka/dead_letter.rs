@@ -173,14 +173,16 @@ impl<'a> DeadLetter<'a> {
 
     /// Makes the dead letter fit a topic whose `max.message.bytes` is `max_message_bytes`: a
     /// key over [`MAX_KEY_BYTES`] is cut, then the payload is cut to what is left; then (only
-    /// for limits too small to hold the dead-letter headers) the carried headers are dropped.
+    /// for limits of a few KiB, too small to hold the dead-letter headers) the carried headers
+    /// are dropped and the key and the detail shortened. Holds for any limit of 2 KiB or more
+    /// (below that the pipeline's own reason, stage and source headers may not fit).
     /// Anything cut is named in `dlq-truncated`, and the payload's original size is kept in
     /// `dlq-original-bytes`.
     pub fn fit(mut self, max_message_bytes: usize) -> Self {
         let room = budget(max_message_bytes);
         // Room for the two headers a cut adds.
         let marks = headers::DLQ_TRUNCATED.len()
-            + "headers,key,payload".len()
+            + "headers,key,payload,detail".len()
             + headers::DLQ_ORIGINAL_BYTES.len()
             + 20
             + 2 * 10;
@@ -207,6 +209,26 @@ impl<'a> DeadLetter<'a> {
             let rest = self.size(marks) - self.payload.len();
             let keep = room.saturating_sub(rest).min(self.payload.len());
             self.payload = &self.payload[..keep];
+        }
+        // Limits smaller than a key and a detail (a few KiB): shorten those too.
+        if self.size(marks) > room
+            && let Some(k) = self.key
+        {
+            let excess = self.size(marks) - room;
+            self.key = Some(&k[..k.len().saturating_sub(excess)]);
+            self.note_cut("key");
+        }
+        if self.size(marks) > room
+            && let Some(i) = self
+                .headers
+                .iter()
+                .position(|(k, _)| *k == headers::DLQ_DETAIL)
+        {
+            let excess = self.size(marks) - room;
+            let detail = String::from_utf8_lossy(&self.headers[i].1).into_owned();
+            let keep = cut_str(&detail, detail.len().saturating_sub(excess)).to_string();
+            self.headers[i].1 = Cow::Owned(keep.into_bytes());
+            self.note_cut("detail");
         }
         if !self.cut.is_empty() {
             self.headers.push((

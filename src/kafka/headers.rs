@@ -27,7 +27,7 @@ pub const DLQ_SOURCE_PARTITION: &str = "dlq-source-partition";
 pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
 
 /// Dead letters cut to fit their topic: what was cut, comma-separated (`headers`, `key`,
-/// `payload`). Absent when the dead letter is whole.
+/// `payload`, and for topics of a few KiB `detail`). Absent when the dead letter is whole.
 pub const DLQ_TRUNCATED: &str = "dlq-truncated";
 /// Dead letters cut to fit their topic: the payload's original size in bytes, decimal.
 pub const DLQ_ORIGINAL_BYTES: &str = "dlq-original-bytes";

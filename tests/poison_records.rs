@@ -519,3 +519,124 @@ async fn webhook_admission_refuses_ids_and_kinds_that_would_bloat_records() {
     role.sigterm();
     assert!(role.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pendo_sink_refuses_audience_lists_its_state_topic_cannot_hold() {
+    require_kafka();
+    let server = PendoTestServer::start(PendoServerConfig::default().with_fields(
+        "visitor",
+        "custom",
+        &["segment_audiences", "plan"],
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("poison-al");
+    let extra = format!(
+        "[pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n\
+         [pendo_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n\
+         [transform_segment]\nfield_mode = \"audience_list\"\n",
+        server.url(),
+        server.integration_key()
+    );
+    let (config, ops) = role_config(dir.path(), &prefix, &extra);
+    apply_topics(&config);
+    let codec = PendoMetadataUpdateCodec::new(WireFormat::SingleObject);
+    let update = |n: usize, list: Option<String>, plan: Option<&str>| PendoMetadataUpdate {
+        update_id: format!("u-{n}"),
+        entity: PendoEntity::Visitor,
+        entity_id: "visitor-al".into(),
+        field_group: "custom".into(),
+        values: plan
+            .map(|p| ("plan".to_string(), FieldValue::Text(p.into())))
+            .into_iter()
+            .collect(),
+        timestamp: "2026-11-29T00:00:00.000Z".into(),
+        origin: UpdateOrigin {
+            source: "test".into(),
+            ..Default::default()
+        },
+        list_changes: list
+            .map(
+                |key| pendo_segment::schema::pendo_metadata_update::ListChange {
+                    field: "segment_audiences".into(),
+                    key,
+                    member: true,
+                },
+            )
+            .into_iter()
+            .collect(),
+    };
+    // Four audiences of 300 KB: together they would make the visitor's list state 1.2 MB, more
+    // than one record of the state topic holds. (Records of one entity in one job are one
+    // Pendo item, so the item is refused whole: all four are dead-lettered.)
+    let records: Vec<TestRecord<'_>> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            (
+                Some("visitor-al".to_string()),
+                codec
+                    .encode_to_vec(&update(n, Some(c.repeat(300_000)), None))
+                    .unwrap(),
+                vec![],
+            )
+        })
+        .collect();
+    let canonical = format!("{prefix}.canonical.pendo-updates");
+    send_all(&canonical, records).await;
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "pendo-sink"],
+        ops,
+        dir.path().join("al.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    let dlq = read_committed(
+        &format!("{prefix}.dlq.pendo-sink"),
+        4,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        reasons(&dlq),
+        vec!["audience_lists_too_large"; 4],
+        "{}",
+        role.logs()
+    );
+    // Then an ordinary update of the same visitor: the partition is not stuck.
+    send_all(
+        &canonical,
+        vec![(
+            Some("visitor-al".to_string()),
+            codec.encode_to_vec(&update(9, None, Some("gold"))).unwrap(),
+            vec![],
+        )],
+    )
+    .await;
+    let reached = server
+        .wait_for(Duration::from_secs(30), |s| {
+            s.state().get(&(
+                "visitor".to_string(),
+                "visitor-al".to_string(),
+                "plan".to_string(),
+            )) == Some(&json!("gold"))
+        })
+        .await;
+    assert!(
+        reached,
+        "the update after the poison arrives\n{}",
+        role.logs()
+    );
+    assert_eq!(
+        server.state().get(&(
+            "visitor".to_string(),
+            "visitor-al".to_string(),
+            "segment_audiences".to_string(),
+        )),
+        None,
+        "the lists that do not fit were not applied"
+    );
+    check_dead_letters(&dlq, DEFAULT_MAX_MESSAGE_BYTES);
+    assert!(role.exit_status().is_none(), "the role keeps running");
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+}

@@ -15,6 +15,7 @@ use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
 use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::headers;
+use crate::kafka::record_size::cut_str;
 use crate::kafka::transactional_output::{SendError, TransactionalOutput, TxnError};
 use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
@@ -117,7 +118,7 @@ impl Step {
         if state.rejected(&fp) || self.updates.contains(&StateUpdate::Rejected { fp }) {
             return;
         }
-        tracing::warn!(source, reason = e.reason, detail = %e.detail, "unusable Pendo row dead-lettered");
+        tracing::warn!(source, reason = e.reason, detail = %cut_str(&e.detail, 512), "unusable Pendo row dead-lettered");
         metrics()
             .dead_letters
             .with_label_values(&[STAGE, e.reason])

@@ -74,9 +74,24 @@ fn row_error(reason: &'static str, detail: impl Into<String>) -> RowError {
     }
 }
 
-/// The row's id field as a non-empty string.
+/// Longest id accepted from Pendo: it becomes a record key and a state key (`visitor:<id>`), so
+/// a megabyte "id" would make records no topic holds.
+pub const MAX_ID_BYTES: usize = 1024;
+
+fn id_too_long(what: &str, id: &str) -> RowError {
+    row_error(
+        "id_too_long",
+        format!(
+            "{what} id is {} bytes; at most {MAX_ID_BYTES} are used as keys",
+            id.len()
+        ),
+    )
+}
+
+/// The row's id field as a non-empty string of at most [`MAX_ID_BYTES`].
 pub fn row_id<'a>(row: &'a Value, field: &str) -> Result<&'a str, RowError> {
     match row.get(field) {
+        Some(Value::String(s)) if s.len() > MAX_ID_BYTES => Err(id_too_long(field, s)),
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
         other => Err(row_error(
             "missing_id",
@@ -217,6 +232,9 @@ pub fn catalog_entry(kind: &str, item: &Value) -> Result<(String, Value), RowErr
             ));
         }
     };
+    if id.len() > MAX_ID_BYTES {
+        return Err(id_too_long(kind, &id));
+    }
     let name = item
         .get("name")
         .and_then(Value::as_str)
@@ -324,5 +342,22 @@ mod tests {
         assert_eq!(k, "feature:f1");
         assert_eq!(e["name"], "Export");
         assert!(catalog_entry("page", &json!({"id": "p"})).is_err());
+    }
+
+    #[test]
+    fn ids_longer_than_a_key_are_refused() {
+        let long = "v".repeat(MAX_ID_BYTES + 1);
+        let e = row_id(&json!({"visitorId": long}), "visitorId").unwrap_err();
+        assert_eq!(e.reason, "id_too_long");
+        assert!(e.detail.len() < 200, "{}", e.detail);
+        let ok = "v".repeat(MAX_ID_BYTES);
+        assert_eq!(
+            row_id(&json!({"visitorId": ok}), "visitorId")
+                .unwrap()
+                .len(),
+            MAX_ID_BYTES
+        );
+        let e = catalog_entry("feature", &json!({"id": long, "name": "x"})).unwrap_err();
+        assert_eq!(e.reason, "id_too_long");
     }
 }

@@ -21,7 +21,8 @@
 //!   state topic and acknowledged by Kafka **before** the job reports its offsets done; only
 //!   then the in-memory map changes. A dead-lettered item leaves the state as it was. A state
 //!   write that Kafka refuses is retried with backoff (the job is never marked done without
-//!   it).
+//!   it); lists that would not fit one state record are never written: their item is
+//!   dead-lettered first (`audience_lists_too_large`), so no entity can hold its partition.
 //! - **Crash and replay converge**: offsets move only after the state write, so a crash or a
 //!   rebalance re-reads records whose deltas may already be in the state (the state written,
 //!   the offsets not committed) or in Pendo (Pendo written, the state not). A delta sets one

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
 
-use super::audience_lists::{AudienceListState, Lists, apply_changes, state_key};
+use super::audience_lists::{AudienceListState, Lists, apply_changes, encode_lists, state_key};
 use super::config::metadata_url;
 use super::encoding::{EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
 use super::service::PendoClient;
+use crate::kafka::record_size::{fits, record_bytes};
+use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
 use crate::schema::PendoMetadataUpdateCodec;
 use crate::schema::pendo_metadata_update::PendoEntity;
@@ -92,7 +94,11 @@ impl PendoDeliveryContext {
     /// Delivers every request of `job` (see the module docs). Errors only when a dead letter
     /// cannot be written.
     pub async fn deliver(&self, mut job: PendoJob) -> Result<(), DeliveryError> {
-        self.resolve_lists(&mut job);
+        let too_large = self.resolve_lists(&mut job);
+        for (w, detail) in too_large {
+            self.dead_letter_write(&w, "audience_lists_too_large", &detail)
+                .await?;
+        }
         for (_, batch) in job.groups {
             self.deliver_group(batch).await?;
         }
@@ -108,13 +114,21 @@ impl PendoDeliveryContext {
     /// the full lists of the fields they touch into the item's values. Batches of one job are
     /// resolved in order over a job-local overlay, so an entity in two batches (two field
     /// groups) sees its own earlier deltas.
-    fn resolve_lists(&self, job: &mut PendoJob) {
+    ///
+    /// An entity whose lists would no longer fit one record of the state topic (thousands of
+    /// long audience keys) is taken out of the job and returned with the reason, to be
+    /// dead-lettered: its state stays as it was, and the job never waits for a state write
+    /// Kafka would refuse for ever.
+    fn resolve_lists(&self, job: &mut PendoJob) -> Vec<(EntityWrite, String)> {
         let Some(state) = &self.audience_lists else {
-            return;
+            return Vec::new();
         };
+        let limit = TopicId::StatePendoAudienceLists.max_message_bytes();
         let mut overlay: HashMap<String, Lists> = HashMap::new();
+        let mut refused = Vec::new();
         for batch in job.groups.values_mut() {
             let entity = batch.entity;
+            let mut too_large: HashMap<String, String> = HashMap::new();
             for w in &mut batch.writes {
                 if w.list_changes.is_empty() {
                     continue;
@@ -126,11 +140,29 @@ impl PendoDeliveryContext {
                     .cloned()
                     .unwrap_or_else(|| state.current(p, &key));
                 let (lists, values) = apply_changes(&current, &w.list_changes);
+                let bytes = record_bytes(Some(key.as_bytes()), &encode_lists(&lists), []);
+                if !fits(bytes, limit) {
+                    too_large.insert(
+                        w.id.clone(),
+                        format!(
+                            "the entity's audience lists would be {bytes} bytes, more than one record of {} holds ({limit}); the update is not applied",
+                            state.topic()
+                        ),
+                    );
+                    continue;
+                }
                 w.values.extend(values);
                 overlay.insert(key, lists.clone());
                 w.list_state = Some(lists);
             }
+            if !too_large.is_empty() {
+                for w in batch.remove_writes(|w| too_large.contains_key(&w.id)) {
+                    let detail = too_large.remove(&w.id).unwrap_or_default();
+                    refused.push((w, detail));
+                }
+            }
         }
+        refused
     }
 
     /// After Pendo applied the items `applied`: their new audience lists are written to the

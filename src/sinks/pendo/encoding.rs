@@ -138,6 +138,25 @@ impl GroupBatch {
         }
     }
 
+    /// Removes and returns the writes `refuse` picks (e.g. those whose audience-list state would
+    /// not fit its topic), keeping the others in order.
+    pub fn remove_writes(
+        &mut self,
+        mut refuse: impl FnMut(&EntityWrite) -> bool,
+    ) -> Vec<EntityWrite> {
+        let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.writes)
+            .into_iter()
+            .partition(|w| refuse(w));
+        self.writes = keep;
+        self.index = self
+            .writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.id.clone(), i))
+            .collect();
+        out
+    }
+
     /// Merges `u` in; returns whether it was coalesced into an existing item.
     pub fn push(&mut self, u: PendoMetadataUpdate, c: Contributor) -> bool {
         if let Some(&i) = self.index.get(&u.entity_id) {

@@ -101,6 +101,31 @@ fn reasons(dlq: &[OwnedMessage]) -> Vec<String> {
     r
 }
 
+/// The role's single dead letter on `dlq`: for `reason`, its payload cut to fit `limit`.
+fn one_cut_dead_letter(dlq: &str, reason: &str, limit: usize, role: &RoleProcess) {
+    let dlq = read_committed(dlq, 1, Duration::from_secs(20));
+    assert_eq!(reasons(&dlq), vec![reason], "{}", role.logs());
+    check_dead_letters(&dlq, limit);
+    assert_eq!(header(&dlq[0], "dlq-truncated").as_deref(), Some("payload"));
+}
+
+/// The role is still running after the poison, and stops cleanly on SIGTERM.
+async fn still_running_then_stop(mut role: RoleProcess) {
+    assert!(role.exit_status().is_none(), "the role keeps running");
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// `[pendo]` and `[pendo_sink]` settings for `server`, then `extra`.
+fn pendo_sink_settings(server: &PendoTestServer, extra: &str) -> String {
+    format!(
+        "[pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n\
+         [pendo_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n{extra}",
+        server.url(),
+        server.integration_key()
+    )
+}
+
 fn segment_fixture(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(fixtures_dir().join("segment").join(name)).unwrap())
         .unwrap()
@@ -301,9 +326,7 @@ async fn transform_pendo_survives_records_at_the_topic_limit() {
         .find_map(|m| header(m, "request-id"))
         .expect("the carried header is kept, cut");
     assert_eq!(kept_header.len(), 1024);
-    assert!(role.exit_status().is_none(), "the role keeps running");
-    role.sigterm();
-    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+    still_running_then_stop(role).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,17 +365,13 @@ async fn segment_sink_survives_a_record_at_the_topic_limit() {
         "the call after the poison reaches Segment\n{}",
         role.logs()
     );
-    let dlq = read_committed(
+    one_cut_dead_letter(
         &format!("{prefix}.dlq.segment-sink"),
-        1,
-        Duration::from_secs(20),
+        "undecodable",
+        limit,
+        &role,
     );
-    assert_eq!(reasons(&dlq), vec!["undecodable"], "{}", role.logs());
-    check_dead_letters(&dlq, limit);
-    assert_eq!(header(&dlq[0], "dlq-truncated").as_deref(), Some("payload"));
-    assert!(role.exit_status().is_none(), "the role keeps running");
-    role.sigterm();
-    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+    still_running_then_stop(role).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,12 +385,7 @@ async fn pendo_sink_survives_a_record_at_the_topic_limit() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("poison-ps");
-    let extra = format!(
-        "[pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n\
-         [pendo_sink]\nlinger_ms = 300\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n",
-        server.url(),
-        server.integration_key()
-    );
+    let extra = pendo_sink_settings(&server, "");
     let (config, ops) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&config);
     let canonical = format!("{prefix}.canonical.pendo-updates");
@@ -423,17 +437,13 @@ async fn pendo_sink_survives_a_record_at_the_topic_limit() {
         "the update after the poison reaches Pendo\n{}",
         role.logs()
     );
-    let dlq = read_committed(
+    one_cut_dead_letter(
         &format!("{prefix}.dlq.pendo-sink"),
-        1,
-        Duration::from_secs(20),
+        "undecodable",
+        limit,
+        &role,
     );
-    assert_eq!(reasons(&dlq), vec!["undecodable"], "{}", role.logs());
-    check_dead_letters(&dlq, limit);
-    assert_eq!(header(&dlq[0], "dlq-truncated").as_deref(), Some("payload"));
-    assert!(role.exit_status().is_none(), "the role keeps running");
-    role.sigterm();
-    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+    still_running_then_stop(role).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,12 +541,11 @@ async fn pendo_sink_refuses_audience_lists_its_state_topic_cannot_hold() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("poison-al");
-    let extra = format!(
-        "[pendo]\nregion = \"us\"\nbase_url = \"{}\"\nintegration_key = \"{}\"\n\
-         [pendo_sink]\nlinger_ms = 100\nbackoff_initial_ms = 50\nbackoff_max_ms = 1000\n\
-         [transform_segment]\nfield_mode = \"audience_list\"\n",
-        server.url(),
-        server.integration_key()
+    let extra = pendo_sink_settings(
+        &server,
+        "[transform_segment]
+field_mode = \"audience_list\"
+",
     );
     let (config, ops) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&config);
@@ -636,7 +645,5 @@ async fn pendo_sink_refuses_audience_lists_its_state_topic_cannot_hold() {
         "the lists that do not fit were not applied"
     );
     check_dead_letters(&dlq, DEFAULT_MAX_MESSAGE_BYTES);
-    assert!(role.exit_status().is_none(), "the role keeps running");
-    role.sigterm();
-    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+    still_running_then_stop(role).await;
 }

@@ -69,6 +69,14 @@ impl<'a> DeadLetter<'a> {
             headers::DLQ_TIME,
             Cow::Owned(headers::now_millis().to_string().into_bytes()),
         ));
+        Self::with_headers(key, payload, headers)
+    }
+
+    fn with_headers(
+        key: Option<&'a [u8]>,
+        payload: &'a [u8],
+        headers: Vec<(&'a str, Cow<'a, [u8]>)>,
+    ) -> Self {
         Self {
             key,
             payload,
@@ -102,13 +110,7 @@ impl<'a> DeadLetter<'a> {
                 }
             })
             .collect();
-        Self {
-            key,
-            payload,
-            headers,
-            cut: Vec::new(),
-            original_bytes: payload.len(),
-        }
+        Self::with_headers(key, payload, headers)
     }
 
     /// Where the rejected record was read (consumer roles).

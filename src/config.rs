@@ -152,6 +152,11 @@ pub struct TopicsConfig {
     /// Replication factor for new topics; `-1` uses the broker's `default.replication.factor`.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// `min.insync.replicas` set on every topic when `replication_factor` is 3 or more (default
+    /// [`DEFAULT_MIN_INSYNC_REPLICAS`]): with `acks=all` a write then survives the loss of a
+    /// broker and needs no more replicas than can be up while one is down. Not set below 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_insync_replicas: Option<i32>,
     /// Per-topic settings keyed by the topic's default name, e.g. `[topics.overrides."pendo.raw.webhook"]`.
     #[serde(default)]
     pub overrides: BTreeMap<String, TopicOverride>,
@@ -163,8 +168,26 @@ impl Default for TopicsConfig {
             prefix: String::new(),
             partitions: default_partitions(),
             replication_factor: default_replication_factor(),
+            min_insync_replicas: None,
             overrides: BTreeMap::new(),
         }
+    }
+}
+
+/// `min.insync.replicas` of every topic on a replicated cluster (`replication_factor` >= 3)
+/// unless `topics.min_insync_replicas` says otherwise: 2 of 3 replicas must have a record before
+/// it is acknowledged, so one broker may be down.
+pub const DEFAULT_MIN_INSYNC_REPLICAS: i32 = 2;
+
+impl TopicsConfig {
+    /// The `min.insync.replicas` the catalogue sets on every topic: only when the replication
+    /// factor is known and at least 3 (below that, or with the broker default, the broker's own
+    /// `min.insync.replicas` applies, as before).
+    pub fn effective_min_insync_replicas(&self) -> Option<i32> {
+        (self.replication_factor >= 3).then(|| {
+            self.min_insync_replicas
+                .unwrap_or(DEFAULT_MIN_INSYNC_REPLICAS)
+        })
     }
 }
 
@@ -620,6 +643,19 @@ impl Config {
                 "topics.replication_factor must be >= 1 or -1 (broker default), got {}",
                 t.replication_factor
             ));
+        }
+        if let Some(m) = t.min_insync_replicas {
+            if m < 1 {
+                return invalid(format!("topics.min_insync_replicas must be >= 1, got {m}"));
+            }
+            // With acks=all, min.insync.replicas equal to the replication factor would make
+            // every write fail while any one broker is down.
+            if t.replication_factor != -1 && m >= t.replication_factor {
+                return invalid(format!(
+                    "topics.min_insync_replicas ({m}) must be less than topics.replication_factor ({}), or no broker could ever be down",
+                    t.replication_factor
+                ));
+            }
         }
         for (id, o) in &t.overrides {
             if TopicId::from_default_name(id).is_none() {
@@ -1137,6 +1173,41 @@ bootstrap_servers = \"x:1\"\n",
         assert!(printed.contains("[segment_webhook]"), "{printed}");
         assert!(!printed.contains("sig-secret"), "{printed}");
         assert!(!format!("{c:?}").contains("sig-secret"));
+    }
+
+    #[test]
+    fn min_insync_replicas_is_validated_against_the_replication_factor() {
+        let load = |topics: &str| {
+            load_str(&format!(
+                "[kafka]\nbootstrap_servers = \"x:1\"\n[topics]\n{topics}\n"
+            ))
+        };
+        for (topics, error) in [
+            ("replication_factor = 3\nmin_insync_replicas = 0", ">= 1"),
+            ("min_insync_replicas = -1", ">= 1"),
+            (
+                "replication_factor = 3\nmin_insync_replicas = 3",
+                "less than",
+            ),
+            (
+                "replication_factor = 2\nmin_insync_replicas = 2",
+                "less than",
+            ),
+        ] {
+            let err = load(topics).unwrap_err().to_string();
+            assert!(
+                err.contains("topics.min_insync_replicas") && err.contains(error),
+                "{topics}: {err}"
+            );
+        }
+        let c = load("replication_factor = 5\nmin_insync_replicas = 3").unwrap();
+        assert_eq!(c.topics.effective_min_insync_replicas(), Some(3));
+        // The broker default replication factor is unknown: only >= 1 is checked, nothing is set.
+        let c = load("min_insync_replicas = 4").unwrap();
+        assert_eq!(c.topics.effective_min_insync_replicas(), None);
+        let c = load("replication_factor = 3").unwrap();
+        assert_eq!(c.topics.effective_min_insync_replicas(), Some(2));
+        assert!(!c.to_redacted_toml().contains("min_insync_replicas"));
     }
 
     #[test]

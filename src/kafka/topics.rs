@@ -162,6 +162,10 @@ pub fn desired_topics(config: &Config) -> Vec<TopicSpec> {
                 }
             }
             configs.insert("max.message.bytes", id.max_message_bytes().to_string());
+            // On a replicated cluster acks=all only means "on enough brokers" with this set.
+            if let Some(m) = config.topics.effective_min_insync_replicas() {
+                configs.insert("min.insync.replicas", m.to_string());
+            }
             // The audience-list state is written to the partition of its input record: it
             // follows canonical.pendo-updates' partition count unless set itself.
             let follows = match id {
@@ -537,6 +541,77 @@ mod tests {
             .find(|s| s.id == TopicId::DlqSegmentSink)
             .unwrap();
         assert_eq!(dlq.configs["retention.ms"], (30 * DAY_MS).to_string());
+    }
+
+    fn with_topics(topics: &str) -> Config {
+        toml::from_str(&format!(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[topics]\n{topics}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn replicated_clusters_get_min_insync_replicas_on_every_topic() {
+        for (topics, want) in [
+            ("replication_factor = 3", "2"),
+            ("replication_factor = 5", "2"),
+            ("replication_factor = 5\nmin_insync_replicas = 3", "3"),
+        ] {
+            let specs = desired_topics(&with_topics(topics));
+            assert_eq!(specs.len(), TopicId::ALL.len());
+            for spec in specs {
+                assert_eq!(
+                    spec.configs.get("min.insync.replicas").map(String::as_str),
+                    Some(want),
+                    "{topics}: {}",
+                    spec.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn small_or_broker_default_replication_sets_no_min_insync_replicas() {
+        for topics in [
+            "",
+            "replication_factor = -1",
+            "replication_factor = 1",
+            "replication_factor = 2",
+            "min_insync_replicas = 2",
+            "replication_factor = 2\nmin_insync_replicas = 1",
+        ] {
+            for spec in desired_topics(&with_topics(topics)) {
+                assert!(
+                    !spec.configs.contains_key("min.insync.replicas"),
+                    "{topics:?}: {}",
+                    spec.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn min_insync_replicas_drift_is_reported_like_other_configs() {
+        let spec = desired_topics(&with_topics("replication_factor = 3"))
+            .into_iter()
+            .next()
+            .unwrap();
+        let change = TopicChange::SetConfig {
+            topic: spec.name.clone(),
+            key: "min.insync.replicas",
+            actual: Some("1".into()),
+            desired: spec.configs["min.insync.replicas"].clone(),
+        };
+        assert!(change.is_drift());
+        assert_eq!(
+            change.to_string(),
+            format!("drift {}: min.insync.replicas is 1, expected 2", spec.name)
+        );
+        let create = TopicChange::Create(spec).to_string();
+        assert!(
+            create.contains("replication=3") && create.contains("min.insync.replicas=2"),
+            "{create}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The roles one binary can run (DESIGN §1), and which of them exist in this build.
+//! The roles one binary can run (README, "Architecture"), and which of them exist in this build.
 
 use std::fmt;
 

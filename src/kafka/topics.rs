@@ -1,4 +1,4 @@
-//! The topic catalogue (DESIGN §2) and `topics apply`: create what is missing, report drift,
+//! The topic catalogue (README, "Topics") and `topics apply`: create what is missing, report drift,
 //! and with `--fix` repair it.
 //!
 //! The catalogue is the single place that knows which topics exist, how they are keyed and which

@@ -1,6 +1,6 @@
 //! One raw Segment event -> Pendo metadata updates (the reverse flow's mapping, issue #7).
 //!
-//! Segment Engage delivers audience membership in three shapes (`API-FACTS.md`), all understood:
+//! Segment Engage delivers audience membership in three shapes (`docs/external-apis.md`, "Segment Engage audiences"), all understood:
 //! - **identify** with `context.personas.computation_class = "audience"` and the boolean trait
 //!   named by `computation_key` (`true` on entry, `false` on exit) -> the visitor;
 //! - **track** `Audience Entered` / `Audience Exited` with `properties.audience_key` and

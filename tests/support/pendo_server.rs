@@ -1,5 +1,5 @@
 //! A Pendo-compatible HTTP test server: the stand-in for Pendo's REST API in integration tests
-//! (contract: `/work/shared/API-FACTS.md`, "Pendo REST API"). Serves the bulk metadata writes
+//! (contract: `docs/external-apis.md`, "Pendo REST API"). Serves the bulk metadata writes
 //! `POST /api/v1/metadata/{visitor|account}/{custom|agent}/value` and `GET /api/v1/token/verify`,
 //! checks what Pendo checks, records every write, keeps the final value per (entity, id, field),
 //! and injects faults on a schedule (429 with `Retry-After`, 409 "Operation in progress",

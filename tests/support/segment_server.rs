@@ -1,6 +1,6 @@
 //! A Segment-compatible HTTP test server: the stand-in for Segment's `POST /v1/batch` in
-//! integration tests and benchmarks (contract: `/work/shared/API-FACTS.md`, "Segment HTTP
-//! Tracking API"). It checks what Segment checks, records what it accepts, and injects faults on
+//! integration tests and benchmarks (contract: `docs/external-apis.md`, "Segment
+//! HTTP Tracking API"). It checks what Segment checks, records what it accepts, and injects faults on
 //! a reproducible schedule so the sender's retry, back-off and de-duplication can be proven.
 //!
 //! Why a hand-rolled HTTP/1.1 server on a raw `TcpListener` rather than axum: two faults need

@@ -1,7 +1,7 @@
 //! `[pendo_poller]`: what the poller reads from Pendo's REST API, how often, and how gently.
 //!
 //! Pendo publishes no rate limits and its API can lag webhooks by ~12 h
-//! (`/work/shared/API-FACTS.md`, "Pendo REST API"), so the defaults poll rarely, keep one
+//! (`docs/external-apis.md`, "Pendo REST API"), so the defaults poll rarely, keep one
 //! request at a time under a client-side rate limit, and re-read a settling window.
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! resolved from `[pendo]` (region or explicit `base_url`).
 //!
 //! Pendo publishes no rate limits or batch limits for its bulk metadata endpoint, so the
-//! defaults are modest (`/work/shared/API-FACTS.md`, "Pendo REST API").
+//! defaults are modest (`docs/external-apis.md`, "Pendo REST API").
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! backfill that repeats a visitor costs one item, not one per repetition. Every record that
 //! contributed to an item is remembered, so a per-item failure dead-letters exactly those.
 //!
-//! The bulk endpoint's answer is not documented precisely (`API-FACTS.md`). The shape assumed
+//! The bulk endpoint's answer is not documented precisely (`docs/external-apis.md`, "Pendo REST API"). The shape assumed
 //! (and served by `tests/support/pendo_server.rs`) is
 //! `{"total": n, "updated": n, "failed": n, "missing": [id...], "errors": [{"id": id, "error": text}...]}`.
 //! Anything that does not add up (not an object, counts missing or inconsistent, ids that were

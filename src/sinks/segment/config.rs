@@ -2,7 +2,7 @@
 //!
 //! Where and with which key to send is [`SegmentConfig`] (`[segment]`), shared with other roles.
 //! The defaults follow Segment's documented limits with the official clients' headroom
-//! (`/work/shared/API-FACTS.md`, "Segment HTTP Tracking API").
+//! (`docs/external-apis.md`, "Segment HTTP Tracking API").
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,17 +2,29 @@
 //! side by side, and the shutdown grace period.
 //!
 //! A role is a future that runs until the shared [`Shutdown`] fires and then finishes its
-//! in-flight work. If one role fails, the others are asked to stop too and the process exits
-//! non-zero, so a supervisor restarts it (roles hold no state that Kafka does not).
+//! in-flight work. A role that fails because of a broker failover (see
+//! [`crate::kafka::failover`]: a transaction whose outcome is unknown, a coordinator that could
+//! not be reached in time) is started again in this process after a pause, with new Kafka
+//! clients, while the other roles go on; its readiness is false until it is ready again, and
+//! `pendo_segment_role_restarts_total` counts it. Any other failure asks every role to stop
+//! and the process exits non-zero, so a supervisor restarts it (roles hold no state that
+//! Kafka does not).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
 
 use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::health::Readiness;
+use crate::kafka::consumer_loop::LoopError;
+use crate::kafka::failover::is_transient_kafka_error;
+use crate::kafka::transactional_output::TxnError;
 use crate::metrics::metrics;
 use crate::ops_server;
 use crate::shutdown::Shutdown;
@@ -33,8 +45,61 @@ pub type RoleFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 pub struct RoleTask {
     /// The role's name (metrics label, logs).
     pub name: String,
-    /// Starts the role.
-    pub start: Box<dyn FnOnce(RoleEnv) -> RoleFuture + Send>,
+    /// Starts the role; called again to restart it after a transient failure.
+    pub start: Arc<dyn Fn(RoleEnv) -> RoleFuture + Send + Sync>,
+}
+
+impl RoleTask {
+    /// A task that can be started once only (embedding, tests): a transient failure of it ends
+    /// the process like any other, since there is nothing to start it again with.
+    pub fn once(
+        name: impl Into<String>,
+        start: impl FnOnce(RoleEnv) -> RoleFuture + Send + 'static,
+    ) -> Self {
+        let name = name.into();
+        let slot = std::sync::Mutex::new(Some(start));
+        let role = name.clone();
+        RoleTask {
+            name,
+            start: Arc::new(move |env| match slot.lock().expect("start lock").take() {
+                Some(start) => start(env),
+                None => {
+                    let role = role.clone();
+                    Box::pin(
+                        async move { Err(anyhow::anyhow!("role {role} can be started only once")) },
+                    )
+                }
+            }),
+        }
+    }
+}
+
+/// The pause before the first restart of a role after a transient failure; it doubles with
+/// each failure in a row, up to [`RESTART_BACKOFF_MAX`].
+const RESTART_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// The longest pause between restarts (a cluster that stays down is retried this often).
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A role that ran this long before failing starts again after the initial pause.
+const RESTART_STREAK_RESET: Duration = Duration::from_secs(60);
+
+/// Whether a role's failure is one that a fresh start rides through: a broker failover, not
+/// fencing, a refused credential or a misconfiguration.
+pub fn is_transient_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<LoopError>()
+            .is_some_and(LoopError::is_transient)
+            || c.downcast_ref::<TxnError>()
+                .is_some_and(TxnError::is_transient)
+            || c.downcast_ref::<KafkaError>()
+                .is_some_and(is_transient_kafka_error)
+    })
+}
+
+/// Restart bookkeeping of one role.
+struct RoleRun {
+    start: Arc<dyn Fn(RoleEnv) -> RoleFuture + Send + Sync>,
+    started: Instant,
+    failures_in_a_row: u32,
 }
 
 /// Runs `roles` in this process with the ops server, until a signal (or a role failure) and
@@ -69,14 +134,26 @@ pub async fn run_roles_until(
 
     let env = RoleEnv {
         shutdown: shutdown.clone(),
-        readiness,
+        readiness: readiness.clone(),
     };
-    let mut set = JoinSet::new();
+    type Outcome = (String, anyhow::Result<()>);
+    let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut runs: HashMap<String, RoleRun> = HashMap::new();
     for role in roles {
         let name = role.name;
         metrics().role_up.with_label_values(&[&name]).set(1);
+        // Exported at 0 from the start, so `increase()` sees the first restart.
+        metrics().role_restarts.with_label_values(&[&name]);
         tracing::info!(role = %name, "starting role");
         let fut = (role.start)(env.clone());
+        runs.insert(
+            name.clone(),
+            RoleRun {
+                start: role.start,
+                started: Instant::now(),
+                failures_in_a_row: 0,
+            },
+        );
         set.spawn(async move { (name, fut.await) });
     }
 
@@ -104,6 +181,39 @@ pub async fn run_roles_until(
                     Ok(()) => {
                         failure.get_or_insert_with(|| anyhow::anyhow!("role {name} stopped unexpectedly"));
                     }
+                    Err(e) if !shutdown.is_triggered() && is_transient_failure(&e) => {
+                        let Some(run) = runs.get_mut(&name) else { continue };
+                        readiness.set_prefix_ready(&format!("{name}:"), false);
+                        if run.started.elapsed() >= RESTART_STREAK_RESET {
+                            run.failures_in_a_row = 0;
+                        }
+                        let pause = RESTART_BACKOFF_INITIAL
+                            .saturating_mul(1 << run.failures_in_a_row.min(5))
+                            .min(RESTART_BACKOFF_MAX);
+                        run.failures_in_a_row += 1;
+                        metrics().role_restarts.with_label_values(&[&name]).inc();
+                        tracing::warn!(
+                            role = %name,
+                            error = %format!("{e:#}"),
+                            restart_in = ?pause,
+                            failures_in_a_row = run.failures_in_a_row,
+                            "role failed on a Kafka failover; restarting it with new clients \
+                             (uncommitted work is re-read from the last commit)"
+                        );
+                        let (start, env, shutdown) = (run.start.clone(), env.clone(), shutdown.clone());
+                        run.started = Instant::now() + pause;
+                        set.spawn(async move {
+                            tokio::select! {
+                                _ = shutdown.wait() => return (name, Ok(())),
+                                _ = tokio::time::sleep(pause) => {}
+                            }
+                            metrics().role_up.with_label_values(&[&name]).set(1);
+                            tracing::info!(role = %name, "restarting role");
+                            let result = start(env).await;
+                            (name, result)
+                        });
+                        continue;
+                    }
                     Err(e) => {
                         tracing::error!(role = %name, error = %format!("{e:#}"), "role failed");
                         failure.get_or_insert(e.context(format!("role {name} failed")));
@@ -128,5 +238,42 @@ pub async fn run_roles_until(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::consumer_loop::ProcessError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    fn loop_error(kind: &'static str) -> anyhow::Error {
+        anyhow::Error::from(LoopError::Process {
+            stage: "transform-pendo",
+            source: ProcessError::new(kind, "x"),
+        })
+    }
+
+    #[test]
+    fn failovers_restart_a_role_fencing_and_misconfiguration_stop_the_process() {
+        assert!(is_transient_failure(&loop_error("transaction_stuck")));
+        assert!(is_transient_failure(
+            &anyhow::Error::from(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::CoordinatorNotAvailable
+            ))
+            .context("cannot initialise the transactional producer")
+        ));
+        assert!(is_transient_failure(&anyhow::Error::from(TxnError::Stuck(
+            "abort failed".into()
+        ))));
+        // Fenced by a newer instance: a restart would fence it back.
+        assert!(!is_transient_failure(&loop_error("transaction")));
+        assert!(!is_transient_failure(&anyhow::Error::from(
+            TxnError::Fatal("fenced".into())
+        )));
+        assert!(!is_transient_failure(&loop_error("http")));
+        assert!(!is_transient_failure(&anyhow::anyhow!(
+            "cannot listen on 127.0.0.1:8080"
+        )));
     }
 }

@@ -193,7 +193,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Config(ConfigCommand::Check) => {
                 print!("{}", config.to_redacted_toml());
@@ -242,8 +242,17 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-    })
+    });
+    // Everything that matters finished inside `block_on`. What may still run on the blocking
+    // pool is a Kafka client call abandoned after it overran its deadline during a broker
+    // failover (its role was restarted with new clients meanwhile); the process must not wait
+    // for it to exit.
+    runtime.shutdown_timeout(SHUTDOWN_ABANDONED_CALLS);
+    code
 }
+
+/// How long the process waits at exit for Kafka client calls abandoned on the blocking pool.
+const SHUTDOWN_ABANDONED_CALLS: Duration = Duration::from_secs(2);
 
 async fn run(config: &Config, args: RunArgs) -> ExitCode {
     let options = RunOptions {

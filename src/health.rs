@@ -31,6 +31,16 @@ impl Readiness {
         }
     }
 
+    /// Marks every component whose name starts with `prefix` (a role's `<role>:`) ready or
+    /// not, e.g. all of a role's components while it is restarted.
+    pub fn set_prefix_ready(&self, prefix: &str, ready: bool) {
+        for (name, v) in self.components.lock().expect("readiness lock").iter_mut() {
+            if name.starts_with(prefix) {
+                *v = ready;
+            }
+        }
+    }
+
     /// Whether everything is ready (and at least one component exists), with each component's state.
     pub fn report(&self) -> (bool, BTreeMap<String, bool>) {
         let c = self.components.lock().expect("readiness lock").clone();
@@ -68,5 +78,9 @@ mod tests {
         assert!(r.report().0);
         a.set_ready(false);
         assert_eq!(r.report().1.get("a"), Some(&false));
+        a.set_ready(true);
+        r.set_prefix_ready("b", false);
+        assert_eq!(r.report().1.get("a"), Some(&true));
+        assert_eq!(r.report().1.get("b"), Some(&false));
     }
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// 1 for every role running in this process.
     pub role_up: IntGaugeVec,
+    /// Roles started again in this process after a Kafka failover stopped them, by role.
+    pub role_restarts: IntCounterVec,
     /// Kafka transactions of group-commit appenders by stage and result (`committed`, `aborted`).
     pub transactions: IntCounterVec,
     /// Records per committed appender transaction.
@@ -482,6 +484,12 @@ impl Metrics {
                 &r,
                 "pendo_segment_role_up",
                 "1 while a role runs in this process.",
+                &["role"],
+            ),
+            role_restarts: counter(
+                &r,
+                "pendo_segment_role_restarts_total",
+                "Roles started again in this process (new Kafka clients) after a broker failover stopped them.",
                 &["role"],
             ),
             resident_memory,

@@ -76,40 +76,53 @@ impl Role {
         }
     }
 
-    /// Builds the role's task, or explains why it cannot run.
+    /// Builds the role's task, or explains why it cannot run. The task can be started again
+    /// after a transient failure (see [`crate::app`]): each later start builds the role afresh
+    /// from the same configuration.
     pub fn task(self, config: &Config, options: RunOptions) -> Result<RoleTask, RoleError> {
         let invalid = |e: anyhow::Error| RoleError::Invalid {
             role: self,
             message: format!("{e:#}"),
         };
-        let start: Box<dyn FnOnce(crate::app::RoleEnv) -> crate::app::RoleFuture + Send> =
-            match self {
-                Role::PendoWebhook => Box::new(
-                    pendo_webhook::task(config, options.insecure_no_auth).map_err(invalid)?,
-                ),
-                Role::TransformPendo => {
-                    Box::new(crate::transform::transform_pendo::task(config).map_err(invalid)?)
+        let first = std::sync::Mutex::new(Some(self.build(config, options).map_err(invalid)?));
+        let config = config.clone();
+        let role = self;
+        let start = move |env: crate::app::RoleEnv| -> crate::app::RoleFuture {
+            let built = first
+                .lock()
+                .expect("role start lock")
+                .take()
+                .map_or_else(|| role.build(&config, options), Ok);
+            match built {
+                Ok(start) => start(env),
+                Err(e) => {
+                    Box::pin(async move { Err(e.context(format!("rebuilding role {role}"))) })
                 }
-                Role::SegmentSink => {
-                    Box::new(crate::sinks::segment::task(config).map_err(invalid)?)
-                }
-                Role::SegmentWebhook => Box::new(
-                    segment_webhook::task(config, options.insecure_no_auth).map_err(invalid)?,
-                ),
-                Role::TransformSegment => {
-                    Box::new(crate::transform::transform_segment::task(config).map_err(invalid)?)
-                }
-                Role::PendoPoller => {
-                    Box::new(crate::connectors::pendo_poller::task(config).map_err(invalid)?)
-                }
-                Role::PendoSink => Box::new(crate::sinks::pendo::task(config).map_err(invalid)?),
-            };
+            }
+        };
         Ok(RoleTask {
             name: self.name().to_string(),
-            start,
+            start: std::sync::Arc::new(start),
+        })
+    }
+
+    fn build(self, config: &Config, options: RunOptions) -> anyhow::Result<StartOnce> {
+        Ok(match self {
+            Role::PendoWebhook => Box::new(pendo_webhook::task(config, options.insecure_no_auth)?),
+            Role::TransformPendo => Box::new(crate::transform::transform_pendo::task(config)?),
+            Role::SegmentSink => Box::new(crate::sinks::segment::task(config)?),
+            Role::SegmentWebhook => {
+                Box::new(segment_webhook::task(config, options.insecure_no_auth)?)
+            }
+            Role::TransformSegment => Box::new(crate::transform::transform_segment::task(config)?),
+            Role::PendoPoller => Box::new(crate::connectors::pendo_poller::task(config)?),
+            Role::PendoSink => Box::new(crate::sinks::pendo::task(config)?),
         })
     }
 }
+
+/// One start of a role, as each role's module builds it.
+type StartOnce = Box<dyn FnOnce(crate::app::RoleEnv) -> crate::app::RoleFuture + Send>;
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

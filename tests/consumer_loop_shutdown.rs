@@ -67,34 +67,31 @@ fn child_main() {
     let config: Config = toml::from_str(&toml).unwrap();
     config.validate().unwrap();
     let cfg = config.clone();
-    let task = RoleTask {
-        name: "loop-test".to_string(),
-        start: Box::new(move |env| {
-            Box::pin(async move {
-                let spec = LoopSpec {
-                    stage: "loop-test",
-                    topics: vec![topic],
-                    commit_max_records: cfg.processing.commit_max_records,
-                    commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
-                    strategy: CommitStrategy::ConsumerOffsets,
-                };
-                let processor = CheckpointingProcessor {
-                    processed: HashMap::new(),
-                    checkpointed: HashMap::new(),
-                    report,
-                };
-                run_consumer_loop(
-                    &client_config::consumer(&cfg, "loop-test"),
-                    spec,
-                    processor,
-                    env.shutdown.clone(),
-                    env.readiness.register("consumer:loop-test"),
-                )
-                .await?;
-                Ok(())
-            })
-        }),
-    };
+    let task = RoleTask::once("loop-test", move |env: pendo_segment::app::RoleEnv| {
+        Box::pin(async move {
+            let spec = LoopSpec {
+                stage: "loop-test",
+                topics: vec![topic],
+                commit_max_records: cfg.processing.commit_max_records,
+                commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
+                strategy: CommitStrategy::ConsumerOffsets,
+            };
+            let processor = CheckpointingProcessor {
+                processed: HashMap::new(),
+                checkpointed: HashMap::new(),
+                report,
+            };
+            run_consumer_loop(
+                &client_config::consumer(&cfg, "loop-test"),
+                spec,
+                processor,
+                env.shutdown.clone(),
+                env.readiness.register("consumer:loop-test"),
+            )
+            .await?;
+            Ok(())
+        })
+    });
     run_role_in_child(&config, task)
 }
 

@@ -61,44 +61,41 @@ fn child_main() {
     let config: Config = toml::from_str(&std::env::var("PS_EOS_CONFIG").unwrap()).unwrap();
     config.validate().unwrap();
     let cfg = config.clone();
-    let task = RoleTask {
-        name: "eos-test".into(),
-        start: Box::new(move |env| {
-            Box::pin(async move {
-                let producer = client_config::transactional_producer(&cfg, "eos-test", 1 << 20);
-                let timeout = Duration::from_secs(10);
-                let limits = TopicLimits::from_config(&cfg);
-                let output = tokio::task::spawn_blocking(move || {
-                    TransactionalOutput::create(&producer, limits, timeout)
-                })
-                .await??;
-                let spec = LoopSpec {
-                    stage: "eos-test",
-                    topics: vec![input],
-                    commit_max_records: cfg.processing.commit_max_records,
-                    commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
-                    strategy: CommitStrategy::Transactional {
-                        output: output.clone(),
-                        timeout,
-                    },
-                };
-                let processor = PassThrough {
-                    output,
-                    topic: out,
-                    seen: 0,
-                };
-                run_consumer_loop(
-                    &client_config::consumer(&cfg, "eos-test"),
-                    spec,
-                    processor,
-                    env.shutdown.clone(),
-                    env.readiness.register("consumer:eos-test"),
-                )
-                .await?;
-                Ok(())
+    let task = RoleTask::once("eos-test", move |env: pendo_segment::app::RoleEnv| {
+        Box::pin(async move {
+            let producer = client_config::transactional_producer(&cfg, "eos-test", 1 << 20);
+            let timeout = Duration::from_secs(10);
+            let limits = TopicLimits::from_config(&cfg);
+            let output = tokio::task::spawn_blocking(move || {
+                TransactionalOutput::create(&producer, limits, timeout)
             })
-        }),
-    };
+            .await??;
+            let spec = LoopSpec {
+                stage: "eos-test",
+                topics: vec![input],
+                commit_max_records: cfg.processing.commit_max_records,
+                commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
+                strategy: CommitStrategy::Transactional {
+                    output: output.clone(),
+                    timeout,
+                },
+            };
+            let processor = PassThrough {
+                output,
+                topic: out,
+                seen: 0,
+            };
+            run_consumer_loop(
+                &client_config::consumer(&cfg, "eos-test"),
+                spec,
+                processor,
+                env.shutdown.clone(),
+                env.readiness.register("consumer:eos-test"),
+            )
+            .await?;
+            Ok(())
+        })
+    });
     run_role_in_child(&config, task)
 }
 

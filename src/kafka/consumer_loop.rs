@@ -49,6 +49,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
 use crate::kafka::context::{LoopContext, RebalanceEvent, RevocationBarrier, TopicPartition};
+use crate::kafka::failover::is_transient_kafka_error;
 use crate::kafka::transactional_output::{TransactionalOutput, TxnError};
 use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
@@ -408,6 +409,19 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     }
 }
 
+impl LoopError {
+    /// Whether the loop stopped because of a broker failover (a transaction whose outcome is
+    /// unknown, a Kafka call that timed out or found no coordinator), which a new loop with
+    /// new clients rides through; see [`crate::kafka::failover`]. Fencing, fatal client errors
+    /// and processor failures are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LoopError::Kafka { source, .. } => is_transient_kafka_error(source),
+            LoopError::Process { source, .. } => source.kind == TRANSACTION_STUCK,
+        }
+    }
+}
+
 fn error_kind(e: &LoopError) -> &'static str {
     match e {
         LoopError::Kafka { .. } => "kafka",
@@ -459,11 +473,19 @@ fn apply_rebalances<P: RecordProcessor>(
 }
 
 fn txn_error(stage: &'static str, e: TxnError) -> LoopError {
+    let kind = if e.is_transient() {
+        TRANSACTION_STUCK
+    } else {
+        "transaction"
+    };
     LoopError::Process {
         stage,
-        source: ProcessError::new("transaction", e.to_string()),
+        source: ProcessError::new(kind, e.to_string()),
     }
 }
+
+/// [`ProcessError::kind`] of a transaction whose outcome is unknown (see [`TxnError::Stuck`]).
+const TRANSACTION_STUCK: &str = "transaction_stuck";
 
 /// Opens a transaction before the first record after a commit (transactional strategy only).
 fn begin_transaction(spec: &LoopSpec, txn_open: &mut bool) -> Result<(), LoopError> {
@@ -476,24 +498,23 @@ fn begin_transaction(spec: &LoopSpec, txn_open: &mut bool) -> Result<(), LoopErr
     Ok(())
 }
 
-/// Runs a blocking transactional call under our own deadline (a call that hangs while the
-/// coordinator is down must not hang the role).
+/// Runs a blocking transactional call under our own deadline: `calls` times the call timeout
+/// (a commit may be followed by an abort) plus 5 s. A call that hangs while the coordinator is
+/// down must not hang the role; one that overruns leaves the transaction's outcome unknown
+/// ([`TxnError::Stuck`]), which a new producer settles.
 async fn bounded<T: Send + 'static>(
     stage: &'static str,
     timeout: Duration,
+    calls: u32,
     call: impl FnOnce() -> Result<T, TxnError> + Send + 'static,
 ) -> Result<Result<T, TxnError>, LoopError> {
-    match tokio::time::timeout(
-        timeout + Duration::from_secs(5),
-        tokio::task::spawn_blocking(call),
-    )
-    .await
-    {
+    let budget = timeout * calls + Duration::from_secs(5);
+    match tokio::time::timeout(budget, tokio::task::spawn_blocking(call)).await {
         Ok(joined) => Ok(joined.expect("transaction task panicked")),
         Err(_) => Err(txn_error(
             stage,
-            TxnError::Fatal(format!(
-                "a transactional call did not return within {timeout:?}"
+            TxnError::Stuck(format!(
+                "a transactional call did not return within {budget:?}"
             )),
         )),
     }
@@ -516,7 +537,7 @@ async fn abandon_transaction<P: RecordProcessor>(
         && *txn_open
     {
         let (output, timeout) = (output.clone(), *timeout);
-        bounded(spec.stage, timeout, move || output.abort(timeout))
+        bounded(spec.stage, timeout, 1, move || output.abort(timeout))
             .await?
             .map_err(|e| txn_error(spec.stage, e))?;
         *txn_open = false;
@@ -630,7 +651,10 @@ async fn commit<P: RecordProcessor>(
             source: KafkaError::Subscription("no consumer group metadata".into()),
         })?;
         let (output, timeout) = (output.clone(), *timeout);
-        let result = bounded(stage, timeout, move || output.commit(&tpl, &group, timeout)).await?;
+        let result = bounded(stage, timeout, 2, move || {
+            output.commit(&tpl, &group, timeout)
+        })
+        .await?;
         *txn_open = false;
         let m = metrics();
         m.commit_duration

@@ -6,6 +6,7 @@ pub mod client_config;
 pub mod consumer_loop;
 pub mod context;
 pub mod dead_letter;
+pub mod failover;
 pub mod headers;
 pub mod metadata;
 pub mod producer;

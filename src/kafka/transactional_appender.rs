@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use tokio::sync::oneshot;
 
 use crate::health::ReadinessHandle;
-use crate::kafka::transactional_output::flush_deliveries;
+use crate::kafka::transactional_output::{commit_transaction_until, flush_deliveries};
 use crate::metrics::metrics;
 
 /// One record to append.
@@ -417,11 +417,11 @@ impl Worker {
         let stage = self.stage();
         let outcome = match batch.failure {
             None => self.flush_open_transaction().and_then(|()| {
-                self.producer
-                    .as_ref()
-                    .expect("producer exists")
-                    .commit_transaction(self.settings.txn_timeout)
-                    .map_err(|e| e.to_string())
+                commit_transaction_until(
+                    self.producer.as_ref().expect("producer exists"),
+                    Instant::now() + self.settings.txn_timeout,
+                )
+                .map_err(|e| e.to_string())
             }),
             Some(f) => Err(f),
         };

@@ -48,6 +48,18 @@ pub enum TxnError {
     /// The producer is unusable (fenced by a newer instance, or a fatal error): stop the role.
     #[error("transactional producer unusable: {0}")]
     Fatal(String),
+    /// The transaction's outcome is unknown: a call (or the abort after it) did not finish in
+    /// time, typically while its coordinator moves to another broker. A new producer with the
+    /// same `transactional.id` settles it (see [`crate::kafka::failover`]): restart the work.
+    #[error("transaction outcome unknown: {0}")]
+    Stuck(String),
+}
+
+impl TxnError {
+    /// Whether starting afresh (a new producer, input re-read from the last commit) cures it.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, TxnError::Fatal(_))
+    }
 }
 
 fn classify(e: KafkaError) -> TxnError {
@@ -57,6 +69,20 @@ fn classify(e: KafkaError) -> TxnError {
             TxnError::Abortable(e.to_string())
         }
         _ => TxnError::Abortable(e.to_string()),
+    }
+}
+
+/// [`classify`] for a call that ran until `deadline`: a retriable failure (a coordinator that
+/// did not answer) at the deadline is [`TxnError::Stuck`]. Aborting would wait for the same
+/// unreachable coordinator; a new producer settles the transaction once one is elected.
+fn classify_at(e: KafkaError, deadline: Instant) -> TxnError {
+    match &e {
+        KafkaError::Transaction(t)
+            if !t.is_fatal() && t.is_retriable() && Instant::now() >= deadline =>
+        {
+            TxnError::Stuck(e.to_string())
+        }
+        _ => classify(e),
     }
 }
 
@@ -132,37 +158,48 @@ impl TransactionalOutput {
         self.producer.begin_transaction().map_err(classify)
     }
 
-    /// Delivers the open transaction's records, adds `offsets` for `group`, and commits.
-    /// Blocking. On [`TxnError::Abortable`] the transaction has been aborted already.
+    /// Delivers the open transaction's records, adds `offsets` for `group`, and commits, all
+    /// within `timeout`; an abort after a failure gets `timeout` of its own. Blocking (at most
+    /// twice `timeout`). On [`TxnError::Abortable`] the transaction has been aborted already.
     pub fn commit(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
         timeout: Duration,
     ) -> Result<(), TxnError> {
+        let deadline = Instant::now() + timeout;
         let result = flush_deliveries(self.producer.as_ref(), timeout)
             .map_err(TxnError::Abortable)
             .and_then(|()| {
                 self.producer
-                    .send_offsets_to_transaction(offsets, group, timeout)
-                    .map_err(classify)
+                    .send_offsets_to_transaction(offsets, group, remaining(deadline))
+                    .map_err(|e| classify_at(e, deadline))
             })
-            .and_then(|()| self.producer.commit_transaction(timeout).map_err(classify));
-        match result {
-            Err(TxnError::Abortable(reason)) => {
-                self.abort(timeout)?;
-                Err(TxnError::Abortable(reason))
-            }
-            other => other,
-        }
+            .and_then(|()| self.commit_until(deadline));
+        self.abort_if_abortable(result, timeout)
     }
 
     /// Delivers the open transaction's records and commits, for producers that consume
-    /// nothing (the poller). Blocking. On [`TxnError::Abortable`] it has been aborted already.
+    /// nothing (the poller). Blocking (at most twice `timeout`). On [`TxnError::Abortable`] it
+    /// has been aborted already.
     pub fn commit_records(&self, timeout: Duration) -> Result<(), TxnError> {
+        let deadline = Instant::now() + timeout;
         let result = flush_deliveries(self.producer.as_ref(), timeout)
             .map_err(TxnError::Abortable)
-            .and_then(|()| self.producer.commit_transaction(timeout).map_err(classify));
+            .and_then(|()| self.commit_until(deadline));
+        self.abort_if_abortable(result, timeout)
+    }
+
+    fn commit_until(&self, deadline: Instant) -> Result<(), TxnError> {
+        commit_transaction_until(self.producer.as_ref(), deadline)
+            .map_err(|e| classify_at(e, deadline))
+    }
+
+    fn abort_if_abortable(
+        &self,
+        result: Result<(), TxnError>,
+        timeout: Duration,
+    ) -> Result<(), TxnError> {
         match result {
             Err(TxnError::Abortable(reason)) => {
                 self.abort(timeout)?;
@@ -172,12 +209,48 @@ impl TransactionalOutput {
         }
     }
 
-    /// Aborts the open transaction. Blocking.
+    /// Aborts the open transaction. Blocking. An abort that cannot finish (its coordinator is
+    /// unreachable) leaves the outcome to the next producer: [`TxnError::Stuck`].
     pub fn abort(&self, timeout: Duration) -> Result<(), TxnError> {
         self.producer
             .abort_transaction(timeout)
-            .map_err(|e| TxnError::Fatal(format!("abort failed: {e}")))
+            .map_err(|e| match &e {
+                KafkaError::Transaction(t) if t.is_fatal() => {
+                    TxnError::Fatal(format!("abort failed: {e}"))
+                }
+                _ => TxnError::Stuck(format!("abort failed: {e}")),
+            })
     }
+}
+
+/// `commit_transaction`, called again while it fails retriably (a coordinator that is moving
+/// answers so; librdkafka documents the call as safe to retry) until `deadline`. Giving up on
+/// the first timeout would abort a transaction the new coordinator was about to commit, and
+/// the caller would redo (or, at an HTTP edge, have the sender resend) work that is done.
+pub fn commit_transaction_until(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    deadline: Instant,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.commit_transaction(remaining(deadline)) {
+            Err(KafkaError::Transaction(t))
+                if t.is_retriable()
+                    && !t.txn_requires_abort()
+                    && Instant::now() + Duration::from_millis(100) < deadline =>
+            {
+                tracing::debug!(error = %t, "commit_transaction failed retriably; calling it again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Time left until `deadline` (at least a millisecond: a zero timeout means "do not wait").
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 /// Waits until every queued record of `producer` is acknowledged.

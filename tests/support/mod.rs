@@ -4,6 +4,7 @@
 //! they never skip. `.ci/run` starts one with `scripts/kafka-local start`.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pendo_server;
 pub mod produce;
 pub mod segment_server;
@@ -317,8 +318,18 @@ pub fn read_committed(
     expected: usize,
     idle: Duration,
 ) -> Vec<rdkafka::message::OwnedMessage> {
+    read_committed_from(&bootstrap(), topic, expected, idle)
+}
+
+/// [`read_committed`] from the cluster at `servers`.
+pub fn read_committed_from(
+    servers: &str,
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .set("group.id", unique("reader"))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")

@@ -64,11 +64,14 @@ pub enum PollError {
 }
 
 impl PollError {
-    /// Errors that retrying cannot fix: the role stops with the message.
+    /// Errors that retrying with this producer cannot fix: the role stops with the message.
+    /// A transaction whose outcome is unknown ([`TxnError::Stuck`], a broker failover) stops
+    /// it too, and the runtime starts it again with a new producer.
     fn is_fatal(&self) -> bool {
         matches!(
             self,
-            PollError::Api(ApiError::Unauthorized { .. }) | PollError::Txn(TxnError::Fatal(_))
+            PollError::Api(ApiError::Unauthorized { .. })
+                | PollError::Txn(TxnError::Fatal(_) | TxnError::Stuck(_))
         )
     }
 }
@@ -246,7 +249,7 @@ impl Poller {
                         .errors
                         .with_label_values(&[STAGE, job.name()])
                         .inc();
-                    return Err(anyhow::anyhow!("{} cycle: {e}", job.name()));
+                    return Err(anyhow::Error::new(e).context(format!("{} cycle", job.name())));
                 }
                 Err(e) => {
                     metrics()

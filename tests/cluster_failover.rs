@@ -620,8 +620,9 @@ impl ForwardRun {
              connection errors); {accepted} of {accepted} at Segment once by messageId, lost 0, \
              {} duplicate deliveries (same messageId, collapsed by Segment); \
              canonical.segment-calls {} records, duplicates 0; drained {:.1} s after the load stopped; \
-             {} webhook transactions aborted, {} transformer transactions aborted, {} roles restarted \
-             in-process after a failover, {} Kafka client errors counted; total {:.0} s",
+             {} webhook transactions aborted, {} transformer transactions aborted, {} with an unknown \
+             outcome (producer replaced), {} roles restarted in-process after a failover, {} Kafka \
+             client errors counted; total {:.0} s",
             deliveries.len(),
             load.refused_503.load(Ordering::Relaxed),
             load.connection_errors.load(Ordering::Relaxed),
@@ -633,6 +634,9 @@ impl ForwardRun {
                 .await,
             self.fleet
                 .metric_sum("pendo_segment_commits_total", "result=\"aborted\"")
+                .await,
+            self.fleet
+                .metric_sum("pendo_segment_commits_total", "result=\"stuck\"")
                 .await,
             self.fleet
                 .metric_sum("pendo_segment_role_restarts_total", "")

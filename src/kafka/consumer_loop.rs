@@ -35,7 +35,10 @@
 //!   together or not at all: exactly once for `read_committed` readers. A failed transaction is
 //!   aborted and its input re-read from the last commit; a fenced producer stops the role.
 //!   Every transactional call runs under our own deadline (they can hang while the coordinator
-//!   is down); a call that overruns it stops the role rather than guess.
+//!   is down); when one overruns it, or an abort cannot finish, the transaction's outcome is
+//!   unknown: the loop replaces the producer (which settles that transaction) and re-reads from
+//!   the committed offsets, keeping its group membership; if no new producer can be
+//!   initialised either, the loop stops with a transient error and the runtime restarts the role.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -501,23 +504,54 @@ fn begin_transaction(spec: &LoopSpec, txn_open: &mut bool) -> Result<(), LoopErr
 /// Runs a blocking transactional call under our own deadline: `calls` times the call timeout
 /// (a commit may be followed by an abort) plus 5 s. A call that hangs while the coordinator is
 /// down must not hang the role; one that overruns leaves the transaction's outcome unknown
-/// ([`TxnError::Stuck`]), which a new producer settles.
+/// ([`TxnError::Stuck`]), which a new producer settles ([`renew_producer`]).
 async fn bounded<T: Send + 'static>(
-    stage: &'static str,
     timeout: Duration,
     calls: u32,
     call: impl FnOnce() -> Result<T, TxnError> + Send + 'static,
-) -> Result<Result<T, TxnError>, LoopError> {
+) -> Result<T, TxnError> {
     let budget = timeout * calls + Duration::from_secs(5);
     match tokio::time::timeout(budget, tokio::task::spawn_blocking(call)).await {
-        Ok(joined) => Ok(joined.expect("transaction task panicked")),
-        Err(_) => Err(txn_error(
-            stage,
-            TxnError::Stuck(format!(
-                "a transactional call did not return within {budget:?}"
-            )),
-        )),
+        Ok(joined) => joined.expect("transaction task panicked"),
+        Err(_) => Err(TxnError::Stuck(format!(
+            "a transactional call did not return within {budget:?}"
+        ))),
     }
+}
+
+/// After a transaction whose outcome is unknown (a coordinator unreachable past the deadline,
+/// typically a broker failover): replaces the producer, which settles that transaction (see
+/// [`TransactionalOutput::renew`]). The caller then re-reads from the committed offsets, which
+/// are final once the new producer is initialised. The loop and its group membership go on;
+/// only if no new producer can be initialised either does the loop stop (a transient error:
+/// the runtime restarts the role).
+async fn renew_producer(
+    stage: &'static str,
+    output: &TransactionalOutput,
+    timeout: Duration,
+    reason: &str,
+) -> Result<(), LoopError> {
+    tracing::warn!(
+        stage,
+        error = %reason,
+        "transaction outcome unknown (broker failover?); replacing the transactional producer \
+         and re-reading from the last commit"
+    );
+    metrics().commits.with_label_values(&[stage, "stuck"]).inc();
+    let out = output.clone();
+    bounded(timeout, 1, move || {
+        out.renew(timeout).map_err(|e| {
+            if is_transient_kafka_error(&e) {
+                TxnError::Stuck(format!("no new transactional producer: {e}"))
+            } else {
+                TxnError::Fatal(format!("no new transactional producer: {e}"))
+            }
+        })
+    })
+    .await
+    .map_err(|e| txn_error(stage, e))?;
+    tracing::info!(stage, "new transactional producer ready");
+    Ok(())
 }
 
 /// After a revocation: the open transaction holds records of the revoked partitions, so it is
@@ -536,10 +570,14 @@ async fn abandon_transaction<P: RecordProcessor>(
     if let CommitStrategy::Transactional { output, timeout } = &spec.strategy
         && *txn_open
     {
-        let (output, timeout) = (output.clone(), *timeout);
-        bounded(spec.stage, timeout, 1, move || output.abort(timeout))
-            .await?
-            .map_err(|e| txn_error(spec.stage, e))?;
+        let (out, timeout) = (output.clone(), *timeout);
+        match bounded(timeout, 1, move || out.abort(timeout)).await {
+            Ok(()) => {}
+            Err(TxnError::Stuck(reason)) => {
+                renew_producer(spec.stage, output, timeout, &reason).await?
+            }
+            Err(e) => return Err(txn_error(spec.stage, e)),
+        }
         *txn_open = false;
         tracing::info!(
             stage = spec.stage,
@@ -650,11 +688,8 @@ async fn commit<P: RecordProcessor>(
             stage,
             source: KafkaError::Subscription("no consumer group metadata".into()),
         })?;
-        let (output, timeout) = (output.clone(), *timeout);
-        let result = bounded(stage, timeout, 2, move || {
-            output.commit(&tpl, &group, timeout)
-        })
-        .await?;
+        let (out, timeout) = (output.clone(), *timeout);
+        let result = bounded(timeout, 2, move || out.commit(&tpl, &group, timeout)).await;
         *txn_open = false;
         let m = metrics();
         m.commit_duration
@@ -669,6 +704,11 @@ async fn commit<P: RecordProcessor>(
             }
             Err(TxnError::Abortable(reason)) => {
                 tracing::warn!(stage, error = %reason, "transaction aborted; re-reading from the last commit");
+                discard_aborted(consumer, stage, pending, processor, stats).await?;
+                Ok(None)
+            }
+            Err(TxnError::Stuck(reason)) => {
+                renew_producer(stage, output, timeout, &reason).await?;
                 discard_aborted(consumer, stage, pending, processor, stats).await?;
                 Ok(None)
             }

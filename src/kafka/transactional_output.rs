@@ -9,7 +9,7 @@
 //! The consumer loop owns the transaction boundaries (begin before the first record, commit at
 //! commit points, abort on failure or rebalance); processors only [`send`](TransactionalOutput::send).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -21,10 +21,12 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 use crate::kafka::record_size::{RecordTooLarge, TopicLimits};
 
-/// A cloneable handle to one transactional producer.
+/// A cloneable handle to one transactional producer. Every clone sees the same producer, also
+/// after [`renew`](TransactionalOutput::renew) replaced it.
 #[derive(Clone)]
 pub struct TransactionalOutput {
-    producer: Arc<ThreadedProducer<DefaultProducerContext>>,
+    producer: Arc<RwLock<Arc<ThreadedProducer<DefaultProducerContext>>>>,
+    config: ClientConfig,
     limits: TopicLimits,
 }
 
@@ -98,9 +100,26 @@ impl TransactionalOutput {
         let producer: ThreadedProducer<DefaultProducerContext> = client_config.create()?;
         producer.init_transactions(timeout)?;
         Ok(Self {
-            producer: Arc::new(producer),
+            producer: Arc::new(RwLock::new(Arc::new(producer))),
+            config: client_config.clone(),
             limits,
         })
+    }
+
+    /// Replaces the producer with a new one with the same `transactional.id`, after a
+    /// transaction's outcome became unknown ([`TxnError::Stuck`]): its `init_transactions`
+    /// fences the old producer and makes the coordinator finish the old transaction (committed
+    /// if its commit had begun, aborted otherwise), so offsets read afterwards are settled.
+    /// Blocking. A call of the old producer still running somewhere fails as fenced.
+    pub fn renew(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let fresh: ThreadedProducer<DefaultProducerContext> = self.config.create()?;
+        fresh.init_transactions(timeout)?;
+        *self.producer.write().expect("producer lock") = Arc::new(fresh);
+        Ok(())
+    }
+
+    fn producer(&self) -> Arc<ThreadedProducer<DefaultProducerContext>> {
+        self.producer.read().expect("producer lock").clone()
     }
 
     /// The topic limits records are checked against (dead letters are cut to them).
@@ -132,8 +151,9 @@ impl TransactionalOutput {
             record = record.key(k);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
+        let producer = self.producer();
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if Instant::now() < deadline =>
@@ -150,12 +170,12 @@ impl TransactionalOutput {
     /// open transaction.
     pub fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<(), KafkaError> {
         let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
-        self.producer.send(record).map_err(|(e, _)| e)
+        self.producer().send(record).map_err(|(e, _)| e)
     }
 
     /// Opens a transaction.
     pub fn begin(&self) -> Result<(), TxnError> {
-        self.producer.begin_transaction().map_err(classify)
+        self.producer().begin_transaction().map_err(classify)
     }
 
     /// Delivers the open transaction's records, adds `offsets` for `group`, and commits, all
@@ -168,10 +188,11 @@ impl TransactionalOutput {
         timeout: Duration,
     ) -> Result<(), TxnError> {
         let deadline = Instant::now() + timeout;
-        let result = flush_deliveries(self.producer.as_ref(), timeout)
+        let producer = self.producer();
+        let result = flush_deliveries(producer.as_ref(), timeout)
             .map_err(TxnError::Abortable)
             .and_then(|()| {
-                self.producer
+                producer
                     .send_offsets_to_transaction(offsets, group, remaining(deadline))
                     .map_err(|e| classify_at(e, deadline))
             })
@@ -184,14 +205,14 @@ impl TransactionalOutput {
     /// has been aborted already.
     pub fn commit_records(&self, timeout: Duration) -> Result<(), TxnError> {
         let deadline = Instant::now() + timeout;
-        let result = flush_deliveries(self.producer.as_ref(), timeout)
+        let result = flush_deliveries(self.producer().as_ref(), timeout)
             .map_err(TxnError::Abortable)
             .and_then(|()| self.commit_until(deadline));
         self.abort_if_abortable(result, timeout)
     }
 
     fn commit_until(&self, deadline: Instant) -> Result<(), TxnError> {
-        commit_transaction_until(self.producer.as_ref(), deadline)
+        commit_transaction_until(self.producer().as_ref(), deadline)
             .map_err(|e| classify_at(e, deadline))
     }
 
@@ -212,7 +233,7 @@ impl TransactionalOutput {
     /// Aborts the open transaction. Blocking. An abort that cannot finish (its coordinator is
     /// unreachable) leaves the outcome to the next producer: [`TxnError::Stuck`].
     pub fn abort(&self, timeout: Duration) -> Result<(), TxnError> {
-        self.producer
+        self.producer()
             .abort_transaction(timeout)
             .map_err(|e| match &e {
                 KafkaError::Transaction(t) if t.is_fatal() => {

@@ -169,9 +169,20 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> HashMap<i
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(15))
-        .expect("committed offsets");
+    // Retried: right after a broker (re)start the group coordinator may still be loading
+    // `__consumer_offsets` and answer with a retriable error past the call's deadline.
+    let mut attempt = 0;
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(15)) {
+            Ok(c) => break c,
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                eprintln!("committed offsets of {group} (attempt {attempt}): {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    };
     committed
         .elements()
         .iter()

@@ -20,6 +20,24 @@ pub fn is_transient_kafka_error(e: &KafkaError) -> bool {
     e.rdkafka_error_code().is_some_and(is_failover_code)
 }
 
+/// Whether a fatal transactional error means this producer must give way for good: a newer
+/// instance with the same `transactional.id` fenced it, or it is not allowed to use that id.
+/// Other fatal states (e.g. `INVALID_TXN_STATE` from a coordinator that took over mid-abort)
+/// are the producer's own confusion, which a new producer with the same id settles.
+pub fn is_fencing_or_denial(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        ProducerFenced
+            | Fenced
+            | InvalidProducerEpoch
+            | TransactionalIdAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | TopicAuthorizationFailed
+            | GroupAuthorizationFailed
+    )
+}
+
 /// Error codes of unreachable or moving brokers, leaders and coordinators.
 fn is_failover_code(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
@@ -75,5 +93,9 @@ mod tests {
         assert!(!is_transient_kafka_error(&KafkaError::Subscription(
             "bad".into()
         )));
+        assert!(is_fencing_or_denial(RDKafkaErrorCode::ProducerFenced));
+        assert!(!is_fencing_or_denial(
+            RDKafkaErrorCode::InvalidTransactionalState
+        ));
     }
 }

@@ -19,6 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+use crate::kafka::failover::is_fencing_or_denial;
 use crate::kafka::record_size::{RecordTooLarge, TopicLimits};
 
 /// A cloneable handle to one transactional producer. Every clone sees the same producer, also
@@ -66,7 +67,11 @@ impl TxnError {
 
 fn classify(e: KafkaError) -> TxnError {
     match &e {
-        KafkaError::Transaction(t) if t.is_fatal() => TxnError::Fatal(e.to_string()),
+        KafkaError::Transaction(t) if t.is_fatal() && is_fencing_or_denial(t.code()) => {
+            TxnError::Fatal(e.to_string())
+        }
+        // Fatal for this producer, but not fencing: a new one with the same id settles it.
+        KafkaError::Transaction(t) if t.is_fatal() => TxnError::Stuck(e.to_string()),
         KafkaError::Transaction(t) if t.txn_requires_abort() || t.is_retriable() => {
             TxnError::Abortable(e.to_string())
         }
@@ -236,7 +241,7 @@ impl TransactionalOutput {
         self.producer()
             .abort_transaction(timeout)
             .map_err(|e| match &e {
-                KafkaError::Transaction(t) if t.is_fatal() => {
+                KafkaError::Transaction(t) if t.is_fatal() && is_fencing_or_denial(t.code()) => {
                     TxnError::Fatal(format!("abort failed: {e}"))
                 }
                 _ => TxnError::Stuck(format!("abort failed: {e}")),

@@ -119,7 +119,8 @@ pub enum IdmapCommand {
 /// `mapping` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum MappingCommand {
-    /// Validate the configured mapping file (or FILE); errors name the line.
+    /// Validate the configured mapping file (or FILE), and the configured tracking plan;
+    /// errors name the line (mapping) or the rule (plan).
     Check {
         /// A mapping file to check instead of the configured one.
         file: Option<PathBuf>,
@@ -230,9 +231,21 @@ pub fn main() -> ExitCode {
                         .map_err(anyhow::Error::from),
                     None => crate::transform::transform_pendo::load_mapping(&config),
                 };
-                match result {
-                    Ok(m) => {
-                        eprintln!("mapping is valid: {} kinds", m.kinds().len());
+                let plan = crate::transform::transform_pendo::load_tracking_plan(&config);
+                match result.and_then(|m| Ok((m, plan?))) {
+                    Ok((m, plan)) => {
+                        eprintln!(
+                            "mapping is valid: {} kinds, fingerprint {}",
+                            m.kinds().len(),
+                            m.fingerprint()
+                        );
+                        if let Some(plan) = plan {
+                            eprintln!(
+                                "tracking plan is valid: {} rules, fingerprint {}",
+                                plan.rule_count(),
+                                plan.fingerprint()
+                            );
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

@@ -2,6 +2,9 @@
 //! per line — Segment calls as the sink will send them, dead letters with their reasons, id
 //! mappings, raw events — so an on-call engineer can look without an Avro toolchain.
 //!
+//! Canonical calls carry the `mapping-fingerprint` header of the mapping that made them (shown
+//! with the headers, and as `mapping=` in `--brief` lines).
+//!
 //! It reads `read_committed` (what downstream consumers see), from the beginning or the last N
 //! records of each partition, up to the current end, and never joins a consumer group or
 //! commits: inspecting does not disturb the roles.
@@ -13,9 +16,9 @@ use rdkafka::message::Headers;
 use serde_json::{Value, json};
 
 use crate::config::{Config, SchemaId};
-use crate::kafka::client_config;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::kafka::topics::TopicId;
+use crate::kafka::{client_config, headers};
 use crate::schema::segment_call::parse_json_lenient;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
 use crate::transform::pendo_to_segment::iso_millis_checked;
@@ -114,8 +117,13 @@ pub(crate) fn one_line(v: &Value) -> String {
                     .map(|a| format!("anonymousId={a}"))
             })
             .unwrap_or_default();
+        // Which mapping (and tracking plan) made the call.
+        let mapping = v["headers"][headers::MAPPING_FINGERPRINT]
+            .as_str()
+            .map(|f| format!(" mapping={f}"))
+            .unwrap_or_default();
         return format!(
-            "{at} {what} {who} {} {}",
+            "{at} {what} {who} {} {}{mapping}",
             seg["timestamp"].as_str().unwrap_or(""),
             seg["messageId"].as_str().unwrap_or("")
         );

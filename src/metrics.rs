@@ -109,6 +109,11 @@ pub struct Metrics {
     pub unknown_kinds: IntCounterVec,
     /// Fields the mapping does not expect, by kind and field (bounded labels).
     pub unknown_fields: IntCounterVec,
+    /// Calls that break the tracking plan, by event and broken rule (bounded labels).
+    pub tracking_plan_violations: IntCounterVec,
+    /// Constant 1 per transformer, labelled with the fingerprint of the mapping (and tracking
+    /// plan) it runs: a dashboard shows when it changed.
+    pub mapping_info: IntGaugeVec,
     /// Records written to a dead-letter topic, by stage and reason.
     pub dead_letters: IntCounterVec,
     /// Dead letters cut to fit their topic (key, payload or carried headers), by stage.
@@ -361,6 +366,18 @@ impl Metrics {
                 "pendo_segment_transform_unknown_fields_total",
                 "Fields the mapping does not expect (schema drift), by kind and field.",
                 &["stage", "kind", "field"],
+            ),
+            tracking_plan_violations: counter(
+                &r,
+                "pendo_segment_tracking_plan_violations_total",
+                "Rules of the tracking plan broken by calls transform-pendo made, by event (track event name, or identify/group/page) and rule (required, type, enum, additional_properties, ..., unplanned_event).",
+                &["event", "rule"],
+            ),
+            mapping_info: gauge(
+                &r,
+                "pendo_segment_mapping_info",
+                "Constant 1: the mapping and tracking plan a transformer runs (fingerprint = what its calls carry in the mapping-fingerprint header; tracking_plan is none without a plan).",
+                &["stage", "fingerprint", "mapping", "tracking_plan"],
             ),
             dead_letters: counter(
                 &r,

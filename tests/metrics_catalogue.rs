@@ -1,7 +1,8 @@
 //! The monitoring artefacts against the real metrics: both flows run as six separate role
 //! processes against a real broker and the Segment/Pendo test servers, traffic that creates the
 //! labelled series goes through them (a malformed body, an unknown Pendo kind, an unexpected
-//! field, wrong webhook credentials, a record the transformer dead-letters, Segment 503/429/401,
+//! field, a call outside the tracking plan, wrong webhook credentials, a record the transformer
+//! dead-letters, Segment 503/429/401,
 //! Pendo 429), then every role's `/metrics` is scraped and:
 //!
 //! - every `pendo_segment_*` name used by `deploy/prometheus/alerts.yml` and by the queries of
@@ -355,6 +356,13 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported_and_every_export_i
     let prefix = unique("metrics");
     let pendo_port = free_port();
     let segment_port = free_port();
+    // A tracking plan the feature-click fixture breaks (under `allow`: counted, still sent).
+    let plan = write_file(
+        dir.path(),
+        "plan.json",
+        r#"{"rules": [{"type": "TRACK", "key": "Feature Clicked", "jsonSchema":
+            {"properties": {"properties": {"required": ["plan"]}}}}]}"#,
+    );
     let extra = format!(
         "[processing]\nstatistics_interval_ms = 500\ncommit_interval_ms = 200\n\
          [pendo_webhook]\nlisten = \"127.0.0.1:{pendo_port}\"\nsecrets = [\"{PENDO_SECRET}\"]\n\
@@ -367,11 +375,13 @@ async fn every_metric_of_the_dashboard_and_alerts_is_exported_and_every_export_i
          guide_events_interval_s = 2\npoll_events_interval_s = 2\nmilestones_interval_s = 2\n\
          requests_per_s = 100\n\
          [[pendo_poller.milestones]]\nname = \"metrics\"\nmeasure = \"feature_uses\"\n\
-         feature_ids = [\"ft_metrics\"]\nthreshold = 2\nwindow_days = 1\n",
+         feature_ids = [\"ft_metrics\"]\nthreshold = 2\nwindow_days = 1\n\
+         [transform_pendo.tracking_plan]\nfile = \"{}\"\n",
         segment.url(),
         segment.write_key(),
         pendo.url(),
         pendo.integration_key(),
+        plan.display(),
     );
     let (topics_config, _) = role_config(dir.path(), &prefix, &extra);
     apply_topics(&topics_config);

@@ -589,3 +589,249 @@ fn an_invalid_mapping_file_is_refused_at_start_naming_its_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A tracking plan in Segment Protocols' shape, with a rule per policy.
+fn tracking_plan_json() -> Value {
+    json!({"rules": [
+        {"type": "TRACK", "key": "Feature Clicked", "version": 1, "jsonSchema": {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {"properties": {"type": "object", "properties": {
+                "feature_id": {"type": "string"},
+                "feature_name": {"type": "string"},
+                "page_id": {"type": "string"},
+                "url": {"type": "string"},
+                "plan": {"type": "string", "enum": ["free", "pro"]}
+            }, "required": ["feature_id"]}},
+            "required": ["properties"]
+        }},
+        {"type": "TRACK", "key": "Guide Seen", "version": 3, "jsonSchema": {
+            "properties": {"properties": {"type": "object", "properties": {
+                "guide_id": {"type": "string"},
+                "guide_step_id": {"type": "string"}
+            }, "required": ["guide_id"], "additionalProperties": false}}
+        }},
+        {"type": "IDENTIFY", "key": null, "jsonSchema": {
+            "properties": {"traits": {"type": "object", "properties": {
+                "nps_score": {"type": "integer", "minimum": 0, "maximum": 10}
+            }}}
+        }}
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_plan_policies_count_drop_and_dead_letter_and_every_call_carries_the_mapping_fingerprint()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_file(
+        dir.path(),
+        "plan.json",
+        &serde_json::to_string_pretty(&tracking_plan_json()).unwrap(),
+    );
+    // Feature Clicked: allow (counted); Guide Seen: drop_property; identify: dlq.
+    let p = Pipeline::new(&format!(
+        "[transform_pendo.tracking_plan]\nfile = \"{}\"\non_violation = \"allow\"\n\
+         on_unplanned_event = \"allow\"\n\
+         event_policies = {{ \"Guide Seen\" = \"drop_property\", identify = \"dlq\" }}\n",
+        plan.display()
+    ));
+    let fixture = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(fixtures_dir().join("pendo").join(name)).unwrap())
+            .unwrap()
+    };
+    let feature = fixture("feature-clicked.json");
+    let mut feature_gold = feature.clone();
+    feature_gold["uniqueId"] = json!("feature-gold");
+    feature_gold["properties"]["plan"] = json!("gold");
+    let guide = fixture("guide-displayed.json");
+    let nps = fixture("nps-submitted.json");
+    let mut nps_bad = nps.clone();
+    nps_bad["uniqueId"] = json!("nps-eleven");
+    nps_bad["timestamp"] = json!(1764331500);
+    nps_bad["properties"]["nps"]["rating"] = json!(11);
+    let records: Vec<(Option<String>, Vec<u8>)> = [&feature, &feature_gold, &guide, &nps_bad, &nps]
+        .iter()
+        .map(|e| (key_of(e), serde_json::to_vec(e).unwrap()))
+        .collect();
+    produce_raw(&p.topic("pendo.raw.webhook"), &records).await;
+    let role = p.start("plan").await;
+
+    // 1 + 1 + 1 + 2 calls; the NPS event with a score of 11 is dead-lettered whole.
+    let out = read_committed(
+        &p.topic("canonical.segment-calls"),
+        5,
+        Duration::from_secs(30),
+    );
+    let calls = decode_all(&out);
+    let props = |c: &SegmentCall| -> Value {
+        match &c.body {
+            pendo_segment::schema::CallBody::Track { properties, .. } => {
+                serde_json::from_str(properties).unwrap()
+            }
+            pendo_segment::schema::CallBody::Identify { traits } => {
+                serde_json::from_str(traits).unwrap()
+            }
+            other => panic!("unexpected call {other:?}"),
+        }
+    };
+    let summary: Vec<(String, Value)> = calls
+        .iter()
+        .map(|c| {
+            (
+                pendo_segment::transform::tracking_plan::event_of(c).to_string(),
+                props(c),
+            )
+        })
+        .collect();
+    let golden = |name: &str| -> Vec<Value> {
+        serde_json::from_slice::<Vec<Value>>(&std::fs::read(golden_dir().join(name)).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                let s = &c["segment"];
+                s.get("properties").or(s.get("traits")).unwrap().clone()
+            })
+            .collect()
+    };
+    let feature_props = golden("feature-clicked.json").remove(0);
+    let mut gold_props = feature_props.clone();
+    gold_props["plan"] = json!("gold");
+    let nps_calls = golden("nps-submitted.json");
+    assert_eq!(
+        summary,
+        vec![
+            // Satisfies its rule: unchanged.
+            ("Feature Clicked".to_string(), feature_props),
+            // Breaks `enum` under `allow`: sent as it is.
+            ("Feature Clicked".to_string(), gold_props),
+            // `guide_name` is not in the plan: dropped, the rest kept.
+            (
+                "Guide Seen".to_string(),
+                json!({"guide_id": "gd_onboard_01", "guide_step_id": "st_01"})
+            ),
+            ("identify".to_string(), nps_calls[0].clone()),
+            ("NPS Survey Responded".to_string(), nps_calls[1].clone()),
+        ],
+        "in input order, only the NPS with score 11 missing"
+    );
+
+    let dlq = read_committed(&p.topic("dlq.transform-pendo"), 1, Duration::from_secs(20));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0].payload(),
+        Some(&serde_json::to_vec(&nps_bad).unwrap()[..])
+    );
+    assert_eq!(
+        header(&dlq[0], "dlq-reason").as_deref(),
+        Some("tracking_plan_violation")
+    );
+    let detail = header(&dlq[0], "dlq-detail").unwrap();
+    assert!(
+        detail.contains("maximum `identify` at traits.nps_score: 11 is not <= 10"),
+        "the rule is named: {detail}"
+    );
+
+    let metrics = role.metrics().await;
+    for (event, rule, n) in [
+        ("Feature Clicked", "enum", 1),
+        ("Guide Seen", "additional_properties", 1),
+        ("identify", "maximum", 1),
+        // Not in the plan, sent and counted (`on_unplanned_event = "allow"`), from both NPS
+        // events: the refused event's other calls are still checked.
+        ("NPS Survey Responded", "unplanned_event", 2),
+    ] {
+        let line = format!(
+            "pendo_segment_tracking_plan_violations_total{{event=\"{event}\",rule=\"{rule}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("pendo_segment_tracking_plan_violations_total{"))
+            .count(),
+        4,
+        "nothing else is a violation: {metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "pendo_segment_dead_letters_total{reason=\"tracking_plan_violation\",stage=\"transform-pendo\"} 1"
+        ),
+        "{metrics}"
+    );
+    // The running fingerprint, and the same value on every canonical record.
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("pendo_segment_mapping_info{"))
+        .unwrap_or_else(|| panic!("no mapping_info: {metrics}"));
+    let label = |name: &str| -> String {
+        let start = info.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        info[start..start + 16].to_string()
+    };
+    let fingerprint = label("fingerprint");
+    assert_ne!(label("tracking_plan"), "none", "{info}");
+    assert_ne!(
+        fingerprint,
+        label("mapping"),
+        "the plan is part of it: {info}"
+    );
+    for m in &out {
+        assert_eq!(
+            header(m, "mapping-fingerprint").as_deref(),
+            Some(fingerprint.as_str())
+        );
+    }
+    // `tail` shows it with each record.
+    let tail = p.cli(&["tail", "canonical.segment-calls", "--brief"]);
+    let text = String::from_utf8_lossy(&tail.stdout);
+    assert!(text.contains(&fingerprint), "{text}");
+}
+
+#[test]
+fn an_invalid_tracking_plan_is_refused_at_start_naming_its_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = tracking_plan_json();
+    // A keyword the checker does not implement must not be silently ignored.
+    plan["rules"][1]["jsonSchema"]["properties"]["properties"]["oneOf"] = json!([]);
+    let plan = write_file(dir.path(), "plan.json", &plan.to_string());
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[transform_pendo.tracking_plan]\nfile = \"{}\"\n",
+            plan.display()
+        ),
+    );
+    for args in [
+        &["mapping", "check"][..],
+        &["run", "--role", "transform-pendo"][..],
+    ] {
+        let out = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("plan.json: rules[1].jsonSchema.properties.properties.oneOf: keyword `oneOf` is not supported"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The valid plan passes `mapping check`, which prints both fingerprints.
+    let good = write_file(dir.path(), "plan.json", &tracking_plan_json().to_string());
+    assert_eq!(good, plan);
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["mapping", "check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tracking plan is valid: 3 rules, fingerprint "),
+        "{stderr}"
+    );
+}

@@ -9,6 +9,10 @@ pub const REQUEST_ID: &str = "request-id";
 pub const CONTENT_TYPE: &str = "content-type";
 /// The source's event kind, when the connector could read it (e.g. `featureClicked`).
 pub const EVENT_KIND: &str = "event-kind";
+/// Canonical records: the fingerprint of the mapping (and tracking plan) that made the record
+/// (16 hex digits, as in `pendo_segment_mapping_info`), so any call can be traced to the
+/// mapping version that produced it.
+pub const MAPPING_FINGERPRINT: &str = "mapping-fingerprint";
 /// Which connector produced the record (`pendo-webhook`, ...).
 pub const SOURCE: &str = "source";
 /// Dead letters: why the record was rejected (short, human-readable).

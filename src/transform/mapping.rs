@@ -209,6 +209,7 @@ pub struct PendoMapping {
     pub filters: Filters,
     kinds: FxHashMap<String, usize>,
     mappings: Vec<KindMapping>,
+    fingerprint: String,
 }
 
 impl PendoMapping {
@@ -495,7 +496,14 @@ impl PendoMapping {
             filters,
             kinds,
             mappings,
+            fingerprint: content_fingerprint(text),
         })
+    }
+
+    /// 16 hex digits identifying what the mapping says (its parsed content: comments,
+    /// formatting and the order of tables do not change it), stamped on every call it makes.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// The mapping of a kind (case-insensitive, aliases included).
@@ -511,6 +519,21 @@ impl PendoMapping {
     pub fn kinds(&self) -> &[KindMapping] {
         &self.mappings
     }
+}
+
+/// SHA-256 over the canonical JSON form of valid TOML text.
+fn content_fingerprint(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let value = toml::from_str::<toml::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or(Value::Null);
+    let mut canonical = String::new();
+    super::canonical_json::write(&value, &mut canonical);
+    let mut h = Sha256::new();
+    h.update(b"pendo-segment/mapping/v1\0");
+    h.update(canonical.as_bytes());
+    super::canonical_json::hex16(&h.finalize())
 }
 
 /// Where a table is declared (its `[header]`, or the first header inside it); for errors.
@@ -749,5 +772,22 @@ mod tests {
         assert!(s("lower(x)").is_err());
         let n = parse_expr(&Spanned::new(0..0, toml::Value::Integer(3))).unwrap();
         assert_eq!(n, ValueExpr::Literal(serde_json::json!(3)));
+    }
+
+    #[test]
+    fn the_fingerprint_follows_content_not_comments_or_order() {
+        let base = PendoMapping::default_mapping();
+        assert_eq!(base.fingerprint().len(), 16);
+        let commented = format!("# a note\n{DEFAULT_PENDO_MAPPING}\n# another\n");
+        assert_eq!(
+            PendoMapping::parse(&commented, "x").unwrap().fingerprint(),
+            base.fingerprint()
+        );
+        let renamed = DEFAULT_PENDO_MAPPING
+            .replace("event = \"Feature Clicked\"", "event = \"Feature Used\"");
+        assert_ne!(
+            PendoMapping::parse(&renamed, "x").unwrap().fingerprint(),
+            base.fingerprint()
+        );
     }
 }

@@ -2,19 +2,24 @@
 //!
 //! `mapping` is the data-driven Pendo -> Segment mapping file; `lazy_json` reads an event only
 //! as deep as the mapping does (the rest is copied through as text); `message_id` derives
-//! deterministic ids; `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
+//! deterministic ids; `tracking_plan` (with `json_schema`) checks calls against the
+//! marketing team's tracking plan; `canonical_json` gives mappings and plans their
+//! fingerprints; `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
 //! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
 //! updates; `transform_segment` is its role. Both write dead letters through
 //! [`crate::kafka::dead_letter`].
 
+pub mod canonical_json;
 pub mod catalog;
 pub mod json_path;
+pub mod json_schema;
 pub mod lazy_json;
 pub mod mapping;
 pub mod message_id;
 pub mod pendo_to_segment;
 pub mod segment_rules;
 pub mod segment_to_pendo;
+pub mod tracking_plan;
 pub mod transform_pendo;
 pub mod transform_segment;

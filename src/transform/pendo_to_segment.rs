@@ -307,6 +307,27 @@ impl PendoToSegment {
         self
     }
 
+    /// 16 hex digits identifying what this mapper produces: the mapping's content and the
+    /// settings that change calls (messageId prefix, identity policies, size limit).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let s = &self.settings;
+        let mut h = Sha256::new();
+        h.update(b"pendo-segment/mapper/v1\0");
+        for part in [
+            self.mapping.fingerprint(),
+            &s.message_id_prefix,
+            &format!("{:?}", s.unmapped_visitor),
+            s.anonymous_visitor_prefix.as_deref().unwrap_or("\u{0}none"),
+            &s.account_anonymous_id_prefix,
+            &s.max_call_bytes.to_string(),
+        ] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        super::canonical_json::hex16(&h.finalize())
+    }
+
     /// The mapping in use.
     pub fn mapping(&self) -> &PendoMapping {
         &self.mapping

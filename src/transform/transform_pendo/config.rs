@@ -9,6 +9,7 @@ use crate::transform::message_id::MAX_PREFIX_LEN;
 use crate::transform::pendo_to_segment::{
     DEFAULT_MAX_CALL_BYTES, MapperSettings, UnmappedVisitorPolicy,
 };
+use crate::transform::tracking_plan::TrackingPlanConfig;
 
 /// Settings of the `transform-pendo` role.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -34,6 +35,9 @@ pub struct TransformPendoConfig {
     pub batch_records: usize,
     /// Batches mapped at once (worker threads); 0 = one per CPU.
     pub mapping_threads: usize,
+    /// The tracking plan every call is checked against, and what happens to calls that break
+    /// it (`docs/tracking-plan.md`).
+    pub tracking_plan: TrackingPlanConfig,
 }
 
 impl Default for TransformPendoConfig {
@@ -48,6 +52,7 @@ impl Default for TransformPendoConfig {
             max_call_bytes: DEFAULT_MAX_CALL_BYTES,
             batch_records: 512,
             mapping_threads: 0,
+            tracking_plan: TrackingPlanConfig::default(),
         }
     }
 }

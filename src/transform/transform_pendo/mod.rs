@@ -28,6 +28,7 @@ use crate::schema::{IdMappingCodec, SegmentCallCodec};
 use crate::transform::catalog::CatalogTable;
 use crate::transform::mapping::PendoMapping;
 use crate::transform::pendo_to_segment::PendoToSegment;
+use crate::transform::tracking_plan::TrackingPlan;
 use processor::{OutputTopics, PendoTransformProcessor};
 
 /// The role's name.
@@ -45,9 +46,18 @@ pub fn load_mapping(config: &Config) -> anyhow::Result<PendoMapping> {
     })
 }
 
-/// Builds the role; fails at once on an invalid mapping file.
+/// Loads the configured tracking plan, if any.
+pub fn load_tracking_plan(config: &Config) -> anyhow::Result<Option<TrackingPlan>> {
+    Ok(TrackingPlan::from_config(
+        &config.transform_pendo.tracking_plan,
+    )?)
+}
+
+/// Builds the role; fails at once on an invalid mapping or tracking plan file.
 pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFuture + Send + use<>> {
     let mapping = load_mapping(config).context("the mapping file is invalid")?;
+    // Checked here so a bad plan stops the start at once; each (re)start compiles its own.
+    load_tracking_plan(config).context("the tracking plan is invalid")?;
     let config = config.clone();
     Ok(move |env: RoleEnv| -> RoleFuture {
         Box::pin(async move {
@@ -131,6 +141,20 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     ],
                 },
                 c.transform_pendo.parallelism(),
+            )
+            .with_tracking_plan(load_tracking_plan(c)?);
+            crate::metrics::metrics()
+                .mapping_info
+                .with_label_values(&[
+                    ROLE,
+                    processor.fingerprint(),
+                    &processor.mapping_fingerprint(),
+                    processor.plan_fingerprint().unwrap_or("none"),
+                ])
+                .set(1);
+            tracing::info!(
+                fingerprint = processor.fingerprint(),
+                "mapping loaded; its calls carry this mapping-fingerprint"
             );
             let consumer_config = client_config::consumer(c, ROLE);
             let consumer_loop = run_consumer_loop(

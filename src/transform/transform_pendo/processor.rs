@@ -28,11 +28,15 @@ use crate::schema::SegmentCallCodec;
 use crate::transform::pendo_to_segment::{
     MapOutcome, Observations, PendoToSegment, plausible_epoch_ms,
 };
+use crate::transform::tracking_plan::TrackingPlan;
 
 /// Distinct kinds tracked in metric labels before `_other`.
 const MAX_KIND_LABELS: usize = 200;
 /// Distinct field names tracked in metric labels before `_other`.
 const MAX_FIELD_LABELS: usize = 500;
+/// Distinct event names in tracking-plan violation labels before `_other` (unplanned events
+/// are named by the input).
+const MAX_PLAN_EVENT_LABELS: usize = 500;
 /// A batch is mapped once it holds this many bytes, whatever its record count (bounds memory
 /// together with the number of batches in flight).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -97,6 +101,8 @@ struct MappedRecord {
     raw: RawRecord,
     result: Mapped,
     obs: Observations,
+    /// Tracking-plan violations of the event's calls: (event, rule).
+    violations: Vec<(String, &'static str)>,
 }
 
 /// What the worker threads share.
@@ -105,6 +111,7 @@ struct MappingCore {
     codec: SegmentCallCodec,
     ids: IdMapTable,
     sources: Vec<(String, String)>,
+    plan: Option<TrackingPlan>,
 }
 
 impl MappingCore {
@@ -112,6 +119,7 @@ impl MappingCore {
         let mut out = Vec::with_capacity(batch.len());
         for raw in batch {
             let (outcome, obs) = self.mapper.map(&raw.payload, raw.received_at, &self.ids);
+            let mut violations = Vec::new();
             let result = match outcome {
                 MapOutcome::Calls(mut calls) => {
                     let source = self
@@ -121,9 +129,22 @@ impl MappingCore {
                         .map(|(_, s)| s.as_str());
                     let mut encoded = Vec::with_capacity(calls.len());
                     let mut failed = None;
+                    let mut refused = None;
                     for call in &mut calls {
                         if let Some(s) = source {
                             s.clone_into(&mut call.origin.source);
+                        }
+                        if let Some(check) = self.plan.as_ref().and_then(|p| p.check(call)) {
+                            violations
+                                .extend(check.violations.iter().map(|v| (v.event.clone(), v.rule)));
+                            if check.dead_letter && refused.is_none() {
+                                refused = Some(check.detail(call));
+                            }
+                        }
+                        if refused.is_some() {
+                            // The event goes to the dead-letter topic whole; the rest of its
+                            // calls are still checked, so every violation is counted.
+                            continue;
                         }
                         let mut value = Vec::with_capacity(512);
                         if let Err(e) = self.codec.encode(call, &mut value) {
@@ -136,21 +157,30 @@ impl MappingCore {
                             call_type: call.body.call_type(),
                         });
                     }
-                    match failed {
+                    match (refused, failed) {
+                        (Some(detail), _) => Mapped::DeadLetter {
+                            reason: "tracking_plan_violation",
+                            detail,
+                        },
                         // Our own record does not fit our own schema: a defect, but one event's
                         // defect must not stop the pipeline. Keep the event for a replay.
-                        Some(e) => Mapped::DeadLetter {
+                        (None, Some(e)) => Mapped::DeadLetter {
                             reason: "encode_error",
                             detail: format!("the mapped call does not encode: {e}"),
                         },
-                        None => Mapped::Calls(encoded),
+                        (None, None) => Mapped::Calls(encoded),
                     }
                 }
                 MapOutcome::Filtered(_) => Mapped::Filtered,
                 MapOutcome::Dropped => Mapped::Dropped,
                 MapOutcome::DeadLetter { reason, detail } => Mapped::DeadLetter { reason, detail },
             };
-            out.push(MappedRecord { raw, result, obs });
+            out.push(MappedRecord {
+                raw,
+                result,
+                obs,
+                violations,
+            });
         }
         out
     }
@@ -176,6 +206,11 @@ pub struct PendoTransformProcessor {
     topic_names: HashMap<String, Arc<str>>,
     kinds: BoundedLabel,
     fields: BoundedLabel,
+    plan_events: BoundedLabel,
+    /// Violation counters by (event label, rule).
+    violation_counters: HashMap<(String, &'static str), IntCounter>,
+    /// The `mapping-fingerprint` header of every canonical record.
+    fingerprint: String,
     /// Counter handles by kind and outcome: label lookups hash strings, once per pair is enough.
     outcome_counters: HashMap<String, [Option<IntCounter>; 4]>,
     call_counters: HashMap<&'static str, IntCounter>,
@@ -212,13 +247,16 @@ impl PendoTransformProcessor {
         topics: OutputTopics,
         parallelism: Parallelism,
     ) -> Self {
+        let fingerprint = mapper.fingerprint();
         Self {
             stage,
+            fingerprint,
             core: Arc::new(MappingCore {
                 mapper,
                 codec,
                 ids,
                 sources: topics.sources,
+                plan: None,
             }),
             output,
             calls_topic: topics.calls,
@@ -233,9 +271,37 @@ impl PendoTransformProcessor {
             topic_names: HashMap::new(),
             kinds: BoundedLabel::new(MAX_KIND_LABELS),
             fields: BoundedLabel::new(MAX_FIELD_LABELS),
+            plan_events: BoundedLabel::new(MAX_PLAN_EVENT_LABELS),
+            violation_counters: HashMap::new(),
             outcome_counters: HashMap::new(),
             call_counters: HashMap::new(),
         }
+    }
+
+    /// Checks every call against `plan` (policies included). Call before the first record.
+    pub fn with_tracking_plan(mut self, plan: Option<TrackingPlan>) -> Self {
+        let core = Arc::get_mut(&mut self.core).expect("no record processed yet");
+        self.fingerprint = combined_fingerprint(
+            &core.mapper.fingerprint(),
+            plan.as_ref().map(TrackingPlan::fingerprint),
+        );
+        core.plan = plan;
+        self
+    }
+
+    /// The fingerprint stamped on every record (`mapping-fingerprint` header).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The fingerprint of the mapping and the settings that shape calls, without the plan.
+    pub fn mapping_fingerprint(&self) -> String {
+        self.core.mapper.fingerprint()
+    }
+
+    /// The tracking plan's fingerprint, when a plan is checked.
+    pub fn plan_fingerprint(&self) -> Option<&str> {
+        self.core.plan.as_ref().map(TrackingPlan::fingerprint)
     }
 
     /// Hands the current batch to a worker thread.
@@ -293,10 +359,26 @@ impl PendoTransformProcessor {
                 .with_label_values(&[stage, kind, &field])
                 .inc();
         }
+        for (event, rule) in &r.violations {
+            let event = self.plan_events.label(event);
+            let key = (event.into_owned(), *rule);
+            if let Some(c) = self.violation_counters.get(&key) {
+                c.inc();
+            } else {
+                let c = m
+                    .tracking_plan_violations
+                    .with_label_values(&[key.0.as_str(), key.1]);
+                c.inc();
+                self.violation_counters.insert(key, c);
+            }
+        }
+        let record_headers = [
+            (headers::EVENT_KIND, r.obs.kind.as_bytes()),
+            (headers::MAPPING_FINGERPRINT, self.fingerprint.as_bytes()),
+        ];
         // Every call must fit the canonical topic before any of the event's calls is written.
         let result = match r.result {
             Mapped::Calls(calls) => {
-                let kind_header = [(headers::EVENT_KIND, r.obs.kind.as_bytes())];
                 let too_large = calls.iter().find_map(|c| {
                     self.output
                         .limits()
@@ -304,7 +386,7 @@ impl PendoTransformProcessor {
                             &self.calls_topic,
                             c.key.as_deref().map(str::as_bytes),
                             &c.value,
-                            kind_header,
+                            record_headers,
                         )
                         .err()
                 });
@@ -326,7 +408,7 @@ impl PendoTransformProcessor {
                             &self.calls_topic,
                             call.key.as_deref().map(str::as_bytes),
                             &call.value,
-                            &[(headers::EVENT_KIND, r.obs.kind.as_bytes())],
+                            &record_headers,
                         )
                         .map_err(|e| ProcessError::new("produce", e.to_string()))?;
                     self.call_counters
@@ -385,6 +467,23 @@ impl PendoTransformProcessor {
         let t: Arc<str> = topic.into();
         self.topic_names.insert(topic.to_string(), t.clone());
         t
+    }
+}
+
+/// The fingerprint of a mapper with a tracking plan: one value for both, so one header and one
+/// label say which rules made a call. Without a plan it is the mapper's own.
+pub fn combined_fingerprint(mapper: &str, plan: Option<&str>) -> String {
+    match plan {
+        None => mapper.to_string(),
+        Some(plan) => {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(b"pendo-segment/mapping+plan/v1\0");
+            h.update(mapper.as_bytes());
+            h.update(b"\0");
+            h.update(plan.as_bytes());
+            crate::transform::canonical_json::hex16(&h.finalize())
+        }
     }
 }
 

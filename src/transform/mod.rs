@@ -2,7 +2,8 @@
 //!
 //! `mapping` is the data-driven Pendo -> Segment mapping file; `lazy_json` reads an event only
 //! as deep as the mapping does (the rest is copied through as text); `message_id` derives
-//! deterministic ids; `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
+//! deterministic ids; `mapping_diff` compares what two mappings make of one event (for
+//! `mapping preview`); `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
 //! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
 //! updates; `transform_segment` is its role. Both write dead letters through
@@ -12,6 +13,7 @@ pub mod catalog;
 pub mod json_path;
 pub mod lazy_json;
 pub mod mapping;
+pub mod mapping_diff;
 pub mod message_id;
 pub mod pendo_to_segment;
 pub mod segment_rules;

@@ -1,8 +1,9 @@
 //! The command line: `run`, `topics apply`, `config check`, `idmap load|get|delete`,
-//! `mapping check|default`, `inspect TOPIC`, `tail TOPIC`, `replay --role ROLE`.
+//! `mapping check|default|preview`, `inspect TOPIC`, `tail TOPIC`, `replay --role ROLE`.
 //!
 //! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
-//! configuration error.
+//! configuration error; 3 `mapping preview` found calls whose messageId would change and
+//! `--allow-id-changes` was not given.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,6 +128,19 @@ pub enum MappingCommand {
     },
     /// Print the shipped default mapping (a starting point for your own).
     Default,
+    /// Show what a candidate mapping file would change, on recorded raw events, before
+    /// deploying it.
+    ///
+    /// Reads `pendo.raw.webhook` and `pendo.raw.api` (read-only: no consumer group, nothing
+    /// committed), maps each event with the running mapping and with CANDIDATE, and prints
+    /// calls added, removed or changed, event/page names changed, properties and traits
+    /// renamed, dropped, added or changing type, and calls whose messageId would change, with
+    /// a few samples each.
+    ///
+    /// Exit status: 0 no messageId changes; 2 an invalid mapping or usage error; 1 a Kafka
+    /// failure; 3 messageIds would change (Segment would no longer de-duplicate a replay of
+    /// events delivered before the deploy) and `--allow-id-changes` was not given.
+    Preview(crate::mapping_preview::PreviewArgs),
 }
 
 /// Which roles to run.
@@ -224,6 +238,9 @@ pub fn main() -> ExitCode {
             Command::Mapping(MappingCommand::Default) => {
                 print!("{}", crate::transform::mapping::DEFAULT_PENDO_MAPPING);
                 ExitCode::SUCCESS
+            }
+            Command::Mapping(MappingCommand::Preview(args)) => {
+                crate::mapping_preview::preview(&config, args).await
             }
             Command::Mapping(MappingCommand::Check { file }) => {
                 let result = match &file {

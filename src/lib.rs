@@ -16,6 +16,7 @@ pub mod idmap;
 pub mod inspect;
 pub mod kafka;
 pub mod logging;
+pub mod mapping_preview;
 pub mod metrics;
 pub mod ops_server;
 pub mod replay;

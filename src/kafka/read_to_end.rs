@@ -1,5 +1,5 @@
 //! Reading every partition of a topic up to its current end, outside any consumer group (for the
-//! CLI: `idmap get`, `inspect`). Committed data only; nothing is committed, so the roles' groups
+//! CLI: `idmap get`, `inspect`, `mapping preview`). Committed data only; nothing is committed, so the roles' groups
 //! are never disturbed.
 
 use std::collections::HashSet;
@@ -20,7 +20,13 @@ pub enum StartAt {
     Beginning,
     /// The last N records of each partition.
     Last(i64),
+    /// The first record whose timestamp is at or after these epoch milliseconds (a partition
+    /// with none is not read).
+    Timestamp(i64),
 }
+
+/// How long looking up the offsets of a start time may take.
+const OFFSETS_FOR_TIMES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A consumer that reports each partition's end, and the partitions of `topic` (waited for up
 /// to `wait_for_topic`).
@@ -48,14 +54,34 @@ pub fn read_to_end(
     wait_for_topic: Duration,
     mut on_record: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let (consumer, partitions) = open_reader(consumer_config, topic, wait_for_topic)?;
+    let (consumer, mut partitions) = open_reader(consumer_config, topic, wait_for_topic)?;
     let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let offset = match start {
-            StartAt::Beginning => Offset::Beginning,
-            StartAt::Last(n) => Offset::OffsetTail(n.max(1)),
-        };
-        tpl.add_partition_offset(topic, *p, offset)?;
+    match start {
+        StartAt::Beginning | StartAt::Last(_) => {
+            for p in &partitions {
+                let offset = match start {
+                    StartAt::Last(n) => Offset::OffsetTail(n.max(1)),
+                    _ => Offset::Beginning,
+                };
+                tpl.add_partition_offset(topic, *p, offset)?;
+            }
+        }
+        StartAt::Timestamp(ms) => {
+            let mut times = TopicPartitionList::new();
+            for p in &partitions {
+                times.add_partition_offset(topic, *p, Offset::Offset(ms))?;
+            }
+            let found = consumer.offsets_for_times(times, OFFSETS_FOR_TIMES_TIMEOUT)?;
+            // A partition with no record at or after the time has nothing to read: it is
+            // neither assigned nor waited for.
+            partitions.clear();
+            for e in found.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    tpl.add_partition_offset(topic, e.partition(), Offset::Offset(o))?;
+                    partitions.push(e.partition());
+                }
+            }
+        }
     }
     consumer.assign(&tpl)?;
     let mut pending: HashSet<i32> = partitions.into_iter().collect();

@@ -4,7 +4,9 @@
 //! as deep as the mapping does (the rest is copied through as text); `message_id` derives
 //! deterministic ids; `tracking_plan` (with `json_schema`) checks calls against the
 //! marketing team's tracking plan; `canonical_json` gives mappings and plans their
-//! fingerprints; `pendo_to_segment` applies the mapping to one event; `catalog` holds the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
+//! fingerprints; `mapping_diff` compares what two mappings make of one event (for
+//! `mapping preview`); `pendo_to_segment` applies the mapping to one event; `catalog` holds
+//! the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
 //! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
 //! updates; `transform_segment` is its role. Both write dead letters through
@@ -16,6 +18,7 @@ pub mod json_path;
 pub mod json_schema;
 pub mod lazy_json;
 pub mod mapping;
+pub mod mapping_diff;
 pub mod message_id;
 pub mod pendo_to_segment;
 pub mod segment_rules;

@@ -3,7 +3,8 @@
 //!
 //! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
 //! configuration error; 3 `mapping preview` found calls whose messageId would change and
-//! `--allow-id-changes` was not given.
+//! `--allow-id-changes` was not given; 4 `mapping preview --fail-on-violations` found
+//! tracking-plan violations the candidate introduces.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,11 +136,12 @@ pub enum MappingCommand {
     /// committed), maps each event with the running mapping and with CANDIDATE, and prints
     /// calls added, removed or changed, event/page names changed, properties and traits
     /// renamed, dropped, added or changing type, and calls whose messageId would change, with
-    /// a few samples each.
+    /// a few samples each; with a tracking plan, the violations the candidate introduces.
     ///
-    /// Exit status: 0 no messageId changes; 2 an invalid mapping or usage error; 1 a Kafka
-    /// failure; 3 messageIds would change (Segment would no longer de-duplicate a replay of
-    /// events delivered before the deploy) and `--allow-id-changes` was not given.
+    /// Exit status: 0 no messageId changes; 2 an invalid mapping, plan or usage error; 1 a
+    /// Kafka failure; 3 messageIds would change (Segment would no longer de-duplicate a replay
+    /// of events delivered before the deploy) and `--allow-id-changes` was not given; 4
+    /// tracking-plan violations introduced and `--fail-on-violations` given.
     Preview(crate::mapping_preview::PreviewArgs),
 }
 

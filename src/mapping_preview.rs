@@ -12,10 +12,15 @@
 //! catalogue (no `feature_name`/`guide_name`/`page_name` joined): those do not depend on the
 //! mapping file, so they would change both sides alike and can create no finding.
 //!
+//! With a tracking plan (the configured one, or `--tracking-plan FILE`), both sides' calls are
+//! checked against it and violations only the candidate's calls have are reported as
+//! introduced (those only the running mapping's calls have, as resolved).
+//!
 //! Exit status: 0 no messageId changes (or `--allow-id-changes`), 1 a Kafka failure, 2 a usage
-//! error or an invalid mapping, 3 messageIds would change — a replay of already-delivered
-//! events after deploying would no longer be de-duplicated by Segment — so a mapping
-//! repository's CI can gate on it.
+//! error or an invalid mapping or plan, 3 messageIds would change — a replay of
+//! already-delivered events after deploying would no longer be de-duplicated by Segment — 4 the
+//! candidate introduces tracking-plan violations and `--fail-on-violations` was given; so a
+//! mapping repository's CI can gate on it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -31,13 +36,20 @@ use crate::kafka::client_config;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::kafka::topics::TopicId;
 use crate::transform::mapping::PendoMapping;
-use crate::transform::mapping_diff::{Category, FindingKey, Findings, Tally, diff_outcomes};
+use crate::transform::mapping_diff::{
+    Category, FindingKey, Findings, Tally, diff_outcomes, diff_plan,
+};
 use crate::transform::pendo_to_segment::PendoToSegment;
+use crate::transform::tracking_plan::{TrackingPlan, TrackingPlanConfig};
 use crate::transform::transform_pendo::load_mapping;
 use crate::transform::transform_pendo::processor::received_at;
 
 /// Exit status when messageIds would change and `--allow-id-changes` was not given.
 pub const EXIT_MESSAGE_IDS_CHANGE: u8 = 3;
+
+/// Exit status when the candidate introduces tracking-plan violations and
+/// `--fail-on-violations` was given.
+pub const EXIT_PLAN_VIOLATIONS: u8 = 4;
 
 /// `mapping preview` arguments.
 #[derive(Debug, Args)]
@@ -59,6 +71,15 @@ pub struct PreviewArgs {
     /// Exit 0 even when messageIds would change (a warning is printed instead of exit 3).
     #[arg(long)]
     pub allow_id_changes: bool,
+    /// The tracking plan to check both sides' calls against (default: the configured
+    /// `transform_pendo.tracking_plan`, with its policies); violations only the candidate's
+    /// calls have are reported.
+    #[arg(long, value_name = "FILE")]
+    pub tracking_plan: Option<PathBuf>,
+    /// Exit 4 when the candidate introduces tracking-plan violations (after the messageId
+    /// check, which takes precedence).
+    #[arg(long)]
+    pub fail_on_violations: bool,
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -112,6 +133,8 @@ fn raw_topics(config: &Config, names: &[String]) -> Result<Vec<RawTopic>, String
 struct Totals {
     /// Records read per topic, in reading order.
     per_topic: Vec<(String, u64)>,
+    /// The tracking plan both sides were checked against: `<fingerprint> (<n> rules)`.
+    plan: Option<String>,
 }
 
 /// Runs the preview; see the module doc for the exit statuses.
@@ -141,6 +164,20 @@ pub async fn preview(config: &Config, args: PreviewArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let plan_config = match &args.tracking_plan {
+        Some(file) => TrackingPlanConfig {
+            file: Some(file.clone()),
+            ..config.transform_pendo.tracking_plan.clone()
+        },
+        None => config.transform_pendo.tracking_plan.clone(),
+    };
+    let plan = match TrackingPlan::from_config(&plan_config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: the tracking plan is invalid: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let running_name = config.transform_pendo.mapping_file.as_ref().map_or_else(
         || "the shipped default mapping".to_string(),
         |p| p.display().to_string(),
@@ -153,7 +190,14 @@ pub async fn preview(config: &Config, args: PreviewArgs) -> ExitCode {
     let samples = args.samples;
     let job_config = config.clone();
     let result = tokio::task::spawn_blocking(move || {
-        compare(&job_config, &topics, start, running, candidate, samples)
+        compare(
+            &job_config,
+            &topics,
+            start,
+            (running, candidate),
+            plan.as_ref(),
+            samples,
+        )
     })
     .await;
     let (findings, totals) = match result {
@@ -183,6 +227,8 @@ pub async fn preview(config: &Config, args: PreviewArgs) -> ExitCode {
     }
     if refused {
         ExitCode::from(EXIT_MESSAGE_IDS_CHANGE)
+    } else if args.fail_on_violations && findings.plan_violations_introduced() > 0 {
+        ExitCode::from(EXIT_PLAN_VIOLATIONS)
     } else {
         ExitCode::SUCCESS
     }
@@ -193,8 +239,8 @@ fn compare(
     config: &Config,
     topics: &[RawTopic],
     start: StartAt,
-    running: PendoMapping,
-    candidate: PendoMapping,
+    (running, candidate): (PendoMapping, PendoMapping),
+    plan: Option<&TrackingPlan>,
     samples: usize,
 ) -> anyhow::Result<(Findings, Totals)> {
     // Identity resolution is the same for both sides: an empty id mapping (see the module doc).
@@ -217,7 +263,10 @@ fn compare(
                 let at = received_at(m);
                 let (outcome_before, obs) = before.map(raw, at, &ids);
                 let (outcome_after, _) = after.map(raw, at, &ids);
-                let diff = diff_outcomes(&outcome_before, &outcome_after, &obs.kind);
+                let mut diff = diff_outcomes(&outcome_before, &outcome_after, &obs.kind);
+                if let Some(plan) = plan {
+                    diff.extend(diff_plan(plan, &outcome_before, &outcome_after, &obs.kind));
+                }
                 findings.record_event(
                     &format!("{} {}@{}", topic.name, m.partition(), m.offset()),
                     diff,
@@ -227,11 +276,25 @@ fn compare(
         )?;
         per_topic.push((topic.name.clone(), read));
     }
-    Ok((findings, Totals { per_topic }))
+    let plan = plan.map(|p| format!("{} ({} rules)", p.fingerprint(), p.rule_count()));
+    Ok((findings, Totals { per_topic, plan }))
 }
 
 /// The last line: what the exit status says, in words.
 fn verdict(findings: &Findings, allow_id_changes: bool) -> String {
+    let mut v = id_verdict(findings, allow_id_changes);
+    let introduced = findings.plan_violations_introduced();
+    if introduced > 0 {
+        let _ = write!(
+            v,
+            "; {introduced} tracking plan violation(s) introduced (exit {EXIT_PLAN_VIOLATIONS} with --fail-on-violations)"
+        );
+    }
+    v
+}
+
+/// The verdict on messageIds, which decides the exit status first.
+fn id_verdict(findings: &Findings, allow_id_changes: bool) -> String {
     let ids = findings.message_id_changes();
     match (findings.is_empty(), ids, allow_id_changes) {
         (true, _, _) => "verdict: no changes: the candidate maps every event read exactly like the running mapping".to_string(),
@@ -293,6 +356,9 @@ fn summary_text(
         .collect::<Vec<_>>()
         .join(", ");
     let _ = writeln!(out, "records read: {read} ({per_topic})");
+    if let Some(plan) = &totals.plan {
+        let _ = writeln!(out, "tracking plan: {plan}, checked on both sides");
+    }
     let _ = writeln!(
         out,
         "events mapped identically: {} of {}",
@@ -368,6 +434,8 @@ fn summary_json(
         "identical": findings.identical(),
         "findings": list,
         "message_id_changes": ids,
+        "tracking_plan": totals.plan,
+        "plan_violations_introduced": findings.plan_violations_introduced(),
         "refused": ids > 0 && !args.allow_id_changes,
         "verdict": verdict,
     })
@@ -447,6 +515,7 @@ mod tests {
             &new_ids,
             &Totals {
                 per_topic: vec![("t".into(), 1)],
+                plan: None,
             },
             "running.toml",
             &PreviewArgs {
@@ -455,6 +524,8 @@ mod tests {
                 last: None,
                 since: None,
                 allow_id_changes: false,
+                tracking_plan: None,
+                fail_on_violations: false,
                 json: false,
                 samples: 3,
             },

@@ -458,3 +458,76 @@ async fn a_preview_never_moves_consumer_group_offsets() {
         "the preview created a consumer group"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn violations_of_the_tracking_plan_the_candidate_introduces_are_reported_and_can_gate() {
+    let r = record().await;
+    // The plan requires `url` on Report Exported; the three-change candidate drops it.
+    let plan = write_file(
+        r.dir.path(),
+        "plan.json",
+        r#"{"rules": [{"type": "TRACK", "key": "Report Exported", "version": 1,
+            "jsonSchema": {"properties": {"properties": {"type": "object",
+            "properties": {"url": {"type": "string"}}, "required": ["url"]}}}}]}"#,
+    );
+    let plan_arg = plan.to_str().expect("path");
+    let candidate = write_file(r.dir.path(), "candidate.toml", &three_change_candidate());
+    let (code, summary) = preview_json(
+        &r,
+        &candidate,
+        &["--tracking-plan", plan_arg, "--allow-id-changes"],
+    );
+    assert_eq!(code, Some(0), "not gated without --fail-on-violations");
+    let track_events = of_kind("trackEventReceived") * COPIES;
+    let found = findings(&summary);
+    let introduced: Vec<_> = found
+        .iter()
+        .filter(|(k, _)| k.0.starts_with("plan_violation"))
+        .collect();
+    assert_eq!(
+        introduced,
+        vec![(
+            &(
+                "plan_violation_introduced".to_string(),
+                "track".to_string(),
+                "Report Exported".to_string(),
+                "trackEventReceived".to_string(),
+                "required at properties.url".to_string()
+            ),
+            &track_events
+        )],
+        "{summary:#}"
+    );
+    assert_eq!(
+        found.len(),
+        4,
+        "the three mapping findings and the violation"
+    );
+    assert_eq!(summary["plan_violations_introduced"], track_events);
+    assert!(
+        summary["tracking_plan"]
+            .as_str()
+            .expect("plan")
+            .ends_with("(1 rules)")
+    );
+    let (code, _) = preview_json(
+        &r,
+        &candidate,
+        &[
+            "--tracking-plan",
+            plan_arg,
+            "--allow-id-changes",
+            "--fail-on-violations",
+        ],
+    );
+    assert_eq!(code, Some(4), "gated on the introduced violations");
+    // The running mapping as candidate: no violation differs, nothing to report.
+    let same = write_file(r.dir.path(), "same.toml", &shipped_mapping());
+    let (code, summary) = preview_json(
+        &r,
+        &same,
+        &["--tracking-plan", plan_arg, "--fail-on-violations"],
+    );
+    assert_eq!(code, Some(0), "{summary:#}");
+    assert_eq!(summary["findings"].as_array().expect("findings").len(), 0);
+}

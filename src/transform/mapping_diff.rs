@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::schema::segment_call::{CallBody, SegmentCall};
 use crate::transform::pendo_to_segment::MapOutcome;
+use crate::transform::tracking_plan::TrackingPlan;
 
 /// What kind of difference a finding is. The order is the report's order: the dangerous
 /// category first. New categories (e.g. tracking-plan violations) are added here.
@@ -26,6 +27,8 @@ pub enum Category {
     /// The event stops (or starts) being mapped: filtered, dropped or dead-lettered instead of
     /// making calls, or the other way round, or another dead-letter reason.
     OutcomeChanged,
+    /// A call of the candidate breaks a tracking-plan rule the running mapping's call kept.
+    PlanViolationIntroduced,
     /// The candidate makes a call the running mapping does not.
     CallAdded,
     /// The running mapping makes a call the candidate does not.
@@ -45,13 +48,16 @@ pub enum Category {
     /// Another field of the call changes (userId, anonymousId, timestamp, context, page
     /// category, group id); the detail names it.
     CallChanged,
+    /// A tracking-plan rule the running mapping's call broke is kept by the candidate's.
+    PlanViolationResolved,
 }
 
 impl Category {
     /// Every category, in report order.
-    pub const ALL: [Category; 11] = [
+    pub const ALL: [Category; 13] = [
         Category::MessageIdChanged,
         Category::OutcomeChanged,
+        Category::PlanViolationIntroduced,
         Category::CallAdded,
         Category::CallRemoved,
         Category::NameChanged,
@@ -61,6 +67,7 @@ impl Category {
         Category::FieldTypeChanged,
         Category::FieldValueChanged,
         Category::CallChanged,
+        Category::PlanViolationResolved,
     ];
 
     /// A stable machine-readable name (the `--json` output).
@@ -77,6 +84,8 @@ impl Category {
             Category::FieldTypeChanged => "field_type_changed",
             Category::FieldValueChanged => "field_value_changed",
             Category::CallChanged => "call_changed",
+            Category::PlanViolationIntroduced => "plan_violation_introduced",
+            Category::PlanViolationResolved => "plan_violation_resolved",
         }
     }
 
@@ -96,6 +105,8 @@ impl Category {
             Category::FieldTypeChanged => "property/trait type changed",
             Category::FieldValueChanged => "property/trait value changed",
             Category::CallChanged => "call field changed",
+            Category::PlanViolationIntroduced => "tracking plan violation introduced",
+            Category::PlanViolationResolved => "tracking plan violation resolved",
         }
     }
 }
@@ -179,6 +190,75 @@ pub fn diff_outcomes(current: &MapOutcome, candidate: &MapOutcome, kind: &str) -
                 after: describe_outcome(candidate),
             });
         }
+    }
+    out
+}
+
+/// Compares the tracking-plan violations of the calls of one event under the running mapping
+/// and the candidate. Violations are matched on the call pairing of [`diff_outcomes`] (call
+/// type and order within it), the rule and the place, not on the event name: a renamed event
+/// that breaks the same rules as before introduces nothing. A violation only the candidate's
+/// calls have is introduced, one only the running mapping's calls have is resolved. The plan's
+/// policies are applied to copies; the outcomes are not changed.
+pub fn diff_plan(
+    plan: &TrackingPlan,
+    current: &MapOutcome,
+    candidate: &MapOutcome,
+    kind: &str,
+) -> Vec<Finding> {
+    type Match = (&'static str, usize, &'static str, String);
+    let violations = |outcome: &MapOutcome| -> Vec<(Match, FindingKey, String)> {
+        let MapOutcome::Calls(calls) = outcome else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for call in calls {
+            let call_type = call.body.call_type();
+            let index = seen.entry(call_type).or_default();
+            let mut copy = call.clone();
+            for v in plan
+                .check(&mut copy)
+                .map(|c| c.violations)
+                .unwrap_or_default()
+            {
+                let place = if v.path.is_empty() {
+                    v.rule.to_string()
+                } else {
+                    format!("{} at {}", v.rule, v.path)
+                };
+                out.push((
+                    (call_type, *index, v.rule, v.path),
+                    key(Category::PlanViolationIntroduced, call, kind, place),
+                    v.message,
+                ));
+            }
+            *index += 1;
+        }
+        out
+    };
+    let mut before = violations(current);
+    let mut out = Vec::new();
+    // Multiset difference: the same violation of the same paired call cancels out.
+    for (m, k, message) in violations(candidate) {
+        match before.iter().position(|(b, _, _)| *b == m) {
+            Some(i) => {
+                before.swap_remove(i);
+            }
+            None => out.push(Finding {
+                key: k,
+                before: String::new(),
+                after: message,
+            }),
+        }
+    }
+    for (_, mut k, message) in before {
+        k.category = Category::PlanViolationResolved;
+        out.push(Finding {
+            key: k,
+            before: message,
+            after: String::new(),
+        });
     }
     out
 }
@@ -535,6 +615,15 @@ impl Findings {
         self.by_key.is_empty()
     }
 
+    /// Tracking-plan violations the candidate would introduce.
+    pub fn plan_violations_introduced(&self) -> u64 {
+        self.by_key
+            .iter()
+            .filter(|(k, _)| k.category == Category::PlanViolationIntroduced)
+            .map(|(_, t)| t.count)
+            .sum()
+    }
+
     /// Calls whose messageId would change (the count the exit status gates on).
     pub fn message_id_changes(&self) -> u64 {
         self.by_key
@@ -603,6 +692,52 @@ mod tests {
         };
         assert!(diff_outcomes(&dead, &dead.clone(), "").is_empty());
         assert!(diff_outcomes(&MapOutcome::Dropped, &MapOutcome::Dropped, "k").is_empty());
+    }
+
+    #[test]
+    fn plan_violations_introduced_and_resolved_follow_the_call_pairing_not_the_name() {
+        use crate::transform::tracking_plan::{TrackingPlan, TrackingPlanConfig};
+        let plan = TrackingPlan::parse(
+            r#"{"rules": [{"type": "TRACK", "key": "E", "jsonSchema": {"properties":
+                {"properties": {"required": ["x"]}}}}]}"#,
+            "plan.json",
+            &TrackingPlanConfig::default(),
+        )
+        .unwrap();
+        let out = |event: &str, props: &str| MapOutcome::Calls(vec![track("t1", event, props)]);
+        // Dropping the required property introduces a violation, restoring it resolves it.
+        let ok = out("E", r#"{"x":1}"#);
+        let missing = out("E", "{}");
+        assert_eq!(
+            codes(&diff_plan(&plan, &ok, &missing, "k")),
+            vec![(
+                Category::PlanViolationIntroduced,
+                "required at properties.x".into()
+            )]
+        );
+        assert_eq!(
+            codes(&diff_plan(&plan, &missing, &ok, "k")),
+            vec![(
+                Category::PlanViolationResolved,
+                "required at properties.x".into()
+            )]
+        );
+        // An unplanned event renamed to another unplanned event changes nothing for the plan.
+        assert!(diff_plan(&plan, &out("A", "{}"), &out("B", "{}"), "k").is_empty());
+        // Renamed into the plan: it no longer is unplanned, but now breaks `required`.
+        let mut got = codes(&diff_plan(&plan, &out("A", "{}"), &missing, "k"));
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Category::PlanViolationIntroduced,
+                    "required at properties.x".into()
+                ),
+                (Category::PlanViolationResolved, "unplanned_event".into()),
+            ]
+        );
+        assert!(diff_plan(&plan, &ok, &ok.clone(), "k").is_empty());
     }
 
     #[test]

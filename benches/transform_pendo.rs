@@ -1,6 +1,7 @@
 //! Benchmark: the `transform-pendo` processor (EOS on) next to a pass-through baseline — the
 //! same consumer loop, the same transactional producer and commit cadence, no mapping — on the
-//! same input in the same run. Also the id mapping: load time and memory for 1,000,000 mappings.
+//! same input in the same run, without and with a 100-event tracking plan checked on every
+//! call. Also the id mapping: load time and memory for 1,000,000 mappings.
 //!
 //! ```sh
 //! scripts/kafka-local start
@@ -33,6 +34,7 @@ use pendo_segment::schema::{IdMapping, IdMappingCodec, SegmentCallCodec};
 use pendo_segment::shutdown::Shutdown;
 use pendo_segment::transform::mapping::PendoMapping;
 use pendo_segment::transform::pendo_to_segment::PendoToSegment;
+use pendo_segment::transform::tracking_plan::{TrackingPlan, TrackingPlanConfig};
 use pendo_segment::transform::transform_pendo::processor::{
     OutputTopics, Parallelism, PendoTransformProcessor,
 };
@@ -89,6 +91,59 @@ impl RecordProcessor for PassThrough {
     async fn checkpoint(&mut self) -> Result<(), ProcessError> {
         Ok(())
     }
+}
+
+/// A 100-event tracking plan in Segment Protocols' shape: rules for the four calls the synthetic
+/// events make (types, required properties, an enum, `additionalProperties: false`; every
+/// synthetic call satisfies them, as most real calls do) and 96 more events, plus a page rule.
+fn bench_plan() -> TrackingPlan {
+    let string = serde_json::json!({"type": "string"});
+    let track = |key: &str, props: serde_json::Value, required: &[&str]| {
+        serde_json::json!({"type": "TRACK", "key": key, "version": 1, "jsonSchema": {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {"properties": {"type": "object", "properties": props,
+                "required": required, "additionalProperties": false}},
+            "required": ["properties"]}})
+    };
+    let mut rules = vec![
+        track(
+            "Feature Clicked",
+            serde_json::json!({"feature_id": {"type": "string", "pattern": "^ft_"},
+                "feature_name": string, "page_id": string, "url": string}),
+            &["feature_id"],
+        ),
+        track(
+            "Guide Seen",
+            serde_json::json!({"guide_id": string, "guide_step_id": string,
+                "guide_name": string}),
+            &["guide_id"],
+        ),
+        track(
+            "Report Exported",
+            serde_json::json!({"track_type_id": string, "url": string,
+                "format": {"enum": ["csv", "xlsx", "pdf"]}, "rows": {"type": "integer", "minimum": 0},
+                "scheduled": {"type": "boolean"}, "report": {"type": "object"}}),
+            &["format"],
+        ),
+    ];
+    for i in 0..97 {
+        rules.push(track(
+            &format!("Planned Event {i}"),
+            serde_json::json!({"id": string, "count": {"type": "integer"}}),
+            &["id"],
+        ));
+    }
+    rules.push(
+        serde_json::json!({"type": "PAGE", "key": null, "jsonSchema": {"properties": {
+        "properties": {"type": "object", "required": ["url", "path"], "properties": {
+            "url": string, "path": string, "title": string}}}}}),
+    );
+    let text = serde_json::json!({"rules": rules}).to_string();
+    let plan = TrackingPlan::parse(&text, "bench-plan.json", &TrackingPlanConfig::default())
+        .expect("the bench plan is valid");
+    assert_eq!(plan.rule_count(), 101);
+    plan
 }
 
 /// Times a processor from its first record and stops the loop after `target` records.
@@ -208,6 +263,7 @@ async fn run_mode(
         },
     };
     let consumer = client_config::consumer(config, &role);
+    let plan = (mode == "transform+plan").then(bench_plan);
     let (processed, first) = if mode == "pass-through" {
         let p = PassThrough {
             output,
@@ -231,7 +287,8 @@ async fn run_mode(
                 sources: vec![(raw, "pendo.webhook".into())],
             },
             parallelism,
-        );
+        )
+        .with_tracking_plan(plan);
         run_timed(&consumer, spec, p, events).await
     };
     let elapsed = first.elapsed().as_secs_f64();
@@ -274,8 +331,8 @@ async fn produce(config: &Config, topic: &str, records: impl Iterator<Item = (St
 }
 
 /// The mapping and encoding alone, without Kafka: where the transformer's CPU goes. Returns
-/// microseconds per event on one thread.
-fn cpu_only(events: usize) -> f64 {
+/// microseconds per event on one thread (with the tracking plan checked when given).
+fn cpu_only(events: usize, plan: Option<&TrackingPlan>) -> f64 {
     let raw: Vec<Vec<u8>> = (0..10_000)
         .map(|i| synthetic_pendo::synthetic_event(i).1)
         .collect();
@@ -290,8 +347,11 @@ fn cpu_only(events: usize) -> f64 {
     let mut calls = 0usize;
     for i in 0..events {
         let (outcome, _) = mapper.map(&raw[i % raw.len()], Some(1), &ids);
-        if let pendo_segment::transform::pendo_to_segment::MapOutcome::Calls(cs) = outcome {
-            for c in &cs {
+        if let pendo_segment::transform::pendo_to_segment::MapOutcome::Calls(mut cs) = outcome {
+            for c in &mut cs {
+                if let Some(check) = plan.and_then(|p| p.check(c)) {
+                    assert!(check.violations.is_empty(), "{:?}", check.violations);
+                }
                 buf.clear();
                 codec.encode(c, &mut buf).unwrap();
                 calls += 1;
@@ -299,6 +359,26 @@ fn cpu_only(events: usize) -> f64 {
         }
     }
     let secs = t.elapsed().as_secs_f64();
+    if let Some(plan) = plan {
+        // The check alone, on calls mapped beforehand.
+        let mut calls: Vec<_> = raw
+            .iter()
+            .filter_map(|r| match mapper.map(r, Some(1), &ids).0 {
+                pendo_segment::transform::pendo_to_segment::MapOutcome::Calls(cs) => Some(cs),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let t = Instant::now();
+        for i in 0..events {
+            let n = calls.len();
+            std::hint::black_box(plan.check(&mut calls[i % n]));
+        }
+        println!(
+            "plan check alone: {:.2} us/call",
+            t.elapsed().as_secs_f64() * 1e6 / events as f64
+        );
+    }
     let t2 = Instant::now();
     let mut n = 0usize;
     for i in 0..events {
@@ -311,7 +391,8 @@ fn cpu_only(events: usize) -> f64 {
         parse * 1e6 / events as f64
     );
     println!(
-        "map + encode: {:.0} events/s ({calls} calls, {:.2} us/event)",
+        "map + encode{}: {:.0} events/s ({calls} calls, {:.2} us/event)",
+        if plan.is_some() { " + plan check" } else { "" },
         events as f64 / secs,
         secs * 1e6 / events as f64
     );
@@ -325,11 +406,14 @@ fn main() {
     };
     let servers =
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let plan = bench_plan();
     if std::env::args().any(|a| a == "--cpu-only") {
-        cpu_only(args.events);
+        cpu_only(args.events, None);
+        cpu_only(args.events, Some(&plan));
         return;
     }
-    let map_us = cpu_only(200_000);
+    let map_us = cpu_only(200_000, None);
+    let plan_us = cpu_only(200_000, Some(&plan));
     if args.rounds == 0 {
         return;
     }
@@ -363,6 +447,7 @@ fn main() {
 
         let mut pass = Vec::new();
         let mut transform = Vec::new();
+        let mut planned = Vec::new();
         for round in 0..args.rounds {
             let parallelism = Parallelism {
                 batch_records: args.batch,
@@ -374,15 +459,21 @@ fn main() {
             };
             pass.push(run_mode(&config, "pass-through", round, args.events, parallelism).await);
             transform.push(run_mode(&config, "transform", round, args.events, parallelism).await);
-            eprintln!("round {round}: pass-through {:.0}/s, transform {:.0}/s", pass[round], transform[round]);
+            planned.push(run_mode(&config, "transform+plan", round, args.events, parallelism).await);
+            eprintln!(
+                "round {round}: pass-through {:.0}/s, transform {:.0}/s, transform + plan {:.0}/s",
+                pass[round], transform[round], planned[round]
+            );
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (p, tr) = (mean(&pass), mean(&transform));
-        let per_round: Vec<String> = pass
-            .iter()
-            .zip(&transform)
-            .map(|(p, t)| format!("{:.2}", t / p))
-            .collect();
+        let (p, tr, pl) = (mean(&pass), mean(&transform), mean(&planned));
+        let per_round = |v: &[f64]| -> String {
+            pass.iter()
+                .zip(v)
+                .map(|(p, t)| format!("{:.2}", t / p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
 
         // Id mapping: the transform-pendo role as its own process (the release binary), started
         // once on an empty mapping and once after `mappings` were published: time to ready
@@ -442,8 +533,12 @@ fn main() {
         println!("| baseline: pass-through (same loop, transactional producer, cadence) | {p:.0} |");
         println!("| transform-pendo (map + Avro encode) | {tr:.0} |");
         println!("| ratio | {:.2}x |", tr / p);
-        println!("| ratio per round (baseline and transformer alternate) | {} |", per_round.join(", "));
+        println!("| ratio per round (baseline and transformer alternate) | {} |", per_round(&transform));
+        println!("| transform-pendo + 100-event tracking plan checked on every call | {pl:.0} |");
+        println!("| ratio with the plan | {:.2}x |", pl / p);
+        println!("| ratio with the plan per round | {} |", per_round(&planned));
         println!("| map + Avro encode alone, one thread, no Kafka | {map_us:.2} us/event |");
+        println!("| map + plan check + Avro encode alone | {plan_us:.2} us/event |");
         println!();
         println!("| id mapping | value |");
         println!("| --- | ---: |");

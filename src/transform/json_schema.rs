@@ -10,7 +10,12 @@
 //! the subset is small and such crates bring regex engines, URL resolution and HTTP clients
 //! into every build.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Number, Value};
 
 /// Deepest nesting of schemas accepted (plans are written by people; this only stops a file
 /// from overflowing the stack).
@@ -254,168 +259,452 @@ impl JsonSchema {
         !matches!(self.additional, Additional::None)
     }
 
-    /// Checks `value`, appending what it breaks to `out`; `path` is the value's path from the
+    /// Checks `value`, appending what it breaks to `out`; `at` is the value's path from the
     /// checked root.
-    pub fn check(&self, value: &Value, path: &mut Vec<PathStep>, out: &mut Vec<SchemaViolation>) {
-        let mut push = |rule: SchemaRule, message: String, path: &Vec<PathStep>| {
-            out.push(SchemaViolation {
-                rule,
-                path: path.clone(),
-                message,
-            })
-        };
+    pub fn check(&self, value: &Value, at: Path<'_>, out: &mut Vec<SchemaViolation>) {
         if self.never {
-            push(SchemaRule::Never, "no value is allowed here".into(), path);
+            out.push(violation(
+                SchemaRule::Never,
+                at,
+                "no value is allowed here".into(),
+            ));
             return;
         }
         if !self.types.is_empty() && !self.types.iter().any(|t| t.matches(value)) {
-            let want: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
-            push(
-                SchemaRule::Type,
-                format!("expected {}, got {}", want.join(" or "), type_name(value)),
-                path,
-            );
+            out.push(self.type_violation(type_name(value), at));
             // The other constraints describe a value of the right type.
             return;
         }
         if let Some(allowed) = &self.enumeration
             && !allowed.iter().any(|a| json_eq(a, value))
         {
-            push(
-                SchemaRule::Enum,
-                format!("{} is not one of {}", short(value), short_list(allowed)),
-                path,
-            );
+            let message = format!("{} is not one of {}", short(value), short_list(allowed));
+            out.push(violation(SchemaRule::Enum, at, message));
         }
         if let Some(c) = &self.constant
             && !json_eq(c, value)
         {
-            push(
-                SchemaRule::Const,
-                format!("{} is not {}", short(value), short(c)),
-                path,
-            );
+            let message = format!("{} is not {}", short(value), short(c));
+            out.push(violation(SchemaRule::Const, at, message));
         }
         match value {
-            Value::Object(members) => self.check_object(members, path, out),
+            Value::Object(members) => {
+                self.check_members(
+                    members.iter().map(|(k, v)| (k.as_str(), Member::Parsed(v))),
+                    |k| members.contains_key(k),
+                    at,
+                    out,
+                );
+            }
             Value::Array(items) => {
-                let n = items.len() as u64;
-                if let Some(min) = self.min_items
-                    && n < min
-                {
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::MinItems,
-                        path: path.clone(),
-                        message: format!("{n} item(s), at least {min} required"),
-                    });
-                }
-                if let Some(max) = self.max_items
-                    && n > max
-                {
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::MaxItems,
-                        path: path.clone(),
-                        message: format!("{n} item(s), at most {max} allowed"),
-                    });
-                }
+                self.check_count(items.len(), at, out);
                 if let Some(item_schema) = &self.items {
                     for (i, item) in items.iter().enumerate() {
-                        path.push(PathStep::Index(i));
-                        item_schema.check(item, path, out);
-                        path.pop();
+                        item_schema.check(item, Some(&Frame::index(at, i)), out);
                     }
                 }
             }
-            Value::String(s) => {
-                let chars = s.chars().count() as u64;
-                if let Some(min) = self.min_length
-                    && chars < min
-                {
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::MinLength,
-                        path: path.clone(),
-                        message: format!("{chars} character(s), at least {min} required"),
-                    });
-                }
-                if let Some(max) = self.max_length
-                    && chars > max
-                {
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::MaxLength,
-                        path: path.clone(),
-                        message: format!("{chars} character(s), at most {max} allowed"),
-                    });
-                }
-                if let Some((re, source)) = &self.pattern
-                    && !re.is_match(s)
-                {
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::Pattern,
-                        path: path.clone(),
-                        message: format!("{} does not match /{source}/", short(value)),
-                    });
-                }
-            }
-            Value::Number(n) => {
-                let Some(x) = n.as_f64() else { return };
-                if let Some((min, exclusive)) = self.minimum
-                    && (x < min || (exclusive && x == min))
-                {
-                    let op = if exclusive { ">" } else { ">=" };
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::Minimum,
-                        path: path.clone(),
-                        message: format!("{n} is not {op} {min}"),
-                    });
-                }
-                if let Some((max, exclusive)) = self.maximum
-                    && (x > max || (exclusive && x == max))
-                {
-                    let op = if exclusive { "<" } else { "<=" };
-                    out.push(SchemaViolation {
-                        rule: SchemaRule::Maximum,
-                        path: path.clone(),
-                        message: format!("{n} is not {op} {max}"),
-                    });
-                }
-            }
+            Value::String(text) => self.check_string(text, at, out),
+            Value::Number(n) => self.check_number(n, at, out),
             Value::Null | Value::Bool(_) => {}
         }
     }
 
-    fn check_object(
+    /// [`check`](Self::check) of JSON text, reading it only as deep as the schema looks: the
+    /// members of an object are not parsed unless a constraint needs their values, so checking
+    /// a call's properties costs a scan of their text rather than a tree of allocations. Finds
+    /// exactly what `check` finds on the parsed value.
+    pub fn check_raw(&self, text: &str, at: Path<'_>, out: &mut Vec<SchemaViolation>) {
+        let text = text.trim_start();
+        let needs_value = self.never || self.enumeration.is_some() || self.constant.is_some();
+        match text.as_bytes().first() {
+            Some(b'{') if !needs_value => {
+                if !self.allows_type(JsonType::Object) {
+                    out.push(self.type_violation("object", at));
+                    return;
+                }
+                if self.properties.is_empty()
+                    && self.required.is_empty()
+                    && matches!(self.additional, Additional::Any)
+                {
+                    return;
+                }
+                match serde_json::from_str::<RawMembers<'_>>(text) {
+                    Ok(RawMembers(members)) => self.check_members(
+                        members
+                            .iter()
+                            .map(|(k, v)| (k.as_ref(), Member::Raw(v.get()))),
+                        |k| members.iter().any(|(m, _)| m == k),
+                        at,
+                        out,
+                    ),
+                    Err(_) => self.check_parsed_text(text, at, out),
+                }
+            }
+            Some(b'[') if !needs_value => {
+                if !self.allows_type(JsonType::Array) {
+                    out.push(self.type_violation("array", at));
+                    return;
+                }
+                if self.items.is_none() && self.min_items.is_none() && self.max_items.is_none() {
+                    return;
+                }
+                match serde_json::from_str::<Vec<&RawValue>>(text) {
+                    Ok(items) => {
+                        self.check_count(items.len(), at, out);
+                        if let Some(item_schema) = &self.items {
+                            for (i, item) in items.iter().enumerate() {
+                                item_schema.check_raw(item.get(), Some(&Frame::index(at, i)), out);
+                            }
+                        }
+                    }
+                    Err(_) => self.check_parsed_text(text, at, out),
+                }
+            }
+            // A string without escapes is checked in place.
+            Some(b'"') if !self.never && text.len() >= 2 && !text.contains('\\') => {
+                if !self.allows_type(JsonType::String) {
+                    out.push(self.type_violation("string", at));
+                    return;
+                }
+                let inner = &text[1..text.len() - 1];
+                let is = |v: &Value| matches!(v, Value::String(x) if x == inner);
+                let value = || Value::String(inner.to_string());
+                if let Some(allowed) = &self.enumeration
+                    && !allowed.iter().any(is)
+                {
+                    let message =
+                        format!("{} is not one of {}", short(&value()), short_list(allowed));
+                    out.push(violation(SchemaRule::Enum, at, message));
+                }
+                if let Some(c) = &self.constant
+                    && !is(c)
+                {
+                    let message = format!("{} is not {}", short(&value()), short(c));
+                    out.push(violation(SchemaRule::Const, at, message));
+                }
+                if self.min_length.is_some() || self.max_length.is_some() || self.pattern.is_some()
+                {
+                    self.check_string(inner, at, out);
+                }
+            }
+            // A scalar constrained by its type alone is told from its first bytes.
+            Some(_) if !needs_value && self.scalar_type_only() => {
+                if let Some((t, name)) = raw_scalar_type(text)
+                    && !self.types.is_empty()
+                    && !self.types.iter().any(|want| {
+                        *want == t || (*want == JsonType::Number && t == JsonType::Integer)
+                    })
+                {
+                    out.push(self.type_violation(name, at));
+                }
+            }
+            _ => self.check_parsed_text(text, at, out),
+        }
+    }
+
+    /// [`check`](Self::check) of an object made of `members` and one more member given as
+    /// JSON text (a call's properties, kept as text).
+    pub fn check_object_with_raw(
         &self,
         members: &Map<String, Value>,
-        path: &mut Vec<PathStep>,
+        (key, raw): (&str, &str),
+        out: &mut Vec<SchemaViolation>,
+    ) {
+        if self.never
+            || self.enumeration.is_some()
+            || self.constant.is_some()
+            || !self.allows_type(JsonType::Object)
+        {
+            let mut whole = members.clone();
+            let member = serde_json::from_str(raw).unwrap_or(Value::Null);
+            whole.insert(key.to_string(), member);
+            self.check(&Value::Object(whole), None, out);
+            return;
+        }
+        self.check_members(
+            members
+                .iter()
+                .map(|(k, v)| (k.as_str(), Member::Parsed(v)))
+                .chain(std::iter::once((key, Member::Raw(raw)))),
+            |k| k == key || members.contains_key(k),
+            None,
+            out,
+        );
+    }
+
+    fn check_parsed_text(&self, text: &str, at: Path<'_>, out: &mut Vec<SchemaViolation>) {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => self.check(&v, at, out),
+            // Text that is not JSON never reaches here (calls are written by the mapper);
+            // checked as null, it breaks what a null breaks.
+            Err(_) => self.check(&Value::Null, at, out),
+        }
+    }
+
+    /// No constraint but `type` applies to a scalar.
+    fn scalar_type_only(&self) -> bool {
+        self.minimum.is_none()
+            && self.maximum.is_none()
+            && self.min_length.is_none()
+            && self.max_length.is_none()
+            && self.pattern.is_none()
+    }
+
+    fn allows_type(&self, t: JsonType) -> bool {
+        self.types.is_empty() || self.types.contains(&t)
+    }
+
+    fn type_violation(&self, got: &str, at: Path<'_>) -> SchemaViolation {
+        let want: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
+        let message = format!("expected {}, got {got}", want.join(" or "));
+        violation(SchemaRule::Type, at, message)
+    }
+
+    fn check_count(&self, n: usize, at: Path<'_>, out: &mut Vec<SchemaViolation>) {
+        let n = n as u64;
+        if let Some(min) = self.min_items
+            && n < min
+        {
+            let message = format!("{n} item(s), at least {min} required");
+            out.push(violation(SchemaRule::MinItems, at, message));
+        }
+        if let Some(max) = self.max_items
+            && n > max
+        {
+            let message = format!("{n} item(s), at most {max} allowed");
+            out.push(violation(SchemaRule::MaxItems, at, message));
+        }
+    }
+
+    fn check_string(&self, s: &str, at: Path<'_>, out: &mut Vec<SchemaViolation>) {
+        if self.min_length.is_some() || self.max_length.is_some() {
+            let chars = s.chars().count() as u64;
+            if let Some(min) = self.min_length
+                && chars < min
+            {
+                let message = format!("{chars} character(s), at least {min} required");
+                out.push(violation(SchemaRule::MinLength, at, message));
+            }
+            if let Some(max) = self.max_length
+                && chars > max
+            {
+                let message = format!("{chars} character(s), at most {max} allowed");
+                out.push(violation(SchemaRule::MaxLength, at, message));
+            }
+        }
+        if let Some((re, source)) = &self.pattern
+            && !re.is_match(s)
+        {
+            let message = format!(
+                "{} does not match /{source}/",
+                short(&Value::String(s.to_string()))
+            );
+            out.push(violation(SchemaRule::Pattern, at, message));
+        }
+    }
+
+    fn check_number(&self, n: &Number, at: Path<'_>, out: &mut Vec<SchemaViolation>) {
+        let Some(x) = n.as_f64() else { return };
+        if let Some((min, exclusive)) = self.minimum
+            && (x < min || (exclusive && x == min))
+        {
+            let op = if exclusive { ">" } else { ">=" };
+            out.push(violation(
+                SchemaRule::Minimum,
+                at,
+                format!("{n} is not {op} {min}"),
+            ));
+        }
+        if let Some((max, exclusive)) = self.maximum
+            && (x > max || (exclusive && x == max))
+        {
+            let op = if exclusive { "<" } else { "<=" };
+            out.push(violation(
+                SchemaRule::Maximum,
+                at,
+                format!("{n} is not {op} {max}"),
+            ));
+        }
+    }
+
+    /// `required`, `properties` and `additionalProperties` over an object's members.
+    fn check_members<'m>(
+        &self,
+        members: impl Iterator<Item = (&'m str, Member<'m>)>,
+        has: impl Fn(&str) -> bool,
+        at: Path<'_>,
         out: &mut Vec<SchemaViolation>,
     ) {
         for key in &self.required {
-            if !members.contains_key(key) {
-                path.push(PathStep::Key(key.clone()));
-                out.push(SchemaViolation {
-                    rule: SchemaRule::Required,
-                    path: path.clone(),
-                    message: format!("required member `{key}` is missing"),
-                });
-                path.pop();
+            if !has(key) {
+                let message = format!("required member `{key}` is missing");
+                out.push(violation(
+                    SchemaRule::Required,
+                    Some(&Frame::key(at, key)),
+                    message,
+                ));
             }
         }
-        for (key, v) in members {
-            path.push(PathStep::Key(key.clone()));
-            match self.property(key) {
-                Some(s) => s.check(v, path, out),
-                None => match &self.additional {
-                    Additional::Any => {}
-                    Additional::None => out.push(SchemaViolation {
-                        rule: SchemaRule::AdditionalProperties,
-                        path: path.clone(),
-                        message: format!("`{key}` is not in the plan"),
-                    }),
-                    Additional::Schema(s) => s.check(v, path, out),
+        for (key, member) in members {
+            let here = Frame::key(at, key);
+            let schema = match (self.property(key), &self.additional) {
+                (Some(s), _) => s,
+                (None, Additional::Any) => continue,
+                (None, Additional::None) => {
+                    let message = format!("`{key}` is not in the plan");
+                    out.push(violation(
+                        SchemaRule::AdditionalProperties,
+                        Some(&here),
+                        message,
+                    ));
+                    continue;
+                }
+                (None, Additional::Schema(s)) => s,
+            };
+            match member {
+                Member::Parsed(v) => schema.check(v, Some(&here), out),
+                Member::Raw(r) => schema.check_raw(r, Some(&here), out),
+            }
+        }
+    }
+}
+
+/// Where a checked value is: a chain of borrowed frames up to the root (`None`), turned into
+/// a [`SchemaViolation`] path only when something is wrong, so a value that passes costs no
+/// allocation.
+pub type Path<'a> = Option<&'a Frame<'a>>;
+
+/// One step of a [`Path`].
+pub struct Frame<'a> {
+    parent: Path<'a>,
+    step: FrameStep<'a>,
+}
+
+enum FrameStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl<'a> Frame<'a> {
+    /// The member `key` of the value at `parent`.
+    pub fn key(parent: Path<'a>, key: &'a str) -> Self {
+        Self {
+            parent,
+            step: FrameStep::Key(key),
+        }
+    }
+
+    fn index(parent: Path<'a>, i: usize) -> Self {
+        Self {
+            parent,
+            step: FrameStep::Index(i),
+        }
+    }
+}
+
+fn to_steps(at: Path<'_>) -> Vec<PathStep> {
+    let mut steps = Vec::new();
+    let mut cur = at;
+    while let Some(f) = cur {
+        steps.push(match f.step {
+            FrameStep::Key(k) => PathStep::Key(k.to_string()),
+            FrameStep::Index(i) => PathStep::Index(i),
+        });
+        cur = f.parent;
+    }
+    steps.reverse();
+    steps
+}
+
+fn violation(rule: SchemaRule, at: Path<'_>, message: String) -> SchemaViolation {
+    SchemaViolation {
+        rule,
+        path: to_steps(at),
+        message,
+    }
+}
+
+/// A member of an object being checked: parsed, or still JSON text.
+enum Member<'a> {
+    Parsed(&'a Value),
+    Raw(&'a str),
+}
+
+/// The type of a scalar's JSON text from its first bytes (numbers: integer unless written with a
+/// fraction or exponent that makes them one), with its name as [`type_name`] gives it; `None`
+/// for anything else.
+fn raw_scalar_type(text: &str) -> Option<(JsonType, &'static str)> {
+    match text.as_bytes().first()? {
+        b'"' => Some((JsonType::String, "string")),
+        b't' | b'f' => Some((JsonType::Boolean, "boolean")),
+        b'n' => Some((JsonType::Null, "null")),
+        b'-' | b'0'..=b'9' => {
+            if !text.contains(['.', 'e', 'E']) {
+                return Some((JsonType::Integer, "integer"));
+            }
+            // `1.0` is an integer to JSON Schema, though `type_name` calls it a number.
+            let n: Number = serde_json::from_str(text).ok()?;
+            let whole = n.as_f64().is_some_and(|f| f.fract() == 0.0);
+            Some((
+                if whole {
+                    JsonType::Integer
+                } else {
+                    JsonType::Number
                 },
-            }
-            path.pop();
+                "number",
+            ))
         }
+        _ => None,
+    }
+}
+
+/// An object's members as borrowed JSON text, in document order (keys unescaped only when
+/// they contain escapes).
+struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawMembers<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawMembers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<RawKey<'de>, &'de RawValue>()? {
+                    out.push((k.0, v));
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct RawKey<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for RawKey<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl<'de> Visitor<'de> for Key {
+            type Value = RawKey<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(RawKey(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Key)
     }
 }
 
@@ -602,8 +891,22 @@ mod tests {
     fn violations(schema: Value, value: Value) -> Vec<(SchemaRule, String)> {
         let s = JsonSchema::compile(&schema, "schema").unwrap();
         let mut out = Vec::new();
-        s.check(&value, &mut Vec::new(), &mut out);
-        out.into_iter().map(|v| (v.rule, v.dotted_path())).collect()
+        s.check(&value, None, &mut out);
+        let mut got: Vec<(SchemaRule, String)> =
+            out.into_iter().map(|v| (v.rule, v.dotted_path())).collect();
+        // Checking the text finds the same, with the same messages.
+        let text = serde_json::to_string(&value).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        s.check(&value, None, &mut a);
+        s.check_raw(&text, None, &mut b);
+        let key = |v: &SchemaViolation| (v.rule, v.dotted_path(), v.message.clone());
+        let mut a: Vec<_> = a.iter().map(key).collect();
+        let mut b: Vec<_> = b.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "check and check_raw agree on {text}");
+        got.sort();
+        got
     }
 
     #[test]
@@ -660,6 +963,47 @@ mod tests {
             violations(json!(false), json!(null)),
             vec![(SchemaRule::Never, String::new())]
         );
+    }
+
+    #[test]
+    fn checking_text_agrees_with_checking_values() {
+        // `violations` asserts that check and check_raw agree; these cover the raw shortcuts.
+        let schemas = [
+            json!({"type": "integer"}),
+            json!({"type": "number"}),
+            json!({"type": ["string", "null"]}),
+            json!({"type": "boolean"}),
+            json!({"type": "object"}),
+            json!({"type": "array"}),
+            json!({"enum": [1, "a", null, {"x": [1]}]}),
+            json!({"const": {"a": 1}}),
+            json!({"type": "string", "pattern": "^\\w+$", "maxLength": 3}),
+            json!({"properties": {"a": {"type": "integer"}, "b": {"items": {"type": "string"}}},
+                "required": ["c"], "additionalProperties": {"type": "boolean"}}),
+            json!({"items": {"properties": {"k": {"minimum": 2}}}, "minItems": 2}),
+            json!(false),
+            json!(true),
+        ];
+        let values = [
+            json!(1),
+            json!(1.0),
+            json!(-2.5),
+            json!(1e3),
+            json!("abé"),
+            json!("a\"b\u{e9}\\n"),
+            json!(true),
+            json!(null),
+            json!([]),
+            json!(["x", 1, {"k": 1}]),
+            json!({"a": 1.0, "b": ["s", 2], "z": true, "y": "no", "a\"q": false}),
+            json!({"x": [1]}),
+            json!({"a": 1}),
+        ];
+        for s in &schemas {
+            for v in &values {
+                violations(s.clone(), v.clone());
+            }
+        }
     }
 
     #[test]

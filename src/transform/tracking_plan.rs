@@ -90,6 +90,33 @@ pub struct TrackingPlanError {
 struct PlanRule {
     schema: JsonSchema,
     policy: ViolationPolicy,
+    /// The call members its schema reads (`properties`, `traits`, `context`, `userId`, ...).
+    reads: Vec<String>,
+    /// It reads every member (`additionalProperties` is not `true` at the top).
+    reads_all: bool,
+}
+
+impl PlanRule {
+    fn new(schema: JsonSchema, policy: ViolationPolicy) -> Self {
+        let mut reads: Vec<String> = schema.mentioned_members().map(str::to_string).collect();
+        reads.sort();
+        reads.dedup();
+        Self {
+            reads_all: !schema.allows_additional(),
+            schema,
+            policy,
+            reads,
+        }
+    }
+
+    fn reads(&self, member: &str) -> bool {
+        self.reads_all || self.reads.iter().any(|m| m == member)
+    }
+
+    /// Whether it reads anything of the call besides `data_key` (its properties or traits).
+    fn reads_beyond(&self, data_key: &str) -> bool {
+        self.reads_all || self.reads.iter().any(|m| m != data_key)
+    }
 }
 
 /// One broken rule of one call.
@@ -285,7 +312,7 @@ impl TrackingPlan {
                 .get(&label)
                 .copied()
                 .unwrap_or(config.on_violation);
-            let compiled = PlanRule { schema, policy };
+            let compiled = PlanRule::new(schema, policy);
             match (rtype.as_str(), key) {
                 ("TRACK", Some(k)) => {
                     plan.track.insert(k, compiled);
@@ -332,7 +359,6 @@ impl TrackingPlan {
         if specific.is_none() && self.common.is_none() && !unplanned {
             return None;
         }
-        let event = event_of(call).to_string();
         let mut check = PlanCheck {
             violations: Vec::new(),
             dropped: Vec::new(),
@@ -340,24 +366,51 @@ impl TrackingPlan {
         };
         if unplanned {
             check.violations.push(PlanViolation {
-                event: event.clone(),
+                event: event_of(call).to_string(),
                 rule: "unplanned_event",
                 path: String::new(),
                 message: "the tracking plan has no rule for this event".into(),
             });
             check.dead_letter = self.unplanned == UnplannedEventPolicy::Dlq;
         }
-        let rules: Vec<&PlanRule> = specific.into_iter().chain(self.common.as_ref()).collect();
-        if rules.is_empty() {
-            return Some(check);
-        }
-        let mut view = CallView::of(call, &rules);
+        let rules = [specific, self.common.as_ref()];
+        let rules = rules.iter().flatten().copied();
+        // The call's properties or traits are checked as text, read only as deep as the rules
+        // look; other members are put in a small JSON view only when a rule reads them, and a
+        // parsed copy of the properties is made only when `drop_property` removes something.
+        let data_key = data_key(call);
+        let view = rules
+            .clone()
+            .any(|r| r.reads_beyond(data_key))
+            .then(|| CallView::of(call, rules.clone(), false));
+        let empty = Map::new();
+        let members = match &view {
+            Some(CallView {
+                root: Value::Object(m),
+                ..
+            }) => m,
+            _ => &empty,
+        };
         let mut found: Vec<(SchemaViolation, ViolationPolicy)> = Vec::new();
-        for rule in &rules {
+        for rule in rules.clone() {
             let mut out = Vec::new();
-            rule.schema.check(&view.root, &mut Vec::new(), &mut out);
+            if rule.reads(data_key) {
+                let data = (data_key, data_text(call));
+                rule.schema.check_object_with_raw(members, data, &mut out);
+            } else {
+                rule.schema
+                    .check(&Value::Object(members.clone()), None, &mut out);
+            }
             found.extend(out.into_iter().map(|v| (v, rule.policy)));
         }
+        if found.is_empty() {
+            return Some(check);
+        }
+        let mut parsed = found
+            .iter()
+            .any(|(_, p)| *p == ViolationPolicy::DropProperty)
+            .then(|| CallView::of(call, rules.clone(), true));
+        let event = event_of(call).to_string();
         for (v, policy) in &found {
             check.violations.push(PlanViolation {
                 event: event.clone(),
@@ -369,37 +422,55 @@ impl TrackingPlan {
                 ViolationPolicy::Allow => {}
                 ViolationPolicy::Dlq => check.dead_letter = true,
                 ViolationPolicy::DropProperty => {
-                    if let Some(path) = view.remove(&v.path) {
+                    if let Some(path) = parsed.as_mut().and_then(|view| view.remove(&v.path)) {
                         check.dropped.push(path);
                     }
                 }
             }
         }
-        if !check.dropped.is_empty() && !check.dead_letter {
+        if let Some(view) = parsed
+            && !check.dropped.is_empty()
+            && !check.dead_letter
+        {
             view.write_back(call);
         }
         Some(check)
     }
 }
 
-/// The JSON view of a call that rule schemas check: only the members the rules read are built
-/// (parsing a call's properties is the cost, so it is done once per call, for all rules).
+/// The JSON view of a call that rule schemas check: only the members the rules read are built.
 struct CallView {
     root: Value,
+}
+
+/// The member holding a call's properties (track, page) or traits (identify, group).
+fn data_key(call: &SegmentCall) -> &'static str {
+    match &call.body {
+        CallBody::Track { .. } | CallBody::Page { .. } => "properties",
+        CallBody::Identify { .. } | CallBody::Group { .. } => "traits",
+    }
+}
+
+/// The JSON text of a call's properties (track, page) or traits (identify, group).
+fn data_text(call: &SegmentCall) -> &str {
+    match &call.body {
+        CallBody::Track { properties, .. } | CallBody::Page { properties, .. } => properties,
+        CallBody::Identify { traits } | CallBody::Group { traits, .. } => traits,
+    }
 }
 
 /// Members of the view whose content can be dropped from and written back to the call.
 const DATA_MEMBERS: [&str; 2] = ["properties", "traits"];
 
 impl CallView {
-    fn of(call: &SegmentCall, rules: &[&PlanRule]) -> Self {
-        let everything = rules.iter().any(|r| !r.schema.allows_additional());
-        let wanted = |m: &str| {
-            everything
-                || rules
-                    .iter()
-                    .any(|r| r.schema.mentioned_members().any(|x| x == m))
-        };
+    /// The view of `call` for `rules`; with `parse_data`, the properties (or traits) are parsed
+    /// into it (to be edited), else left out (they are checked as text).
+    fn of<'r>(
+        call: &SegmentCall,
+        rules: impl Iterator<Item = &'r PlanRule> + Clone,
+        parse_data: bool,
+    ) -> Self {
+        let wanted = |m: &str| rules.clone().any(|r| r.reads(m));
         let mut root = Map::new();
         let text = |s: &str| Value::String(s.to_string());
         let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, text);
@@ -410,7 +481,7 @@ impl CallView {
             CallBody::Identify { traits } => ("identify", "traits", traits),
             CallBody::Group { traits, .. } => ("group", "traits", traits),
         };
-        if wanted(data_key) {
+        if parse_data && wanted(data_key) {
             root.insert(data_key.into(), parse(data));
         }
         let mut put = |k: &str, v: Value| {

@@ -477,23 +477,11 @@ mod tests {
 
     #[test]
     fn verdicts_follow_message_id_changes() {
-        use crate::schema::segment_call::{CallBody, CallContext, Origin, SegmentCall};
+        use crate::schema::segment_call::SegmentCall;
         use crate::transform::pendo_to_segment::MapOutcome;
         let empty = Findings::new(1);
         assert!(verdict(&empty, false).contains("no changes"));
-        let call = |id: &str, event: &str| SegmentCall {
-            message_id: id.into(),
-            timestamp: "2026-11-28T12:00:00.000Z".into(),
-            user_id: Some("u".into()),
-            anonymous_id: None,
-            context: CallContext::default(),
-            integrations: None,
-            origin: Origin::default(),
-            body: CallBody::Track {
-                event: event.into(),
-                properties: "{}".into(),
-            },
-        };
+        let call = |id: &str, event: &str| SegmentCall::test_track(id, event, "{}");
         let one = |a: SegmentCall, b: SegmentCall| {
             let mut f = Findings::new(1);
             f.record_event(

@@ -337,6 +337,27 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing to a Vec");
 }
 
+impl SegmentCall {
+    /// A track call with fixed identity fields, for unit tests of code that compares or checks
+    /// calls.
+    #[cfg(test)]
+    pub(crate) fn test_track(message_id: &str, event: &str, properties: &str) -> Self {
+        SegmentCall {
+            message_id: message_id.into(),
+            timestamp: "2026-11-28T12:00:00.000Z".into(),
+            user_id: Some("u1".into()),
+            anonymous_id: None,
+            context: CallContext::default(),
+            integrations: None,
+            origin: Origin::default(),
+            body: CallBody::Track {
+                event: event.into(),
+                properties: properties.into(),
+            },
+        }
+    }
+}
+
 /// `context.page` without nulls.
 struct PageJson<'a>(&'a PageContext);
 

@@ -645,22 +645,9 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::segment_call::{CallContext, Origin};
 
     fn track(id: &str, event: &str, properties: &str) -> SegmentCall {
-        SegmentCall {
-            message_id: id.into(),
-            timestamp: "2026-11-28T12:00:00.000Z".into(),
-            user_id: Some("u1".into()),
-            anonymous_id: None,
-            context: CallContext::default(),
-            integrations: None,
-            origin: Origin::default(),
-            body: CallBody::Track {
-                event: event.into(),
-                properties: properties.into(),
-            },
-        }
+        SegmentCall::test_track(id, event, properties)
     }
 
     fn identify(id: &str, traits: &str) -> SegmentCall {

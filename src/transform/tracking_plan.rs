@@ -648,29 +648,10 @@ fn fingerprint(root: &Value, config: &TrackingPlanConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::segment_call::{CallContext, Origin};
     use serde_json::json;
 
     fn track(event: &str, properties: Value) -> SegmentCall {
-        SegmentCall {
-            message_id: "pendo-1".into(),
-            timestamp: "2026-12-01T00:00:00.000Z".into(),
-            user_id: Some("u1".into()),
-            anonymous_id: None,
-            context: CallContext::default(),
-            integrations: None,
-            origin: Origin {
-                source: "pendo.webhook".into(),
-                kind: "featureClicked".into(),
-                visitor_id: Some("v1".into()),
-                account_id: None,
-                received_at: None,
-            },
-            body: CallBody::Track {
-                event: event.into(),
-                properties: properties.to_string(),
-            },
-        }
+        SegmentCall::test_track("pendo-1", event, &properties.to_string())
     }
 
     fn identify(traits: Value) -> SegmentCall {

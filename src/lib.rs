@@ -26,4 +26,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod sinks;
 pub mod tail;
+pub mod task;
 pub mod transform;

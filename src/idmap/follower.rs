@@ -168,7 +168,7 @@ impl<S: IdMapSink> CompactedTable for IdMapRecords<S> {
 /// Why a follower stopped before it caught up: its own error when it has one (a missing topic,
 /// an unreachable broker), so the role's failure names the cause.
 pub async fn stopped_early(
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    handle: crate::task::OwnedTask<anyhow::Result<()>>,
     what: &str,
 ) -> anyhow::Error {
     match handle.await {

@@ -77,7 +77,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let consumer_ready = env.readiness.register(format!("{ROLE}:consumer"));
             let table = IdMapTable::default();
             let (caught_up_tx, mut caught_up) = watch::channel(false);
-            let follower = tokio::spawn(follow_idmap(
+            let follower = crate::task::OwnedTask::spawn(follow_idmap(
                 follower_client_config(client_config::consumer(c, &format!("{ROLE}.idmap"))),
                 c.topic_name(TopicId::IdmapVisitorToUser),
                 IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
@@ -88,7 +88,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             // The catalogue (names joined into calls), also read to its end first, so a replay
             // maps with every name known.
             let (catalog_tx, mut catalog_caught_up) = watch::channel(false);
-            let catalog_follower = tokio::spawn(follow_compacted(
+            let catalog_follower = crate::task::OwnedTask::spawn(follow_compacted(
                 follower_client_config(client_config::consumer(c, &format!("{ROLE}.catalog"))),
                 c.topic_name(TopicId::PendoCatalog),
                 catalog,

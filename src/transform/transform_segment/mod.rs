@@ -65,7 +65,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let consumer_ready = env.readiness.register(format!("{ROLE}:consumer"));
             let ids = BiIdMap::default();
             let (caught_up_tx, mut caught_up) = watch::channel(false);
-            let follower = tokio::spawn(follow_idmap(
+            let follower = crate::task::OwnedTask::spawn(follow_idmap(
                 follower_client_config(client_config::consumer(c, &format!("{ROLE}.idmap"))),
                 idmap_topic.clone(),
                 IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),

@@ -28,9 +28,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pendo_segment::connectors::webhook::signature::{sign_hex, signed_part};
 use serde_json::Value;
 use support::pendo_server::{PendoFault, PendoFaultPlan};
-use support::pipeline::{PENDO_SECRET, Pipeline, ROLES, bearer, post, produce};
+use support::pipeline::{PENDO_SECRET, Pipeline, ROLES, SEGMENT_SECRET, bearer, post, produce};
 use support::segment_server::{FaultAction, FaultPlan};
 use support::*;
 
@@ -112,14 +113,6 @@ const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
         "not yet provoked (issue #22, next increment)",
     ),
     (
-        "PendoSegmentPendoSinkBlocked",
-        "not yet provoked (issue #22, next increment)",
-    ),
-    (
-        "PendoSegmentPendoAuthFailure",
-        "not yet provoked (issue #22, next increment)",
-    ),
-    (
         "PendoSegmentPendoWebhookSilent",
         "not yet provoked (issue #22, next increment)",
     ),
@@ -177,6 +170,15 @@ const SCENARIOS: &[(&str, &[&str], &str)] = &[
         &["PendoSegmentSegmentMisconfigured"],
         "Segment answers 404 (a wrong endpoint) to every request while 10 Pendo events a \
          round arrive",
+    ),
+    (
+        "Pendo 401",
+        &[
+            "PendoSegmentPendoAuthFailure",
+            "PendoSegmentPendoSinkBlocked",
+        ],
+        "Pendo answers 401 to every write of pendo-sink while the Segment audience fixtures are \
+         posted to segment-webhook every round",
     ),
     (
         "Pendo API 503",
@@ -951,6 +953,32 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
             name,
             alerts,
             Duration::from_secs(90),
+            || pendo.set_faults(PendoFaultPlan::none().range(1, u64::MAX, PendoFault::Status(401))),
+            |_| async move {
+                for (name, body) in &p.segment_fixtures {
+                    let signature = sign_hex(SEGMENT_SECRET.as_bytes(), signed_part(body));
+                    let s = post(
+                        &p.http,
+                        &p.segment_url,
+                        body.clone(),
+                        ("x-signature", signature),
+                    )
+                    .await;
+                    assert_eq!(s.as_u16(), 200, "{name}");
+                }
+            },
+            || async { pendo.set_faults(PendoFaultPlan::none()) },
+        )
+        .await,
+    );
+
+    let (name, alerts, _) = SCENARIOS[4];
+    timings.extend(
+        provoke(
+            &prom,
+            name,
+            alerts,
+            Duration::from_secs(90),
             || {
                 pendo.set_read_faults(PendoFaultPlan::none().range(
                     1,
@@ -964,7 +992,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
         .await,
     );
 
-    let (name, alerts, _) = SCENARIOS[4];
+    let (name, alerts, _) = SCENARIOS[5];
     pipeline.role("pendo-poller").kill9();
     let killed = Instant::now();
     let mut fired = None;
@@ -992,7 +1020,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
     });
 
     let p = &pipeline;
-    let (name, alerts, _) = SCENARIOS[5];
+    let (name, alerts, _) = SCENARIOS[6];
     timings.extend(
         provoke(
             &prom,

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod pendo_server;
+pub mod pipeline;
 pub mod produce;
 pub mod segment_server;
 pub mod synthetic_pendo;

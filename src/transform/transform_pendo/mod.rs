@@ -143,15 +143,17 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 c.transform_pendo.parallelism(),
             )
             .with_tracking_plan(load_tracking_plan(c)?);
-            crate::metrics::metrics()
-                .mapping_info
-                .with_label_values(&[
-                    ROLE,
-                    processor.fingerprint(),
-                    &processor.mapping_fingerprint(),
-                    processor.plan_fingerprint().unwrap_or("none"),
-                ])
-                .set(1);
+            // One series per process: a restart in the same process that loaded another
+            // mapping must not leave the previous fingerprint looking alive.
+            let info = &crate::metrics::metrics().mapping_info;
+            info.reset();
+            info.with_label_values(&[
+                ROLE,
+                processor.fingerprint(),
+                &processor.mapping_fingerprint(),
+                processor.plan_fingerprint().unwrap_or("none"),
+            ])
+            .set(1);
             tracing::info!(
                 fingerprint = processor.fingerprint(),
                 "mapping loaded; its calls carry this mapping-fingerprint"

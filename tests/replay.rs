@@ -14,6 +14,7 @@ use pendo_segment::schema::{
     CallBody, CallContext, Origin, SegmentCall, SegmentCallCodec, WireFormat,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::pipeline::golden_message_ids;
 use support::produce::produce_all;
 use support::segment_server::{SegmentServerConfig, SegmentTestServer};
 use support::*;
@@ -519,20 +520,6 @@ fn fixture_records() -> Vec<(Option<String>, Vec<u8>)> {
         }
     }
     out
-}
-
-/// The messageIds the fixtures map to (`tests/golden/transform-pendo`).
-fn golden_message_ids() -> std::collections::HashSet<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transform-pendo");
-    let mut ids = std::collections::HashSet::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let calls: Vec<serde_json::Value> =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
-        for c in calls {
-            ids.insert(c["segment"]["messageId"].as_str().unwrap().to_string());
-        }
-    }
-    ids
 }
 
 /// The messageIds of every canonical call on `topic` (expecting at least `n`).

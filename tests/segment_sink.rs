@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use pendo_segment::schema::{
@@ -13,6 +11,7 @@ use pendo_segment::schema::{
 };
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
+use support::pipeline::golden_message_ids;
 use support::produce::produce_all;
 use support::segment_server::{FaultAction, FaultPlan, SegmentServerConfig, SegmentTestServer};
 use support::synthetic_pendo::synthetic_event;
@@ -54,19 +53,6 @@ fn fixture_records() -> Vec<(Option<String>, Vec<u8>)> {
         }
     }
     out
-}
-
-fn golden_message_ids() -> HashSet<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transform-pendo");
-    let mut ids = HashSet::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let calls: Vec<Value> =
-            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
-        for c in calls {
-            ids.insert(c["segment"]["messageId"].as_str().unwrap().to_string());
-        }
-    }
-    ids
 }
 
 fn sink_config(server: &SegmentTestServer, extra: &str) -> String {

@@ -398,8 +398,9 @@ impl TrackingPlan {
                 let data = (data_key, data_text(call));
                 rule.schema.check_object_with_raw(members, data, &mut out);
             } else {
+                let root = view.as_ref().map(|v| &v.root);
                 rule.schema
-                    .check(&Value::Object(members.clone()), None, &mut out);
+                    .check(root.unwrap_or(&Value::Object(Map::new())), None, &mut out);
             }
             found.extend(out.into_iter().map(|v| (v, rule.policy)));
         }

@@ -8,7 +8,7 @@
 //! transformer dead-letters, Segment 503/429/401 and a Pendo 429, plus poller data (an account,
 //! a visitor, feature usage reaching a milestone).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,10 +74,11 @@ pub fn fixture_files(sub: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The messageIds of every golden transform-pendo call.
-pub fn golden_message_ids() -> BTreeSet<String> {
+/// The messageIds of every golden transform-pendo call (`tests/golden/transform-pendo`), as the
+/// Segment test server reports the ones it received.
+pub fn golden_message_ids() -> HashSet<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/transform-pendo");
-    let mut ids = BTreeSet::new();
+    let mut ids = HashSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let calls: Vec<Value> =
             serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();

@@ -17,6 +17,10 @@ mod produce;
 #[path = "../tests/support/synthetic_pendo.rs"]
 mod synthetic_pendo;
 
+/// The same allocator as the `pendo-segment` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 

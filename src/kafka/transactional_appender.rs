@@ -8,6 +8,16 @@
 //! it is full), and each caller learns the outcome of *its* transaction: committed (acknowledge)
 //! or aborted (nothing visible to `read_committed` consumers; answer 503).
 //!
+//! A commit whose answer does not come within `txn_timeout` is not answered 503 at once: the
+//! coordinator may have the commit and finish it (a broker stalled by load or a GC pause), and
+//! the sender's retry would then be a duplicate. The worker keeps asking (`commit_transaction`
+//! again, which waits for the same decision) for up to `decision_wait` more and answers what was
+//! decided. The wait is bounded by what a sender waits for an answer: keeping the commit alive
+//! longer would have it complete after the sender has given up and resent. When the broker stays
+//! silent, the jobs are answered 503 and counted as `unknown`, and the producer is replaced: the
+//! new one (same `transactional.id`) has the coordinator abort the transaction unless the commit
+//! had already reached its log.
+//!
 //! One worker thread owns the transactional producer (librdkafka's transactional calls block).
 //! Callers wait on a bounded queue, so memory stays bounded; a full queue is an immediate
 //! [`AppendError::Overloaded`]. Every job is answered within a bounded time: jobs older than
@@ -92,6 +102,9 @@ pub struct AppenderSettings {
     pub producers: usize,
     /// Pause of a producer after its commit before it collects again.
     pub cooldown: Duration,
+    /// How much longer a commit not answered within `txn_timeout` is waited for before its
+    /// jobs are answered as failed (see the module docs).
+    pub decision_wait: Duration,
 }
 
 /// A job waiting in the queue may still be withdrawn by its caller; once a worker has taken it
@@ -216,6 +229,24 @@ struct Batch {
     failure: Option<String>,
     /// A job that arrived but did not fit; it opens the next transaction.
     leftover: Option<Job>,
+}
+
+/// How a transaction ended, as far as this producer can tell.
+#[derive(Debug)]
+enum TxnOutcome {
+    Committed,
+    /// Nothing of it is (or will become) visible.
+    NotCommitted(String),
+    /// The coordinator may have committed it: the broker did not answer within `txn_timeout`
+    /// plus `decision_wait`.
+    Unknown(String),
+}
+
+/// Whether a failed `commit_transaction` may still be completed by the coordinator: the call
+/// timed out (or met a retriable error) without the transaction being marked for abort.
+fn commit_undecided(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t)
+        if !t.is_fatal() && t.is_retriable() && !t.txn_requires_abort())
 }
 
 /// What to do after a failed transaction.
@@ -416,17 +447,20 @@ impl Worker {
         let m = metrics();
         let stage = self.stage();
         let outcome = match batch.failure {
-            None => self.flush_open_transaction().and_then(|()| {
-                commit_transaction_until(
-                    self.producer.as_ref().expect("producer exists"),
-                    Instant::now() + self.settings.txn_timeout,
-                )
-                .map_err(|e| e.to_string())
-            }),
-            Some(f) => Err(f),
+            // Records not delivered: the commit is never sent, so nothing becomes visible.
+            None => match self.flush_open_transaction() {
+                Ok(()) => self.commit(batch.jobs.len()),
+                Err(e) => TxnOutcome::NotCommitted(e),
+            },
+            Some(f) => TxnOutcome::NotCommitted(f),
         };
-        match outcome {
-            Ok(()) => {
+        let (reason, result) = match outcome {
+            TxnOutcome::Committed => (None, "committed"),
+            TxnOutcome::NotCommitted(r) => (Some(r), "aborted"),
+            TxnOutcome::Unknown(r) => (Some(r), "unknown"),
+        };
+        match reason {
+            None => {
                 m.transactions
                     .with_label_values(&[stage, "committed"])
                     .inc();
@@ -437,19 +471,52 @@ impl Worker {
                     let _ = j.reply.send(Ok(()));
                 }
             }
-            Err(reason) => {
-                m.transactions.with_label_values(&[stage, "aborted"]).inc();
-                tracing::warn!(stage, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
-                // The commit failed, so the transaction can only end aborted: answer first,
-                // then abort (which may block while the broker is away).
+            Some(reason) => {
+                m.transactions.with_label_values(&[stage, result]).inc();
+                if result == "unknown" {
+                    tracing::error!(stage, error = %reason, jobs = batch.jobs.len(),
+                        "Kafka did not decide the commit in time: answering 503, so the senders \
+                         resend; if the coordinator committed it after all, those events are stored twice");
+                } else {
+                    tracing::warn!(stage, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
+                }
+                // Not committed, so the transaction can only end aborted: answer first, then
+                // abort (which may block while the broker is away). An undecided commit cannot be
+                // aborted (librdkafka refuses while the commit is pending): a new producer with
+                // the same id settles it.
                 for j in batch.jobs {
                     let _ = j.reply.send(Err(AppendError::Unavailable(reason.clone())));
                 }
-                if let Recovery::Recreate = self.abort() {
+                if result == "unknown" || matches!(self.abort(), Recovery::Recreate) {
                     self.producer = None;
                     self.readiness.set_ready(false);
                 }
             }
+        }
+    }
+
+    /// Commits the open transaction (its records are delivered). A commit not answered within
+    /// `txn_timeout` is waited for up to `decision_wait` more, so a broker that was only slow
+    /// does not get a committed transaction answered 503.
+    fn commit(&self, jobs: usize) -> TxnOutcome {
+        let producer = self.producer.as_ref().expect("producer exists");
+        let first = commit_transaction_until(producer, Instant::now() + self.settings.txn_timeout);
+        let e = match first {
+            Ok(()) => return TxnOutcome::Committed,
+            Err(e) if !commit_undecided(&e) => return TxnOutcome::NotCommitted(e.to_string()),
+            Err(e) => e,
+        };
+        let stage = self.stage();
+        metrics()
+            .appender_jobs
+            .with_label_values(&[stage, "commit_undecided"])
+            .inc_by(jobs as u64);
+        tracing::warn!(stage, error = %e, jobs, wait_ms = self.settings.decision_wait.as_millis() as u64,
+            "commit not answered in time; waiting for the coordinator's decision before answering");
+        match commit_transaction_until(producer, Instant::now() + self.settings.decision_wait) {
+            Ok(()) => TxnOutcome::Committed,
+            Err(e) if !commit_undecided(&e) => TxnOutcome::NotCommitted(e.to_string()),
+            Err(e) => TxnOutcome::Unknown(e.to_string()),
         }
     }
 

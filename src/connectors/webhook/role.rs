@@ -118,6 +118,9 @@ pub fn task(
                     txn_timeout: spec.ack_timeout,
                     producers: spec.transaction_producers,
                     cooldown: spec.transaction_cooldown,
+                    // A commit the broker has not answered within the ack deadline is waited for
+                    // as long again: senders wait a few seconds for an answer.
+                    decision_wait: spec.ack_timeout,
                 },
                 env.readiness.register(format!("{role}:kafka")),
             );

@@ -261,6 +261,7 @@ async fn run_mode(
         topics: vec![raw.clone()],
         commit_max_records: config.processing.commit_max_records,
         commit_interval: Duration::from_millis(config.processing.commit_interval_ms),
+        drained: config.processing.drained(),
         strategy: CommitStrategy::Transactional {
             output: output.clone(),
             timeout,

@@ -223,6 +223,12 @@ pub struct ProcessingConfig {
     /// Commit after this many records even if the interval has not passed.
     #[serde(default = "default_commit_max_records")]
     pub commit_max_records: usize,
+    /// When a consumer role has read everything buffered, it commits (transformers) or sends
+    /// its open batches (sinks) at once, at most this often, in ms, instead of waiting for
+    /// `commit_interval_ms` / the linger: low latency at low load, full batches at saturation
+    /// (the input is then never drained). 0 turns it off.
+    #[serde(default = "default_drained_commit_interval_ms")]
+    pub drained_commit_interval_ms: u64,
     /// After SIGTERM/SIGINT, how long in-flight work may take to finish and commit, in ms.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -236,11 +242,21 @@ pub struct ProcessingConfig {
     pub transaction_call_timeout_ms: u64,
 }
 
+impl ProcessingConfig {
+    /// [`LoopSpec::drained`](crate::kafka::consumer_loop::LoopSpec::drained) from
+    /// `drained_commit_interval_ms` (0: off).
+    pub fn drained(&self) -> Option<std::time::Duration> {
+        (self.drained_commit_interval_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.drained_commit_interval_ms))
+    }
+}
+
 impl Default for ProcessingConfig {
     fn default() -> Self {
         Self {
             commit_interval_ms: default_commit_interval_ms(),
             commit_max_records: default_commit_max_records(),
+            drained_commit_interval_ms: default_drained_commit_interval_ms(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
             statistics_interval_ms: default_statistics_interval_ms(),
             transaction_call_timeout_ms: default_transaction_call_timeout_ms(),
@@ -253,6 +269,9 @@ fn default_commit_interval_ms() -> u64 {
 }
 fn default_commit_max_records() -> usize {
     5_000
+}
+fn default_drained_commit_interval_ms() -> u64 {
+    50
 }
 fn default_shutdown_grace_ms() -> u64 {
     30_000

@@ -545,3 +545,78 @@ fn metric_value(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
+
+/// Starts transform-pendo and segment-sink in one process with a 20 s commit interval and
+/// linger, and `drained_commit_interval_ms` as given; returns the server, the process, the raw
+/// topic and the temporary directory (kept alive).
+async fn slow_cadence_pipeline(
+    drained_ms: u64,
+) -> (SegmentTestServer, RoleProcess, String, tempfile::TempDir) {
+    require_kafka();
+    let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("cadence");
+    let extra = sink_config(&server, "").replace("linger_ms = 100", "linger_ms = 20000")
+        + &format!(
+            "[processing]\ncommit_interval_ms = 20000\ndrained_commit_interval_ms = {drained_ms}\n"
+        );
+    let (config, ops) = role_config(dir.path(), &prefix, &extra);
+    apply_topics(&config);
+    let mut role = RoleProcess::start(
+        &config,
+        &["run", "--role", "transform-pendo", "--role", "segment-sink"],
+        ops,
+        dir.path().join("roles.log"),
+    );
+    role.wait_ready(Duration::from_secs(60)).await;
+    (server, role, format!("{prefix}.pendo.raw.webhook"), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_low_load_an_event_reaches_segment_long_before_the_commit_interval_and_linger() {
+    // Drain cadence on (the default spacing, 50 ms): each event alone reaches Segment within
+    // about half a second on an idle machine (the bound leaves room for a busy CI), although
+    // the transformer commits only every 20 s and the sink lingers 20 s when events keep coming.
+    let (server, role, raw, _dir) = slow_cadence_pipeline(50).await;
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        produce(
+            &raw,
+            vec![synthetic_event(i)]
+                .into_iter()
+                .map(|(k, v)| (Some(k), v))
+                .collect(),
+        )
+        .await;
+        assert!(
+            server
+                .wait_for_distinct(i + 1, Duration::from_secs(5))
+                .await,
+            "event {i} not delivered within 5 s:\n{}",
+            role.logs()
+        );
+        latencies.push(started.elapsed());
+    }
+    println!("produce -> Segment, one event at a time: {latencies:?}");
+    let worst = latencies.iter().max().unwrap();
+    assert!(
+        *worst < Duration::from_secs(4),
+        "the drain cadence delivers within seconds, not at the 20 s interval: {latencies:?}"
+    );
+
+    // Off: the same event waits for the 20 s interval.
+    let (server, _role, raw, _dir) = slow_cadence_pipeline(0).await;
+    produce(
+        &raw,
+        vec![synthetic_event(0)]
+            .into_iter()
+            .map(|(k, v)| (Some(k), v))
+            .collect(),
+    )
+    .await;
+    assert!(
+        !server.wait_for_distinct(1, Duration::from_secs(5)).await,
+        "with drained_commit_interval_ms = 0 nothing goes before the interval"
+    );
+}

@@ -75,6 +75,7 @@ fn child_main() {
                 topics: vec![input],
                 commit_max_records: cfg.processing.commit_max_records,
                 commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),
+                drained: cfg.processing.drained(),
                 strategy: CommitStrategy::Transactional {
                     output: output.clone(),
                     timeout,

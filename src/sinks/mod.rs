@@ -36,6 +36,7 @@ pub async fn run_sink_loop<P: RecordProcessor>(
         topics: inputs,
         commit_max_records: p.commit_max_records,
         commit_interval: Duration::from_millis(p.commit_interval_ms),
+        drained: p.drained(),
         strategy: CommitStrategy::Acknowledged {
             flush_timeout: Duration::from_millis(p.shutdown_grace_ms)
                 .saturating_sub(Duration::from_secs(5))

@@ -372,6 +372,22 @@ impl<J: SinkJob> PartitionQueues<J> {
         self.wait_while_backed_up(tp).await
     }
 
+    /// `input_drained`: nothing more is coming for now, so no open job waits for more records:
+    /// every one is closed and started as slots allow (the linger is for batching under load,
+    /// not for waiting on an idle input).
+    pub fn close_open(&mut self) {
+        let open: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, w)| w.open.as_ref().is_some_and(|j| !j.is_empty()))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in &open {
+            self.close(tp);
+        }
+        self.start_queued();
+    }
+
     /// `checkpoint` (at shutdown): closes every open job and waits until all are delivered.
     pub async fn checkpoint(&mut self) -> Result<(), ProcessError> {
         let all: Vec<TopicPartition> = self.partitions.keys().cloned().collect();

@@ -184,6 +184,12 @@ impl RecordProcessor for SegmentSinkProcessor {
         self.queues.ready()
     }
 
+    fn input_drained(&mut self) {
+        // Segment batches wait for more calls only while more are coming; the request rate cap
+        // (token bucket) still bounds how often they go.
+        self.queues.close_open();
+    }
+
     fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
         self.queues.is_backpressured(topic, partition)
     }

@@ -95,6 +95,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 topics: vec![raw],
                 commit_max_records: c.processing.commit_max_records,
                 commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
+                drained: c.processing.drained(),
                 strategy: CommitStrategy::Transactional {
                     output: output.clone(),
                     timeout,

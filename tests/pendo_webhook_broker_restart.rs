@@ -1,5 +1,5 @@
-//! The broker goes away while Pendo deliveries arrive — it hangs (SIGSTOP, longer than the ack
-//! deadline, with connections open: commits in flight time out while the broker still has to
+//! The broker goes away while Pendo deliveries arrive — it hangs (SIGSTOP for 2 s, longer than
+//! the 1.2 s ack deadline, with connections open: commits in flight time out while the broker still has to
 //! decide them; once in CI, `WEBHOOK_BROKER_FREEZES=N` for more), then stops gracefully (SIGTERM, the broker shuts down
 //! cleanly under a running commit), then crashes (SIGKILL). Requests are answered 503 (never 200)
 //! while it is stopped or dead, a request whose commit outcome is unknown is answered only once
@@ -31,7 +31,7 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
         dir.path(),
         &prefix,
         &format!(
-            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"{SECRET}\"]\nack_timeout_ms = 3000\nretry_after_seconds = 1\n"
+            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"{SECRET}\"]\nack_timeout_ms = 1200\nretry_after_seconds = 1\n"
         ),
     );
     apply_topics(&config);
@@ -129,9 +129,16 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
             let stop_began = Instant::now();
             local_broker(how);
             let down = Instant::now();
-            // A hang just longer than the ack deadline (3 s): commits sent before it time out in
-            // the role while the broker has them queued.
-            std::thread::sleep(Duration::from_secs(if how == "freeze" { 4 } else { 8 }));
+            // A hang longer than the ack deadline (1.2 s), so commits sent before it time out in
+            // the role while the broker has them queued, and shorter than the broker's session
+            // timeout (4 s in scripts/kafka-local, heartbeats every second): a longer one has
+            // the controller fence its own broker, and single-node Kafka 4 then leaves some
+            // partitions without a leader until the next restart.
+            std::thread::sleep(if how == "freeze" {
+                Duration::from_millis(2000)
+            } else {
+                Duration::from_secs(8)
+            });
             let up = Instant::now();
             local_broker(if how == "freeze" { "thaw" } else { "start" });
             (how, stop_began, down, up)

@@ -235,8 +235,12 @@ struct Batch {
 #[derive(Debug)]
 enum TxnOutcome {
     Committed,
-    /// Nothing of it is (or will become) visible.
-    NotCommitted(String),
+    /// Nothing of it is (or will become) visible. `settled`: every record's delivery was
+    /// answered, so no produce request of it can still reach a partition.
+    NotCommitted {
+        reason: String,
+        settled: bool,
+    },
     /// The coordinator may have committed it: the broker did not answer within `txn_timeout`
     /// plus `decision_wait`.
     Unknown(String),
@@ -450,14 +454,26 @@ impl Worker {
             // Records not delivered: the commit is never sent, so nothing becomes visible.
             None => match self.flush_open_transaction() {
                 Ok(()) => self.commit(batch.jobs.len()),
-                Err(e) => TxnOutcome::NotCommitted(e),
+                Err(reason) => TxnOutcome::NotCommitted {
+                    reason,
+                    settled: false,
+                },
             },
-            Some(f) => TxnOutcome::NotCommitted(f),
+            Some(reason) => TxnOutcome::NotCommitted {
+                reason,
+                settled: false,
+            },
         };
-        let (reason, result) = match outcome {
-            TxnOutcome::Committed => (None, "committed"),
-            TxnOutcome::NotCommitted(r) => (Some(r), "aborted"),
-            TxnOutcome::Unknown(r) => (Some(r), "unknown"),
+        // A producer whose records may still be in flight is not reused: a produce request that
+        // reaches its partition after the abort would join this producer's next transaction
+        // (same producer epoch) and be committed with it, so the sender's retry would duplicate
+        // it. A new producer bumps the epoch (late requests are refused) and, with the same
+        // `transactional.id`, has the coordinator abort this transaction. The same settles an
+        // undecided commit, which librdkafka cannot abort.
+        let (reason, result, reuse) = match outcome {
+            TxnOutcome::Committed => (None, "committed", true),
+            TxnOutcome::NotCommitted { reason, settled } => (Some(reason), "aborted", settled),
+            TxnOutcome::Unknown(reason) => (Some(reason), "unknown", false),
         };
         match reason {
             None => {
@@ -481,13 +497,11 @@ impl Worker {
                     tracing::warn!(stage, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
                 }
                 // Not committed, so the transaction can only end aborted: answer first, then
-                // abort (which may block while the broker is away). An undecided commit cannot be
-                // aborted (librdkafka refuses while the commit is pending): a new producer with
-                // the same id settles it.
+                // abort (which may block while the broker is away) or replace the producer.
                 for j in batch.jobs {
                     let _ = j.reply.send(Err(AppendError::Unavailable(reason.clone())));
                 }
-                if result == "unknown" || matches!(self.abort(), Recovery::Recreate) {
+                if !reuse || matches!(self.abort(), Recovery::Recreate) {
                     self.producer = None;
                     self.readiness.set_ready(false);
                 }
@@ -503,7 +517,12 @@ impl Worker {
         let first = commit_transaction_until(producer, Instant::now() + self.settings.txn_timeout);
         let e = match first {
             Ok(()) => return TxnOutcome::Committed,
-            Err(e) if !commit_undecided(&e) => return TxnOutcome::NotCommitted(e.to_string()),
+            Err(e) if !commit_undecided(&e) => {
+                return TxnOutcome::NotCommitted {
+                    reason: e.to_string(),
+                    settled: true,
+                };
+            }
             Err(e) => e,
         };
         let stage = self.stage();
@@ -515,7 +534,10 @@ impl Worker {
             "commit not answered in time; waiting for the coordinator's decision before answering");
         match commit_transaction_until(producer, Instant::now() + self.settings.decision_wait) {
             Ok(()) => TxnOutcome::Committed,
-            Err(e) if !commit_undecided(&e) => TxnOutcome::NotCommitted(e.to_string()),
+            Err(e) if !commit_undecided(&e) => TxnOutcome::NotCommitted {
+                reason: e.to_string(),
+                settled: true,
+            },
             Err(e) => TxnOutcome::Unknown(e.to_string()),
         }
     }

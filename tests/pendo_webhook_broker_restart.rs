@@ -1,11 +1,12 @@
-//! The broker goes away while Pendo deliveries arrive — it hangs (SIGSTOP for 2 s, longer than
-//! the 1.2 s ack deadline, with connections open: commits in flight time out while the broker still has to
-//! decide them; once in CI, `WEBHOOK_BROKER_FREEZES=N` for more), then stops gracefully (SIGTERM, the broker shuts down
-//! cleanly under a running commit), then crashes (SIGKILL). Requests are answered 503 (never 200)
-//! while it is stopped or dead, a request whose commit outcome is unknown is answered only once
-//! the broker has decided it, the sender's retries are accepted once it is back, and every
-//! accepted event is on `pendo.raw.webhook` exactly once. This binary restarts the shared broker,
-//! so it holds this one test only (cargo runs test binaries one after another).
+//! The broker goes away while Pendo deliveries arrive. First it hangs (SIGSTOP for 2 s, longer
+//! than the 1.2 s ack deadline, with connections open: commits in flight time out while the
+//! broker still has to decide them; once in CI, `WEBHOOK_BROKER_FREEZES=N` for more), then it
+//! stops gracefully (SIGTERM, the broker shuts down cleanly under a running commit), then it
+//! crashes (SIGKILL). Requests are answered 503 (never 200) while it is stopped or dead, a
+//! request whose commit outcome is unknown is answered only once the broker has decided it, the
+//! sender's retries are accepted once it is back, and every accepted event is on
+//! `pendo.raw.webhook` exactly once. This binary restarts the shared broker, so it holds this
+//! one test only (cargo runs test binaries one after another).
 
 mod support;
 

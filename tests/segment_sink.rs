@@ -572,6 +572,11 @@ async fn slow_cadence_pipeline(
     (server, role, format!("{prefix}.pendo.raw.webhook"), dir)
 }
 
+/// A (key, value) event as `produce` takes it.
+fn keyed((key, value): (String, Vec<u8>)) -> (Option<String>, Vec<u8>) {
+    (Some(key), value)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_low_load_an_event_reaches_segment_long_before_the_commit_interval_and_linger() {
     // Drain cadence on (the default spacing, 50 ms): each event alone reaches Segment within
@@ -581,14 +586,7 @@ async fn at_low_load_an_event_reaches_segment_long_before_the_commit_interval_an
     let mut latencies = Vec::new();
     for i in 0..5 {
         let started = std::time::Instant::now();
-        produce(
-            &raw,
-            vec![synthetic_event(i)]
-                .into_iter()
-                .map(|(k, v)| (Some(k), v))
-                .collect(),
-        )
-        .await;
+        produce(&raw, vec![keyed(synthetic_event(i))]).await;
         assert!(
             server
                 .wait_for_distinct(i + 1, Duration::from_secs(5))
@@ -607,14 +605,7 @@ async fn at_low_load_an_event_reaches_segment_long_before_the_commit_interval_an
 
     // Off: the same event waits for the 20 s interval.
     let (server, _role, raw, _dir) = slow_cadence_pipeline(0).await;
-    produce(
-        &raw,
-        vec![synthetic_event(0)]
-            .into_iter()
-            .map(|(k, v)| (Some(k), v))
-            .collect(),
-    )
-    .await;
+    produce(&raw, vec![keyed(synthetic_event(0))]).await;
     assert!(
         !server.wait_for_distinct(1, Duration::from_secs(5)).await,
         "with drained_commit_interval_ms = 0 nothing goes before the interval"

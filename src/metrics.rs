@@ -42,6 +42,9 @@ pub struct Metrics {
     pub transaction_records: HistogramVec,
     /// Appender jobs that never joined a transaction, by stage and result (`expired`).
     pub appender_jobs: IntCounterVec,
+    /// Appender transactions whose commit outcome was unknown when their senders were answered,
+    /// by how that outcome was learnt (`committed`, `aborted`, `expired`).
+    pub undecided_transactions: IntCounterVec,
     /// Webhook HTTP requests by role and status code.
     pub webhook_requests: IntCounterVec,
     /// Webhook events durably accepted, by role.
@@ -410,6 +413,12 @@ impl Metrics {
                 "pendo_segment_appender_jobs_total",
                 "Append requests that never joined a transaction.",
                 &["stage", "result"],
+            ),
+            undecided_transactions: counter(
+                &r,
+                "pendo_segment_undecided_transactions_total",
+                "Group-commit transactions answered 503 with their outcome unknown, by the outcome learnt later.",
+                &["stage", "outcome"],
             ),
             webhook_requests: counter(
                 &r,

@@ -614,14 +614,40 @@ impl ForwardRun {
         let exited = self.fleet.exited();
         assert!(exited.is_empty(), "roles exited: {exited:?}");
 
+        // A webhook commit answered 503 with its outcome unknown must have that outcome learnt
+        // (then the sender's retry is neither written twice nor lost).
+        let undecided = self
+            .fleet
+            .metric_sum("pendo_segment_transactions_total", "result=\"unknown\"")
+            .await;
+        let learnt_committed = self
+            .fleet
+            .metric_sum(
+                "pendo_segment_undecided_transactions_total",
+                "outcome=\"committed\"",
+            )
+            .await;
+        let learnt_aborted = self
+            .fleet
+            .metric_sum(
+                "pendo_segment_undecided_transactions_total",
+                "outcome=\"aborted\"",
+            )
+            .await;
+        assert_eq!(
+            undecided,
+            learnt_committed + learnt_aborted,
+            "webhook transactions answered with an unknown outcome that was never learnt"
+        );
         let load = &self.load;
         println!(
             "RESULT: {name}: {accepted} events accepted in {} deliveries ({} answered 503, {} \
              connection errors); {accepted} of {accepted} at Segment once by messageId, lost 0, \
              {} duplicate deliveries (same messageId, collapsed by Segment); \
              canonical.segment-calls {} records, duplicates 0; drained {:.1} s after the load stopped; \
-             {} webhook transactions aborted, {} transformer transactions aborted, {} with an unknown \
-             outcome (producer replaced), {} roles restarted in-process after a failover, {} Kafka \
+             {} webhook transactions aborted, {undecided} webhook commits undecided when answered \
+             (learnt later: {learnt_committed} committed, {learnt_aborted} aborted), {} transformer \
+             transactions aborted, {} with an unknown outcome (producer replaced), {} roles restarted in-process after a failover, {} Kafka \
              client errors counted; total {:.0} s",
             deliveries.len(),
             load.refused_503.load(Ordering::Relaxed),

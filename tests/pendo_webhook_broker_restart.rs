@@ -1,12 +1,13 @@
-//! The broker goes away while Pendo deliveries arrive. First it hangs (SIGSTOP for 2 s, longer
-//! than the 1.2 s ack deadline, with connections open: commits in flight time out while the
-//! broker still has to decide them; once in CI, `WEBHOOK_BROKER_FREEZES=N` for more), then it
-//! stops gracefully (SIGTERM, the broker shuts down cleanly under a running commit), then it
-//! crashes (SIGKILL). Requests are answered 503 (never 200) while it is stopped or dead, a
-//! request whose commit outcome is unknown is answered only once the broker has decided it, the
-//! sender's retries are accepted once it is back, and every accepted event is on
-//! `pendo.raw.webhook` exactly once. This binary restarts the shared broker, so it holds this
-//! one test only (cargo runs test binaries one after another).
+//! The broker goes away while Pendo deliveries arrive. First it hangs (SIGSTOP, with connections
+//! open; the ack deadline is 0.8 s): for 1.2 s, so commits in flight time out in the role and
+//! are decided by the broker within the role's decision wait (as long again); then for 2 s, so
+//! they stay undecided, are answered 503, and the role learns their outcome once the broker is
+//! back (once each in CI, `WEBHOOK_BROKER_FREEZES=N` for N of each). Then it stops gracefully
+//! (SIGTERM, the broker shuts down cleanly under a running commit), then it crashes (SIGKILL).
+//! Requests are answered 503 (never 200) while it is stopped or dead, the sender's retries are
+//! accepted once it is back, and every accepted event is on `pendo.raw.webhook` exactly once,
+//! including events whose first delivery's commit went undecided. This binary restarts the
+//! shared broker, so it holds this one test only (cargo runs test binaries one after another).
 
 mod support;
 
@@ -32,7 +33,7 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
         dir.path(),
         &prefix,
         &format!(
-            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"{SECRET}\"]\nack_timeout_ms = 1200\nretry_after_seconds = 1\n"
+            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"{SECRET}\"]\nack_timeout_ms = 800\nretry_after_seconds = 1\n"
         ),
     );
     apply_topics(&config);
@@ -113,7 +114,8 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
         .ok()
         .map(|v| v.parse().expect("WEBHOOK_BROKER_FREEZES is a number"))
         .unwrap_or(1);
-    let phases: Vec<&str> = std::iter::repeat_n("freeze", freezes)
+    let phases: Vec<&str> = std::iter::repeat_n(["freeze", "long freeze"], freezes)
+        .flatten()
         .chain(["stop", "kill"])
         .collect();
     for how in phases {
@@ -128,20 +130,22 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
         }
         let outage = tokio::task::spawn_blocking(move || {
             let stop_began = Instant::now();
-            local_broker(how);
+            let frozen = how.ends_with("freeze");
+            local_broker(if frozen { "freeze" } else { how });
             let down = Instant::now();
-            // A hang longer than the ack deadline (1.2 s), so commits sent before it time out in
-            // the role while the broker has them queued, and shorter than the broker's session
-            // timeout (4 s in scripts/kafka-local, heartbeats every second): a longer one has
-            // the controller fence its own broker, and single-node Kafka 4 then leaves some
+            // Hangs longer than the ack deadline (0.8 s), so commits sent before them time out in
+            // the role while the broker has them queued: 1.2 s ends within the decision wait
+            // (another 0.8 s), 2 s after it. Both stay shorter than the broker's session timeout
+            // (4 s in scripts/kafka-local, heartbeats every second): a longer hang has the
+            // controller fence its own broker, and single-node Kafka 4 then leaves some
             // partitions without a leader until the next restart.
-            std::thread::sleep(if how == "freeze" {
-                Duration::from_millis(2000)
-            } else {
-                Duration::from_secs(8)
+            std::thread::sleep(match how {
+                "freeze" => Duration::from_millis(1200),
+                "long freeze" => Duration::from_millis(2000),
+                _ => Duration::from_secs(8),
             });
             let up = Instant::now();
-            local_broker(if how == "freeze" { "thaw" } else { "start" });
+            local_broker(if frozen { "thaw" } else { "start" });
             (how, stop_began, down, up)
         })
         .await
@@ -165,7 +169,7 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
     let drained = started.elapsed();
 
     let attempts = attempts.lock().await;
-    for (how, _, down, up) in outages.iter().filter(|o| o.0 != "freeze") {
+    for (how, _, down, up) in outages.iter().filter(|o| !o.0.ends_with("freeze")) {
         let while_down: Vec<u16> = attempts
             .iter()
             .filter(|(t, _)| t >= down && t < up)
@@ -246,10 +250,28 @@ async fn broker_restart_gives_503_then_every_accepted_event_exactly_once() {
     for line in metrics.lines().filter(|l| {
         l.starts_with("pendo_segment_transactions_total")
             || l.starts_with("pendo_segment_appender_jobs_total")
+            || l.starts_with("pendo_segment_undecided_transactions_total")
     }) {
         println!("{line}");
     }
     assert!(metrics.contains("pendo_segment_transactions_total{result=\"aborted\""));
+    // Every transaction answered with its outcome unknown had that outcome learnt afterwards.
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let unknown = sum("pendo_segment_transactions_total{result=\"unknown\"");
+    let learnt = sum("pendo_segment_undecided_transactions_total{outcome=\"committed\"")
+        + sum("pendo_segment_undecided_transactions_total{outcome=\"aborted\"");
+    assert_eq!(
+        unknown,
+        learnt,
+        "undecided transactions whose outcome was never learnt; the role's warnings:\n{}",
+        role_warnings(&process)
+    );
 }
 
 /// The role's WARN and ERROR lines, for a failure message.

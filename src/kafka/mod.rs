@@ -15,3 +15,4 @@ pub mod record_size;
 pub mod topics;
 pub mod transactional_appender;
 pub mod transactional_output;
+pub mod undecided;

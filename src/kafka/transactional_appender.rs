@@ -18,6 +18,12 @@
 //! new one (same `transactional.id`) has the coordinator abort the transaction unless the commit
 //! had already reached its log.
 //!
+//! Records whose commit went undecided are remembered ([`UndecidedRecords`]) from the moment the
+//! decision wait starts: a retry carrying them is answered 503 again, unwritten, until the worker
+//! has learnt the outcome (its new producer settles the transaction, then a committed read at one
+//! of its records tells); after a commit the retry is answered as accepted without writing the
+//! records twice, after an abort it is written.
+//!
 //! One worker thread owns the transactional producer (librdkafka's transactional calls block).
 //! Callers wait on a bounded queue, so memory stays bounded; a full queue is an immediate
 //! [`AppendError::Overloaded`]. Every job is answered within a bounded time: jobs older than
@@ -33,11 +39,18 @@ use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use tokio::sync::oneshot;
+
+use rdkafka::client::ClientContext;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 
 use crate::health::ReadinessHandle;
 use crate::kafka::transactional_output::{commit_transaction_until, flush_deliveries};
+use crate::kafka::undecided::{
+    Dropped, Recall, RecordPosition, UndecidedId, UndecidedRecords, committed_at,
+};
 use crate::metrics::metrics;
 
 /// One record to append.
@@ -105,6 +118,11 @@ pub struct AppenderSettings {
     /// How much longer a commit not answered within `txn_timeout` is waited for before its
     /// jobs are answered as failed (see the module docs).
     pub decision_wait: Duration,
+    /// How long records of an undecided commit are remembered (retries within it are neither
+    /// written twice nor lost); longer than senders keep retrying.
+    pub undecided_retention: Duration,
+    /// Most records remembered at once (memory bound: 8 bytes each plus a table entry).
+    pub undecided_capacity: usize,
 }
 
 /// A job waiting in the queue may still be withdrawn by its caller; once a worker has taken it
@@ -127,19 +145,26 @@ pub struct TransactionalAppender {
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
     job_deadline: Duration,
     stage: &'static str,
+    undecided: Arc<UndecidedRecords>,
 }
 
 impl TransactionalAppender {
     /// Starts the worker. `client_config` must carry a `transactional.id` unique to this
-    /// process (a restarted process with the same id fences its predecessor).
+    /// process (a restarted process with the same id fences its predecessor); `reader` is a
+    /// consumer configuration, used to learn the outcome of undecided commits.
     pub fn start(
         client_config: ClientConfig,
+        reader: ClientConfig,
         settings: AppenderSettings,
         readiness: ReadinessHandle,
     ) -> Self {
         let (tx, rx) = sync_channel(settings.queue_capacity);
         let queue = Arc::new(Mutex::new(rx));
         let (job_deadline, stage) = (settings.job_deadline, settings.stage);
+        let undecided = Arc::new(UndecidedRecords::new(
+            settings.undecided_retention,
+            settings.undecided_capacity,
+        ));
         let base_id = client_config
             .get("transactional.id")
             .expect("transactional.id is set")
@@ -150,9 +175,12 @@ impl TransactionalAppender {
                 config.set("transactional.id", format!("{base_id}-{i}"));
                 let (settings, readiness, queue) =
                     (settings.clone(), readiness.clone(), queue.clone());
+                let (reader, undecided) = (reader.clone(), undecided.clone());
                 std::thread::Builder::new()
                     .name(format!("{}-txn-{i}", settings.stage))
-                    .spawn(move || Worker::new(config, settings, readiness).run(queue))
+                    .spawn(move || {
+                        Worker::new(config, reader, settings, readiness, undecided).run(queue)
+                    })
                     .expect("spawn appender thread")
             })
             .collect();
@@ -161,14 +189,52 @@ impl TransactionalAppender {
             workers: Arc::new(Mutex::new(workers)),
             job_deadline,
             stage,
+            undecided,
         }
     }
 
     /// Appends `records` atomically: `Ok` once they are committed, `Err` if none of them is.
     ///
     /// A job still queued after `job_deadline` is withdrawn and fails at once; a job already in a
-    /// transaction is answered by the worker when that transaction ends.
-    pub async fn append(&self, records: Vec<OutRecord>) -> Result<(), AppendError> {
+    /// transaction is answered by the worker when that transaction ends. Records of an earlier
+    /// attempt whose commit went undecided are not written again (see the module docs).
+    pub async fn append(&self, mut records: Vec<OutRecord>) -> Result<(), AppendError> {
+        if !self.undecided.is_empty() {
+            let fingerprints: Vec<u64> = records
+                .iter()
+                .map(|r| {
+                    self.undecided
+                        .fingerprint(&r.topic, r.key.as_deref(), &r.payload)
+                })
+                .collect();
+            let (recall, dropped) = self.undecided.recall(&fingerprints);
+            count_dropped(self.stage, &dropped);
+            let jobs = |result: &str| {
+                metrics()
+                    .appender_jobs
+                    .with_label_values(&[self.stage, result])
+                    .inc()
+            };
+            match recall {
+                Recall::Unknown => {}
+                Recall::Undecided => {
+                    jobs("held_undecided");
+                    return Err(AppendError::Unavailable(
+                        "an earlier delivery of these events has a commit Kafka has not decided \
+                         yet; retry later"
+                            .into(),
+                    ));
+                }
+                Recall::Committed(stored) => {
+                    jobs("already_committed");
+                    let mut stored = stored.into_iter();
+                    records.retain(|_| !stored.next().unwrap_or(false));
+                    if records.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let (reply, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
@@ -213,11 +279,73 @@ impl TransactionalAppender {
     }
 }
 
+/// Counts transactions dropped from the undecided memory before their outcome was learnt.
+fn count_dropped(stage: &'static str, dropped: &Dropped) {
+    if dropped.undecided > 0 {
+        metrics()
+            .undecided_transactions
+            .with_label_values(&[stage, "expired"])
+            .inc_by(dropped.undecided as u64);
+        tracing::error!(
+            stage,
+            transactions = dropped.undecided,
+            "outcome of undecided commits never learnt (Kafka unreachable for the whole \
+             retention, or the memory is full): retries of their events are written and may be \
+             stored twice"
+        );
+    }
+}
+
+/// Remembers where the first record of the open transaction was written: one position tells the
+/// outcome of the whole transaction (see [`committed_at`]).
+#[derive(Default)]
+struct FirstDelivery {
+    position: Mutex<Option<RecordPosition>>,
+}
+
+impl FirstDelivery {
+    fn reset(&self) {
+        *self.position.lock().expect("position lock") = None;
+    }
+
+    fn position(&self) -> Option<RecordPosition> {
+        self.position.lock().expect("position lock").clone()
+    }
+}
+
+impl ClientContext for FirstDelivery {}
+
+impl ProducerContext for FirstDelivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        if let Ok(m) = result {
+            let mut position = self.position.lock().expect("position lock");
+            if position.is_none() {
+                *position = Some(RecordPosition {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
+            }
+        }
+    }
+}
+
+/// A transaction of this worker whose commit stayed undecided, until its outcome is learnt.
+struct Unresolved {
+    id: UndecidedId,
+    position: Option<RecordPosition>,
+}
+
 struct Worker {
     config: ClientConfig,
+    reader: ClientConfig,
     settings: AppenderSettings,
     readiness: ReadinessHandle,
-    producer: Option<ThreadedProducer<DefaultProducerContext>>,
+    producer: Option<ThreadedProducer<FirstDelivery>>,
+    undecided: Arc<UndecidedRecords>,
+    unresolved: Vec<Unresolved>,
 }
 
 /// The jobs of one open transaction.
@@ -262,12 +390,21 @@ enum Recovery {
 }
 
 impl Worker {
-    fn new(config: ClientConfig, settings: AppenderSettings, readiness: ReadinessHandle) -> Self {
+    fn new(
+        config: ClientConfig,
+        reader: ClientConfig,
+        settings: AppenderSettings,
+        readiness: ReadinessHandle,
+        undecided: Arc<UndecidedRecords>,
+    ) -> Self {
         Self {
             config,
+            reader,
             settings,
             readiness,
             producer: None,
+            undecided,
+            unresolved: Vec::new(),
         }
     }
 
@@ -293,13 +430,24 @@ impl Worker {
                     Err(_) => self.start(first, None),
                 },
                 None => {
+                    // An undecided commit is settled as soon as Kafka allows, not at the next
+                    // job: its senders' retries are held until then.
+                    if !self.unresolved.is_empty() {
+                        self.settle();
+                    }
                     let rx = queue.lock().expect("queue lock");
-                    let first = match rx.recv() {
+                    let next = if self.unresolved.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(Duration::from_secs(1))
+                    };
+                    let first = match next {
                         Ok(j) => match self.fresh(j) {
                             Some(j) => j,
                             None => continue,
                         },
-                        Err(_) => break,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
                     };
                     self.start(first, Some(&rx))
                 }
@@ -355,6 +503,57 @@ impl Worker {
         Some(job)
     }
 
+    /// One attempt to initialise a producer (which ends this worker's undecided transactions)
+    /// and learn their outcomes.
+    fn settle(&mut self) {
+        if self.producer.is_none() {
+            match self.create_producer() {
+                Ok(p) => {
+                    self.producer = Some(p);
+                    self.readiness.set_ready(true);
+                    tracing::info!(stage = self.stage(), "transactional producer ready");
+                }
+                Err(e) => {
+                    tracing::debug!(stage = self.stage(), error = %e, "cannot initialise transactions yet");
+                    return;
+                }
+            }
+        }
+        self.learn_outcomes();
+    }
+
+    /// Reads the outcome of this worker's undecided transactions (its producer is initialised,
+    /// so they have ended) and tells the memory. Called without the queue lock: reading takes a
+    /// while, and other workers keep collecting meanwhile.
+    fn learn_outcomes(&mut self) {
+        let stage = self.stage();
+        let mut still = Vec::new();
+        for u in std::mem::take(&mut self.unresolved) {
+            let Some(position) = &u.position else {
+                // No delivery report (cannot happen after a successful flush): the entry stays
+                // until its retention ends.
+                continue;
+            };
+            // Reading waits for open transactions of other producers on the partition (their
+            // commits take milliseconds) and for a reader connection.
+            let timeout = self.settings.txn_timeout.max(Duration::from_secs(5));
+            match committed_at(&self.reader, position, timeout) {
+                Ok(Some(committed)) => {
+                    let outcome = if committed { "committed" } else { "aborted" };
+                    metrics()
+                        .undecided_transactions
+                        .with_label_values(&[stage, outcome])
+                        .inc();
+                    tracing::warn!(stage, outcome, topic = %position.topic, partition = position.partition,
+                        offset = position.offset, "outcome of an undecided commit learnt; retries of its events are answered by it");
+                    self.undecided.resolve(u.id, committed);
+                }
+                Ok(None) | Err(_) => still.push(u),
+            }
+        }
+        self.unresolved = still;
+    }
+
     /// Makes sure an initialised producer exists, retrying while jobs are waiting.
     fn ensure_producer(&mut self, rx: Option<&Receiver<Job>>) -> bool {
         let started = Instant::now();
@@ -388,8 +587,9 @@ impl Worker {
         true
     }
 
-    fn create_producer(&self) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
-        let p: ThreadedProducer<DefaultProducerContext> = self.config.create()?;
+    fn create_producer(&self) -> Result<ThreadedProducer<FirstDelivery>, KafkaError> {
+        let p: ThreadedProducer<FirstDelivery> =
+            self.config.create_with_context(FirstDelivery::default())?;
         p.init_transactions(self.settings.txn_timeout)?;
         Ok(p)
     }
@@ -407,6 +607,7 @@ impl Worker {
                 .send(Err(AppendError::Unavailable(e.to_string())));
             return None;
         }
+        producer.context().reset();
         let started = Instant::now();
         let mut b = Batch::default();
         let mut bytes = 0usize;
@@ -453,7 +654,7 @@ impl Worker {
         let outcome = match batch.failure {
             // Records not delivered: the commit is never sent, so nothing becomes visible.
             None => match self.flush_open_transaction() {
-                Ok(()) => self.commit(batch.jobs.len()),
+                Ok(()) => self.commit(&batch.jobs),
                 Err(reason) => TxnOutcome::NotCommitted {
                     reason,
                     settled: false,
@@ -512,7 +713,7 @@ impl Worker {
     /// Commits the open transaction (its records are delivered). A commit not answered within
     /// `txn_timeout` is waited for up to `decision_wait` more, so a broker that was only slow
     /// does not get a committed transaction answered 503.
-    fn commit(&self, jobs: usize) -> TxnOutcome {
+    fn commit(&mut self, jobs: &[Job]) -> TxnOutcome {
         let producer = self.producer.as_ref().expect("producer exists");
         let first = commit_transaction_until(producer, Instant::now() + self.settings.txn_timeout);
         let e = match first {
@@ -529,17 +730,42 @@ impl Worker {
         metrics()
             .appender_jobs
             .with_label_values(&[stage, "commit_undecided"])
-            .inc_by(jobs as u64);
-        tracing::warn!(stage, error = %e, jobs, wait_ms = self.settings.decision_wait.as_millis() as u64,
+            .inc_by(jobs.len() as u64);
+        tracing::warn!(stage, error = %e, jobs = jobs.len(), wait_ms = self.settings.decision_wait.as_millis() as u64,
             "commit not answered in time; waiting for the coordinator's decision before answering");
-        match commit_transaction_until(producer, Instant::now() + self.settings.decision_wait) {
+        // From now on a sender that gave up waiting may resend: its retry is held, not written,
+        // until this commit is decided.
+        let fingerprints = jobs
+            .iter()
+            .flat_map(|j| &j.records)
+            .map(|r| {
+                self.undecided
+                    .fingerprint(&r.topic, r.key.as_deref(), &r.payload)
+            })
+            .collect();
+        let (id, dropped) = self.undecided.register(fingerprints);
+        count_dropped(stage, &dropped);
+        let outcome = match commit_transaction_until(
+            producer,
+            Instant::now() + self.settings.decision_wait,
+        ) {
             Ok(()) => TxnOutcome::Committed,
             Err(e) if !commit_undecided(&e) => TxnOutcome::NotCommitted {
                 reason: e.to_string(),
                 settled: true,
             },
             Err(e) => TxnOutcome::Unknown(e.to_string()),
+        };
+        match &outcome {
+            // A retry sent during the wait was answered 503; it must not be written now.
+            TxnOutcome::Committed => self.undecided.resolve(id, true),
+            TxnOutcome::NotCommitted { .. } => self.undecided.resolve(id, false),
+            TxnOutcome::Unknown(_) => self.unresolved.push(Unresolved {
+                id,
+                position: producer.context().position(),
+            }),
         }
+        outcome
     }
 
     /// Delivers the open transaction's records before committing it (see [`flush_deliveries`]).

@@ -17,7 +17,9 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, Producer, ProducerContext, ThreadedProducer,
+};
 
 use crate::kafka::failover::is_fencing_or_denial;
 use crate::kafka::record_size::{RecordTooLarge, TopicLimits};
@@ -253,8 +255,8 @@ impl TransactionalOutput {
 /// answers so; librdkafka documents the call as safe to retry) until `deadline`. Giving up on
 /// the first timeout would abort a transaction the new coordinator was about to commit, and
 /// the caller would redo (or, at an HTTP edge, have the sender resend) work that is done.
-pub fn commit_transaction_until(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+pub fn commit_transaction_until<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
     deadline: Instant,
 ) -> Result<(), KafkaError> {
     loop {
@@ -286,8 +288,8 @@ fn remaining(deadline: Instant) -> Duration {
 /// librdkafka's own `rd_kafka_flush` waits for the delivery reports instead, which the threaded
 /// producer's background thread serves. It is called in short slices because each call also
 /// wakes the broker threads, which matters for partitions still being added to the transaction.
-pub fn flush_deliveries(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+pub fn flush_deliveries<C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;

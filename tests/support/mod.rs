@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kafka_proxy;
 pub mod pendo_server;
 pub mod pipeline;
 pub mod produce;

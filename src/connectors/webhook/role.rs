@@ -98,6 +98,8 @@ pub fn task(
         .max_event_bytes
         .max(server::MAX_DEAD_LETTER_PAYLOAD_BYTES);
     let producer = client_config::transactional_producer(config, spec.role, max_record_bytes);
+    // Reads back where an undecided commit's records went (never joins or commits a group).
+    let reader = client_config::consumer(config, spec.role);
     let topic: Arc<str> = config.topic_name(spec.topic).into();
     let dlq_topic: Arc<str> = config.topic_name(spec.dlq_topic).into();
     move |env: RoleEnv| -> RoleFuture {
@@ -108,6 +110,7 @@ pub fn task(
             }
             let appender = TransactionalAppender::start(
                 producer,
+                reader,
                 AppenderSettings {
                     stage: role,
                     linger: spec.linger,
@@ -121,6 +124,10 @@ pub fn task(
                     // A commit the broker has not answered within the ack deadline is waited for
                     // as long again: senders wait a few seconds for an answer.
                     decision_wait: spec.ack_timeout,
+                    // Senders retry for minutes at most; a few thousand events per undecided
+                    // transaction, rarely more than one at a time.
+                    undecided_retention: Duration::from_secs(15 * 60),
+                    undecided_capacity: 1 << 20,
                 },
                 env.readiness.register(format!("{role}:kafka")),
             );

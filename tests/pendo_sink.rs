@@ -523,3 +523,60 @@ async fn sigkill_mid_stream_still_ends_in_the_exact_final_state() {
         role.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_low_load_an_update_reaches_pendo_long_before_the_linger() {
+    // With a 20 s linger and commit interval, the drain cadence (default spacing, 50 ms) sends a
+    // lone update as soon as the input is drained; turned off, it waits for the linger.
+    async fn run(drained_ms: u64) -> (Option<Duration>, RoleProcess) {
+        require_kafka();
+        let server = PendoTestServer::start(backfill_server()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = unique("pendo-cadence");
+        let extra = format!(
+            "[processing]\ncommit_interval_ms = 20000\ndrained_commit_interval_ms = {drained_ms}\n"
+        );
+        let config =
+            sink_config(&server, "").replace("linger_ms = 300", "linger_ms = 20000") + &extra;
+        let (config, ops) = role_config(dir.path(), &prefix, &config);
+        apply_topics(&config);
+        let mut role = RoleProcess::start(
+            &config,
+            &["run", "--role", "pendo-sink"],
+            ops,
+            dir.path().join("role.log"),
+        );
+        role.wait_ready(Duration::from_secs(60)).await;
+        let started = std::time::Instant::now();
+        let want = produce_updates(
+            &prefix,
+            &[update(
+                0,
+                PendoEntity::Visitor,
+                "v-cadence",
+                "custom",
+                &[("plan", FieldValue::Text("pro".into()))],
+            )],
+        )
+        .await;
+        let reached = server
+            .wait_for(Duration::from_secs(5), |s| {
+                let st = s.state();
+                want.iter().all(|(k, v)| st.get(k) == Some(v))
+            })
+            .await;
+        (reached.then(|| started.elapsed()), role)
+    }
+    let (on, role) = run(50).await;
+    println!("produce -> Pendo, one update, cadence on: {on:?}");
+    assert!(
+        on.is_some_and(|t| t < Duration::from_secs(4)),
+        "the drain cadence writes a lone update within seconds, not at the 20 s linger ({on:?}):\n{}",
+        role.logs()
+    );
+    let (off, _role) = run(0).await;
+    assert!(
+        off.is_none(),
+        "with drained_commit_interval_ms = 0 the update waits for the linger ({off:?})"
+    );
+}

@@ -60,6 +60,12 @@ pub trait SinkJob: Send + 'static {
     fn linger(&self) -> Option<Duration> {
         None
     }
+    /// Whether the job is sent as soon as the input is drained (`close_open`) rather than at
+    /// its linger: `false` for work whose every request is costly and worth collecting even at
+    /// low load (the Pendo sink's segment rewrites).
+    fn sends_when_drained(&self) -> bool {
+        true
+    }
 }
 
 /// Delivers one closed job completely; `Err` (a dead letter that could not be written) stops
@@ -374,12 +380,17 @@ impl<J: SinkJob> PartitionQueues<J> {
 
     /// `input_drained`: nothing more is coming for now, so no open job waits for more records:
     /// every one is closed and started as slots allow (the linger is for batching under load,
-    /// not for waiting on an idle input).
+    /// not for waiting on an idle input), except jobs that choose to keep their linger
+    /// ([`SinkJob::sends_when_drained`]).
     pub fn close_open(&mut self) {
         let open: Vec<TopicPartition> = self
             .partitions
             .iter()
-            .filter(|(_, w)| w.open.as_ref().is_some_and(|j| !j.is_empty()))
+            .filter(|(_, w)| {
+                w.open
+                    .as_ref()
+                    .is_some_and(|j| !j.is_empty() && j.sends_when_drained())
+            })
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in &open {

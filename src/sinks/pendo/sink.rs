@@ -38,6 +38,13 @@ impl SinkJob for PendoJob {
     fn linger(&self) -> Option<Duration> {
         self.linger
     }
+
+    /// Metadata updates go as soon as the input is drained; a job holding Pendo Segment changes
+    /// keeps its (segment) linger, so a trickle of audience changes is not one segment rewrite
+    /// each.
+    fn sends_when_drained(&self) -> bool {
+        self.segments.values().all(|b| b.is_empty())
+    }
 }
 
 /// How the sink reads `canonical.pendo-segment-changes` (when an audience targets a Pendo
@@ -256,6 +263,11 @@ impl RecordProcessor for PendoSinkProcessor {
 
     fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
         self.queues.ready()
+    }
+
+    fn input_drained(&mut self) {
+        // Metadata writes wait for more updates only while more are coming.
+        self.queues.close_open();
     }
 
     fn is_backpressured(&self, topic: &str, partition: i32) -> bool {

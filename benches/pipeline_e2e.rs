@@ -2,11 +2,13 @@
 //! `segment-sink`, each its own process (the release binary), on one broker, delivering into the
 //! Segment-compatible test server. Reports end-to-end latency from the moment an event is sent
 //! to the webhook to the moment the Segment server accepted its call (p50/p99/max), what
-//! arrived, and each role's peak RSS.
+//! arrived, and each role's peak RSS. `--rate 0` is saturation: every connection sends its next
+//! event as soon as the previous one is answered, and the delivered rate (accepted events over
+//! load plus drain time) is the forward path's capacity on this machine.
 //!
 //! ```sh
 //! scripts/kafka-local start
-//! cargo bench --bench pipeline_e2e -- [--rate 2000] [--seconds 30] [--connections 64]
+//! cargo bench --bench pipeline_e2e -- [--rate 2000 | --rate 0] [--seconds 30] [--connections 64]
 //! ```
 
 #[path = "../tests/support/segment_server.rs"]
@@ -177,12 +179,18 @@ fn main() {
             let (http, url, sent, refused) =
                 (http.clone(), url.clone(), sent.clone(), refused.clone());
             tasks.push(tokio::spawn(async move {
-                let per_conn = rate as f64 / connections as f64;
-                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // Saturation (rate 0): no pacing, the next request as soon as one is answered.
+                let mut tick = (rate > 0).then(|| {
+                    let per_conn = rate as f64 / connections as f64;
+                    let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    t
+                });
                 let mut i = c as usize;
                 while started.elapsed() < Duration::from_secs(seconds) {
-                    tick.tick().await;
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
                     let (_, bytes) = synthetic_pendo::synthetic_event(i);
                     let mut event: Value = serde_json::from_slice(&bytes).unwrap();
                     event["properties"]["sent_at_ms"] = Value::from(epoch_ms());
@@ -227,9 +235,12 @@ fn main() {
             .collect();
         latencies.sort_unstable();
         println!();
-        println!(
-            "| end to end at {rate} events/s for {seconds} s, {connections} connections | value |"
-        );
+        let offered = if rate == 0 {
+            "saturation (no pacing)".to_string()
+        } else {
+            format!("{rate} events/s")
+        };
+        println!("| end to end at {offered} for {seconds} s, {connections} connections | value |");
         println!("| --- | ---: |");
         println!(
             "| events accepted by pendo-webhook (200) / refused | {accepted} / {} |",
@@ -252,6 +263,10 @@ fn main() {
         println!(
             "| drain after the load stopped | {:.1} s |",
             drain.as_secs_f64()
+        );
+        println!(
+            "| delivered rate (accepted / (load + drain)) | {:.0} events/s |",
+            accepted as f64 / (load_seconds + drain.as_secs_f64())
         );
         for r in &roles {
             println!("| peak RSS {} | {:.0} MiB |", r.name, r.peak_rss_mib());

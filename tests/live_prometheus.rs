@@ -696,9 +696,11 @@ async fn bad_input(p: &Pipeline, round: usize) {
     assert_eq!(s.as_u16(), 200);
 }
 
-/// What segment-sink's lag and paused partitions did while Segment refused it, every 2 s: the
-/// evidence for the lag freezing once partitions are paused.
-async fn print_sink_lag(prom: &Prometheus, from: f64) {
+/// What segment-sink's lag and paused partitions did while Segment refused it and events kept
+/// coming, every 2 s. The lag must keep growing while partitions are paused: librdkafka stops
+/// fetching a paused partition and its statistics then report a frozen lag (seen here as the
+/// same value for 10 s before the loop measured paused partitions itself).
+async fn check_sink_lag_while_paused(prom: &Prometheus, from: f64) {
     let mut columns = Vec::new();
     for expr in [
         "sum(pendo_segment_consumer_lag{job=\"segment-sink\"})",
@@ -729,12 +731,32 @@ async fn print_sink_lag(prom: &Prometheus, from: f64) {
         columns.push(values);
     }
     println!("\n| s since Segment 401 | segment-sink lag | paused partitions |\n|---|---|---|");
+    // (lag, paused) per sample; the longest stretch of samples with partitions paused.
+    let mut samples = Vec::new();
     for (t, lag) in &columns[0] {
         let paused = columns[1]
             .iter()
             .find(|(t2, _)| t2 == t)
             .map_or("", |(_, v)| v.as_str());
         println!("| {:.0} | {lag} | {paused} |", t - from);
+        samples.push((
+            lag.parse::<f64>().unwrap_or(0.0),
+            paused.parse::<f64>().unwrap_or(0.0) > 0.0,
+        ));
+    }
+    let mut longest: &[(f64, bool)] = &[];
+    for stretch in samples.split(|(_, paused)| !paused) {
+        if stretch.len() > longest.len() {
+            longest = stretch;
+        }
+    }
+    // Three samples (4 s) leave room for the 2 s measuring period and the scrape.
+    if longest.len() >= 3 {
+        let lags: Vec<f64> = longest.iter().map(|(l, _)| *l).collect();
+        assert!(
+            lags.windows(2).any(|w| w[1] > w[0]),
+            "segment-sink's lag froze while partitions were paused and events kept coming: {lags:?}"
+        );
     }
 }
 
@@ -941,7 +963,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
             .await,
         );
         if i == 1 {
-            print_sink_lag(&prom, blocked_from).await;
+            check_sink_lag_while_paused(&prom, blocked_from).await;
         }
     }
 

@@ -51,7 +51,9 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
-use crate::kafka::context::{LoopContext, RebalanceEvent, RevocationBarrier, TopicPartition};
+use crate::kafka::context::{
+    LoopContext, RebalanceEvent, RevocationBarrier, TopicPartition, set_paused_lag,
+};
 use crate::kafka::failover::is_transient_kafka_error;
 use crate::kafka::transactional_output::{TransactionalOutput, TxnError};
 use crate::metrics::metrics;
@@ -297,6 +299,9 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     // the last commit or drain action.
     let mut drain_armed = false;
     let mut last_action = tokio::time::Instant::now();
+    // Lag of paused partitions, measured by the loop (librdkafka's statistics freeze it).
+    let mut lag_refresh: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_lag_refresh = tokio::time::Instant::now();
 
     let result: Result<(), LoopError> = async {
         loop {
@@ -365,6 +370,13 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                     }
                     if acknowledged {
                         acks.progress(&consumer, stage, &mut processor).await?;
+                        if !acks.paused.is_empty()
+                            && last_lag_refresh.elapsed() >= PAUSED_LAG_REFRESH
+                            && lag_refresh.as_ref().is_none_or(|h| h.is_finished())
+                        {
+                            last_lag_refresh = tokio::time::Instant::now();
+                            lag_refresh = Some(refresh_paused_lag(&consumer, stage, acks.paused_positions()));
+                        }
                     }
                     if pending.due(&spec) {
                         commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
@@ -497,7 +509,7 @@ fn apply_rebalances<P: RecordProcessor>(
                     assigned.remove(p);
                 }
                 pending.forget(&parts);
-                acks.forget(&parts);
+                acks.forget(consumer, &parts);
                 processor.partitions_revoked(&parts);
                 revoked = true;
             }
@@ -774,6 +786,35 @@ async fn commit<P: RecordProcessor>(
     }
 }
 
+/// How often the lag of paused partitions is measured.
+const PAUSED_LAG_REFRESH: Duration = Duration::from_secs(2);
+
+/// Measures the lag of paused partitions off the loop (a watermark query is a blocking broker
+/// round trip): a paused partition is not fetched, so librdkafka's statistics would keep
+/// reporting the lag it had when it was paused while its backlog grows behind it.
+fn refresh_paused_lag(
+    consumer: &Arc<StreamConsumer<LoopContext>>,
+    stage: &'static str,
+    positions: Vec<(TopicPartition, i64)>,
+) -> tokio::task::JoinHandle<()> {
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || {
+        for (tp, committed) in positions {
+            match consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2)) {
+                // Not for a partition resumed or revoked meanwhile: its gauge is the statistics'
+                // again, or was removed with it.
+                Ok((_, high)) if consumer.context().is_paused(&tp) => {
+                    set_paused_lag(stage, &tp, high, committed)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(stage, topic = %tp.0, partition = tp.1, error = %e, "paused partition's watermark not read")
+                }
+            }
+        }
+    })
+}
+
 /// `Acknowledged` strategy: offsets the processor reported done, what is committed, and which
 /// partitions are paused.
 #[derive(Default)]
@@ -784,14 +825,24 @@ struct AckState {
 }
 
 impl AckState {
-    fn forget(&mut self, partitions: &[TopicPartition]) {
+    fn forget(&mut self, consumer: &StreamConsumer<LoopContext>, partitions: &[TopicPartition]) {
         for tp in partitions {
             self.done.remove(tp);
             self.committed.remove(tp);
             if self.paused.remove(tp) {
                 metrics().paused_partitions.dec();
+                consumer.context().set_paused(tp, false);
             }
         }
+    }
+
+    /// Paused partitions with a committed offset, for measuring their lag (see
+    /// [`refresh_paused_lag`]).
+    fn paused_positions(&self) -> Vec<(TopicPartition, i64)> {
+        self.paused
+            .iter()
+            .filter_map(|tp| Some((tp.clone(), *self.committed.get(tp)?)))
+            .collect()
     }
 
     fn pause(
@@ -809,6 +860,7 @@ impl AckState {
             Ok(()) => {
                 tracing::debug!(stage, topic = %tp.0, partition = tp.1, "partition paused (backpressure)");
                 metrics().paused_partitions.inc();
+                consumer.context().set_paused(&tp, true);
                 self.paused.insert(tp);
             }
             Err(e) => tracing::warn!(stage, error = %e, "could not pause a backed-up partition"),
@@ -839,6 +891,7 @@ impl AckState {
             match consumer.resume(&tpl) {
                 Ok(()) => {
                     metrics().paused_partitions.dec();
+                    consumer.context().set_paused(&tp, false);
                     self.paused.remove(&tp);
                 }
                 Err(e) => tracing::warn!(stage, error = %e, "could not resume a partition"),

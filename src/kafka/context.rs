@@ -1,6 +1,7 @@
 //! The librdkafka client context of consumer roles: turns rebalance callbacks into events the
 //! consumer loop handles between records, and statistics into consumer-lag gauges.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -33,6 +34,19 @@ pub struct LoopContext {
     events: Mutex<Vec<RebalanceEvent>>,
     readiness: ReadinessHandle,
     barrier: Option<RevocationBarrier>,
+    /// Partitions paused for backpressure: librdkafka stops fetching them, so its statistics
+    /// keep their last high watermark and the lag it reports freezes. The loop measures their
+    /// lag itself ([`set_paused_lag`]); statistics leave them alone.
+    paused: Mutex<HashSet<TopicPartition>>,
+}
+
+/// Sets the lag gauge of a paused partition from a fresh high watermark (the last stable offset
+/// for `read_committed` consumers) and the partition's committed offset.
+pub fn set_paused_lag(stage: &str, tp: &TopicPartition, high: i64, committed: i64) {
+    metrics()
+        .consumer_lag
+        .with_label_values(&[stage, &tp.0, &tp.1.to_string()])
+        .set((high - committed).max(0));
 }
 
 impl LoopContext {
@@ -43,6 +57,22 @@ impl LoopContext {
             events: Mutex::new(Vec::new()),
             readiness,
             barrier: None,
+            paused: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether `tp` is paused for backpressure.
+    pub fn is_paused(&self, tp: &TopicPartition) -> bool {
+        self.paused.lock().expect("paused lock").contains(tp)
+    }
+
+    /// Records that `tp` is paused (or resumed), so statistics do not report its frozen lag.
+    pub fn set_paused(&self, tp: &TopicPartition, paused: bool) {
+        let mut set = self.paused.lock().expect("paused lock");
+        if paused {
+            set.insert(tp.clone());
+        } else {
+            set.remove(tp);
         }
     }
 
@@ -75,11 +105,15 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
         let lag = &metrics().consumer_lag;
+        let paused = self.paused.lock().expect("paused lock").clone();
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
                 // Partition -1 is librdkafka's internal "unassigned" bucket; a negative lag means
                 // "not known yet" (no committed offset or high watermark).
                 if *id < 0 || p.consumer_lag < 0 || p.fetch_state == "none" {
+                    continue;
+                }
+                if paused.contains(&(topic.clone(), *id)) {
                     continue;
                 }
                 lag.with_label_values(&[self.stage, topic, &id.to_string()])

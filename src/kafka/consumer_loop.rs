@@ -354,6 +354,16 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 _ = tokio::time::sleep_until(last_action + spec.drained.unwrap_or_default()), if drain_armed => {
                     drain_armed = false;
                     last_action = tokio::time::Instant::now();
+                    // The `recv` this branch was reached past may have run a rebalance callback:
+                    // apply it before committing. Committing first sent the offsets of revoked
+                    // partitions with the new generation's metadata, which the coordinator
+                    // accepts, while their new owner was already re-reading from the old commit
+                    // (121 calls written twice in the scale test).
+                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks)
+                        && abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?
+                    {
+                        continue;
+                    }
                     if acknowledged {
                         processor.input_drained();
                         acks.progress(&consumer, stage, &mut processor).await?;

@@ -125,6 +125,9 @@ pub struct AppenderSettings {
     pub undecided_capacity: usize,
 }
 
+/// How long the producer that settles an undecided transaction may take to initialise.
+const SETTLE_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A job waiting in the queue may still be withdrawn by its caller; once a worker has taken it
 /// into a transaction, only the worker answers it (so a 503 always means "not committed").
 const QUEUED: u8 = 0;
@@ -431,12 +434,14 @@ impl Worker {
                 },
                 None => {
                     // An undecided commit is settled as soon as Kafka allows, not at the next
-                    // job: its senders' retries are held until then.
-                    if !self.unresolved.is_empty() {
+                    // job: its senders' retries are held until then. A worker without a
+                    // producer keeps trying too: readiness must not wait for a request that a
+                    // load balancer only sends once the role is ready.
+                    if self.producer.is_none() || !self.unresolved.is_empty() {
                         self.settle();
                     }
                     let rx = queue.lock().expect("queue lock");
-                    let next = if self.unresolved.is_empty() {
+                    let next = if self.producer.is_some() && self.unresolved.is_empty() {
                         rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
                     } else {
                         rx.recv_timeout(Duration::from_secs(1))
@@ -503,18 +508,25 @@ impl Worker {
         Some(job)
     }
 
-    /// One attempt to initialise a producer (which ends this worker's undecided transactions)
-    /// and learn their outcomes.
+    /// One attempt to initialise a producer (which also ends this worker's undecided
+    /// transactions) and learn their outcomes.
     fn settle(&mut self) {
         if self.producer.is_none() {
-            match self.create_producer() {
+            // No sender waits on this (their retries are answered from the memory), so the
+            // init may take longer than the ack deadline: a new client must bootstrap, find the
+            // coordinator and wait while it ends the old transaction, which under load took
+            // longer than a 1 s deadline every time (in CI: never settled within 90 s).
+            let init_timeout = self.settings.txn_timeout.max(SETTLE_INIT_TIMEOUT);
+            match self.create_producer_within(init_timeout) {
                 Ok(p) => {
                     self.producer = Some(p);
                     self.readiness.set_ready(true);
                     tracing::info!(stage = self.stage(), "transactional producer ready");
                 }
                 Err(e) => {
-                    tracing::debug!(stage = self.stage(), error = %e, "cannot initialise transactions yet");
+                    self.readiness.set_ready(false);
+                    tracing::warn!(stage = self.stage(), error = %e, undecided = self.unresolved.len(),
+                        "cannot initialise a transactional producer yet; retrying");
                     return;
                 }
             }
@@ -588,9 +600,16 @@ impl Worker {
     }
 
     fn create_producer(&self) -> Result<ThreadedProducer<FirstDelivery>, KafkaError> {
+        self.create_producer_within(self.settings.txn_timeout)
+    }
+
+    fn create_producer_within(
+        &self,
+        init_timeout: Duration,
+    ) -> Result<ThreadedProducer<FirstDelivery>, KafkaError> {
         let p: ThreadedProducer<FirstDelivery> =
             self.config.create_with_context(FirstDelivery::default())?;
-        p.init_transactions(self.settings.txn_timeout)?;
+        p.init_transactions(init_timeout)?;
         Ok(p)
     }
 

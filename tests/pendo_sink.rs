@@ -106,7 +106,12 @@ fn start(
     extra: &str,
     log: &str,
 ) -> RoleProcess {
-    let (config, ops) = role_config(dir, prefix, &sink_config(server, extra));
+    start_with(dir, prefix, &sink_config(server, extra), log)
+}
+
+/// [`start`] with the role's whole configuration section text.
+fn start_with(dir: &std::path::Path, prefix: &str, config: &str, log: &str) -> RoleProcess {
+    let (config, ops) = role_config(dir, prefix, config);
     apply_topics(&config);
     RoleProcess::start(
         &config,
@@ -538,14 +543,7 @@ async fn at_low_load_an_update_reaches_pendo_long_before_the_linger() {
         );
         let config =
             sink_config(&server, "").replace("linger_ms = 300", "linger_ms = 20000") + &extra;
-        let (config, ops) = role_config(dir.path(), &prefix, &config);
-        apply_topics(&config);
-        let mut role = RoleProcess::start(
-            &config,
-            &["run", "--role", "pendo-sink"],
-            ops,
-            dir.path().join("role.log"),
-        );
+        let mut role = start_with(dir.path(), &prefix, &config, "role.log");
         role.wait_ready(Duration::from_secs(60)).await;
         let started = std::time::Instant::now();
         let want = produce_updates(

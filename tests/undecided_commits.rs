@@ -97,6 +97,60 @@ async fn a_committed_read_tells_committed_from_aborted_and_waits_for_open_transa
     assert_eq!(probe(aborted, 30).await.unwrap().unwrap(), Some(false));
 }
 
+/// The proxy listens on one fixed port: one test at a time.
+static PROXY_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A `pendo-webhook` (1 s ack deadline) whose every Kafka request crosses the proxy's address;
+/// its topics are created directly on the broker.
+fn webhook_behind_proxy(dir: &std::path::Path, prefix: &str, port: u16) -> RoleProcess {
+    let (config, ops) = role_config(
+        dir,
+        prefix,
+        &format!(
+            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"undecided-commit-test-secret\"]\n\
+             ack_timeout_ms = 1000\nretry_after_seconds = 1\n"
+        ),
+    );
+    apply_topics(&config);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("bootstrap_servers = \"{}\"", bootstrap()),
+        &format!(
+            "bootstrap_servers = \"{}\"",
+            kafka_proxy::KafkaProxy::addresses().0
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    RoleProcess::start(
+        &config,
+        &["run", "--role", "pendo-webhook"],
+        ops,
+        dir.join("role.log"),
+    )
+}
+
+/// A webhook started while Kafka is unreachable becomes ready once Kafka answers, without a
+/// request: a load balancer sends none to a role that is not ready. (Its first attempts give
+/// up within the 1 s ack deadline; the worker keeps initialising in the background.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_started_before_kafka_is_reachable_becomes_ready_without_a_request() {
+    require_kafka();
+    let _port = PROXY_PORT.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("undecided-ready");
+    let mut role = webhook_behind_proxy(dir.path(), &prefix, free_port());
+    // Nothing listens on the proxy's address yet: Kafka is unreachable for the role.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ready = reqwest::get(format!("{}/readyz", role.ops))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_ne!(ready, 200, "ready while Kafka is unreachable");
+    let _proxy = kafka_proxy::KafkaProxy::start().await;
+    role.wait_ready(Duration::from_secs(60)).await;
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+}
+
 /// The webhook's view: a commit whose answer never comes (the proxy withholds it, or drops the
 /// commit itself) is answered 503 with its outcome unknown; the sender's retries are held until
 /// the role has learnt the outcome, then answered without storing anything twice or losing
@@ -109,31 +163,12 @@ async fn a_retry_of_a_delivery_whose_commit_went_undecided_is_stored_exactly_onc
     use std::time::Instant;
 
     require_kafka();
+    let _port = PROXY_PORT.lock().await;
     let proxy = KafkaProxy::start().await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("undecided-webhook");
     let port = free_port();
-    let (config, ops) = role_config(
-        dir.path(),
-        &prefix,
-        &format!(
-            "[pendo_webhook]\nlisten = \"127.0.0.1:{port}\"\nsecrets = [\"undecided-commit-test-secret\"]\n\
-             ack_timeout_ms = 1000\nretry_after_seconds = 1\n"
-        ),
-    );
-    // Every Kafka request of the role crosses the proxy.
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("bootstrap_servers = \"{}\"", bootstrap()),
-        &format!("bootstrap_servers = \"{}\"", proxy.bootstrap),
-    );
-    std::fs::write(&config, text).unwrap();
-    apply_topics(&config);
-    let mut role = RoleProcess::start(
-        &config,
-        &["run", "--role", "pendo-webhook"],
-        ops,
-        dir.path().join("role.log"),
-    );
+    let mut role = webhook_behind_proxy(dir.path(), &prefix, port);
     role.wait_ready(Duration::from_secs(60)).await;
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/webhooks/pendo");

@@ -203,13 +203,7 @@ impl TransactionalAppender {
     /// attempt whose commit went undecided are not written again (see the module docs).
     pub async fn append(&self, mut records: Vec<OutRecord>) -> Result<(), AppendError> {
         if !self.undecided.is_empty() {
-            let fingerprints: Vec<u64> = records
-                .iter()
-                .map(|r| {
-                    self.undecided
-                        .fingerprint(&r.topic, r.key.as_deref(), &r.payload)
-                })
-                .collect();
+            let fingerprints = fingerprints(&self.undecided, &records);
             let (recall, dropped) = self.undecided.recall(&fingerprints);
             count_dropped(self.stage, &dropped);
             let jobs = |result: &str| {
@@ -280,6 +274,17 @@ impl TransactionalAppender {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
     }
+}
+
+/// The memory's fingerprints of `records`.
+fn fingerprints<'a>(
+    memory: &UndecidedRecords,
+    records: impl IntoIterator<Item = &'a OutRecord>,
+) -> Vec<u64> {
+    records
+        .into_iter()
+        .map(|r| memory.fingerprint(&r.topic, r.key.as_deref(), &r.payload))
+        .collect()
 }
 
 /// Counts transactions dropped from the undecided memory before their outcome was learnt.
@@ -517,18 +522,8 @@ impl Worker {
             // coordinator and wait while it ends the old transaction, which under load took
             // longer than a 1 s deadline every time (in CI: never settled within 90 s).
             let init_timeout = self.settings.txn_timeout.max(SETTLE_INIT_TIMEOUT);
-            match self.create_producer_within(init_timeout) {
-                Ok(p) => {
-                    self.producer = Some(p);
-                    self.readiness.set_ready(true);
-                    tracing::info!(stage = self.stage(), "transactional producer ready");
-                }
-                Err(e) => {
-                    self.readiness.set_ready(false);
-                    tracing::warn!(stage = self.stage(), error = %e, undecided = self.unresolved.len(),
-                        "cannot initialise a transactional producer yet; retrying");
-                    return;
-                }
+            if self.init_producer(init_timeout).is_err() {
+                return;
             }
         }
         self.learn_outcomes();
@@ -566,23 +561,42 @@ impl Worker {
         self.unresolved = still;
     }
 
+    /// One attempt to create and initialise this worker's producer (within `init_timeout`),
+    /// with readiness, metrics and logs following the result.
+    fn init_producer(&mut self, init_timeout: Duration) -> Result<(), KafkaError> {
+        let created = self
+            .config
+            .create_with_context(FirstDelivery::default())
+            .and_then(|p: ThreadedProducer<FirstDelivery>| {
+                p.init_transactions(init_timeout).map(|()| p)
+            });
+        match created {
+            Ok(p) => {
+                self.producer = Some(p);
+                self.readiness.set_ready(true);
+                tracing::info!(stage = self.stage(), "transactional producer ready");
+                Ok(())
+            }
+            Err(e) => {
+                self.readiness.set_ready(false);
+                metrics()
+                    .errors
+                    .with_label_values(&[self.stage(), "txn_init"])
+                    .inc();
+                tracing::warn!(stage = self.stage(), error = %e, undecided = self.unresolved.len(),
+                    "cannot initialise transactions; retrying");
+                Err(e)
+            }
+        }
+    }
+
     /// Makes sure an initialised producer exists, retrying while jobs are waiting.
     fn ensure_producer(&mut self, rx: Option<&Receiver<Job>>) -> bool {
         let started = Instant::now();
         while self.producer.is_none() {
-            match self.create_producer() {
-                Ok(p) => {
-                    self.producer = Some(p);
-                    self.readiness.set_ready(true);
-                    tracing::info!(stage = self.stage(), "transactional producer ready");
-                }
+            match self.init_producer(self.settings.txn_timeout) {
+                Ok(()) => {}
                 Err(e) => {
-                    self.readiness.set_ready(false);
-                    metrics()
-                        .errors
-                        .with_label_values(&[self.stage(), "txn_init"])
-                        .inc();
-                    tracing::warn!(stage = self.stage(), error = %e, "cannot initialise transactions; retrying");
                     // Fail queued jobs that expired meanwhile, so their callers get a 503 now.
                     while let Some(Ok(j)) = rx.map(Receiver::try_recv) {
                         if let Some(j) = self.fresh(j) {
@@ -597,20 +611,6 @@ impl Worker {
             }
         }
         true
-    }
-
-    fn create_producer(&self) -> Result<ThreadedProducer<FirstDelivery>, KafkaError> {
-        self.create_producer_within(self.settings.txn_timeout)
-    }
-
-    fn create_producer_within(
-        &self,
-        init_timeout: Duration,
-    ) -> Result<ThreadedProducer<FirstDelivery>, KafkaError> {
-        let p: ThreadedProducer<FirstDelivery> =
-            self.config.create_with_context(FirstDelivery::default())?;
-        p.init_transactions(init_timeout)?;
-        Ok(p)
     }
 
     /// Opens a transaction and fills it with `first` and, given the queue, whatever arrives
@@ -754,14 +754,7 @@ impl Worker {
             "commit not answered in time; waiting for the coordinator's decision before answering");
         // From now on a sender that gave up waiting may resend: its retry is held, not written,
         // until this commit is decided.
-        let fingerprints = jobs
-            .iter()
-            .flat_map(|j| &j.records)
-            .map(|r| {
-                self.undecided
-                    .fingerprint(&r.topic, r.key.as_deref(), &r.payload)
-            })
-            .collect();
+        let fingerprints = fingerprints(&self.undecided, jobs.iter().flat_map(|j| &j.records));
         let (id, dropped) = self.undecided.register(fingerprints);
         count_dropped(stage, &dropped);
         let outcome = match commit_transaction_until(

@@ -43,9 +43,10 @@ pub struct KafkaProxy {
 }
 
 impl KafkaProxy {
-    /// Listens on the local broker's advertised `PROXIED` address and forwards to its listener.
-    /// Fails (never skips) unless the tests use the local broker of `scripts/kafka-local`.
-    pub async fn start() -> KafkaProxy {
+    /// (where clients bootstrap, where the proxy forwards to): the local broker's advertised
+    /// `PROXIED` address and its listener. Fails (never skips) unless the tests use the local
+    /// broker of `scripts/kafka-local`.
+    pub fn addresses() -> (String, String) {
         let servers = super::bootstrap();
         let port: u16 = servers
             .strip_prefix("127.0.0.1:")
@@ -56,10 +57,15 @@ impl KafkaProxy {
                      listener), not {servers}"
                 )
             });
-        let (listen, upstream) = (
+        (
             format!("127.0.0.1:{}", port + 2),
             format!("127.0.0.1:{}", port + 3),
-        );
+        )
+    }
+
+    /// Listens on [`addresses`](Self::addresses) and forwards to the broker.
+    pub async fn start() -> KafkaProxy {
+        let (listen, upstream) = Self::addresses();
         let listener = TcpListener::bind(&listen)
             .await
             .unwrap_or_else(|e| panic!("proxy cannot listen on {listen}: {e}"));

@@ -619,7 +619,9 @@ pub fn cap_label_len(value: &str) -> std::borrow::Cow<'_, str> {
 /// cut to [`MAX_LABEL_BYTES`] (see [`cap_label_len`]), and after `max` distinct values new ones
 /// are reported as `_other`.
 pub struct BoundedLabel {
-    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// A fast hash: looked up once per record, and the set is capped, so input cannot make it
+    /// degrade beyond `max` entries.
+    seen: std::sync::Mutex<rustc_hash::FxHashSet<String>>,
     max: usize,
 }
 

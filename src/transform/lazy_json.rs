@@ -153,6 +153,31 @@ fn raw_value(raw: &RawValue) -> Option<Value> {
     serde_json::from_str(raw.get()).ok()
 }
 
+/// The text of raw JSON when it is a string (validated JSON: the first byte decides; the text
+/// between the quotes is the string itself unless it has escapes).
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+/// Appends `s` as a JSON string. Text that needs no escape (keys and most values) is copied
+/// between quotes; anything else is escaped by `serde_json`, so the output is the same.
+fn write_json_str(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+    }
+}
+
 /// Appends validated JSON text without the whitespace between tokens.
 fn write_compact(text: &str, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
@@ -214,6 +239,19 @@ impl<'n, 'a> Found<'n, 'a> {
         }
     }
 
+    /// The text of a string, borrowed from the input when it has no escapes (most ids, names
+    /// and URLs): a read that needs the text only allocates nothing and parses nothing. `None`
+    /// when this is not a string.
+    pub fn as_str(self) -> Option<Cow<'n, str>> {
+        match self {
+            Found::Node(&LazyNode::Raw(r)) | Found::Raw(r) => raw_str(r),
+            Found::Node(LazyNode::Owned(Value::String(s))) | Found::Value(Value::String(s)) => {
+                Some(Cow::Borrowed(s))
+            }
+            Found::Node(_) | Found::Value(_) => None,
+        }
+    }
+
     /// The object's members (a copy), or `None` when this is not an object.
     pub fn to_object(self) -> Option<LazyObject<'a>> {
         match self {
@@ -249,6 +287,7 @@ impl<'a> LazyNode<'a> {
         match self {
             LazyNode::Raw(r) => write_compact(r.get(), out),
             LazyNode::Object(o) => o.write_json(out),
+            LazyNode::Owned(Value::String(s)) => write_json_str(s, out),
             LazyNode::Owned(v) => serde_json::to_writer(&mut *out, v).expect("writing to a Vec"),
         }
     }
@@ -297,7 +336,14 @@ impl<'a> LazyObject<'a> {
 
     /// Parses `bytes` as an object, opening the members `open` names (recursively).
     pub fn parse(bytes: &'a [u8], open: &OpenTree) -> Result<Self, LazyParseError> {
-        let mut root = match serde_json::from_slice::<RawMembers<'a>>(bytes) {
+        // UTF-8 is checked once for the whole input (vectorised), so the parser reads it as
+        // text and checks no string or raw member again; invalid UTF-8 gets the parser's own
+        // error from the byte path.
+        let parsed = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str::<RawMembers<'a>>(text),
+            Err(_) => serde_json::from_slice::<RawMembers<'a>>(bytes),
+        };
+        let mut root = match parsed {
             Ok(m) => m.0,
             Err(e) if e.classify() == serde_json::error::Category::Data => {
                 return Err(LazyParseError::NotAnObject);
@@ -460,7 +506,7 @@ impl<'a> LazyObject<'a> {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, k.as_ref()).expect("writing to a Vec");
+            write_json_str(k, out);
             out.push(b':');
             v.write_json(out);
         }
@@ -612,6 +658,57 @@ mod tests {
                 matches!(LazyObject::parse(bad, &t), Err(LazyParseError::Invalid(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn strings_read_as_text_equal_their_parsed_values() {
+        let text = r#"{"plain": "abc", "escaped": "a\"b\u00e9\n", "empty": "", "n": 12,
+            "o": {"inner": "x y"}, "utf8": "Grüße – ok"}"#;
+        let obj = LazyObject::parse(text.as_bytes(), &OpenTree::default()).unwrap();
+        for key in ["plain", "escaped", "empty", "utf8"] {
+            let found = obj.member(key).unwrap();
+            assert_eq!(
+                found.as_str().map(|s| Value::String(s.into_owned())),
+                found.to_value(),
+                "{key}"
+            );
+        }
+        assert!(matches!(
+            obj.member("plain").unwrap().as_str(),
+            Some(Cow::Borrowed("abc"))
+        ));
+        assert_eq!(obj.member("n").unwrap().as_str(), None);
+        assert_eq!(obj.member("o").unwrap().as_str(), None);
+        assert_eq!(
+            obj.get(&path("o.inner")).unwrap().as_str().as_deref(),
+            Some("x y")
+        );
+        let computed = Value::String("v".into());
+        assert_eq!(Found::Value(&computed).as_str().as_deref(), Some("v"));
+        // Invalid UTF-8 is still refused as invalid JSON.
+        let bad = b"{\"a\": \"\xff\"}";
+        assert!(matches!(
+            LazyObject::parse(bad, &OpenTree::default()),
+            Err(LazyParseError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "plain key",
+            "quote \" here",
+            "back\\slash",
+            "tab\t",
+            "\u{1}",
+            "Grüße – ✓",
+            "\u{7f}",
+        ] {
+            let mut out = Vec::new();
+            write_json_str(text, &mut out);
+            assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
         }
     }
 

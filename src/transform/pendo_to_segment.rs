@@ -4,6 +4,7 @@
 //! Pure and synchronous: no Kafka, no clock (the event time comes from the event), so every rule
 //! is unit-testable and the golden tests compare exact output.
 
+use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -130,10 +131,14 @@ fn dead(reason: &'static str, detail: impl Into<String>) -> MapOutcome {
     }
 }
 
-/// A JSON id (string or number) as text; empty strings count as absent.
-fn id_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+/// A JSON id (string or number) as text; empty strings count as absent. Strings are read as
+/// text (no parse), numbers as `serde_json` writes them.
+fn id_text(found: Option<Found<'_, '_>>) -> Option<String> {
+    let found = found?;
+    if let Some(s) = found.as_str() {
+        return (!s.is_empty()).then(|| s.into_owned());
+    }
+    match found.to_value()? {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -222,11 +227,12 @@ pub(crate) fn iso_millis(ms: i64) -> String {
     iso_millis_checked(ms.clamp(0, MAX_RFC3339_MS)).unwrap_or_default()
 }
 
-fn non_empty_str(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    }
+/// A non-empty string, read as text (no parse).
+fn non_empty_str(found: Option<Found<'_, '_>>) -> Option<String> {
+    found?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(Cow::into_owned)
 }
 
 fn nps_category(v: Option<&Value>) -> Option<Value> {
@@ -242,7 +248,12 @@ fn nps_category(v: Option<&Value>) -> Option<Value> {
 
 /// The value at `path` in the event, parsed.
 fn value_at(event: &LazyObject<'_>, path: &JsonPath) -> Option<Value> {
-    event.get(path.segments())?.to_value()
+    found_at(event, path)?.to_value()
+}
+
+/// The value at `path` in the event, unparsed.
+fn found_at<'n, 'a>(event: &'n LazyObject<'a>, path: &JsonPath) -> Option<Found<'n, 'a>> {
+    event.get(path.segments())
 }
 
 /// Every object of the event that `mapping` reads from: opened once at parse time instead of
@@ -364,12 +375,12 @@ impl PendoToSegment {
         ids: &dyn UserIdLookup,
         obs: &mut Observations,
     ) -> MapOutcome {
-        let kind_value = event
+        let kind_text = event
             .member("event")
             .or_else(|| event.member("type"))
-            .and_then(|f| f.to_value());
-        let kind = match &kind_value {
-            Some(Value::String(k)) if !k.is_empty() => k.as_str(),
+            .and_then(Found::as_str);
+        let kind: &str = match &kind_text {
+            Some(k) if !k.is_empty() => k,
             _ => return dead("no_kind", "the event has no `event` (kind) field"),
         };
         obs.kind = kind.to_string();
@@ -436,18 +447,8 @@ impl PendoToSegment {
             },
         };
 
-        let visitor_id = id_text(
-            event
-                .member("visitorId")
-                .and_then(|f| f.to_value())
-                .as_ref(),
-        );
-        let account_id = id_text(
-            event
-                .member("accountId")
-                .and_then(|f| f.to_value())
-                .as_ref(),
-        );
+        let visitor_id = id_text(event.member("visitorId"));
+        let account_id = id_text(event.member("accountId"));
         if visitor_id.is_none() && account_id.is_none() {
             return dead(
                 "no_identity",
@@ -567,8 +568,8 @@ impl PendoToSegment {
         if !f.allow_kinds.is_empty() && !listed(&f.allow_kinds) {
             return Some("allow_kinds");
         }
-        let feature = id_text(value_at(event, &m.defaults.feature_id_from).as_ref());
-        let guide = id_text(value_at(event, &m.defaults.guide_id_from).as_ref());
+        let feature = id_text(found_at(event, &m.defaults.feature_id_from));
+        let guide = id_text(found_at(event, &m.defaults.guide_id_from));
         if feature
             .as_ref()
             .is_some_and(|id| f.deny_feature_ids.contains(id))
@@ -648,7 +649,7 @@ impl PendoToSegment {
                     continue;
                 }
                 if let Some(name) =
-                    id_text(value_at(event, path).as_ref()).and_then(|id| catalog.name(kind, &id))
+                    id_text(found_at(event, path)).and_then(|id| catalog.name(kind, &id))
                 {
                     obj.insert(property, LazyNode::Owned(Value::String(name.to_string())));
                 }
@@ -664,13 +665,13 @@ impl PendoToSegment {
                 .defaults
                 .user_agent_from
                 .as_ref()
-                .and_then(|p| non_empty_str(value_at(event, p).as_ref())),
+                .and_then(|p| non_empty_str(found_at(event, p))),
             locale: self
                 .mapping
                 .defaults
                 .locale_from
                 .as_ref()
-                .and_then(|p| non_empty_str(value_at(event, p).as_ref())),
+                .and_then(|p| non_empty_str(found_at(event, p))),
             // The sink sets `context.library` when it sends (the version that delivered it).
             library: None,
             extra: None,
@@ -683,7 +684,7 @@ impl PendoToSegment {
             .name
             .from
             .as_ref()
-            .and_then(|p| non_empty_str(value_at(event, p).as_ref()))
+            .and_then(|p| non_empty_str(found_at(event, p)))
             .or_else(|| cm.name.fixed.clone());
         let json = |m: LazyObject<'_>| m.to_json_string();
         let body = match cm.call {
@@ -736,6 +737,13 @@ impl PendoToSegment {
 
         let mut id = MessageIdBuilder::new(&km.name, cm.call.name());
         for field in &km.message_id_fields {
+            // A string read as text, without building a value (ids are mostly strings).
+            if let ValueExpr::Path(p) = field
+                && let Some(s) = found_at(event, p).and_then(Found::as_str)
+            {
+                id.part(s.as_bytes());
+                continue;
+            }
             match self.eval(field, facts) {
                 Some(Value::String(s)) => id.part(s.as_bytes()),
                 Some(v) => id.part(v.to_string().as_bytes()),
@@ -761,10 +769,7 @@ impl PendoToSegment {
     }
 
     fn page_context(&self, cm: &CallMapping, event: &LazyObject<'_>) -> PageContext {
-        let get = |p: &Option<JsonPath>| {
-            p.as_ref()
-                .and_then(|p| non_empty_str(value_at(event, p).as_ref()))
-        };
+        let get = |p: &Option<JsonPath>| p.as_ref().and_then(|p| non_empty_str(found_at(event, p)));
         let url = get(&cm.page.url);
         let (path, search) = match url.as_deref().map(url::Url::parse) {
             Some(Ok(u)) => (

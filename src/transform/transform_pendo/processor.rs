@@ -9,12 +9,13 @@
 //! waits for every batch — so batching adds no visible latency and changes no guarantee.
 //! Revoked partitions' records are dropped wherever they are (batch, in flight).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use prometheus::IntCounter;
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, OwnedHeaders};
+use rustc_hash::FxHashMap;
 use tokio::task::JoinHandle;
 
 use crate::idmap::IdMapTable;
@@ -203,17 +204,17 @@ pub struct PendoTransformProcessor {
     batch: Vec<RawRecord>,
     batch_bytes: usize,
     in_flight: VecDeque<InFlight>,
-    topic_names: HashMap<String, Arc<str>>,
+    topic_names: FxHashMap<String, Arc<str>>,
     kinds: BoundedLabel,
     fields: BoundedLabel,
     plan_events: BoundedLabel,
     /// Violation counters by (event label, rule).
-    violation_counters: HashMap<(String, &'static str), IntCounter>,
+    violation_counters: FxHashMap<(String, &'static str), IntCounter>,
     /// The `mapping-fingerprint` header of every canonical record.
     fingerprint: String,
     /// Counter handles by kind and outcome: label lookups hash strings, once per pair is enough.
-    outcome_counters: HashMap<String, [Option<IntCounter>; 4]>,
-    call_counters: HashMap<&'static str, IntCounter>,
+    outcome_counters: FxHashMap<String, [Option<IntCounter>; 4]>,
+    call_counters: FxHashMap<&'static str, IntCounter>,
 }
 
 impl PendoTransformProcessor {
@@ -268,13 +269,13 @@ impl PendoTransformProcessor {
             batch: Vec::new(),
             batch_bytes: 0,
             in_flight: VecDeque::new(),
-            topic_names: HashMap::new(),
+            topic_names: FxHashMap::default(),
             kinds: BoundedLabel::new(MAX_KIND_LABELS),
             fields: BoundedLabel::new(MAX_FIELD_LABELS),
             plan_events: BoundedLabel::new(MAX_PLAN_EVENT_LABELS),
-            violation_counters: HashMap::new(),
-            outcome_counters: HashMap::new(),
-            call_counters: HashMap::new(),
+            violation_counters: FxHashMap::default(),
+            outcome_counters: FxHashMap::default(),
+            call_counters: FxHashMap::default(),
         }
     }
 
@@ -490,7 +491,11 @@ pub fn combined_fingerprint(mapper: &str, plan: Option<&str>) -> String {
 /// The connector's `received-at` header (epoch ms), if present and a plausible time (see
 /// [`parse_received_at`]).
 pub(crate) fn received_at(record: &BorrowedMessage<'_>) -> Option<i64> {
-    let h = record.headers()?;
+    received_at_of(record.headers()?)
+}
+
+/// The `received-at` header among `h`, as [`received_at`] reads it.
+fn received_at_of(h: &BorrowedHeaders) -> Option<i64> {
     h.iter()
         .find(|x| x.key == headers::RECEIVED_AT)
         .and_then(|x| parse_received_at(x.value?))
@@ -513,14 +518,17 @@ impl RecordProcessor for PendoTransformProcessor {
         let payload = record.payload().unwrap_or_default().to_vec();
         self.batch_bytes += payload.len();
         let topic = self.topic_name(record.topic());
+        // Read once; copied only when there are any (a copy is an allocation and a free in
+        // librdkafka per record; they are kept for dead letters only).
+        let record_headers = record.headers().filter(|h| h.count() > 0);
         self.batch.push(RawRecord {
             topic,
             partition: record.partition(),
             offset: record.offset(),
             key: record.key().map(<[u8]>::to_vec),
             payload,
-            headers: record.headers().map(|h| h.detach()),
-            received_at: received_at(record),
+            received_at: record_headers.and_then(received_at_of),
+            headers: record_headers.map(|h| h.detach()),
         });
         if self.batch.len() >= self.parallelism.batch_records || self.batch_bytes >= MAX_BATCH_BYTES
         {

@@ -64,12 +64,6 @@ const PANELS_EMPTY_IN_SCENARIO: &[(&str, &str)] = &[(
 /// Alert rules this test does not make fire yet, each with the reason.
 const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
     (
-        "PendoSegmentRoleAbsent",
-        "not yet provoked (issue #22, next increment): the test scrapes static targets, whose \
-         `up` series exists (as 0) while the role is down; absent() needs the target gone from \
-         service discovery (DNS in compose), e.g. the job removed and Prometheus reloaded",
-    ),
-    (
         "PendoSegmentRoleStopped",
         "not yet provoked (issue #22, next increment)",
     ),
@@ -109,10 +103,6 @@ const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
          that time compression does not scale",
     ),
     (
-        "PendoSegmentSegmentRateLimited",
-        "not yet provoked (issue #22, next increment)",
-    ),
-    (
         "PendoSegmentSegmentWebhookSilent",
         "cannot be produced within the test's time: no Segment event for 6 h (6 min compressed) \
          and 15 min more",
@@ -129,13 +119,6 @@ const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
         "PendoSegmentPollerFallingBehind",
         "not yet provoked (issue #22, next increment): a watermark 4 h behind, a threshold \
          time compression does not scale",
-    ),
-    (
-        "PendoSegmentPendoApiUnauthorized",
-        "cannot fire as the poller behaves today (issue #22 finding): a refused key (401/403) \
-         stops the poller at once (the process exits non-zero), so the 401 is counted in a \
-         process that is gone before the next scrape, and a restarted one fails its key check \
-         the same way; the alert needs the poller to stay up and retry slowly on a refused key",
     ),
 ];
 
@@ -186,9 +169,28 @@ const SCENARIOS: &[(&str, &[&str], &str)] = &[
         "the Pendo API answers 503 to every read of the poller",
     ),
     (
+        "Segment 429",
+        &["PendoSegmentSegmentRateLimited"],
+        "Segment answers 429 with `Retry-After: 1` to every request while 10 Pendo events a \
+         round arrive: segment-sink pauses its requests at every answer",
+    ),
+    (
+        "Pendo API 401",
+        &["PendoSegmentPendoApiUnauthorized"],
+        "the Pendo API refuses the poller's key (401) on every read: the poller stays up, not \
+         ready, and tries again every second (`refused_key_retry_s = 1`)",
+    ),
+    (
         "role killed",
         &["PendoSegmentTargetDown"],
         "pendo-poller killed (SIGKILL); removed by starting it again on the same ops port",
+    ),
+    (
+        "role gone from discovery",
+        &["PendoSegmentRoleAbsent"],
+        "pendo-sink's target removed from Prometheus's service discovery (a deployment scaled \
+         to zero: no `up` series at all, which PendoSegmentTargetDown cannot see); removed by \
+         listing it again",
     ),
     (
         "bad input",
@@ -211,6 +213,15 @@ const SCENARIOS: &[(&str, &[&str], &str)] = &[
          event",
     ),
 ];
+
+/// The scenario of that name: (name, alerts it must fire).
+fn scenario(name: &str) -> (&'static str, &'static [&'static str]) {
+    SCENARIOS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(n, a, _)| (*n, *a))
+        .unwrap_or_else(|| panic!("no scenario {name:?}"))
+}
 
 fn repo_file(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
@@ -408,11 +419,15 @@ struct Prometheus {
     url: String,
     http: reqwest::Client,
     log: PathBuf,
+    /// Where each job's targets are listed (file-based service discovery): a role can leave
+    /// discovery (a deployment scaled to zero) and come back.
+    targets_dir: PathBuf,
 }
 
 impl Prometheus {
-    /// Writes the config (one static job per role, the deployed job names) and the compressed
-    /// rules into `dir`, checks the rules with promtool and starts the server.
+    /// Writes the config (one job per role, the deployed job names, each discovering its target
+    /// from a file) and the compressed rules into `dir`, checks the rules with promtool and
+    /// starts the server.
     async fn start(dir: &Path, targets: &[(&str, u16)]) -> Prometheus {
         for bin in [PROMETHEUS, PROMTOOL] {
             assert!(
@@ -440,9 +455,14 @@ impl Prometheus {
             "global:\n  scrape_interval: {SCRAPE_S}s\n  scrape_timeout: {SCRAPE_S}s\n  \
              evaluation_interval: {SCRAPE_S}s\nrule_files:\n  - alerts.yml\nscrape_configs:\n"
         );
+        let targets_dir = dir.join("targets");
+        std::fs::create_dir_all(&targets_dir).unwrap();
         for (job, port) in targets {
+            write_targets(&targets_dir, job, Some(*port));
             config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+                "  - job_name: {job}\n    file_sd_configs:\n      - files: [\"{}/{job}.json\"]\n        \
+                 refresh_interval: {SCRAPE_S}s\n",
+                targets_dir.display()
             ));
         }
         let config = write_file(dir, "prometheus.yml", &config);
@@ -464,6 +484,7 @@ impl Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             log,
+            targets_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -483,6 +504,11 @@ impl Prometheus {
 
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lists `job`'s target (`Some(port)`) or none: the role leaves service discovery.
+    fn set_target(&self, job: &str, port: Option<u16>) {
+        write_targets(&self.targets_dir, job, port);
     }
 
     /// An API call: a GET without parameters, a POST of them as a form otherwise (the query
@@ -573,6 +599,15 @@ impl Prometheus {
             .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_string))
             .collect()
     }
+}
+
+/// Writes `job`'s file-based discovery list: its one target, or none. Written whole and renamed
+/// into place, so Prometheus never reads half a file.
+fn write_targets(dir: &Path, job: &str, port: Option<u16>) {
+    let targets: Vec<String> = port.map(|p| format!("127.0.0.1:{p}")).into_iter().collect();
+    let text = serde_json::json!([{ "targets": targets }]).to_string();
+    let tmp = write_file(dir, &format!(".{job}.json.tmp"), &text);
+    std::fs::rename(tmp, dir.join(format!("{job}.json"))).unwrap();
 }
 
 /// `application/x-www-form-urlencoded` value: everything but unreserved characters escaped.
@@ -946,19 +981,27 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
     let p = &pipeline;
     let segment = &pipeline.segment;
     let blocked_from = unix_now();
-    // Segment faults: (scenario, status Segment answers, Pendo events posted a round).
-    for (i, status, events) in [(0, 401, 200), (1, 401, 200), (2, 404, 10)] {
-        let (name, alerts, _) = SCENARIOS[i];
+    // Segment faults: (scenario, what Segment answers, Pendo events posted a round).
+    let rate_limited = FaultAction::RateLimited {
+        retry_after_secs: 1,
+    };
+    for (i, (scenario_name, answer, events)) in [
+        ("Segment 401, lag", FaultAction::Status(401), 200),
+        ("Segment 401", FaultAction::Status(401), 200),
+        ("Segment 404", FaultAction::Status(404), 10),
+        ("Segment 429", rate_limited, 10),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (name, alerts) = scenario(scenario_name);
         timings.extend(
             provoke(
                 &prom,
                 name,
                 alerts,
                 Duration::from_secs(90),
-                || {
-                    segment
-                        .set_faults(FaultPlan::none().probability(1.0, FaultAction::Status(status)))
-                },
+                || segment.set_faults(FaultPlan::none().probability(1.0, answer)),
                 |round| async move {
                     let body = page_views(&format!("segment-{i}-{round}"), events);
                     let s = post(&p.http, &p.pendo_url, body, bearer(PENDO_SECRET)).await;
@@ -968,12 +1011,12 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
             )
             .await,
         );
-        if i == 1 {
+        if name == "Segment 401" {
             check_sink_lag_while_paused(&prom, blocked_from).await;
         }
     }
 
-    let (name, alerts, _) = SCENARIOS[3];
+    let (name, alerts) = scenario("Pendo 401");
     let pendo = &pipeline.pendo;
     timings.extend(
         provoke(
@@ -1000,7 +1043,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
         .await,
     );
 
-    let (name, alerts, _) = SCENARIOS[4];
+    let (name, alerts) = scenario("Pendo API 503");
     timings.extend(
         provoke(
             &prom,
@@ -1020,7 +1063,33 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
         .await,
     );
 
-    let (name, alerts, _) = SCENARIOS[5];
+    let (name, alerts) = scenario("Pendo API 401");
+    timings.extend(
+        provoke(
+            &prom,
+            name,
+            alerts,
+            Duration::from_secs(90),
+            || {
+                pendo.set_read_faults(PendoFaultPlan::none().range(
+                    1,
+                    u64::MAX,
+                    PendoFault::Status(401),
+                ))
+            },
+            |_| async {},
+            || async { pendo.set_read_faults(PendoFaultPlan::none()) },
+        )
+        .await,
+    );
+
+    let sink_ops = pipeline
+        .roles
+        .iter()
+        .find(|r| r.0 == "pendo-sink")
+        .map(|r| r.3)
+        .expect("pendo-sink");
+    let (name, alerts) = scenario("role killed");
     pipeline.role("pendo-poller").kill9();
     let killed = Instant::now();
     let mut fired = None;
@@ -1047,8 +1116,22 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
         to_resolved_s: restarted.elapsed().as_secs_f64(),
     });
 
+    let (name, alerts) = scenario("role gone from discovery");
+    timings.extend(
+        provoke(
+            &prom,
+            name,
+            alerts,
+            Duration::from_secs(90),
+            || prom.set_target("pendo-sink", None),
+            |_| async {},
+            || async { prom.set_target("pendo-sink", Some(sink_ops)) },
+        )
+        .await,
+    );
+
     let p = &pipeline;
-    let (name, alerts, _) = SCENARIOS[6];
+    let (name, alerts) = scenario("bad input");
     timings.extend(
         provoke(
             &prom,
@@ -1062,7 +1145,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
         .await,
     );
 
-    let (name, alerts, _) = SCENARIOS[7];
+    let (name, alerts) = scenario("Pendo webhook silent");
     // The silences of earlier phases (none posts while its alerts resolve) may have fired it
     // already: one accepted event ends that, so the silence is measured from a clean state.
     let s = post(

@@ -380,7 +380,7 @@ async fn sigkill_mid_cycle_loses_no_window_and_repeats_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn retry_after_is_respected_and_a_refused_key_stops_the_role() {
+async fn retry_after_is_respected_and_a_refused_key_keeps_the_role_up_and_not_ready() {
     let server = PendoTestServer::start(PendoServerConfig::default()).await;
     server.set_accounts(accounts(450));
     server.set_read_faults(
@@ -388,7 +388,10 @@ async fn retry_after_is_respected_and_a_refused_key_stops_the_role() {
             .range(2, 3, PendoFault::TooManyRequests { retry_after_s: 1 })
             .nth(5, PendoFault::Status(503)),
     );
-    let d = Deployment::new(&server, &fast_poller("visitors_interval_s = 0"));
+    let d = Deployment::new(
+        &server,
+        &fast_poller("visitors_interval_s = 0\nrefused_key_retry_s = 1"),
+    );
     let mut p = d.start("pendo-poller", "poller");
     p.wait_ready(Duration::from_secs(60)).await;
     let raw = read_n(&d.topic("pendo.raw.api"), 450).await;
@@ -398,33 +401,78 @@ async fn retry_after_is_respected_and_a_refused_key_stops_the_role() {
         0,
         "a request came before Retry-After"
     );
-    let statuses: HashMap<u16, usize> =
+    let statuses = |server: &PendoTestServer| -> HashMap<u16, usize> {
         server
             .read_requests()
             .iter()
             .fold(HashMap::new(), |mut m, r| {
                 *m.entry(r.status).or_default() += 1;
                 m
-            });
-    assert_eq!(statuses.get(&429), Some(&2));
-    assert_eq!(statuses.get(&503), Some(&1));
+            })
+    };
+    assert_eq!(statuses(&server).get(&429), Some(&2));
+    assert_eq!(statuses(&server).get(&503), Some(&1));
+
+    // The key revoked mid-run, then accepted again on Pendo's side: the role goes not ready
+    // while Pendo refuses it and is ready again afterwards, without a restart.
+    let next = server.read_requests().len() as u64 + 1;
+    server.set_read_faults(PendoFaultPlan::none().range(next, next + 2, PendoFault::Status(401)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready(&p).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready 30 s after Pendo began refusing the key:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(statuses(&server).get(&401), Some(&3));
+    assert!(p.exit_status().is_none(), "{}", p.logs());
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(30)).await.success());
 
-    // A wrong key: the role stops (non-zero) with a message naming the settings, not retries.
-    let mut wrong = Deployment::new(&server, &fast_poller(""));
+    // A wrong key from the start: the role stays up and not ready, tries again every
+    // refused_key_retry_s (each refusal counted, so the alert can see it), names the settings
+    // and never logs the key; SIGTERM still stops it cleanly.
+    let mut wrong = Deployment::new(&server, &fast_poller("refused_key_retry_s = 1"));
     wrong.pendo = wrong
         .pendo
         .replace(&server.integration_key(), "not-the-key");
     let mut p = wrong.start("pendo-poller", "wrong-key");
-    let status = p.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        p.exit_status().is_none(),
+        "the role stopped on a refused key:\n{}",
+        p.logs()
+    );
+    assert!(!ready(&p).await, "ready with a refused key");
+    let metrics = p.metrics().await;
+    let refusals: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "pendo_segment_pendo_api_requests_total{endpoint=\"token_verify\",status=\"401\"} ",
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no refused token_verify counted:\n{metrics}"));
+    assert!(refusals >= 2.0, "tried {refusals} times in 4 s");
     let logs = p.logs();
     assert!(
         logs.contains("pendo.integration_key") && logs.contains("pendo.region"),
         "{logs}"
     );
     assert!(!logs.contains("not-the-key"), "the key was logged:\n{logs}");
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// Whether the role's `/readyz` answers 200.
+async fn ready(p: &RoleProcess) -> bool {
+    reqwest::get(format!("{}/readyz", p.ops))
+        .await
+        .is_ok_and(|r| r.status() == 200)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -235,6 +235,7 @@ impl Pipeline {
              [pendo_poller]\naccounts_interval_s = 2\nvisitors_interval_s = 2\ncatalog_interval_s = 2\n\
              guide_events_interval_s = 2\npoll_events_interval_s = 2\nmilestones_interval_s = 2\n\
              requests_per_s = 100\nbackoff_initial_ms = 200\nbackoff_max_ms = 1000\n\
+             refused_key_retry_s = 1\n\
              [[pendo_poller.milestones]]\nname = \"metrics\"\nmeasure = \"feature_uses\"\n\
              feature_ids = [\"ft_metrics\"]\nthreshold = 2\nwindow_days = 1\n\
              [transform_pendo.tracking_plan]\nfile = \"{}\"\n",

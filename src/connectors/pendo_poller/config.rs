@@ -69,6 +69,10 @@ pub struct PendoPollerConfig {
     /// Attempts of one request before the cycle gives up (it is retried at the next cycle
     /// from its last checkpoint).
     pub max_attempts: u32,
+    /// While Pendo refuses the key (401/403), how often it is tried again, in seconds. The
+    /// poller stays up and not ready meanwhile, so the refusal is seen on `/metrics` and
+    /// alerted on, and a fixed key (or a Pendo-side fix) is picked up without a restart.
+    pub refused_key_retry_s: u64,
 }
 
 impl Default for PendoPollerConfig {
@@ -96,6 +100,7 @@ impl Default for PendoPollerConfig {
             backoff_max_ms: 60_000,
             retry_after_cap_s: 300,
             max_attempts: 8,
+            refused_key_retry_s: 60,
         }
     }
 }
@@ -119,9 +124,10 @@ impl PendoPollerConfig {
                 "{SECTION}.events_window_hours must be 1..=720 (Pendo answers at most 30 days)"
             ));
         }
-        if self.request_timeout_ms == 0 || self.max_attempts == 0 {
+        if self.request_timeout_ms == 0 || self.max_attempts == 0 || self.refused_key_retry_s == 0 {
             return Err(format!(
-                "{SECTION}.request_timeout_ms and {SECTION}.max_attempts must be > 0"
+                "{SECTION}.request_timeout_ms, {SECTION}.max_attempts and \
+                 {SECTION}.refused_key_retry_s must be > 0"
             ));
         }
         for (key, fields) in [

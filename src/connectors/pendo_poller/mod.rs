@@ -73,11 +73,24 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
         Box::pin(async move {
             let ready = env.readiness.register(format!("{ROLE}:api"));
             tracing::info!(base_url = %api.base(), "pendo-poller reads from");
-            match api.verify_key().await {
-                Ok(()) => tracing::info!("Pendo accepted the integration key"),
-                Err(e @ api::ApiError::Unauthorized { .. }) => return Err(e.into()),
-                Err(e) => tracing::warn!(error = %e,
-                    "could not verify the Pendo integration key; polling anyway"),
+            // A refused key keeps the role up and not ready, trying again slowly: the refusal
+            // stays visible (metrics, alert) and a fix is picked up without a restart.
+            let retry = Duration::from_secs(cfg.refused_key_retry_s);
+            loop {
+                match api.verify_key().await {
+                    Ok(()) => tracing::info!("Pendo accepted the integration key"),
+                    Err(e @ api::ApiError::Unauthorized { .. }) => {
+                        tracing::error!(error = %e, retry_in_s = retry.as_secs(),
+                            "the poller is not ready until Pendo accepts the key");
+                        tokio::select! {
+                            _ = env.shutdown.wait() => return Ok(()),
+                            _ = tokio::time::sleep(retry) => continue,
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e,
+                        "could not verify the Pendo integration key; polling anyway"),
+                }
+                break;
             }
             // Fence an earlier instance (aborting its open transaction) before reading the
             // state, so what is read back is final.
@@ -133,7 +146,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             );
             ready.set_ready(true);
             let p = poller::Poller::new(api, out, state, cfg, topics, txn_timeout);
-            let result = p.run(env.shutdown.clone()).await;
+            let result = p.run(env.shutdown.clone(), &ready).await;
             ready.set_ready(false);
             result
         })

@@ -13,6 +13,7 @@ use super::interactions::{self, GuideSteps, HOUR_MS};
 use super::milestones::{self, RuleUsage};
 use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
+use crate::health::ReadinessHandle;
 use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::headers;
 use crate::kafka::record_size::cut_str;
@@ -66,13 +67,31 @@ pub enum PollError {
 impl PollError {
     /// Errors that retrying with this producer cannot fix: the role stops with the message.
     /// A transaction whose outcome is unknown ([`TxnError::Stuck`], a broker failover) stops
-    /// it too, and the runtime starts it again with a new producer.
+    /// it too, and the runtime starts it again with a new producer. A refused key is not one
+    /// of them (see [`is_refused_key`](Self::is_refused_key)).
     fn is_fatal(&self) -> bool {
         matches!(
             self,
-            PollError::Api(ApiError::Unauthorized { .. })
-                | PollError::Txn(TxnError::Fatal(_) | TxnError::Stuck(_))
+            PollError::Txn(TxnError::Fatal(_) | TxnError::Stuck(_))
         )
+    }
+
+    /// Pendo refused the key: the poller stays up, not ready, and tries again slowly.
+    fn is_refused_key(&self) -> bool {
+        matches!(self, PollError::Api(ApiError::Unauthorized { .. }))
+    }
+
+    /// Counts a Kafka failure in `pendo_segment_errors_total{kind="transaction"}` (what alert
+    /// PendoSegmentKafkaErrors watches). Pendo API failures are counted per request, by status,
+    /// in `pendo_segment_pendo_api_requests_total` (alerts PendoSegmentPendoApiErrors and
+    /// PendoSegmentPendoApiUnauthorized), not here: a Pendo outage is not a Kafka error.
+    fn count(&self) {
+        if let PollError::Txn(_) = self {
+            metrics()
+                .errors
+                .with_label_values(&[STAGE, "transaction"])
+                .inc();
+        }
     }
 }
 
@@ -180,7 +199,9 @@ impl Poller {
 
     /// Runs the cycles on their schedules until `shutdown`; a cycle in progress is abandoned
     /// between (or during) pages, which loses nothing: its pages are atomic.
-    pub async fn run(mut self, shutdown: Shutdown) -> anyhow::Result<()> {
+    /// `ready` is cleared while Pendo refuses the key and set again once every job that met
+    /// the refusal has completed a cycle.
+    pub async fn run(mut self, shutdown: Shutdown, ready: &ReadinessHandle) -> anyhow::Result<()> {
         let milestones = if self.cfg.milestones.is_empty() {
             None
         } else {
@@ -218,6 +239,8 @@ impl Poller {
             shutdown.wait().await;
             return Ok(());
         }
+        let mut refused = vec![false; due.len()];
+        let refused_retry = Duration::from_secs(self.cfg.refused_key_retry_s);
         loop {
             let (i, at) = due
                 .iter()
@@ -243,19 +266,28 @@ impl Poller {
                         "poll cycle complete"
                     );
                     due[i].2 = Instant::now() + every;
+                    if std::mem::take(&mut refused[i]) && !refused.contains(&true) {
+                        tracing::info!(
+                            "Pendo accepts the integration key again; the poller is ready"
+                        );
+                        ready.set_ready(true);
+                    }
+                }
+                Err(e) if e.is_refused_key() => {
+                    refused[i] = true;
+                    ready.set_ready(false);
+                    tracing::error!(job = job.name(), error = %e,
+                        retry_in_s = refused_retry.as_secs(),
+                        "poll cycle refused; the poller is not ready until Pendo accepts the key \
+                         (the cycle resumes from its last committed page)");
+                    due[i].2 = Instant::now() + refused_retry;
                 }
                 Err(e) if e.is_fatal() => {
-                    metrics()
-                        .errors
-                        .with_label_values(&[STAGE, job.name()])
-                        .inc();
+                    e.count();
                     return Err(anyhow::Error::new(e).context(format!("{} cycle", job.name())));
                 }
                 Err(e) => {
-                    metrics()
-                        .errors
-                        .with_label_values(&[STAGE, job.name()])
-                        .inc();
+                    e.count();
                     let retry = every.min(Duration::from_secs(60));
                     tracing::error!(job = job.name(), error = %e, retry_in_s = retry.as_secs(),
                         "poll cycle failed; it resumes from its last committed page");

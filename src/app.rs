@@ -74,11 +74,6 @@ impl RoleTask {
     }
 }
 
-/// The pause before the first restart of a role after a transient failure; it doubles with
-/// each failure in a row, up to [`RESTART_BACKOFF_MAX`].
-const RESTART_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// The longest pause between restarts (a cluster that stays down is retried this often).
-const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A role that ran this long before failing starts again after the initial pause.
 const RESTART_STREAK_RESET: Duration = Duration::from_secs(60);
 
@@ -158,6 +153,9 @@ pub async fn run_roles_until(
     }
 
     let grace = Duration::from_millis(config.processing.shutdown_grace_ms);
+    // The pause before a failed role starts again doubles per failure in a row, up to the max.
+    let restart_initial = Duration::from_millis(config.processing.role_restart_backoff_initial_ms);
+    let restart_max = Duration::from_millis(config.processing.role_restart_backoff_max_ms);
     let deadline = {
         let shutdown = shutdown.clone();
         async move {
@@ -187,9 +185,9 @@ pub async fn run_roles_until(
                         if run.started.elapsed() >= RESTART_STREAK_RESET {
                             run.failures_in_a_row = 0;
                         }
-                        let pause = RESTART_BACKOFF_INITIAL
+                        let pause = restart_initial
                             .saturating_mul(1 << run.failures_in_a_row.min(5))
-                            .min(RESTART_BACKOFF_MAX);
+                            .min(restart_max);
                         run.failures_in_a_row += 1;
                         metrics().role_restarts.with_label_values(&[&name]).inc();
                         tracing::warn!(

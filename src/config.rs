@@ -240,6 +240,14 @@ pub struct ProcessingConfig {
     /// overruns it stops the role instead of guessing.
     #[serde(default = "default_transaction_call_timeout_ms")]
     pub transaction_call_timeout_ms: u64,
+    /// Pause before a role that failed on a Kafka failover is started again in its process,
+    /// in ms; doubled with each failure in a row, up to `role_restart_backoff_max_ms`.
+    #[serde(default = "default_role_restart_backoff_initial_ms")]
+    pub role_restart_backoff_initial_ms: u64,
+    /// Longest pause between in-process restarts of a role (a cluster that stays unreachable
+    /// is tried this often), in ms.
+    #[serde(default = "default_role_restart_backoff_max_ms")]
+    pub role_restart_backoff_max_ms: u64,
 }
 
 impl ProcessingConfig {
@@ -260,6 +268,8 @@ impl Default for ProcessingConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
             statistics_interval_ms: default_statistics_interval_ms(),
             transaction_call_timeout_ms: default_transaction_call_timeout_ms(),
+            role_restart_backoff_initial_ms: default_role_restart_backoff_initial_ms(),
+            role_restart_backoff_max_ms: default_role_restart_backoff_max_ms(),
         }
     }
 }
@@ -281,6 +291,12 @@ fn default_transaction_call_timeout_ms() -> u64 {
 }
 fn default_statistics_interval_ms() -> u64 {
     5_000
+}
+fn default_role_restart_backoff_initial_ms() -> u64 {
+    1_000
+}
+fn default_role_restart_backoff_max_ms() -> u64 {
+    30_000
 }
 
 /// Operational HTTP endpoints and logging.

@@ -20,6 +20,9 @@
 //! Since counts are not scaled, a provoked failure happens at [`TIME_FACTOR`] times the rate
 //! that would fire the alert in production (e.g. more than 10 wrong secrets in 5 s, not 5 min).
 //!
+//! Kafka failures are made with a fault-injecting proxy in front of the broker
+//! (`support::kafka_proxy`), for the roles restarted behind it only.
+//!
 //! Without the prometheus binary or a reachable broker the test fails; it never skips.
 
 mod support;
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pendo_segment::connectors::webhook::signature::{sign_hex, signed_part};
 use serde_json::Value;
+use support::kafka_proxy::KafkaProxy;
 use support::pendo_server::{PendoFault, PendoFaultPlan};
 use support::pipeline::{PENDO_SECRET, Pipeline, ROLES, SEGMENT_SECRET, bearer, post, produce};
 use support::segment_server::{FaultAction, FaultPlan};
@@ -57,19 +61,42 @@ const SUBSTITUTIONS: &[(&str, &str)] = &[
 const PANELS_EMPTY_IN_SCENARIO: &[(&str, &str)] = &[(
     "Kafka errors",
     "pendo_segment_errors_total is only counted when Kafka fails a consumer or a \
-     transactional producer (broker outage); the test shares its broker and does not stop it \
-     (see EXEMPT in tests/metrics_catalogue.rs)",
+     transactional producer, which first happens in the \"Kafka writes cut off\" scenario, \
+     after the panels are evaluated",
 )];
 
 /// Alert rules this test does not make fire yet, each with the reason.
 const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
     (
-        "PendoSegmentRoleStopped",
-        "not yet provoked (issue #22, next increment)",
+        "PendoSegmentTransactionAborts",
+        "not produced in compressed time: the \"Kafka writes cut off\" scenario ends one \
+         transaction per role (pendo-webhook: 1 aborted; transform-pendo: 1 stuck, which the \
+         rule did not count until this test showed it), after which neither opens another: the \
+         webhook answers 503 while it has no producer and the transformer restarts. More than 2 \
+         in the compressed 10 min (10 s) needs repeated short outages; fired once in three runs \
+         by extrapolation",
     ),
     (
-        "PendoSegmentRoleRestarting",
-        "not yet provoked (issue #22, next increment)",
+        "PendoSegmentKafkaErrors",
+        "not produced in compressed time: in the \"Kafka writes cut off\" scenarios \
+         pendo_segment_errors_total grows by fewer than 6 in any 10 s (the compressed 10 min): \
+         failing producer initialisations are retried at their real pace (seconds), which time \
+         compression does not scale; a transformer that cannot start its producer is restarted \
+         (PendoSegmentRoleRestarting, provoked)",
+    ),
+    (
+        "PendoSegmentCommitErrors",
+        "not yet provoked: needs a sink's offset commits to fail more than 3 times in 10 s (the \
+         compressed 10 min), e.g. a sink behind the proxy with OffsetCommit dropped; the \
+         transformers' failed transaction commits are PendoSegmentTransactionAborts (provoked)",
+    ),
+    (
+        "PendoSegmentRoleStopped",
+        "not yet provoked: its failure is a role that ended inside a process still serving \
+         /metrics (the process stuck in its shutdown grace period with another role), which \
+         needs a process running two roles; in-process restart pauses also set role_up to 0, \
+         but they are shorter than the rule's `for: 1m` in production (at most 30 s), so only \
+         the time compression would make them fire it",
     ),
     (
         "PendoSegmentMemoryHigh",
@@ -79,19 +106,6 @@ const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
     (
         "PendoSegmentConsumerLagHigh",
         "not yet provoked (issue #22, next increment): needs 100,000 records of lag",
-    ),
-    (
-        "PendoSegmentCommitErrors",
-        "not yet provoked (issue #22, next increment): needs the group coordinator to fail \
-         commits (broker restart)",
-    ),
-    (
-        "PendoSegmentTransactionAborts",
-        "not yet provoked (issue #22, next increment)",
-    ),
-    (
-        "PendoSegmentKafkaErrors",
-        "not yet provoked (issue #22, next increment): needs a broker outage",
     ),
     (
         "PendoSegmentRebalanceStorm",
@@ -106,10 +120,6 @@ const ALERTS_NOT_YET_PROVOKED: &[(&str, &str)] = &[
         "PendoSegmentSegmentWebhookSilent",
         "cannot be produced within the test's time: no Segment event for 6 h (6 min compressed) \
          and 15 min more",
-    ),
-    (
-        "PendoSegmentWebhookUnavailable",
-        "not yet provoked (issue #22, next increment): needs the broker down (503)",
     ),
     (
         "PendoSegmentWebhookAckSlow",
@@ -167,6 +177,18 @@ const SCENARIOS: &[(&str, &[&str], &str)] = &[
         "Pendo API 503",
         &["PendoSegmentPendoApiErrors"],
         "the Pendo API answers 503 to every read of the poller",
+    ),
+    (
+        "Kafka writes cut off",
+        &[
+            "PendoSegmentWebhookUnavailable",
+            "PendoSegmentRoleRestarting",
+        ],
+        "the same cut and traffic (the two roles with 1 s Kafka deadlines, the webhook with a \
+         1 s ack deadline, and in-process restart pauses of 0.1-0.5 s, so failures come at the \
+         compressed pace): pendo-webhook answers 503 (`kafka_unavailable`) and transform-pendo \
+         fails to start its producer and is restarted in its process again and again; after \
+         the cut both serve again (a post answered 200, the later scenarios' traffic)",
     ),
     (
         "Segment 429",
@@ -802,6 +824,152 @@ async fn check_sink_lag_while_paused(prom: &Prometheus, from: f64) {
 }
 
 /// One row of the alert table.
+/// The "Kafka writes cut off" scenario: pendo-webhook and transform-pendo are restarted with
+/// their Kafka clients behind a [`KafkaProxy`] (and 1 s deadlines for Kafka calls and the
+/// webhook's ack, so failures come at the compressed pace), which then drops their produce and
+/// transaction requests while Pendo keeps posting to the webhook and raw events keep arriving
+/// for the transformer (produced straight to the broker).
+async fn kafka_writes_cut_off(prom: &Prometheus, pipeline: &mut Pipeline) -> Vec<AlertTiming> {
+    let proxy = KafkaProxy::start().await;
+    let direct = format!("bootstrap_servers = \"{}\"", bootstrap());
+    for role in ["pendo-webhook", "transform-pendo"] {
+        pipeline
+            .restart_with(role, |text| {
+                assert!(text.contains(&direct), "{text}");
+                text.replace(&direct, &format!("bootstrap_servers = \"{}\"", proxy.bootstrap))
+                    .replace(
+                        "[processing]\n",
+                        "[processing]\ntransaction_call_timeout_ms = 1000\n\
+                         role_restart_backoff_initial_ms = 100\nrole_restart_backoff_max_ms = 500\n",
+                    )
+                    .replace(
+                        "[pendo_webhook]\n",
+                        "[pendo_webhook]\nack_timeout_ms = 1000\n",
+                    )
+            })
+            .await;
+    }
+    let p = &*pipeline;
+    let raw_topic = format!("{}.pendo.raw.webhook", p.prefix);
+    // Raw events for the transformer throughout, so it has a transaction open when the broker
+    // goes away.
+    let feed = {
+        let raw_topic = raw_topic.clone();
+        tokio::spawn(async move {
+            for round in 0.. {
+                let events = page_views(&format!("feed-{round}"), 50);
+                let events: Vec<Value> = serde_json::from_slice(&events).unwrap();
+                let records = events
+                    .iter()
+                    .map(|e| (Some(format!("vis-{round}")), serde_json::to_vec(e).unwrap()))
+                    .collect();
+                produce(&raw_topic, records).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Every webhook worker holds a producer and the transformer is busy before the cut, so
+    // the cut catches transactions in flight.
+    let warm_up: Vec<_> = (0..16)
+        .map(|i| {
+            post(
+                &p.http,
+                &p.pendo_url,
+                page_views(&format!("warm-{i}"), 1),
+                bearer(PENDO_SECRET),
+            )
+        })
+        .collect();
+    for s in futures::future::join_all(warm_up).await {
+        assert_eq!(s.as_u16(), 200);
+    }
+    let mut timings = Vec::new();
+    for scenario_name in ["Kafka writes cut off"] {
+        let (name, alerts) = scenario(scenario_name);
+        timings.extend(
+            provoke(
+                prom,
+                name,
+                alerts,
+                Duration::from_secs(120),
+                || proxy.set_writes_down(true),
+                |round| {
+                    let (http, url) = (http.clone(), p.pendo_url.clone());
+                    async move {
+                        // Posts the webhook holds until its ack deadline: sent without waiting,
+                        // so they keep coming at the rate a sender would retry.
+                        for i in 0..10 {
+                            let (http, url) = (http.clone(), url.clone());
+                            tokio::spawn(async move {
+                                let body = page_views(&format!("cut-{round}-{i}"), 1);
+                                let _ = http
+                                    .post(url)
+                                    .header("authorization", format!("Bearer {PENDO_SECRET}"))
+                                    .header("content-type", "application/json")
+                                    .body(body)
+                                    .send()
+                                    .await;
+                            });
+                        }
+                    }
+                },
+                || async { proxy.set_writes_down(false) },
+            )
+            .await,
+        );
+    }
+    // What the cut did to the two roles' Kafka counters (the reasons in
+    // ALERTS_NOT_YET_PROVOKED for the rules that count these come from this output).
+    for role in ["pendo-webhook", "transform-pendo"] {
+        let text = p
+            .roles
+            .iter()
+            .find(|r| r.0 == role)
+            .map(|r| r.1.metrics())
+            .expect("role")
+            .await;
+        println!("\n{role} after the cut:");
+        for line in text.lines().filter(|l| {
+            [
+                "pendo_segment_transactions_total",
+                "pendo_segment_commits_total",
+                "pendo_segment_errors_total",
+                "pendo_segment_role_restarts_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        }) {
+            println!("  {line}");
+        }
+    }
+    // Both roles serve again once Kafka takes writes: the webhook stores a post.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = post(
+            &p.http,
+            &p.pendo_url,
+            page_views("after-the-cut", 1),
+            bearer(PENDO_SECRET),
+        )
+        .await;
+        if s.as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pendo-webhook still answers {s} 60 s after Kafka takes writes again:\n{}",
+            p.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    feed.abort();
+    timings
+}
+
 struct AlertTiming {
     alert: &'static str,
     scenario: &'static str,
@@ -978,6 +1146,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
 
     // Alerts.
     let mut timings = Vec::new();
+    timings.extend(kafka_writes_cut_off(&prom, &mut pipeline).await);
     let p = &pipeline;
     let segment = &pipeline.segment;
     let blocked_from = unix_now();

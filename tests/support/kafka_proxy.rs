@@ -5,7 +5,11 @@
 //! version and correlation id; for responses the correlation id) and, when armed, stalls the
 //! coordinator's answer to a transaction commit (`EndTxn`): the broker decides the commit, the
 //! producer never hears of it. That is the one case in which a producer cannot know whether its
-//! records were stored, made deterministic.
+//! records were stored, made deterministic. It can also cut its clients off from everything
+//! that writes ([`KafkaProxy::set_writes_down`]): produce and transaction requests go
+//! unanswered while reads (fetches, group membership, metadata) still work, as for a role on a
+//! multi-broker cluster that still reaches the leaders it reads from but not those it writes to
+//! or its transaction coordinator.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Kafka's API key of `EndTxn` (commit or abort of a transaction).
 const END_TXN: i16 = 26;
+/// The API keys of writes: `Produce`, `InitProducerId`, `AddPartitionsToTxn`,
+/// `AddOffsetsToTxn`, `EndTxn`, `TxnOffsetCommit`.
+const WRITES: [i16; 6] = [0, 22, 24, 25, END_TXN, 28];
 
 /// What an armed proxy does with the next `EndTxn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,11 +35,12 @@ pub enum EndTxnFault {
     Drop,
 }
 
-#[derive(Default)]
 struct Faults {
     withhold_answers: AtomicUsize,
     drops: AtomicUsize,
     applied: AtomicUsize,
+    /// `true` while writes are cut off: their requests are dropped, never answered.
+    writes_down: std::sync::atomic::AtomicBool,
 }
 
 /// A running proxy; it stops with the test process.
@@ -69,7 +77,12 @@ impl KafkaProxy {
         let listener = TcpListener::bind(&listen)
             .await
             .unwrap_or_else(|e| panic!("proxy cannot listen on {listen}: {e}"));
-        let faults = Arc::new(Faults::default());
+        let faults = Arc::new(Faults {
+            withhold_answers: AtomicUsize::new(0),
+            drops: AtomicUsize::new(0),
+            applied: AtomicUsize::new(0),
+            writes_down: std::sync::atomic::AtomicBool::new(false),
+        });
         let f = faults.clone();
         tokio::spawn(async move {
             loop {
@@ -104,6 +117,12 @@ impl KafkaProxy {
             EndTxnFault::Drop => &self.faults.drops,
         }
         .fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Cuts the proxy's clients off from writing (`true`: produce and transaction requests
+    /// are dropped, never answered; reads still pass) or lets them write again (`false`).
+    pub fn set_writes_down(&self, down: bool) {
+        self.faults.writes_down.store(down, Ordering::SeqCst);
     }
 
     /// How many `EndTxn` requests a fault was applied to.
@@ -142,6 +161,9 @@ async fn requests(
         if f.len() >= 12 {
             let api_key = i16::from_be_bytes([f[4], f[5]]);
             let correlation = i32::from_be_bytes([f[8], f[9], f[10], f[11]]);
+            if faults.writes_down.load(Ordering::SeqCst) && WRITES.contains(&api_key) {
+                continue; // never forwarded: the client waits until its own deadline
+            }
             if api_key == END_TXN {
                 if take(&faults.drops) {
                     faults.applied.fetch_add(1, Ordering::SeqCst);

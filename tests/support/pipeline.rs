@@ -332,6 +332,23 @@ impl Pipeline {
         r.1.wait_ready(Duration::from_secs(60)).await;
     }
 
+    /// Starts the named role again (after stopping it with SIGTERM) on its config as `edit`
+    /// changes it (e.g. Kafka clients that bootstrap from a proxy); waits until ready.
+    pub async fn restart_with(&mut self, name: &str, edit: impl FnOnce(String) -> String) {
+        let r = self
+            .roles
+            .iter_mut()
+            .find(|r| r.0 == name)
+            .unwrap_or_else(|| panic!("no role {name}"));
+        r.1.sigterm();
+        assert!(r.1.wait_exit(Duration::from_secs(30)).await.success());
+        let text = std::fs::read_to_string(&r.2).unwrap();
+        let dir = r.2.parent().unwrap().join("edited");
+        std::fs::create_dir_all(&dir).unwrap();
+        r.2 = write_file(&dir, "pendo-segment.toml", &edit(text));
+        self.restart(name).await;
+    }
+
     /// The catalogue's traffic through both flows, each answer checked.
     ///
     /// Pendo -> Segment: every fixture, one event with an unexpected top-level field, a wrong

@@ -715,6 +715,18 @@ fn page_views(tag: &str, n: usize) -> Vec<u8> {
     serde_json::to_vec(&events).unwrap()
 }
 
+/// Posts one page view to pendo-webhook and requires it stored (200).
+async fn post_page_view(p: &Pipeline, tag: &str) {
+    let s = post(
+        &p.http,
+        &p.pendo_url,
+        page_views(tag, 1),
+        bearer(PENDO_SECRET),
+    )
+    .await;
+    assert_eq!(s.as_u16(), 200, "{tag}");
+}
+
 /// The bad input of the "bad input" phase, once: see [`SCENARIOS`].
 async fn bad_input(p: &Pipeline, round: usize) {
     let garbage = (0..5)
@@ -1212,45 +1224,28 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
         .await,
     );
 
-    let (name, alerts) = scenario("Pendo API 503");
-    timings.extend(
-        provoke(
-            &prom,
-            name,
-            alerts,
-            Duration::from_secs(90),
-            || {
-                pendo.set_read_faults(PendoFaultPlan::none().range(
-                    1,
-                    u64::MAX,
-                    PendoFault::Status(503),
-                ))
-            },
-            |_| async {},
-            || async { pendo.set_read_faults(PendoFaultPlan::none()) },
-        )
-        .await,
-    );
-
-    let (name, alerts) = scenario("Pendo API 401");
-    timings.extend(
-        provoke(
-            &prom,
-            name,
-            alerts,
-            Duration::from_secs(90),
-            || {
-                pendo.set_read_faults(PendoFaultPlan::none().range(
-                    1,
-                    u64::MAX,
-                    PendoFault::Status(401),
-                ))
-            },
-            |_| async {},
-            || async { pendo.set_read_faults(PendoFaultPlan::none()) },
-        )
-        .await,
-    );
+    // The Pendo API answering every read of the poller with this status.
+    for (scenario_name, status) in [("Pendo API 503", 503), ("Pendo API 401", 401)] {
+        let (name, alerts) = scenario(scenario_name);
+        timings.extend(
+            provoke(
+                &prom,
+                name,
+                alerts,
+                Duration::from_secs(90),
+                || {
+                    pendo.set_read_faults(PendoFaultPlan::none().range(
+                        1,
+                        u64::MAX,
+                        PendoFault::Status(status),
+                    ))
+                },
+                |_| async {},
+                || async { pendo.set_read_faults(PendoFaultPlan::none()) },
+            )
+            .await,
+        );
+    }
 
     let sink_ops = pipeline
         .roles
@@ -1317,14 +1312,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
     let (name, alerts) = scenario("Pendo webhook silent");
     // The silences of earlier phases (none posts while its alerts resolve) may have fired it
     // already: one accepted event ends that, so the silence is measured from a clean state.
-    let s = post(
-        &p.http,
-        &p.pendo_url,
-        page_views("silence-begins", 1),
-        bearer(PENDO_SECRET),
-    )
-    .await;
-    assert_eq!(s.as_u16(), 200);
+    post_page_view(p, "silence-begins").await;
     timings.extend(
         provoke(
             &prom,
@@ -1333,16 +1321,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
             Duration::from_secs(90),
             || {},
             |_| async {},
-            || async {
-                let s = post(
-                    &p.http,
-                    &p.pendo_url,
-                    page_views("silence-ends", 1),
-                    bearer(PENDO_SECRET),
-                )
-                .await;
-                assert_eq!(s.as_u16(), 200);
-            },
+            || post_page_view(p, "silence-ends"),
         )
         .await,
     );

@@ -7,12 +7,12 @@ mod support;
 use std::time::Duration;
 
 use pendo_segment::config::{SegmentConfig, SegmentRegion};
+use pendo_segment::http::outcome::Outcome;
 use pendo_segment::schema::segment_call::{CallBody, CallContext, Origin, SegmentCall};
 use pendo_segment::secret::Secret;
 use pendo_segment::sinks::segment::SegmentSinkConfig;
 use pendo_segment::sinks::segment::batch::{BatchLimits, SegmentBatch, sent_at_now};
 use pendo_segment::sinks::segment::encoding::{EncodedEvent, encode_event};
-use pendo_segment::sinks::segment::retry::Outcome;
 use pendo_segment::sinks::segment::service::{SegmentClient, SendResult};
 use support::segment_server::*;
 

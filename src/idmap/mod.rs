@@ -9,4 +9,4 @@ pub mod reverse;
 pub mod table;
 
 pub use reverse::{BiIdMap, IdMapSink, VisitorIdLookup};
-pub use table::IdMapTable;
+pub use table::{IdMapTable, UserIdLookup};

@@ -11,7 +11,17 @@ use std::sync::{Arc, RwLock};
 
 use hashbrown::HashTable;
 
-use crate::transform::pendo_to_segment::UserIdLookup;
+/// Looks up the Segment user id of a Pendo visitor (what `transform-pendo` asks the id map).
+pub trait UserIdLookup {
+    /// The mapped user id, if any.
+    fn user_id(&self, visitor_id: &str) -> Option<String>;
+}
+
+impl UserIdLookup for std::collections::HashMap<String, String> {
+    fn user_id(&self, visitor_id: &str) -> Option<String> {
+        self.get(visitor_id).cloned()
+    }
+}
 
 /// Arena size below which garbage is not worth a compaction.
 const COMPACT_MIN_BYTES: usize = 1 << 20;

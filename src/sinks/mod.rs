@@ -5,10 +5,11 @@
 //! de-duplication (Segment's `messageId`) makes it effectively once. Each sink is split into
 //! pure, separately tested parts (configuration, encoding, batching, retry policy, rate limit,
 //! HTTP service), in the manner of Vector's sinks. The per-partition queues, flow control and
-//! done-offset bookkeeping of the `Acknowledged` commit strategy are shared ([`queue`]); the
-//! Pendo sink also uses the Segment sink's `Backoff`, `Retry-After` parsing, rate limiter and
-//! dead-letter writer (`segment::retry`, `segment::rate_limit`, `segment::delivery`).
+//! done-offset bookkeeping of the `Acknowledged` commit strategy are shared ([`queue`]), and so is
+//! the acknowledged dead-letter writer ([`dead_letter`]); the HTTP plumbing (backoff,
+//! `Retry-After`, rate limits) is [`crate::http`]. A sink never imports another sink.
 
+pub mod dead_letter;
 pub mod pendo;
 pub mod queue;
 pub mod segment;

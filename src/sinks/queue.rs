@@ -30,7 +30,11 @@ use tokio::task::JoinHandle;
 
 use crate::kafka::consumer_loop::ProcessError;
 use crate::kafka::context::TopicPartition;
-use crate::sinks::segment::delivery::DeliveryError;
+
+/// Why a delivery could not finish; stops the role without committing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryError(pub String);
 
 /// Closed jobs queued (all partitions together) per allowed in-flight request before
 /// `after_record` waits while every slot is busy: enough that each slot has a next job ready.
@@ -210,7 +214,7 @@ impl<J: SinkJob> PartitionQueues<J> {
         detail: &str,
     ) -> Result<(), ProcessError> {
         use rdkafka::Message;
-        crate::sinks::segment::delivery::dead_letter(
+        crate::sinks::dead_letter::dead_letter(
             dlq,
             dlq_topic,
             stage,

@@ -5,7 +5,8 @@
 //! deterministic ids; `tracking_plan` (with `json_schema`) checks calls against the
 //! marketing team's tracking plan; `canonical_json` gives mappings and plans their
 //! fingerprints; `mapping_diff` compares what two mappings make of one event (for
-//! `mapping preview`); `pendo_to_segment` applies the mapping to one event; `catalog` holds
+//! `mapping preview`); `received_at` reads the connectors' receive time from a record's
+//! headers; `pendo_to_segment` applies the mapping to one event; `catalog` holds
 //! the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
 //! is the role (the shared consumer loop in transactional mode).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
@@ -21,6 +22,7 @@ pub mod mapping;
 pub mod mapping_diff;
 pub mod message_id;
 pub mod pendo_to_segment;
+pub mod received_at;
 pub mod segment_rules;
 pub mod segment_to_pendo;
 pub mod tracking_plan;

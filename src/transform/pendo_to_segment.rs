@@ -16,6 +16,7 @@ use super::mapping::{
     CallMapping, CallType, KindMapping, NameRule, PendoMapping, UnknownKindPolicy, ValueExpr,
 };
 use super::message_id::MessageIdBuilder;
+use crate::idmap::UserIdLookup;
 use crate::schema::segment_call::{CallBody, CallContext, Origin, PageContext, SegmentCall};
 
 /// Segment's per-event limit is 32 KB; keep a margin for what the sink adds (`sentAt`,
@@ -32,18 +33,6 @@ pub enum UnmappedVisitorPolicy {
     AnonymousId,
     /// Dead-letter the event until a mapping exists (replay it later).
     Dlq,
-}
-
-/// Looks up the Segment user id of a Pendo visitor.
-pub trait UserIdLookup {
-    /// The mapped user id, if any.
-    fn user_id(&self, visitor_id: &str) -> Option<String>;
-}
-
-impl UserIdLookup for std::collections::HashMap<String, String> {
-    fn user_id(&self, visitor_id: &str) -> Option<String> {
-        self.get(visitor_id).cloned()
-    }
 }
 
 /// Settings of the mapper that are deployment choices rather than mapping rules.

@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::metrics::metrics;
+use crate::pendo_api::fields::{FIELD_GROUPS, valid_field_name};
 use crate::schema::pendo_metadata_update::{FieldValue, PendoEntity};
-use crate::sinks::pendo::encoding::{FIELD_GROUPS, valid_field_name};
 use crate::transform::json_path::JsonPath;
 
 /// Stage label of the rule metrics (the only role that applies rules).

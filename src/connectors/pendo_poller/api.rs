@@ -9,10 +9,11 @@ use serde_json::Value;
 
 use super::config::PendoPollerConfig;
 use crate::config::PendoConfig;
+use crate::http::backoff::Backoff;
+use crate::http::outcome::Outcome;
+use crate::http::rate_limit::TokenBucket;
 use crate::metrics::metrics;
-use crate::sinks::pendo::service::{PendoClient, PendoResponse, classify};
-use crate::sinks::segment::rate_limit::TokenBucket;
-use crate::sinks::segment::retry::{Backoff, Outcome};
+use crate::pendo_api::client::{PendoClient, PendoResponse, classify};
 
 /// Why a read did not produce rows.
 #[derive(Debug, thiserror::Error)]

@@ -48,11 +48,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{Map, Value};
 
+use crate::http::backoff::Backoff;
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::read_partition_to_end;
 use crate::metrics::metrics;
 use crate::schema::pendo_metadata_update::{FieldValue, ListChange, PendoEntity};
-use crate::sinks::segment::retry::Backoff;
 
 /// How long a revocation waits for the revoked partitions' state writes (Kafka's own send
 /// timeout for them).

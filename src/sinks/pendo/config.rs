@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PendoConfig, PendoRegion};
 use crate::schema::pendo_metadata_update::PendoEntity;
 
 /// Section name used in validation messages.
@@ -136,18 +135,6 @@ impl PendoSinkConfig {
     }
 }
 
-/// The base URL of `pendo`: `base_url` when set (trailing slashes ignored), else the region's.
-pub fn base_url(pendo: &PendoConfig) -> String {
-    match (&pendo.base_url, pendo.region) {
-        (Some(u), _) => u.trim().trim_end_matches('/').to_string(),
-        (None, PendoRegion::Us) => "https://app.pendo.io".into(),
-        (None, PendoRegion::Us1) => "https://us1.app.pendo.io".into(),
-        (None, PendoRegion::Eu) => "https://app.eu.pendo.io".into(),
-        (None, PendoRegion::Jpn) => "https://app.jpn.pendo.io".into(),
-        (None, PendoRegion::Au) => "https://app.au.pendo.io".into(),
-    }
-}
-
 /// `POST` URL creating a Pendo Segment from a list of visitors.
 pub fn segment_create_url(base: &str) -> String {
     format!("{base}/api/v1/segment/upload")
@@ -189,6 +176,8 @@ pub fn metadata_url(base: &str, entity: PendoEntity, group: &str, create: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{PendoConfig, PendoRegion};
+    use crate::pendo_api::base_url;
     use crate::secret::Secret;
 
     #[test]

@@ -20,15 +20,17 @@ use rdkafka::producer::FutureProducer;
 use super::audience_lists::{AudienceListState, Lists, apply_changes, encode_lists, state_key};
 use super::config::metadata_url;
 use super::encoding::{EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
-use super::service::PendoClient;
+use crate::http::backoff::Backoff;
+use crate::http::outcome::Outcome;
+use crate::http::rate_limit::RateLimiter;
 use crate::kafka::record_size::{fits, record_bytes};
 use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
+use crate::pendo_api::client::PendoClient;
 use crate::schema::PendoMetadataUpdateCodec;
 use crate::schema::pendo_metadata_update::PendoEntity;
-use crate::sinks::segment::delivery::{DeliveryError, dead_letter};
-use crate::sinks::segment::rate_limit::RateLimiter;
-use crate::sinks::segment::retry::{Backoff, Outcome};
+use crate::sinks::dead_letter::dead_letter;
+use crate::sinks::queue::DeliveryError;
 
 /// What every delivery task shares.
 pub struct PendoDeliveryContext {

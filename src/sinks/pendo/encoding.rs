@@ -21,21 +21,9 @@ use serde_json::{Map, Value, json};
 
 use super::audience_lists::Lists;
 use super::segments::SegmentBatch;
+use crate::pendo_api::fields::{FIELD_GROUPS, valid_field_name};
 use crate::schema::pendo_metadata_update::{FieldValue, ListChange, PendoEntity};
 use crate::schema::{PendoMetadataUpdate, PendoSegmentChange};
-
-/// Field groups the bulk endpoint accepts.
-pub const FIELD_GROUPS: [&str; 2] = ["custom", "agent"];
-
-/// Whether `name` is a valid Pendo field name: letters, digits and `_`, starting with a letter
-/// or `_` (Pendo refuses other names, so they are dead-lettered before sending).
-pub fn valid_field_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 /// Checks what Pendo would refuse for the whole batch; `Err` is the dead-letter detail.
 pub fn validate_update(u: &PendoMetadataUpdate) -> Result<(), String> {

@@ -7,7 +7,7 @@
 //! status classification), [`delivery`] (one job to the end, retries, dead letters) and
 //! [`sink`] (the processor of the shared consumer loop, `Acknowledged` commits, on the queues
 //! of [`crate::sinks::queue`] shared with the Segment sink). The retry policy's
-//! [`Backoff`](crate::sinks::segment::retry::Backoff), `Retry-After` parsing, the rate limiter
+//! [`Backoff`](crate::http::backoff::Backoff), `Retry-After` parsing, the rate limiter
 //! and the dead-letter writer are the Segment sink's, used as they are.
 
 pub mod audience_lists;
@@ -15,7 +15,6 @@ pub mod config;
 pub mod delivery;
 pub mod encoding;
 pub mod segments;
-pub mod service;
 pub mod sink;
 
 use std::sync::{Arc, Mutex};
@@ -45,7 +44,12 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
     };
     let sink = config.pendo_sink.clone();
     sink.validate().map_err(anyhow::Error::msg)?;
-    let client = service::PendoClient::new(&pendo, &sink).map_err(anyhow::Error::msg)?;
+    let client = crate::pendo_api::client::PendoClient::with_limits(
+        &pendo,
+        Duration::from_millis(sink.request_timeout_ms),
+        Duration::from_secs(sink.retry_after_cap_s),
+    )
+    .map_err(anyhow::Error::msg)?;
     let config = config.clone();
     Ok(move |env: RoleEnv| -> RoleFuture {
         Box::pin(async move {
@@ -93,7 +97,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let ctx = Arc::new(delivery::PendoDeliveryContext {
                 client,
                 create: sink.create,
-                rate_limit: crate::sinks::segment::rate_limit::RateLimiter::new(
+                rate_limit: crate::http::rate_limit::RateLimiter::new(
                     None,
                     sink.rate_limit_requests_per_s,
                 ),

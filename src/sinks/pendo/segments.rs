@@ -42,13 +42,14 @@ use serde_json::{Value, json};
 use super::config::{segment_create_url, segment_list_url, segment_patch_url};
 use super::delivery::PendoDeliveryContext;
 use super::encoding::Contributor;
-use super::service::PendoResponse;
+use crate::http::backoff::Backoff;
+use crate::http::outcome::Outcome;
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::metrics::metrics;
+use crate::pendo_api::client::PendoResponse;
 use crate::schema::PendoSegmentChange;
-use crate::sinks::segment::delivery::DeliveryError;
-use crate::sinks::segment::retry::{Backoff, Outcome};
+use crate::sinks::queue::DeliveryError;
 
 /// One visitor's coalesced membership in one batch.
 #[derive(Debug, Clone)]
@@ -437,7 +438,7 @@ impl PendoDeliveryContext {
         detail: &str,
     ) -> Result<(), DeliveryError> {
         for c in &v.contributors {
-            crate::sinks::segment::delivery::dead_letter(
+            crate::sinks::dead_letter::dead_letter(
                 &self.dlq,
                 &self.dlq_topic,
                 self.stage,

@@ -12,17 +12,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 use super::batch::{SegmentBatch, sent_at_now};
 use super::encoding::EncodedEvent;
-use super::rate_limit::RateLimiter;
-use super::retry::{Backoff, Outcome};
 use super::service::SegmentClient;
-use crate::kafka::dead_letter::DeadLetter;
+use crate::http::backoff::Backoff;
+use crate::http::outcome::Outcome;
+use crate::http::rate_limit::RateLimiter;
 use crate::kafka::headers;
-use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
+use crate::sinks::dead_letter::dead_letter;
+use crate::sinks::queue::DeliveryError;
 
 /// What every delivery task shares.
 pub struct DeliveryContext {
@@ -59,11 +60,6 @@ pub struct BatchToDeliver {
     /// Original record keys (same order).
     pub keys: Vec<Option<Arc<[u8]>>>,
 }
-
-/// Why a delivery could not finish; stops the role without committing.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryError(pub String);
 
 impl DeliveryContext {
     async fn wait_for_pause(&self) {
@@ -199,48 +195,6 @@ impl DeliveryContext {
         )
         .await
     }
-}
-
-/// Writes one dead letter of a sink's input record and waits for Kafka's acknowledgement. The
-/// dead letter is cut to fit the sinks' dead-letter topics (see [`DeadLetter::fit`]), so a
-/// record can never stop a sink through its own dead letter.
-#[allow(clippy::too_many_arguments)]
-pub async fn dead_letter(
-    dlq: &FutureProducer,
-    dlq_topic: &str,
-    stage: &str,
-    source_topic: &str,
-    (partition, offset): (i32, i64),
-    key: Option<&[u8]>,
-    original: &[u8],
-    reason: &str,
-    detail: &str,
-) -> Result<(), DeliveryError> {
-    // Both sinks' dead-letter topics have the same catalogue limit.
-    let limit = TopicId::DlqSegmentSink
-        .max_message_bytes()
-        .min(TopicId::DlqPendoSink.max_message_bytes());
-    let letter = DeadLetter::new(stage, reason, detail, key, original)
-        .from_source(source_topic, partition, offset)
-        .fit(limit);
-    let mut h = rdkafka::message::OwnedHeaders::new();
-    for (k, v) in letter.headers() {
-        h = h.insert(rdkafka::message::Header {
-            key: k,
-            value: Some(v),
-        });
-    }
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic)
-        .payload(letter.payload())
-        .headers(h);
-    if let Some(k) = letter.key() {
-        record = record.key(k);
-    }
-    dlq.send(record, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| DeliveryError(format!("dead letter to {dlq_topic}: {e}")))?;
-    letter.count(stage, reason);
-    Ok(())
 }
 
 fn rand_seed() -> u64 {

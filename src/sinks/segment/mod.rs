@@ -20,7 +20,6 @@ pub mod batch;
 pub mod config;
 pub mod delivery;
 pub mod encoding;
-pub mod rate_limit;
 pub mod retry;
 pub mod service;
 pub mod sink;
@@ -34,6 +33,7 @@ pub use config::SegmentSinkConfig;
 
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId, SegmentConfig, SegmentRegion};
+use crate::http::rate_limit::RateLimiter;
 use crate::kafka::client_config;
 use crate::kafka::topics::TopicId;
 use crate::schema::SegmentCallCodec;
@@ -71,7 +71,10 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let ctx = Arc::new(delivery::DeliveryContext {
                 client,
                 gzip: sink.gzip,
-                rate_limit: rate_limit::RateLimiter::from_config(&sink),
+                rate_limit: RateLimiter::new(
+                    sink.rate_limit_events_per_s,
+                    sink.rate_limit_requests_per_s,
+                ),
                 paused_until: Mutex::new(None),
                 backoff_initial: Duration::from_millis(sink.backoff_initial_ms),
                 backoff_max: Duration::from_millis(sink.backoff_max_ms),

@@ -16,12 +16,13 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 
 use super::SegmentSinkConfig;
 use super::config::endpoint;
-use super::retry::{Outcome, classify, parse_retry_after};
+use super::retry::classify;
 use crate::config::SegmentConfig;
+use crate::http::outcome::Outcome;
+use crate::http::retry_after::parse_retry_after;
+use crate::http::{USER_AGENT, error_chain};
 use crate::secret::Secret;
 
-/// `User-Agent` of every request: names the library, as the official clients do.
-pub const USER_AGENT: &str = concat!("pendo-segment/", env!("CARGO_PKG_VERSION"));
 /// How much of a response body is kept (for the DLQ reason and logs).
 pub const BODY_EXCERPT_BYTES: usize = 512;
 /// Response bytes read at most before the rest is discarded (Segment's answers are tiny; a
@@ -180,19 +181,6 @@ pub fn gzip_bytes(body: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::default());
     encoder.write_all(body).expect("writing to a Vec");
     encoder.finish().expect("writing to a Vec")
-}
-
-/// An error and its causes, `: `-separated (reqwest's own message alone says little).
-/// An error and its sources on one line (reqwest's top-level message alone hides the cause).
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Appends `body` as one line to `path`: a 200 when written, no status (retried) when not.

@@ -19,8 +19,8 @@ use crate::kafka::transactional_output::TransactionalOutput;
 use crate::metrics::{BoundedLabel, metrics};
 use crate::schema::pendo_metadata_update::PendoEntity;
 use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
+use crate::transform::received_at::received_at;
 use crate::transform::segment_to_pendo::{SegmentOutcome, SegmentToPendo};
-use crate::transform::transform_pendo::processor::received_at;
 
 /// Distinct kinds tracked in metric labels before `_other`.
 const MAX_KIND_LABELS: usize = 50;

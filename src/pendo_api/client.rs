@@ -1,4 +1,5 @@
-//! One request to Pendo's REST API, and what an answer means.
+//! One request to Pendo's REST API, and what an answer means (for the poller's reads and the
+//! Pendo sink's writes alike).
 //!
 //! [`PendoClient::post`] never fails: a network error or timeout is a [`PendoResponse`] without
 //! a status, so every attempt goes through [`classify`]. The integration key is sent in
@@ -9,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::config::{PendoSinkConfig, base_url};
+use super::base_url;
 use crate::config::PendoConfig;
+use crate::http::outcome::Outcome;
+use crate::http::retry_after::parse_retry_after;
+use crate::http::{USER_AGENT, error_chain};
 use crate::secret::Secret;
-use crate::sinks::segment::retry::{Outcome, parse_retry_after};
-use crate::sinks::segment::service::{USER_AGENT, error_chain};
 
 /// Header carrying the integration key.
 pub const KEY_HEADER: &str = "x-pendo-integration-key";
@@ -79,15 +81,6 @@ pub struct PendoClient {
 }
 
 impl PendoClient {
-    /// A client for `pendo`'s region (or base URL) with `sink`'s timeout.
-    pub fn new(pendo: &PendoConfig, sink: &PendoSinkConfig) -> Result<Self, String> {
-        Self::with_limits(
-            pendo,
-            Duration::from_millis(sink.request_timeout_ms),
-            Duration::from_secs(sink.retry_after_cap_s),
-        )
-    }
-
     /// A client for `pendo`'s region (or base URL): each request ends after `timeout`, and a
     /// `Retry-After` longer than `retry_after_cap` is capped.
     pub fn with_limits(
@@ -255,7 +248,8 @@ mod tests {
             base_url: None,
             integration_key: Secret::inline("ik-secret"),
         };
-        let c = PendoClient::new(&pendo, &PendoSinkConfig::default()).unwrap();
+        let c = PendoClient::with_limits(&pendo, Duration::from_secs(10), Duration::from_secs(300))
+            .unwrap();
         assert_eq!(c.base(), "https://app.au.pendo.io");
         assert!(!format!("{c:?}").contains("ik-secret"));
     }

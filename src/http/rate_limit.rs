@@ -1,5 +1,6 @@
-//! Token buckets that keep the sink under Segment's workspace rate limit (about 1,000 requests
-//! or events per second) before Segment has to answer 429.
+//! Token buckets that keep a client under its destination's rate limit (Segment's workspace
+//! limit of about 1,000 requests or events per second, the poller's `requests_per_s`) before the
+//! destination has to answer 429.
 //!
 //! A caller reserves its tokens at once and then sleeps off any deficit, so the bucket can go
 //! into debt: concurrent callers queue behind each other in reservation order, and a request
@@ -68,7 +69,7 @@ impl TokenBucket {
     }
 }
 
-/// The sink's limits: events per second and requests per second, each optional.
+/// A client's limits: events per second and requests per second, each optional.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     events: Option<TokenBucket>,
@@ -82,14 +83,6 @@ impl RateLimiter {
             events: events_per_s.map(TokenBucket::new),
             requests: requests_per_s.map(TokenBucket::new),
         }
-    }
-
-    /// The limits of `config`.
-    pub fn from_config(config: &super::SegmentSinkConfig) -> Self {
-        Self::new(
-            config.rate_limit_events_per_s,
-            config.rate_limit_requests_per_s,
-        )
     }
 
     /// Whether no limit is configured (nothing ever waits).
@@ -175,10 +168,7 @@ mod tests {
             "3 over the burst at 20/s: {took:?}"
         );
 
-        let events = RateLimiter::from_config(&crate::sinks::segment::SegmentSinkConfig {
-            rate_limit_events_per_s: Some(1_000),
-            ..Default::default()
-        });
+        let events = RateLimiter::new(Some(1_000), None);
         assert!(!events.is_unlimited());
         let start = std::time::Instant::now();
         events.acquire(1_100).await;

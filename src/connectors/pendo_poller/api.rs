@@ -1,7 +1,7 @@
 //! Reads from Pendo's REST API with the hygiene Pendo's unpublished limits call for: one
 //! request at a time under a client-side rate limit, retries with jittered backoff on
-//! 429/5xx/timeouts honouring `Retry-After`, and no retrying of a wrong key or region (that
-//! needs an operator, so the role stops with a message naming the setting).
+//! 429/5xx/timeouts honouring `Retry-After`, and no fast retrying of a wrong key or region (that
+//! needs an operator: the role goes not ready, names the setting, and tries again slowly).
 
 use std::time::Duration;
 

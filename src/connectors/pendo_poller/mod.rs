@@ -6,7 +6,7 @@
 //! track types onto the compacted `pendo.catalog`.
 //!
 //! Split by idea: [`config`] (`[pendo_poller]`), [`api`] (polite reads: rate limit, retries,
-//! `Retry-After`, a refused key stops the role), [`rows`] (queries and row -> record),
+//! `Retry-After`, a refused key named), [`rows`] (queries and row -> record),
 //! [`interactions`] (guideEvents/pollEvents rows), [`milestones`] (rules over aggregated
 //! feature usage),
 //! [`state`] (what was emitted, in the compacted `state.pendo-poller`), and [`poller`] (the

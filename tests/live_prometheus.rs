@@ -184,9 +184,13 @@ const SCENARIOS: &[(&str, &[&str], &str)] = &[
             "PendoSegmentWebhookUnavailable",
             "PendoSegmentRoleRestarting",
         ],
-        "the same cut and traffic (the two roles with 1 s Kafka deadlines, the webhook with a \
-         1 s ack deadline, and in-process restart pauses of 0.1-0.5 s, so failures come at the \
-         compressed pace): pendo-webhook answers 503 (`kafka_unavailable`) and transform-pendo \
+        "pendo-webhook and transform-pendo reach Kafka through a proxy that drops their produce \
+         and transaction requests (reads still pass: a role that reaches the leaders it reads \
+         from but not those it writes to, nor its transaction coordinator) while Pendo posts 10 \
+         events a round, not awaited, and 50 raw events are produced every 0.2 s for the \
+         transformer. The two roles run with 1 s Kafka deadlines, the webhook with a 1 s ack \
+         deadline, and in-process restart pauses of 0.1-0.5 s, so failures come at the \
+         compressed pace: pendo-webhook answers 503 (`kafka_unavailable`) and transform-pendo \
          fails to start its producer and is restarted in its process again and again; after \
          the cut both serve again (a post answered 200, the later scenarios' traffic)",
     ),

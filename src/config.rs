@@ -829,6 +829,17 @@ impl Config {
                     .into(),
             );
         }
+        // A zero pause would restart a failing role in a tight loop against a broker that is
+        // down.
+        if p.role_restart_backoff_initial_ms == 0
+            || p.role_restart_backoff_max_ms < p.role_restart_backoff_initial_ms
+        {
+            return invalid(
+                "processing.role_restart_backoff_initial_ms must be > 0 and at most \
+                 processing.role_restart_backoff_max_ms"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -1091,6 +1102,16 @@ mod tests {
                 "pendo_webhook",
                 "ack_timeout_ms = 0",
                 "pendo_webhook.ack_timeout_ms must be > 0",
+            ),
+            (
+                "processing",
+                "role_restart_backoff_initial_ms = 0",
+                "processing.role_restart_backoff_initial_ms must be > 0",
+            ),
+            (
+                "processing",
+                "role_restart_backoff_initial_ms = 5000\nrole_restart_backoff_max_ms = 1000",
+                "at most processing.role_restart_backoff_max_ms",
             ),
         ] {
             let err = load_str(&format!(

@@ -903,41 +903,36 @@ async fn kafka_writes_cut_off(prom: &Prometheus, pipeline: &mut Pipeline) -> Vec
     for s in futures::future::join_all(warm_up).await {
         assert_eq!(s.as_u16(), 200);
     }
-    let mut timings = Vec::new();
-    for scenario_name in ["Kafka writes cut off"] {
-        let (name, alerts) = scenario(scenario_name);
-        timings.extend(
-            provoke(
-                prom,
-                name,
-                alerts,
-                Duration::from_secs(120),
-                || proxy.set_writes_down(true),
-                |round| {
-                    let (http, url) = (http.clone(), p.pendo_url.clone());
-                    async move {
-                        // Posts the webhook holds until its ack deadline: sent without waiting,
-                        // so they keep coming at the rate a sender would retry.
-                        for i in 0..10 {
-                            let (http, url) = (http.clone(), url.clone());
-                            tokio::spawn(async move {
-                                let body = page_views(&format!("cut-{round}-{i}"), 1);
-                                let _ = http
-                                    .post(url)
-                                    .header("authorization", format!("Bearer {PENDO_SECRET}"))
-                                    .header("content-type", "application/json")
-                                    .body(body)
-                                    .send()
-                                    .await;
-                            });
-                        }
-                    }
-                },
-                || async { proxy.set_writes_down(false) },
-            )
-            .await,
-        );
-    }
+    let (name, alerts) = scenario("Kafka writes cut off");
+    let timings = provoke(
+        prom,
+        name,
+        alerts,
+        Duration::from_secs(120),
+        || proxy.set_writes_down(true),
+        |round| {
+            let (http, url) = (http.clone(), p.pendo_url.clone());
+            async move {
+                // Posts the webhook holds until its ack deadline: sent without waiting,
+                // so they keep coming at the rate a sender would retry.
+                for i in 0..10 {
+                    let (http, url) = (http.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let body = page_views(&format!("cut-{round}-{i}"), 1);
+                        let _ = http
+                            .post(url)
+                            .header("authorization", format!("Bearer {PENDO_SECRET}"))
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await;
+                    });
+                }
+            }
+        },
+        || async { proxy.set_writes_down(false) },
+    )
+    .await;
     // What the cut did to the two roles' Kafka counters (the reasons in
     // ALERTS_NOT_YET_PROVOKED for the rules that count these come from this output).
     for role in ["pendo-webhook", "transform-pendo"] {

@@ -5,6 +5,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Default and usual cap of a `Retry-After` pause.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
 
+/// The `Retry-After` of a response's headers (see [`parse_retry_after`]); `None` when absent
+/// or unreadable.
+pub fn retry_after_of(headers: &reqwest::header::HeaderMap, cap: Duration) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, cap))
+}
+
 /// Reads a `Retry-After` value: delta-seconds, or an HTTP-date (IMF-fixdate, e.g.
 /// `Sun, 06 Nov 1994 08:49:37 GMT`) relative to now. Capped at `cap`; `None` when unreadable
 /// (the caller falls back to its backoff).
@@ -81,5 +90,22 @@ mod tests {
             Some(Duration::from_secs(3)),
             "relative to the real clock"
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_from_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after_of(&h, RETRY_AFTER_CAP), None);
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(
+            retry_after_of(&h, RETRY_AFTER_CAP),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after_of(&h, Duration::from_secs(2)),
+            Some(Duration::from_secs(2))
+        );
+        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after_of(&h, RETRY_AFTER_CAP), None);
     }
 }

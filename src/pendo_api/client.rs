@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use super::base_url;
 use crate::config::PendoConfig;
 use crate::http::outcome::Outcome;
-use crate::http::retry_after::parse_retry_after;
+use crate::http::retry_after::retry_after_of;
 use crate::http::{USER_AGENT, error_chain};
 use crate::secret::Secret;
 
@@ -166,11 +166,7 @@ impl PendoClient {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.retry_after_cap));
+        let retry_after = retry_after_of(response.headers(), self.retry_after_cap);
         let mut body = Vec::new();
         loop {
             match response.chunk().await {

@@ -35,6 +35,7 @@ pub enum EndTxnFault {
     Drop,
 }
 
+#[derive(Default)]
 struct Faults {
     withhold_answers: AtomicUsize,
     drops: AtomicUsize,
@@ -77,12 +78,7 @@ impl KafkaProxy {
         let listener = TcpListener::bind(&listen)
             .await
             .unwrap_or_else(|e| panic!("proxy cannot listen on {listen}: {e}"));
-        let faults = Arc::new(Faults {
-            withhold_answers: AtomicUsize::new(0),
-            drops: AtomicUsize::new(0),
-            applied: AtomicUsize::new(0),
-            writes_down: std::sync::atomic::AtomicBool::new(false),
-        });
+        let faults = Arc::new(Faults::default());
         let f = faults.clone();
         tokio::spawn(async move {
             loop {

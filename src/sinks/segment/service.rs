@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::SegmentSinkConfig;
 use super::config::endpoint;
 use super::retry::classify;
 use crate::config::SegmentConfig;
 use crate::http::outcome::Outcome;
-use crate::http::retry_after::parse_retry_after;
+use crate::http::retry_after::retry_after_of;
 use crate::http::{USER_AGENT, error_chain};
 use crate::secret::Secret;
 
@@ -148,11 +148,7 @@ impl SegmentClient {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, self.retry_after_cap));
+        let retry_after = retry_after_of(response.headers(), self.retry_after_cap);
         let mut excerpt = Vec::new();
         let mut read = 0;
         // A body that fails half-way still leaves a valid status: Segment answered.

@@ -245,7 +245,11 @@ async fn auth_failures_keep_retrying_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("sinka");
     let n = names(&prefix);
-    let (config, ops) = role_config(dir.path(), &prefix, &sink_config(&server, ""));
+    let (config, ops) = role_config(
+        dir.path(),
+        &prefix,
+        &sink_config(&server, "[processing]\nstatistics_interval_ms = 500\n"),
+    );
     apply_topics(&config);
     produce_all(&producer(), &n.input, call_records("auth", EVENTS)).await;
 
@@ -276,6 +280,25 @@ async fn auth_failures_keep_retrying_and_lose_nothing() {
         1.0,
         "{metrics}"
     );
+    // The whole backlog shows as lag, though the group has never committed (librdkafka
+    // reports no lag then): a new deployment refused from its first batch is visibly behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = sink.metrics().await;
+        let lag = metric(
+            &metrics,
+            "pendo_segment_consumer_lag",
+            &[("stage", "segment-sink")],
+        );
+        if lag == EVENTS as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segment-sink's lag is {lag}, not the {EVENTS} records it has not delivered:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     assert!(
         server

@@ -752,6 +752,7 @@ async fn commit<P: RecordProcessor>(
             Ok(()) => {
                 m.commits.with_label_values(&[stage, "ok"]).inc();
                 stats.commits += 1;
+                consumer.context().note_committed_in_txn(&pending.next);
                 pending.clear();
                 Ok(None)
             }
@@ -799,30 +800,53 @@ async fn commit<P: RecordProcessor>(
 /// How often the lag of paused partitions is measured.
 const PAUSED_LAG_REFRESH: Duration = Duration::from_secs(2);
 
-/// Measures the lag of paused partitions off the loop (a watermark query is a blocking broker
-/// round trip): a paused partition is not fetched, so librdkafka's statistics would keep
-/// reporting the lag it had when it was paused while its backlog grows behind it.
+/// Measures the lag of paused partitions off the loop (watermark and committed-offset queries
+/// are blocking broker round trips): a paused partition is not fetched, so librdkafka's
+/// statistics would keep reporting the lag it had when it was paused while its backlog grows
+/// behind it.
 fn refresh_paused_lag(
     consumer: &Arc<StreamConsumer<LoopContext>>,
     stage: &'static str,
-    positions: Vec<(TopicPartition, i64)>,
+    positions: Vec<(TopicPartition, Option<i64>)>,
 ) -> tokio::task::JoinHandle<()> {
     let consumer = consumer.clone();
     tokio::task::spawn_blocking(move || {
         for (tp, committed) in positions {
-            match consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2)) {
-                // Not for a partition resumed or revoked meanwhile: its gauge is the statistics'
-                // again, or was removed with it.
-                Ok((_, high)) if consumer.context().is_paused(&tp) => {
-                    set_paused_lag(stage, &tp, high, committed)
-                }
-                Ok(_) => {}
+            let (low, high) = match consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2)) {
+                Ok(w) => w,
                 Err(e) => {
-                    tracing::debug!(stage, topic = %tp.0, partition = tp.1, error = %e, "paused partition's watermark not read")
+                    tracing::debug!(stage, topic = %tp.0, partition = tp.1, error = %e, "paused partition's watermark not read");
+                    continue;
                 }
+            };
+            // Nothing committed by this process yet (a fresh start whose destination refused
+            // from the first batch): the group's committed offset, else where the group starts
+            // reading (`auto.offset.reset = earliest`), so a backlog is never reported as 0.
+            let from = committed
+                .or_else(|| group_committed(&consumer, &tp))
+                .unwrap_or(low);
+            // Not for a partition resumed or revoked meanwhile: its gauge is the statistics'
+            // again, or was removed with it.
+            if consumer.context().is_paused(&tp) {
+                set_paused_lag(stage, &tp, high, from);
             }
         }
     })
+}
+
+/// The group's committed offset of `tp` on the broker, if it has one.
+fn group_committed(consumer: &StreamConsumer<LoopContext>, tp: &TopicPartition) -> Option<i64> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(2))
+        .ok()?;
+    committed
+        .find_partition(&tp.0, tp.1)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
 }
 
 /// `Acknowledged` strategy: offsets the processor reported done, what is committed, and which
@@ -846,12 +870,12 @@ impl AckState {
         }
     }
 
-    /// Paused partitions with a committed offset, for measuring their lag (see
-    /// [`refresh_paused_lag`]).
-    fn paused_positions(&self) -> Vec<(TopicPartition, i64)> {
+    /// Paused partitions with the offset this process committed for each, if any, for
+    /// measuring their lag (see [`refresh_paused_lag`]).
+    fn paused_positions(&self) -> Vec<(TopicPartition, Option<i64>)> {
         self.paused
             .iter()
-            .filter_map(|tp| Some((tp.clone(), *self.committed.get(tp)?)))
+            .map(|tp| (tp.clone(), self.committed.get(tp).copied()))
             .collect()
     }
 

@@ -1,7 +1,7 @@
 //! The librdkafka client context of consumer roles: turns rebalance callbacks into events the
 //! consumer loop handles between records, and statistics into consumer-lag gauges.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -38,6 +38,10 @@ pub struct LoopContext {
     /// keep their last high watermark and the lag it reports freezes. The loop measures their
     /// lag itself ([`set_paused_lag`]); statistics leave them alone.
     paused: Mutex<HashSet<TopicPartition>>,
+    /// Offsets committed through a transaction (`send_offsets_to_transaction`), per partition:
+    /// librdkafka's statistics know only the offsets its consumer committed or fetched at
+    /// assignment, so a transformer's lag would otherwise count every record it processed since.
+    committed_in_txn: Mutex<HashMap<TopicPartition, i64>>,
 }
 
 /// Sets the lag gauge of a paused partition from a fresh high watermark (the last stable offset
@@ -58,6 +62,20 @@ impl LoopContext {
             readiness,
             barrier: None,
             paused: Mutex::new(HashSet::new()),
+            committed_in_txn: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records offsets (next offset to read, per partition) committed in a transaction, for the
+    /// lag gauge (see [`partition_lag`]).
+    pub fn note_committed_in_txn<'a>(
+        &self,
+        offsets: impl IntoIterator<Item = (&'a TopicPartition, &'a i64)>,
+    ) {
+        let mut map = self.committed_in_txn.lock().expect("committed lock");
+        for (tp, next) in offsets {
+            let e = map.entry(tp.clone()).or_insert(*next);
+            *e = (*e).max(*next);
         }
     }
 
@@ -102,22 +120,57 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// A partition's lag from librdkafka's statistics: the end offset (the last stable offset a
+/// `read_committed` consumer sees, else the high watermark) minus the committed offset, the
+/// later of librdkafka's and the one `committed_in_txn` (a transformer's offsets go through
+/// its transactions, which librdkafka's statistics never see). While nothing is committed for
+/// the partition at all, the end minus the log start, where the group starts reading
+/// (`auto.offset.reset = earliest`): librdkafka reports -1 then, which would hide the whole
+/// backlog of a new deployment whose destination refuses it from the first batch. `None` while
+/// the offsets are not known yet.
+fn partition_lag(p: &rdkafka::statistics::Partition, committed_in_txn: Option<i64>) -> Option<i64> {
+    let end = if p.ls_offset >= 0 {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    if end < 0 {
+        return None;
+    }
+    let committed = p.committed_offset.max(committed_in_txn.unwrap_or(-1));
+    if committed >= 0 {
+        Some((end - committed).max(0))
+    } else if p.lo_offset >= 0 {
+        Some((end - p.lo_offset).max(0))
+    } else {
+        None
+    }
+}
+
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
         let lag = &metrics().consumer_lag;
         let paused = self.paused.lock().expect("paused lock").clone();
+        let in_txn = self
+            .committed_in_txn
+            .lock()
+            .expect("committed lock")
+            .clone();
         for (topic, t) in &statistics.topics {
             for (id, p) in &t.partitions {
-                // Partition -1 is librdkafka's internal "unassigned" bucket; a negative lag means
-                // "not known yet" (no committed offset or high watermark).
-                if *id < 0 || p.consumer_lag < 0 || p.fetch_state == "none" {
+                // Partition -1 is librdkafka's internal "unassigned" bucket.
+                if *id < 0 || p.fetch_state == "none" {
                     continue;
                 }
                 if paused.contains(&(topic.clone(), *id)) {
                     continue;
                 }
+                let noted = in_txn.get(&(topic.clone(), *id)).copied();
+                let Some(value) = partition_lag(p, noted) else {
+                    continue;
+                };
                 lag.with_label_values(&[self.stage, topic, &id.to_string()])
-                    .set(p.consumer_lag);
+                    .set(value);
             }
         }
     }
@@ -133,6 +186,12 @@ impl ConsumerContext for LoopContext {
                     .rebalances
                     .with_label_values(&[self.stage, "revoke"])
                     .inc();
+                {
+                    let mut in_txn = self.committed_in_txn.lock().expect("committed lock");
+                    for tp in &parts {
+                        in_txn.remove(tp);
+                    }
+                }
                 for (topic, p) in &parts {
                     let _ = metrics().consumer_lag.remove_label_values(&[
                         self.stage,
@@ -187,3 +246,59 @@ impl ClientContext for ReadToEndContext {
 }
 
 impl ConsumerContext for ReadToEndContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(
+        committed: i64,
+        lo: i64,
+        hi: i64,
+        ls: i64,
+        lag: i64,
+    ) -> rdkafka::statistics::Partition {
+        rdkafka::statistics::Partition {
+            committed_offset: committed,
+            lo_offset: lo,
+            hi_offset: hi,
+            ls_offset: ls,
+            consumer_lag: lag,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lag_is_measured_from_the_latest_commit_or_from_the_log_start_without_one() {
+        // Committed by the consumer: end (last stable offset) minus committed.
+        assert_eq!(
+            partition_lag(&partition(40, 0, 100, 100, 60), None),
+            Some(60)
+        );
+        // A transformer: librdkafka saw the offset fetched at assignment (40), the loop
+        // committed 95 in a transaction since.
+        assert_eq!(
+            partition_lag(&partition(40, 0, 100, 100, 60), Some(95)),
+            Some(5)
+        );
+        // An older transactional commit never lowers what librdkafka knows.
+        assert_eq!(
+            partition_lag(&partition(40, 0, 100, 100, 60), Some(20)),
+            Some(60)
+        );
+        // Nothing committed (-1001): from the log start to the last stable offset.
+        assert_eq!(
+            partition_lag(&partition(-1001, 10, 120, 100, -1), None),
+            Some(90)
+        );
+        // No last stable offset yet: the high watermark.
+        assert_eq!(
+            partition_lag(&partition(-1001, 10, 120, -1, -1), None),
+            Some(110)
+        );
+        // Offsets not known yet: no value rather than a wrong one.
+        assert_eq!(partition_lag(&partition(-1001, -1, -1, -1, -1), None), None);
+        // Committed but the end not known yet.
+        assert_eq!(partition_lag(&partition(40, 0, -1, -1, -1), Some(50)), None);
+    }
+}

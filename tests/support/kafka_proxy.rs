@@ -9,11 +9,15 @@
 //! that writes ([`KafkaProxy::set_writes_down`]): produce and transaction requests go
 //! unanswered while reads (fetches, group membership, metadata) still work, as for a role on a
 //! multi-broker cluster that still reaches the leaders it reads from but not those it writes to
-//! or its transaction coordinator.
+//! or its transaction coordinator. It can slow writes down ([`KafkaProxy::set_write_delay`]: a
+//! broker whose disk or replication is slow) and refuse offset commits
+//! ([`KafkaProxy::set_commits_refused`]: the connection carrying one is closed, as by a group
+//! coordinator that goes away).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -24,6 +28,8 @@ const END_TXN: i16 = 26;
 /// The API keys of writes: `Produce`, `InitProducerId`, `AddPartitionsToTxn`,
 /// `AddOffsetsToTxn`, `EndTxn`, `TxnOffsetCommit`.
 const WRITES: [i16; 6] = [0, 22, 24, 25, END_TXN, 28];
+/// Kafka's API key of `OffsetCommit` (a consumer group's plain offset commit).
+const OFFSET_COMMIT: i16 = 8;
 
 /// What an armed proxy does with the next `EndTxn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +47,11 @@ struct Faults {
     drops: AtomicUsize,
     applied: AtomicUsize,
     /// `true` while writes are cut off: their requests are dropped, never answered.
-    writes_down: std::sync::atomic::AtomicBool,
+    writes_down: AtomicBool,
+    /// How long each write request is held before it is forwarded, in ms (0: not at all).
+    write_delay_ms: AtomicU64,
+    /// `true` while offset commits are refused: the connection carrying one is closed.
+    commits_refused: AtomicBool,
 }
 
 /// A running proxy; it stops with the test process.
@@ -121,6 +131,20 @@ impl KafkaProxy {
         self.faults.writes_down.store(down, Ordering::SeqCst);
     }
 
+    /// Holds every write request (produce and transaction requests) `delay` before forwarding
+    /// it, and the requests after it on its connection with it (answers keep their order);
+    /// `Duration::ZERO` forwards at once again.
+    pub fn set_write_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.faults.write_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Refuses offset commits (`true`: the connection an `OffsetCommit` arrives on is closed
+    /// before it reaches the broker, so the commit fails at once) or lets them pass (`false`).
+    pub fn set_commits_refused(&self, refused: bool) {
+        self.faults.commits_refused.store(refused, Ordering::SeqCst);
+    }
+
     /// How many `EndTxn` requests a fault was applied to.
     pub fn applied(&self) -> usize {
         self.faults.applied.load(Ordering::SeqCst)
@@ -146,19 +170,40 @@ async fn frame(r: &mut OwnedReadHalf) -> Option<Vec<u8>> {
 }
 
 /// Client to broker: forwards requests; an armed `EndTxn` is watched (its answer withheld) or
-/// dropped.
+/// dropped, writes are dropped while cut off and held while slowed down, and an offset commit
+/// while refused closes the connection.
 async fn requests(
     mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    to: OwnedWriteHalf,
     faults: Arc<Faults>,
     watched: Arc<Mutex<HashSet<i32>>>,
 ) {
+    // Frames go out in order, each not before its release time: a held write holds the
+    // requests behind it, as on a slow broker's connection.
+    let (out, mut released) =
+        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut to = to;
+        while let Some((at, f)) = released.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+    });
     while let Some(f) = frame(&mut from).await {
+        let mut at = tokio::time::Instant::now();
         if f.len() >= 12 {
             let api_key = i16::from_be_bytes([f[4], f[5]]);
             let correlation = i32::from_be_bytes([f[8], f[9], f[10], f[11]]);
             if faults.writes_down.load(Ordering::SeqCst) && WRITES.contains(&api_key) {
                 continue; // never forwarded: the client waits until its own deadline
+            }
+            if api_key == OFFSET_COMMIT && faults.commits_refused.load(Ordering::SeqCst) {
+                return; // both directions close: the client sees the connection drop
+            }
+            if WRITES.contains(&api_key) {
+                at += Duration::from_millis(faults.write_delay_ms.load(Ordering::SeqCst));
             }
             if api_key == END_TXN {
                 if take(&faults.drops) {
@@ -173,7 +218,7 @@ async fn requests(
                 }
             }
         }
-        if to.write_all(&f).await.is_err() {
+        if out.send((at, f)).is_err() {
             return;
         }
     }

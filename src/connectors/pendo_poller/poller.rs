@@ -627,9 +627,18 @@ impl Poller {
         for r in &records {
             m.poller_records.with_label_values(&[r.kind]).inc();
         }
+        // After every committed step, not only at the end of a cycle: a cycle catching up days
+        // of windows (a first start, a long outage) shows how far behind it still is.
+        if updates
+            .iter()
+            .any(|u| matches!(u, StateUpdate::Cursor { .. }))
+        {
+            self.report_lag();
+        }
         Ok(())
     }
 
+    /// Sets the watermark lag gauge of every cursor the state has.
     fn report_lag(&self) {
         let now = headers::now_millis();
         for name in [

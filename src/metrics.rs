@@ -131,7 +131,8 @@ pub struct Metrics {
     pub pendo_api_requests: IntCounterVec,
     /// Poller: rows Pendo returned, by source (accounts, visitors, catalogue kinds).
     pub pendo_api_rows: IntCounterVec,
-    /// Poller: records written, by kind (accountSnapshot, visitorFirstSeen, catalog, dead_letter).
+    /// Poller: records written, by kind (accountSnapshot, visitorFirstSeen,
+    /// visitorMetadataUpdated, catalog, dead_letter, ...).
     pub poller_records: IntCounterVec,
     /// Poller: how far each watermark/cycle end is behind now, in seconds.
     pub poller_watermark_lag: IntGaugeVec,

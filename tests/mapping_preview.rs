@@ -353,7 +353,9 @@ async fn a_candidate_with_three_changes_yields_exactly_those_three_findings() {
     let (code, api_only) = preview_json(&r, &candidate, &["--from-topic", "pendo.raw.api"]);
     assert_eq!(code, Some(0), "{api_only:#}");
     assert_eq!(api_only["findings"], serde_json::json!([]));
-    assert_eq!(api_only["records_read"], 3 * COPIES);
+    let api_fixtures = fixture_events().iter().filter(|(api, _)| *api).count() as u64;
+    assert!(api_fixtures >= 4, "the poller's fixtures: {api_fixtures}");
+    assert_eq!(api_only["records_read"], api_fixtures * COPIES);
 
     // --last 1: one record of each of the 3 partitions.
     let (_, last) = preview_json(&r, &candidate, &["--last", "1"]);

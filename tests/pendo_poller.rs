@@ -379,6 +379,185 @@ async fn sigkill_mid_cycle_loses_no_window_and_repeats_nothing() {
     assert!(last.wait_exit(Duration::from_secs(30)).await.success());
 }
 
+/// Every committed record of `topic` now: read until nothing new came for 3 s.
+async fn read_all(topic: &str) -> Vec<OwnedMessage> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || read_committed(&topic, usize::MAX, Duration::from_secs(3)))
+        .await
+        .unwrap()
+}
+
+/// The `visitorMetadataUpdated` records of `records`: visitor id -> how many, and the last one.
+fn profile_updates(records: &[OwnedMessage]) -> BTreeMap<String, (usize, Value)> {
+    let mut out: BTreeMap<String, (usize, Value)> = BTreeMap::new();
+    for m in records {
+        let v = value_of(m);
+        if v["event"] == "visitorMetadataUpdated" {
+            let e = out
+                .entry(v["visitorId"].as_str().unwrap_or("").to_string())
+                .or_insert((0, Value::Null));
+            e.0 += 1;
+            e.1 = v;
+        }
+    }
+    out
+}
+
+/// Visitor `i` of [`visitors`] with its metadata updated now: a selected field changed
+/// (`custom.role`), or only an unselected one (`auto.lastvisit`).
+fn updated_visitor(i: usize, n: usize, role: Option<&str>) -> Value {
+    let mut row = visitors(n).swap_remove(i);
+    let now = now_ms();
+    if let Some(role) = role {
+        row["metadata"]["custom"]["role"] = json!(role);
+    } else {
+        row["metadata"]["auto"]["lastvisit"] = json!(now);
+    }
+    row["metadata"]["auto"]["lastupdated"] = json!(now);
+    row
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_visitor_profiles_are_sent_once_and_unchanged_ones_never_even_across_sigkills() {
+    const KNOWN: usize = 2_000;
+    let server = PendoTestServer::start(PendoServerConfig {
+        max_rows: 500,
+        ..Default::default()
+    })
+    .await;
+    server.set_visitors(visitors(KNOWN));
+    let mut d = Deployment::new(
+        &server,
+        &fast_poller(
+            "profiles_interval_s = 1\naccounts_interval_s = 0\ncatalog_interval_s = 0\n\
+             page_size = 100",
+        ),
+    );
+    let topic = d.topic("pendo.raw.api");
+    let mut poller = d.start("pendo-poller", "poller");
+    poller.wait_ready(Duration::from_secs(60)).await;
+
+    // Known visitors: each first seen once; profile syncs over them send nothing, since what
+    // the first visit sent is what they still hold.
+    let raw = read_n(&topic, KNOWN).await;
+    assert_eq!(raw.len(), KNOWN);
+    assert!(profile_updates(&raw).is_empty());
+    let cycles = poller.logs().matches("poll cycle complete").count();
+    wait_log(
+        &poller,
+        "poll cycle complete",
+        cycles + 6,
+        Duration::from_secs(60),
+    )
+    .await;
+    let raw = read_all(&topic).await;
+    assert_eq!(raw.len(), KNOWN, "unchanged visitors send nothing");
+
+    // 50 visitors change a selected field, 20 only an unselected one.
+    for i in 0..50 {
+        server.upsert_visitor(updated_visitor(i, KNOWN, Some("admin")));
+    }
+    for i in 100..120 {
+        server.upsert_visitor(updated_visitor(i, KNOWN, None));
+    }
+    let raw = read_n(&topic, KNOWN + 50).await;
+    let updates = profile_updates(&raw);
+    assert_eq!(raw.len(), KNOWN + 50, "exactly the 50 changed profiles");
+    let expected: Vec<String> = (0..50).map(|i| format!("vis-{i:05}")).collect();
+    assert_eq!(updates.keys().cloned().collect::<Vec<_>>(), expected);
+    for (id, (n, v)) in &updates {
+        assert_eq!(*n, 1, "{id} sent {n} times");
+        assert_eq!(
+            v["properties"]["metadata"]["custom"]["role"], "admin",
+            "{v}"
+        );
+        assert!(
+            v["properties"]["metadata"]["agent"]["email"].is_string(),
+            "the whole selected profile, not only what changed: {v}"
+        );
+    }
+    // Later syncs re-read the settle window: the same changes are not sent again.
+    let cycles = poller.logs().matches("poll cycle complete").count();
+    wait_log(
+        &poller,
+        "poll cycle complete",
+        cycles + 6,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(read_all(&topic).await.len(), KNOWN + 50);
+    assert!(
+        poller.metrics().await.contains(
+            "pendo_segment_poller_watermark_lag_seconds{cursor=\"visitors.lastupdated\"}"
+        )
+    );
+    poller.sigterm();
+    assert!(poller.wait_exit(Duration::from_secs(30)).await.success());
+
+    // 300 more change (the first 50 change back), then the poller is killed twice in the
+    // middle of its sync: slow pages of 5 rows, nothing else polled.
+    for i in 0..300 {
+        server.upsert_visitor(updated_visitor(
+            i,
+            KNOWN,
+            Some(if i < 50 { "user" } else { "owner" }),
+        ));
+    }
+    server.set_read_faults(PendoFaultPlan::none().range(
+        1,
+        1_000_000,
+        PendoFault::Slow(Duration::from_millis(100)),
+    ));
+    d.poller = fast_poller(
+        "profiles_interval_s = 1\naccounts_interval_s = 0\ncatalog_interval_s = 0\n\
+         visitors_interval_s = 0\npage_size = 5",
+    );
+    let mut partial = Vec::new();
+    for round in 0..2 {
+        let mut p = d.start("pendo-poller", &format!("poller-killed-{round}"));
+        p.wait_ready(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(2_000 + 1_500 * round)).await;
+        p.kill9();
+        let sent = profile_updates(&read_all(&topic).await)
+            .values()
+            .map(|(n, _)| n)
+            .sum::<usize>();
+        partial.push(sent - 50);
+    }
+    assert!(
+        partial.iter().any(|n| *n > 0 && *n < 300),
+        "no kill landed in the middle of a sync (sent after each kill: {partial:?})"
+    );
+    let mut last = d.start("pendo-poller", "poller-final");
+    last.wait_ready(Duration::from_secs(60)).await;
+    let raw = read_n(&topic, KNOWN + 350).await;
+    let updates = profile_updates(&raw);
+    assert_eq!(raw.len(), KNOWN + 350, "sent after the kills: {partial:?}");
+    for i in 0..300 {
+        let id = format!("vis-{i:05}");
+        let (n, v) = &updates[&id];
+        assert_eq!(*n, if i < 50 { 2 } else { 1 }, "{id}");
+        let role = if i < 50 { "user" } else { "owner" };
+        assert_eq!(
+            v["properties"]["metadata"]["custom"]["role"], role,
+            "{id}: {v}"
+        );
+    }
+    // Every read was a bounded page (reads cut off by the kills have no status).
+    for r in server.read_requests() {
+        let pipeline = &r.body.as_ref().expect("an aggregation")["request"]["pipeline"];
+        assert!(
+            pipeline
+                .as_array()
+                .is_some_and(|p| p.iter().any(|s| s.get("limit").is_some())),
+            "an aggregation without a limit: {pipeline}"
+        );
+    }
+    last.sigterm();
+    assert!(last.wait_exit(Duration::from_secs(30)).await.success());
+    eprintln!("profile sync: updates sent after each kill {partial:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_respected_and_a_refused_key_keeps_the_role_up_and_not_ready() {
     let server = PendoTestServer::start(PendoServerConfig::default()).await;

@@ -149,7 +149,8 @@ pub fn account_row(id: &str, agent: Value, custom: Value, firstvisit_ms: i64) ->
     })
 }
 
-/// A visitor row as the aggregation source `visitors` returns it.
+/// A visitor row as the aggregation source `visitors` returns it (metadata last updated at the
+/// first visit).
 pub fn visitor_row(
     id: &str,
     account_id: &str,
@@ -164,6 +165,7 @@ pub fn visitor_row(
                 "id": id,
                 "firstvisit": firstvisit_ms,
                 "lastvisit": firstvisit_ms,
+                "lastupdated": firstvisit_ms,
                 "accountid": account_id,
                 "accountids": [account_id],
             },

@@ -23,6 +23,13 @@ pub struct PendoPollerConfig {
     pub visitors_interval_s: u64,
     /// Seconds between catalogue refreshes (features, pages, guides, track types); 0 disables.
     pub catalog_interval_s: u64,
+    /// Seconds between visitor profile syncs: known visitors whose selected metadata
+    /// (`visitor_fields`) changed since it was last sent become an `identify`
+    /// (`visitorMetadataUpdated`); 0 disables. Each sync reads only the visitors Pendo updated
+    /// since the last one (`metadata.auto.lastupdated`, re-reading `visitors_settle_s`).
+    pub profiles_interval_s: u64,
+    /// How far back the first profile sync looks for updated visitors, in seconds.
+    pub profiles_initial_lookback_s: u64,
     /// Seconds between reads of guide interactions (`guideEvents`: advanced, dismissed,
     /// snoozed, completed — Pendo pushes no webhook for them); 0 disables.
     pub guide_events_interval_s: u64,
@@ -81,6 +88,8 @@ impl Default for PendoPollerConfig {
             accounts_interval_s: 3_600,
             visitors_interval_s: 900,
             catalog_interval_s: 3_600,
+            profiles_interval_s: 900,
+            profiles_initial_lookback_s: 86_400,
             guide_events_interval_s: 3_600,
             poll_events_interval_s: 3_600,
             events_settle_s: 12 * 3_600,

@@ -25,6 +25,9 @@ use crate::shutdown::Shutdown;
 pub const STAGE: &str = "pendo-poller";
 /// Watermark of the visitor cycles: first visits before it (minus the settle window) are done.
 pub const VISITORS_CURSOR: &str = "visitors.firstvisit";
+/// Watermark of the profile syncs: metadata updates before it (minus the settle window) are
+/// done.
+pub const PROFILES_CURSOR: &str = "visitors.lastupdated";
 /// End of the last complete account cycle.
 pub const ACCOUNTS_CURSOR: &str = "accounts.cycle";
 /// End of the last complete catalogue refresh.
@@ -207,7 +210,7 @@ impl Poller {
         } else {
             PendoPollerConfig::every(self.cfg.milestones_interval_s)
         };
-        let jobs: [(Job, Option<Duration>); 6] = [
+        let jobs: [(Job, Option<Duration>); 7] = [
             (
                 Job::Catalog,
                 PendoPollerConfig::every(self.cfg.catalog_interval_s),
@@ -219,6 +222,10 @@ impl Poller {
             (
                 Job::Visitors,
                 PendoPollerConfig::every(self.cfg.visitors_interval_s),
+            ),
+            (
+                Job::Profiles,
+                PendoPollerConfig::every(self.cfg.profiles_interval_s),
             ),
             (
                 Job::GuideEvents,
@@ -302,6 +309,7 @@ impl Poller {
         match job {
             Job::Accounts => self.accounts_cycle().await,
             Job::Visitors => self.visitors_cycle().await,
+            Job::Profiles => self.profiles_cycle().await,
             Job::Catalog => self.catalog_cycle().await,
             Job::Milestones => self.milestones_cycle().await,
             Job::GuideEvents => self.interactions_cycle(interactions::GUIDE_EVENTS).await,
@@ -383,7 +391,15 @@ impl Poller {
                     match rows::visitor_event(row, &self.cfg.visitor_fields) {
                         Err(e) => step.reject(&self.state, "visitors", row, e),
                         Ok(r) => {
-                            let pending = StateUpdate::VisitorSeen { id: r.key.clone() };
+                            let fp = rows::fingerprint(&rows::select_metadata(
+                                row,
+                                &self.cfg.visitor_fields,
+                            ));
+                            let pending = StateUpdate::Visitor {
+                                id: r.key.clone(),
+                                seen: true,
+                                fp,
+                            };
                             if !self.state.visitor_seen(&r.key) && !step.updates.contains(&pending)
                             {
                                 step.raw(r, now);
@@ -398,6 +414,74 @@ impl Poller {
                     let wm = self.state.cursor(VISITORS_CURSOR).unwrap_or(i64::MIN);
                     step.updates.push(StateUpdate::Cursor {
                         name: VISITORS_CURSOR.into(),
+                        at: wm.max(to),
+                    });
+                }
+                self.commit(step).await?;
+                if done {
+                    break;
+                }
+                after = last;
+            }
+            from = to;
+        }
+        Ok(())
+    }
+
+    /// Visitors Pendo updated since the watermark (re-reading the settle window), window by
+    /// window, page by page; emits those whose selected metadata differs from what was last
+    /// sent for them (first visit or an earlier sync).
+    pub async fn profiles_cycle(&mut self) -> Result<(), PollError> {
+        let now = headers::now_millis();
+        let settle = (self.cfg.visitors_settle_s * 1000) as i64;
+        let window = (self.cfg.visitors_window_s * 1000) as i64;
+        let page = self.cfg.page_size;
+        let mut from = match self.state.cursor(PROFILES_CURSOR) {
+            Some(wm) => wm - settle,
+            None => now - (self.cfg.profiles_initial_lookback_s * 1000) as i64,
+        };
+        while from < now {
+            let to = (from + window).min(now);
+            let mut after: Option<String> = None;
+            loop {
+                let rows = self
+                    .api
+                    .aggregate(
+                        "visitors",
+                        rows::visitor_updates_page(from, to, after.as_deref(), page),
+                    )
+                    .await?;
+                let mut step = Step::default();
+                for row in &rows {
+                    let selected = rows::select_metadata(row, &self.cfg.visitor_fields);
+                    let fp = rows::fingerprint(&selected);
+                    let known = rows::row_id(row, "visitorId")
+                        .ok()
+                        .and_then(|id| self.state.visitor(id));
+                    if known.is_some_and(|m| m.fp == Some(fp)) {
+                        continue;
+                    }
+                    match rows::visitor_update_event(row, selected, &fp) {
+                        Err(e) => step.reject(&self.state, "visitors", row, e),
+                        Ok(r) => {
+                            let pending = StateUpdate::Visitor {
+                                id: r.key.clone(),
+                                seen: known.is_some_and(|m| m.seen),
+                                fp,
+                            };
+                            if !step.updates.contains(&pending) {
+                                step.raw(r, now);
+                                step.updates.push(pending);
+                            }
+                        }
+                    }
+                }
+                let last = last_id(&rows, "visitorId");
+                let done = rows.len() < page || last.is_none() || last <= after;
+                if done {
+                    let wm = self.state.cursor(PROFILES_CURSOR).unwrap_or(i64::MIN);
+                    step.updates.push(StateUpdate::Cursor {
+                        name: PROFILES_CURSOR.into(),
                         at: wm.max(to),
                     });
                 }
@@ -643,6 +727,7 @@ impl Poller {
         let now = headers::now_millis();
         for name in [
             VISITORS_CURSOR,
+            PROFILES_CURSOR,
             ACCOUNTS_CURSOR,
             CATALOG_CURSOR,
             MILESTONES_CURSOR,
@@ -746,6 +831,7 @@ fn last_id(rows: &[Value], field: &str) -> Option<String> {
 enum Job {
     Accounts,
     Visitors,
+    Profiles,
     Catalog,
     Milestones,
     GuideEvents,
@@ -757,6 +843,7 @@ impl Job {
         match self {
             Job::Accounts => "accounts",
             Job::Visitors => "visitors",
+            Job::Profiles => "profiles",
             Job::Catalog => "catalog",
             Job::Milestones => "milestones",
             Job::GuideEvents => "guide_events",

@@ -13,6 +13,9 @@ use super::state::Fingerprint;
 pub const ACCOUNT_KIND: &str = "accountSnapshot";
 /// Kind of the raw event made from a newly seen visitor (mapped to an `identify` call).
 pub const VISITOR_KIND: &str = "visitorFirstSeen";
+/// Kind of the raw event made from a known visitor whose selected metadata changed: Pendo's own
+/// webhook kind for it, so the mapping file maps both the same way (an `identify` call).
+pub const VISITOR_UPDATE_KIND: &str = "visitorMetadataUpdated";
 /// The catalogue kinds and their `GET /api/v1/<kind>` endpoints.
 pub const CATALOG_KINDS: [&str; 4] = ["feature", "page", "guide", "tracktype"];
 
@@ -36,6 +39,22 @@ pub fn accounts_page(after: Option<&str>, limit: usize) -> Value {
 pub fn visitors_page(from_ms: i64, to_ms: i64, after: Option<&str>, limit: usize) -> Value {
     let mut filter =
         format!("metadata.auto.firstvisit >= {from_ms} && metadata.auto.firstvisit < {to_ms}");
+    if let Some(a) = after {
+        filter.push_str(&format!(" && visitorId > {}", literal(a)));
+    }
+    json!([
+        {"source": {"visitors": null}},
+        {"filter": filter},
+        {"sort": ["visitorId"]},
+        {"limit": limit},
+    ])
+}
+
+/// One page of visitors whose metadata was last updated (`metadata.auto.lastupdated`) in
+/// `[from_ms, to_ms)`, after `after` (by id): a profile sync reads only the visitors that changed.
+pub fn visitor_updates_page(from_ms: i64, to_ms: i64, after: Option<&str>, limit: usize) -> Value {
+    let mut filter =
+        format!("metadata.auto.lastupdated >= {from_ms} && metadata.auto.lastupdated < {to_ms}");
     if let Some(a) = after {
         filter.push_str(&format!(" && visitorId > {}", literal(a)));
     }
@@ -193,6 +212,40 @@ pub fn account_event(row: &Value, selected: Value, fp: &Fingerprint, now_s: i64)
     }
 }
 
+/// The raw event of a known visitor whose selected metadata (`selected`, fingerprint `fp`)
+/// changed; its time is the update (`metadata.auto.lastupdated`, epoch ms). Its `uniqueId`
+/// carries the update time and the fingerprint: each change is a new event (a profile that
+/// changes back is sent again), the same change emitted again the same one.
+pub fn visitor_update_event(
+    row: &Value,
+    selected: Value,
+    fp: &Fingerprint,
+) -> Result<ApiRecord, RowError> {
+    let id = row_id(row, "visitorId")?;
+    let updated = row["metadata"]["auto"]["lastupdated"]
+        .as_i64()
+        .ok_or_else(|| row_error("missing_lastupdated", "no metadata.auto.lastupdated"))?;
+    let fp_hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+    let mut event = json!({
+        "event": VISITOR_UPDATE_KIND,
+        "visitorId": id,
+        "timestamp": updated,
+        "uniqueId": format!("pendo-api:visitor-profile:{id}:{updated}:{fp_hex}"),
+        "properties": {"metadata": selected},
+    });
+    if let Some(account) = row["metadata"]["auto"]["accountid"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+    {
+        event["accountId"] = Value::String(account.to_string());
+    }
+    Ok(ApiRecord {
+        key: id.to_string(),
+        value: event.to_string().into_bytes(),
+        kind: VISITOR_UPDATE_KIND,
+    })
+}
+
 /// The raw event of a newly seen visitor row; its time is the first visit (epoch ms).
 pub fn visitor_event(row: &Value, fields: &[String]) -> Result<ApiRecord, RowError> {
     let id = row_id(row, "visitorId")?;
@@ -301,6 +354,12 @@ mod tests {
             v[1]["filter"],
             "metadata.auto.firstvisit >= 10 && metadata.auto.firstvisit < 20"
         );
+        let u = visitor_updates_page(10, 20, Some("v9"), 7);
+        assert_eq!(
+            u[1]["filter"],
+            "metadata.auto.lastupdated >= 10 && metadata.auto.lastupdated < 20 && visitorId > \"v9\""
+        );
+        assert_eq!(u[3]["limit"], 7);
     }
 
     #[test]
@@ -334,6 +393,29 @@ mod tests {
         assert_eq!(v["properties"]["metadata"]["agent"]["email"], "x@y");
         let bad = visitor_event(&json!({"visitorId": "v2", "metadata": {}}), &[]).unwrap_err();
         assert_eq!(bad.reason, "missing_firstvisit");
+
+        // A changed profile: an identify-shaped event at the update time, whose id names the
+        // change (same change, same id; a later change back to the same content, a new one).
+        let mut row = row;
+        row["metadata"]["auto"]["lastupdated"] = json!(1764000005000i64);
+        let selected = select_metadata(&row, &["agent".into()]);
+        let fp = fingerprint(&selected);
+        let r = visitor_update_event(&row, selected.clone(), &fp).unwrap();
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["event"], VISITOR_UPDATE_KIND);
+        assert_eq!(v["timestamp"], 1764000005000i64);
+        assert_eq!(v["accountId"], "a1");
+        assert_eq!(v["properties"]["metadata"], selected);
+        let again = visitor_update_event(&row, selected.clone(), &fp).unwrap();
+        assert_eq!(again.value, r.value);
+        row["metadata"]["auto"]["lastupdated"] = json!(1764000009000i64);
+        let later: Value =
+            serde_json::from_slice(&visitor_update_event(&row, selected, &fp).unwrap().value)
+                .unwrap();
+        assert_ne!(later["uniqueId"], v["uniqueId"]);
+        let bad = visitor_update_event(&json!({"visitorId": "v3", "metadata": {}}), json!({}), &fp)
+            .unwrap_err();
+        assert_eq!(bad.reason, "missing_lastupdated");
         let (k, e) = catalog_entry(
             "feature",
             &json!({"id": "f1", "name": "Export", "appId": 7}),

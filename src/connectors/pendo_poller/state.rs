@@ -6,8 +6,11 @@
 //!   of the last complete cycle (`accounts.cycle`, `catalog.cycle`);
 //! - `account:<id>` -> `{"fp": "<hex>"}`: fingerprint of the account's selected metadata as
 //!   last emitted, so a cycle emits only accounts that changed;
-//! - `visitor:<id>` -> `{"seen": true}`: the visitor's first visit was emitted (overlapping
-//!   windows never emit it again);
+//! - `visitor:<id>` -> `{"seen": <bool>, "fp": "<hex>"}`: whether the visitor's first visit was
+//!   emitted (overlapping windows never emit it again), and the fingerprint of its selected
+//!   metadata as last sent (first visit or profile sync), so a profile sync sends only visitors
+//!   that changed. Written as `{"seen": true}` before profile syncs existed: read as seen, with
+//!   no fingerprint (the next sync sends that visitor's profile once);
 //! - `catalog:<kind>:<id>` -> `{"fp": "<hex>"}`: the catalogue entry as last published;
 //! - on `state.milestones`, `<rule>:<visitor>` -> `{"reached": true}`: the visitor's milestone
 //!   was emitted;
@@ -40,10 +43,14 @@ pub enum StateUpdate {
         /// Its fingerprint.
         fp: Fingerprint,
     },
-    /// A visitor's first visit was emitted.
-    VisitorSeen {
+    /// A visitor's first visit or profile was emitted.
+    Visitor {
         /// Pendo visitor id.
         id: String,
+        /// Whether its first visit was emitted.
+        seen: bool,
+        /// Fingerprint of the selected metadata sent.
+        fp: Fingerprint,
     },
     /// An unusable row with this fingerprint was dead-lettered.
     Rejected {
@@ -94,7 +101,10 @@ impl StateUpdate {
             StateUpdate::ForgetRow { fp } => return (format!("row:{}", hex(fp)), None),
             StateUpdate::Cursor { name, at } => (format!("cursor:{name}"), json!({"at": at})),
             StateUpdate::Account { id, fp } => (format!("account:{id}"), json!({"fp": hex(fp)})),
-            StateUpdate::VisitorSeen { id } => (format!("visitor:{id}"), json!({"seen": true})),
+            StateUpdate::Visitor { id, seen, fp } => (
+                format!("visitor:{id}"),
+                json!({"seen": seen, "fp": hex(fp)}),
+            ),
             StateUpdate::Catalog { key, fp } => (format!("catalog:{key}"), json!({"fp": hex(fp)})),
             StateUpdate::Rejected { fp } => {
                 (format!("rejected:{}", hex(fp)), json!({"seen": true}))
@@ -107,12 +117,23 @@ impl StateUpdate {
     }
 }
 
+/// What the poller remembers of one visitor: 25 bytes beside its id, so a million visitors fit
+/// in well under 100 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitorMemo {
+    /// Fingerprint of the selected metadata as last sent; `None` for state written before
+    /// profile syncs existed.
+    pub fp: Option<Fingerprint>,
+    /// Whether the visitor's first visit was emitted.
+    pub seen: bool,
+}
+
 /// What the poller remembers between cycles and restarts.
 #[derive(Debug, Default)]
 pub struct PollerState {
     cursors: HashMap<String, i64>,
     accounts: HashMap<Box<str>, Fingerprint>,
-    visitors: HashSet<Box<str>>,
+    visitors: HashMap<Box<str>, VisitorMemo>,
     catalog: HashMap<Box<str>, Fingerprint>,
     rejected: HashSet<Fingerprint>,
     milestones: HashSet<Box<str>>,
@@ -152,8 +173,13 @@ impl PollerState {
             ("visitor", None) => {
                 self.visitors.remove(rest);
             }
-            ("visitor", Some(_)) => {
-                self.visitors.insert(rest.into());
+            ("visitor", Some(v)) => {
+                let fp = match v.get("fp") {
+                    None => None,
+                    Some(_) => Some(parse_fp(key, &v)?),
+                };
+                let seen = v["seen"].as_bool().unwrap_or(false);
+                self.visitors.insert(rest.into(), VisitorMemo { fp, seen });
             }
             ("catalog", None) => {
                 self.catalog.remove(rest);
@@ -200,8 +226,17 @@ impl PollerState {
                 StateUpdate::Account { id, fp } => {
                     self.accounts.insert(id.as_str().into(), *fp);
                 }
-                StateUpdate::VisitorSeen { id } => {
-                    self.visitors.insert(id.as_str().into());
+                StateUpdate::Visitor { id, seen, fp } => {
+                    let memo = VisitorMemo {
+                        fp: Some(*fp),
+                        seen: *seen,
+                    };
+                    match self.visitors.get_mut(id.as_str()) {
+                        Some(m) => *m = memo,
+                        None => {
+                            self.visitors.insert(id.as_str().into(), memo);
+                        }
+                    }
                 }
                 StateUpdate::Catalog { key, fp } => {
                     self.catalog.insert(key.as_str().into(), *fp);
@@ -234,7 +269,12 @@ impl PollerState {
 
     /// Whether a visitor's first visit was emitted.
     pub fn visitor_seen(&self, id: &str) -> bool {
-        self.visitors.contains(id)
+        self.visitors.get(id).is_some_and(|m| m.seen)
+    }
+
+    /// What is remembered of a visitor, if anything.
+    pub fn visitor(&self, id: &str) -> Option<VisitorMemo> {
+        self.visitors.get(id).copied()
     }
 
     /// The fingerprint a catalogue entry was last published with.
@@ -322,7 +362,16 @@ mod tests {
                 id: "acct:1".into(),
                 fp: [7; 16],
             },
-            StateUpdate::VisitorSeen { id: "v 1".into() },
+            StateUpdate::Visitor {
+                id: "v 1".into(),
+                seen: true,
+                fp: [5; 16],
+            },
+            StateUpdate::Visitor {
+                id: "v 2".into(),
+                seen: false,
+                fp: [6; 16],
+            },
             StateUpdate::Rejected { fp: [9; 16] },
             StateUpdate::Catalog {
                 key: "feature:f1".into(),
@@ -350,6 +399,14 @@ mod tests {
         assert_eq!(s.cursor("visitors.firstvisit"), Some(1_764_000_000_000));
         assert_eq!(s.account("acct:1"), Some(&[7; 16]));
         assert!(s.visitor_seen("v 1"));
+        assert_eq!(s.visitor("v 1").unwrap().fp, Some([5; 16]));
+        assert!(!s.visitor_seen("v 2"), "profile sent, first visit not yet");
+        assert_eq!(s.visitor("v 2").unwrap().fp, Some([6; 16]));
+        // State written before profile syncs: seen, fingerprint unknown.
+        s.apply_record("visitor:old", Some(b"{\"seen\":true}"))
+            .unwrap();
+        assert!(s.visitor_seen("old"));
+        assert_eq!(s.visitor("old").unwrap().fp, None);
         assert_eq!(s.catalog("feature:f1"), Some(&[255; 16]));
         assert!(s.rejected(&[9; 16]));
         let m = StateUpdate::Milestone {

@@ -102,6 +102,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             .await?
             .context("cannot start the poller's transactional producer")?;
             let state_topics = (topics.state.clone(), topics.milestones.clone());
+            let loading = std::time::Instant::now();
             let state = tokio::task::spawn_blocking(move || {
                 let mut state = state::PollerState::default();
                 let mut unreadable = 0u64;
@@ -143,6 +144,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 catalog,
                 unreadable,
                 visitors_watermark = state.cursor(poller::VISITORS_CURSOR),
+                load_ms = loading.elapsed().as_millis() as u64,
                 "poller state loaded"
             );
             ready.set_ready(true);

@@ -117,11 +117,17 @@ const SCENARIOS: &[(&str, &[&str], &str)] = &[
         "Segment 401",
         &[
             "PendoSegmentSegmentAuthFailure",
-            "PendoSegmentSegmentSinkBlocked",
             "PendoSegmentPartitionsPaused",
         ],
         "Segment answers 401 to every request while 200 Pendo events a round arrive: \
          segment-sink retries and pauses its partitions",
+    ),
+    (
+        "Segment 503",
+        &["PendoSegmentSegmentSinkBlocked"],
+        "Segment answers 503 to every request (an outage: for the compressed 10 minutes and \
+         more) while 10 Pendo events a round arrive: segment-sink retries with backoff, its \
+         retries grow and it reports backpressure",
     ),
     (
         "Segment 404",
@@ -1545,6 +1551,7 @@ async fn every_panel_shows_data_and_provoked_alerts_fire_and_resolve_on_a_live_p
     for (i, (scenario_name, answer, events)) in [
         ("Segment 401, lag", FaultAction::Status(401), 200),
         ("Segment 401", FaultAction::Status(401), 200),
+        ("Segment 503", FaultAction::Status(503), 10),
         ("Segment 404", FaultAction::Status(404), 10),
         ("Segment 429", rate_limited, 10),
     ]

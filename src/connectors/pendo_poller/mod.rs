@@ -1,10 +1,10 @@
 //! The Pendo API poller (role `pendo-poller`): what webhooks do not carry, read from Pendo's
 //! REST API on schedules — account snapshots (-> Segment `group` calls), visitors first seen
-//! (-> `identify` calls), guide and poll interactions Pendo does not push (-> `Guide
-//! Dismissed` / `Advanced` / `Completed`, `Poll Responded`) and usage milestones (-> `Feature
-//! Milestone Reached` tracks) and known visitors whose selected metadata changed (-> `identify`
-//! calls, `visitorMetadataUpdated`) onto `pendo.raw.api`, and the catalogue of features, pages, guides and
-//! track types onto the compacted `pendo.catalog`.
+//! and known visitors whose selected metadata changed (-> `identify` calls), guide and poll
+//! interactions Pendo does not push (-> `Guide Dismissed` / `Advanced` / `Completed`, `Poll
+//! Responded`) and usage milestones (-> `Feature Milestone Reached` tracks) onto
+//! `pendo.raw.api`, and the catalogue of features, pages, guides and track types onto the
+//! compacted `pendo.catalog`.
 //!
 //! Split by idea: [`config`] (`[pendo_poller]`), [`api`] (polite reads: rate limit, retries,
 //! `Retry-After`, a refused key named), [`rows`] (queries and row -> record),

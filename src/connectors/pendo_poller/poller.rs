@@ -367,78 +367,38 @@ impl Poller {
     /// Visitors first seen since the watermark (re-reading the settle window), window by
     /// window, page by page; emits each visitor once.
     pub async fn visitors_cycle(&mut self) -> Result<(), PollError> {
-        let now = headers::now_millis();
-        let settle = (self.cfg.visitors_settle_s * 1000) as i64;
-        let window = (self.cfg.visitors_window_s * 1000) as i64;
-        let page = self.cfg.page_size;
-        let mut from = match self.state.cursor(VISITORS_CURSOR) {
-            Some(wm) => wm - settle,
-            None => now - (self.cfg.visitors_initial_lookback_s * 1000) as i64,
-        };
-        while from < now {
-            let to = (from + window).min(now);
-            let mut after: Option<String> = None;
-            loop {
-                let rows = self
-                    .api
-                    .aggregate(
-                        "visitors",
-                        rows::visitors_page(from, to, after.as_deref(), page),
-                    )
-                    .await?;
-                let mut step = Step::default();
-                for row in &rows {
-                    match rows::visitor_event(row, &self.cfg.visitor_fields) {
-                        Err(e) => step.reject(&self.state, "visitors", row, e),
-                        Ok(r) => {
-                            let fp = rows::fingerprint(&rows::select_metadata(
-                                row,
-                                &self.cfg.visitor_fields,
-                            ));
-                            let pending = StateUpdate::Visitor {
-                                id: r.key.clone(),
-                                seen: true,
-                                fp,
-                            };
-                            if !self.state.visitor_seen(&r.key) && !step.updates.contains(&pending)
-                            {
-                                step.raw(r, now);
-                                step.updates.push(pending);
-                            }
-                        }
-                    }
-                }
-                let last = last_id(&rows, "visitorId");
-                let done = rows.len() < page || last.is_none() || last <= after;
-                if done {
-                    let wm = self.state.cursor(VISITORS_CURSOR).unwrap_or(i64::MIN);
-                    step.updates.push(StateUpdate::Cursor {
-                        name: VISITORS_CURSOR.into(),
-                        at: wm.max(to),
-                    });
-                }
-                self.commit(step).await?;
-                if done {
-                    break;
-                }
-                after = last;
-            }
-            from = to;
-        }
-        Ok(())
+        let lookback = self.cfg.visitors_initial_lookback_s;
+        self.visitor_windows(VISITORS_CURSOR, "firstvisit", lookback, first_visit)
+            .await
     }
 
     /// Visitors Pendo updated since the watermark (re-reading the settle window), window by
     /// window, page by page; emits those whose selected metadata differs from what was last
     /// sent for them (first visit or an earlier sync).
     pub async fn profiles_cycle(&mut self) -> Result<(), PollError> {
+        let lookback = self.cfg.profiles_initial_lookback_s;
+        self.visitor_windows(PROFILES_CURSOR, "lastupdated", lookback, changed_profile)
+            .await
+    }
+
+    /// Visitor rows whose `metadata.auto.<field>` lies after `cursor` (minus the settle window;
+    /// `lookback_s` back on a first run), in windows of `visitors_window_s`, page by page; each
+    /// page's rows go through `on_row` into one transaction, the last page of a window with the
+    /// cursor moved to the window's end.
+    async fn visitor_windows(
+        &mut self,
+        cursor: &'static str,
+        field: &str,
+        lookback_s: u64,
+        on_row: fn(&PollerState, &PendoPollerConfig, &Value, i64, &mut Step),
+    ) -> Result<(), PollError> {
         let now = headers::now_millis();
         let settle = (self.cfg.visitors_settle_s * 1000) as i64;
         let window = (self.cfg.visitors_window_s * 1000) as i64;
         let page = self.cfg.page_size;
-        let mut from = match self.state.cursor(PROFILES_CURSOR) {
+        let mut from = match self.state.cursor(cursor) {
             Some(wm) => wm - settle,
-            None => now - (self.cfg.profiles_initial_lookback_s * 1000) as i64,
+            None => now - (lookback_s * 1000) as i64,
         };
         while from < now {
             let to = (from + window).min(now);
@@ -448,40 +408,19 @@ impl Poller {
                     .api
                     .aggregate(
                         "visitors",
-                        rows::visitor_updates_page(from, to, after.as_deref(), page),
+                        rows::visitors_page(field, from, to, after.as_deref(), page),
                     )
                     .await?;
                 let mut step = Step::default();
                 for row in &rows {
-                    let selected = rows::select_metadata(row, &self.cfg.visitor_fields);
-                    let fp = rows::fingerprint(&selected);
-                    let known = rows::row_id(row, "visitorId")
-                        .ok()
-                        .and_then(|id| self.state.visitor(id));
-                    if known.is_some_and(|m| m.fp == Some(fp)) {
-                        continue;
-                    }
-                    match rows::visitor_update_event(row, selected, &fp) {
-                        Err(e) => step.reject(&self.state, "visitors", row, e),
-                        Ok(r) => {
-                            let pending = StateUpdate::Visitor {
-                                id: r.key.clone(),
-                                seen: known.is_some_and(|m| m.seen),
-                                fp,
-                            };
-                            if !step.updates.contains(&pending) {
-                                step.raw(r, now);
-                                step.updates.push(pending);
-                            }
-                        }
-                    }
+                    on_row(&self.state, &self.cfg, row, now, &mut step);
                 }
                 let last = last_id(&rows, "visitorId");
                 let done = rows.len() < page || last.is_none() || last <= after;
                 if done {
-                    let wm = self.state.cursor(PROFILES_CURSOR).unwrap_or(i64::MIN);
+                    let wm = self.state.cursor(cursor).unwrap_or(i64::MIN);
                     step.updates.push(StateUpdate::Cursor {
-                        name: PROFILES_CURSOR.into(),
+                        name: cursor.into(),
                         at: wm.max(to),
                     });
                 }
@@ -739,6 +678,65 @@ impl Poller {
                     .poller_watermark_lag
                     .with_label_values(&[name])
                     .set((now - at).max(0) / 1000);
+            }
+        }
+    }
+}
+
+/// A row of the new-visitor cycle: a visitor not emitted yet becomes `visitorFirstSeen`, with
+/// the fingerprint of what it sent.
+fn first_visit(
+    state: &PollerState,
+    cfg: &PendoPollerConfig,
+    row: &Value,
+    now: i64,
+    step: &mut Step,
+) {
+    match rows::visitor_event(row, &cfg.visitor_fields) {
+        Err(e) => step.reject(state, "visitors", row, e),
+        Ok(r) => {
+            let fp = rows::fingerprint(&rows::select_metadata(row, &cfg.visitor_fields));
+            let pending = StateUpdate::Visitor {
+                id: r.key.clone(),
+                seen: true,
+                fp,
+            };
+            if !state.visitor_seen(&r.key) && !step.updates.contains(&pending) {
+                step.raw(r, now);
+                step.updates.push(pending);
+            }
+        }
+    }
+}
+
+/// A row of the profile sync: a visitor whose selected metadata differs from what was last
+/// sent for it becomes `visitorMetadataUpdated`.
+fn changed_profile(
+    state: &PollerState,
+    cfg: &PendoPollerConfig,
+    row: &Value,
+    now: i64,
+    step: &mut Step,
+) {
+    let selected = rows::select_metadata(row, &cfg.visitor_fields);
+    let fp = rows::fingerprint(&selected);
+    let known = rows::row_id(row, "visitorId")
+        .ok()
+        .and_then(|id| state.visitor(id));
+    if known.is_some_and(|m| m.fp == Some(fp)) {
+        return;
+    }
+    match rows::visitor_update_event(row, selected, &fp) {
+        Err(e) => step.reject(state, "visitors", row, e),
+        Ok(r) => {
+            let pending = StateUpdate::Visitor {
+                id: r.key.clone(),
+                seen: known.is_some_and(|m| m.seen),
+                fp,
+            };
+            if !step.updates.contains(&pending) {
+                step.raw(r, now);
+                step.updates.push(pending);
             }
         }
     }

@@ -35,26 +35,18 @@ pub fn accounts_page(after: Option<&str>, limit: usize) -> Value {
     Value::Array(pipeline)
 }
 
-/// One page of visitors first seen in `[from_ms, to_ms)`, after `after` (by id).
-pub fn visitors_page(from_ms: i64, to_ms: i64, after: Option<&str>, limit: usize) -> Value {
+/// One page of visitors whose `metadata.auto.<field>` is in `[from_ms, to_ms)`, after `after`
+/// (by id): `firstvisit` for visitors first seen, `lastupdated` for a profile sync, which reads
+/// only the visitors that changed.
+pub fn visitors_page(
+    field: &str,
+    from_ms: i64,
+    to_ms: i64,
+    after: Option<&str>,
+    limit: usize,
+) -> Value {
     let mut filter =
-        format!("metadata.auto.firstvisit >= {from_ms} && metadata.auto.firstvisit < {to_ms}");
-    if let Some(a) = after {
-        filter.push_str(&format!(" && visitorId > {}", literal(a)));
-    }
-    json!([
-        {"source": {"visitors": null}},
-        {"filter": filter},
-        {"sort": ["visitorId"]},
-        {"limit": limit},
-    ])
-}
-
-/// One page of visitors whose metadata was last updated (`metadata.auto.lastupdated`) in
-/// `[from_ms, to_ms)`, after `after` (by id): a profile sync reads only the visitors that changed.
-pub fn visitor_updates_page(from_ms: i64, to_ms: i64, after: Option<&str>, limit: usize) -> Value {
-    let mut filter =
-        format!("metadata.auto.lastupdated >= {from_ms} && metadata.auto.lastupdated < {to_ms}");
+        format!("metadata.auto.{field} >= {from_ms} && metadata.auto.{field} < {to_ms}");
     if let Some(a) = after {
         filter.push_str(&format!(" && visitorId > {}", literal(a)));
     }
@@ -349,12 +341,12 @@ mod tests {
         let p = accounts_page(Some("a\"b"), 500);
         assert_eq!(p[1]["filter"], "accountId > \"a\\\"b\"");
         assert_eq!(p[3]["limit"], 500);
-        let v = visitors_page(10, 20, None, 7);
+        let v = visitors_page("firstvisit", 10, 20, None, 7);
         assert_eq!(
             v[1]["filter"],
             "metadata.auto.firstvisit >= 10 && metadata.auto.firstvisit < 20"
         );
-        let u = visitor_updates_page(10, 20, Some("v9"), 7);
+        let u = visitors_page("lastupdated", 10, 20, Some("v9"), 7);
         assert_eq!(
             u[1]["filter"],
             "metadata.auto.lastupdated >= 10 && metadata.auto.lastupdated < 20 && visitorId > \"v9\""

@@ -3,7 +3,8 @@
 //! what changed; SIGKILL mid-cycle loses and repeats nothing; `Retry-After` is respected; a
 //! refused key stops the role with a message naming the settings; with the transformer,
 //! accounts become group calls, visitors identify calls, and webhook events carry catalogue
-//! names.
+//! names; computed usage metrics match values computed by hand, are sent only on change (zeros
+//! once when usage stops, ratios rounded) and exactly once across SIGKILLs.
 
 mod support;
 
@@ -978,4 +979,340 @@ async fn polled_guide_and_poll_rows_become_tracks_once_and_match_their_webhook_t
         p.sigterm();
         assert!(p.wait_exit(Duration::from_secs(30)).await.success());
     }
+}
+
+/// An `events` row: visitor x account x day (`days_ago`), events and minutes.
+fn activity_row(visitor: &str, account: &str, days_ago: i64, events: u64, minutes: u64) -> Value {
+    let today = now_ms().div_euclid(DAY_MS) * DAY_MS;
+    json!({"visitorId": visitor, "accountId": account, "day": today - days_ago * DAY_MS,
+           "numEvents": events, "numMinutes": minutes})
+}
+
+/// A `featureEvents` row of `account`.
+fn feature_use(visitor: &str, account: &str, feature: &str, days_ago: i64, uses: u64) -> Value {
+    let mut row = feature_row(visitor, feature, days_ago, uses);
+    row["accountId"] = json!(account);
+    row
+}
+
+/// `YYYY-MM-DD` of the UTC day `days_ago` days before today.
+fn iso_day(days_ago: i64) -> String {
+    let day = now_ms().div_euclid(DAY_MS) * DAY_MS - days_ago * DAY_MS;
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(day as u64);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
+}
+
+/// The usage records of `records`: (kind, id) -> every `properties.usage` sent, in order.
+fn usage_sent(records: &[OwnedMessage]) -> BTreeMap<(String, String), Vec<Value>> {
+    let mut out: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    for v in records.iter().map(value_of) {
+        let kind = v["event"].as_str().unwrap_or("").to_string();
+        let id = match kind.as_str() {
+            "visitorUsageComputed" => &v["visitorId"],
+            "accountUsageComputed" => &v["accountId"],
+            _ => continue,
+        };
+        let id = id.as_str().unwrap_or("").to_string();
+        out.entry((kind, id))
+            .or_default()
+            .push(v["properties"]["usage"].clone());
+    }
+    out
+}
+
+/// The seeded usage data set: four named visitors in accounts A and B, and `fillers` visitors
+/// of account C, each active one day of the last five (even ones using f1 that day).
+fn usage_rows(fillers: usize) -> (Vec<Value>, Vec<Value>) {
+    let mut activity = vec![
+        activity_row("v-1", "acct-A", 0, 5, 3),
+        activity_row("v-1", "acct-A", 2, 1, 1),
+        activity_row("v-1", "acct-A", 10, 4, 7),
+        activity_row("v-2", "acct-A", 20, 2, 2),
+        activity_row("v-3", "acct-A", 29, 1, 1),
+        activity_row("v-4", "acct-B", 3, 7, 12),
+        // 31 days ago: outside every window.
+        activity_row("v-5", "acct-B", 31, 50, 50),
+    ];
+    let mut features = vec![
+        feature_use("v-1", "acct-A", "f1", 1, 2),
+        feature_use("v-1", "acct-A", "f2", 9, 3),
+        feature_use("v-2", "acct-A", "f1", 20, 1),
+        feature_use("v-4", "acct-B", "f3", 3, 4),
+        // Not a listed feature.
+        feature_use("v-3", "acct-A", "f9", 29, 8),
+    ];
+    for i in 0..fillers {
+        let v = format!("w-{i:05}");
+        activity.push(activity_row(&v, "acct-C", (i % 5) as i64, 1, 1));
+        if i % 2 == 0 {
+            features.push(feature_use(&v, "acct-C", "f1", (i % 5) as i64, 1));
+        }
+    }
+    (activity, features)
+}
+
+const USAGE_METRICS: &str = "\
+[[pendo_poller.usage_metrics]]\nname = \"days_active_30d\"\nsubject = \"visitor\"\nmeasure = \"days_active\"\nwindow_days = 30\n\
+[[pendo_poller.usage_metrics]]\nname = \"events_7d\"\nsubject = \"visitor\"\nmeasure = \"events\"\nwindow_days = 7\n\
+[[pendo_poller.usage_metrics]]\nname = \"minutes_30d\"\nsubject = \"visitor\"\nmeasure = \"minutes\"\nwindow_days = 30\n\
+[[pendo_poller.usage_metrics]]\nname = \"last_active_day\"\nsubject = \"visitor\"\nmeasure = \"last_active_day\"\nwindow_days = 30\n\
+[[pendo_poller.usage_metrics]]\nname = \"core_features_used_30d\"\nsubject = \"visitor\"\nmeasure = \"distinct_features\"\nwindow_days = 30\nfeature_ids = [\"f1\", \"f2\", \"f3\"]\n\
+[[pendo_poller.usage_metrics]]\nname = \"f1_uses_7d\"\nsubject = \"visitor\"\nmeasure = \"feature_uses\"\nwindow_days = 7\nfeature_ids = [\"f1\"]\n\
+[[pendo_poller.usage_metrics]]\nname = \"active_visitors_7d\"\nsubject = \"account\"\nmeasure = \"active_visitors\"\nwindow_days = 7\n\
+[[pendo_poller.usage_metrics]]\nname = \"active_visitors_30d\"\nsubject = \"account\"\nmeasure = \"active_visitors\"\nwindow_days = 30\n\
+[[pendo_poller.usage_metrics]]\nname = \"core_adoption_rate_30d\"\nsubject = \"account\"\nmeasure = \"feature_adoption_rate\"\nwindow_days = 30\nfeature_ids = [\"f1\", \"f2\", \"f3\"]\ndecimals = 2\n\
+[[pendo_poller.usage_metrics]]\nname = \"events_30d\"\nsubject = \"account\"\nmeasure = \"events\"\nwindow_days = 30\n";
+
+fn usage_poller(extra: &str) -> String {
+    fast_poller(&format!(
+        "accounts_interval_s = 0\nvisitors_interval_s = 0\ncatalog_interval_s = 0\n\
+         profiles_interval_s = 0\nguide_events_interval_s = 0\npoll_events_interval_s = 0\n\
+         usage_interval_s = 1\n{extra}\n{USAGE_METRICS}"
+    ))
+}
+
+/// Visitor traits in the metrics' order: days active 30 d, events 7 d, minutes 30 d, last
+/// active day, core features used 30 d, f1 uses 7 d.
+fn visitor_traits(
+    days: u64,
+    events: u64,
+    minutes: u64,
+    last: Option<i64>,
+    core: u64,
+    f1: u64,
+) -> Value {
+    json!({"days_active_30d": days, "events_7d": events, "minutes_30d": minutes,
+           "last_active_day": last.map(iso_day), "core_features_used_30d": core, "f1_uses_7d": f1})
+}
+
+fn account_traits(active7: u64, active30: u64, rate: f64, events: u64) -> Value {
+    json!({"active_visitors_7d": active7, "active_visitors_30d": active30,
+           "core_adoption_rate_30d": rate, "events_30d": events})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn computed_usage_traits_match_hand_computed_values_and_are_sent_only_on_change() {
+    const FILLERS: usize = 300;
+    let server = PendoTestServer::start(PendoServerConfig {
+        max_rows: 100,
+        ..Default::default()
+    })
+    .await;
+    let (mut activity, mut features) = usage_rows(FILLERS);
+    server.set_event_rows("events", activity.clone());
+    server.set_event_rows("featureEvents", features.clone());
+    let d = Deployment::new(&server, &usage_poller("page_size = 50"));
+    let topic = d.topic("pendo.raw.api");
+    let mut p = d.start("pendo-poller", "poller");
+    p.wait_ready(Duration::from_secs(60)).await;
+
+    // Computed by hand from `usage_rows`.
+    let mut expected: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut visitor = |id: &str, traits: Value| {
+        expected.insert(("visitorUsageComputed".into(), id.into()), traits);
+    };
+    // v-1: active days 0, 2, 10; events 5 + 1 in 7 days; minutes 3 + 1 + 7; f1 (day 1) and f2
+    // (day 9) of the core list; f1 used twice in 7 days.
+    visitor("v-1", visitor_traits(3, 6, 11, Some(0), 2, 2));
+    visitor("v-2", visitor_traits(1, 0, 2, Some(20), 1, 0));
+    // v-3: day 29 is the window's last; f9 is not a listed feature.
+    visitor("v-3", visitor_traits(1, 0, 1, Some(29), 0, 0));
+    visitor("v-4", visitor_traits(1, 7, 12, Some(3), 1, 0));
+    // v-5: active 31 days ago only: all zeros, never sent.
+    for i in 0..FILLERS {
+        let even = (i % 2 == 0) as u64;
+        visitor(
+            &format!("w-{i:05}"),
+            visitor_traits(1, 1, 1, Some((i % 5) as i64), even, even),
+        );
+    }
+    let mut account = |id: &str, traits: Value| {
+        expected.insert(("accountUsageComputed".into(), id.into()), traits);
+    };
+    // acct-A: v-1 active in 7 days; v-1, v-2, v-3 in 30; v-1 and v-2 used a core feature;
+    // events 5 + 1 + 4 + 2 + 1.
+    account("acct-A", account_traits(1, 3, 0.67, 13));
+    account("acct-B", account_traits(1, 1, 1.0, 7));
+    account(
+        "acct-C",
+        account_traits(FILLERS as u64, FILLERS as u64, 0.5, FILLERS as u64),
+    );
+
+    let raw = read_n(&topic, expected.len()).await;
+    let sent = usage_sent(&raw);
+    assert_eq!(
+        raw.len(),
+        expected.len(),
+        "one record per subject with usage"
+    );
+    for (key, want) in &expected {
+        let got = sent.get(key).unwrap_or_else(|| panic!("{key:?} not sent"));
+        assert_eq!(got.len(), 1, "{key:?} sent {} times", got.len());
+        assert_eq!(&got[0], want, "{key:?}");
+    }
+
+    // Later cycles with no change send nothing.
+    let cycles = p.logs().matches("usage metrics evaluated").count();
+    wait_log(
+        &p,
+        "usage metrics evaluated",
+        cycles + 3,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        read_all(&topic).await.len(),
+        expected.len(),
+        "unchanged: nothing sent"
+    );
+
+    // v-3 stops being active (its only day leaves the data); w-00001 uses f1 today: it is
+    // re-sent, while acct-C's adoption moves from 0.5 to 0.5033, which rounds to 0.5 (not
+    // re-sent); acct-A loses an active visitor and an event.
+    activity.retain(|r| r["visitorId"] != "v-3");
+    features.retain(|r| r["visitorId"] != "v-3");
+    features.push(feature_use("w-00001", "acct-C", "f1", 0, 3));
+    server.set_event_rows("events", activity.clone());
+    server.set_event_rows("featureEvents", features.clone());
+    let changed = [
+        (
+            "visitorUsageComputed",
+            "v-3",
+            visitor_traits(0, 0, 0, None, 0, 0),
+        ),
+        (
+            "visitorUsageComputed",
+            "w-00001",
+            visitor_traits(1, 1, 1, Some(1), 1, 3),
+        ),
+        (
+            "accountUsageComputed",
+            "acct-A",
+            account_traits(1, 2, 1.0, 12),
+        ),
+    ];
+    let raw = read_n(&topic, expected.len() + changed.len()).await;
+    let cycles = p.logs().matches("usage metrics evaluated").count();
+    wait_log(
+        &p,
+        "usage metrics evaluated",
+        cycles + 3,
+        Duration::from_secs(60),
+    )
+    .await;
+    let raw = if raw.len() == expected.len() + changed.len() {
+        read_all(&topic).await
+    } else {
+        raw
+    };
+    assert_eq!(
+        raw.len(),
+        expected.len() + changed.len(),
+        "exactly the three changed subjects, once (zeros sent once, rounding absorbs drift)"
+    );
+    let sent = usage_sent(&raw);
+    for (kind, id, want) in &changed {
+        let got = &sent[&(kind.to_string(), id.to_string())];
+        assert_eq!(got.len(), 2, "{id}: {got:?}");
+        assert_eq!(&got[1], want, "{id}");
+    }
+    assert_eq!(
+        sent[&("accountUsageComputed".into(), "acct-C".into())].len(),
+        1
+    );
+    assert_bounded(&server);
+    let pages = server
+        .read_requests()
+        .iter()
+        .filter_map(|r| r.body.as_ref())
+        .filter(|b| b.to_string().contains("visitorId >"))
+        .count();
+    assert!(pages > 0, "day pages were never continued");
+    assert!(
+        p.metrics()
+            .await
+            .contains("pendo_segment_poller_watermark_lag_seconds{cursor=\"usage.cycle\"}")
+    );
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkills_while_usage_is_sent_lose_and_repeat_nothing() {
+    const FILLERS: usize = 2_000;
+    let server = PendoTestServer::start(PendoServerConfig::default()).await;
+    let (activity, features) = usage_rows(FILLERS);
+    server.set_event_rows("events", activity.clone());
+    server.set_event_rows("featureEvents", features.clone());
+    // Records per transaction are at most a page: 20 per transaction, about 100 transactions.
+    let mut d = Deployment::new(&server, &usage_poller("page_size = 20"));
+    let topic = d.topic("pendo.raw.api");
+    let subjects = 4 + FILLERS + 3;
+
+    let mut partial = Vec::new();
+    let mut round = 0;
+    while partial.len() < 2 {
+        round += 1;
+        assert!(
+            round <= 6,
+            "no kill landed while usage was sent: {partial:?}"
+        );
+        let mut p = d.start("pendo-poller", &format!("poller-killed-{round}"));
+        p.wait_ready(Duration::from_secs(60)).await;
+        // Kill as soon as this process has committed some usage records.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let m = p.metrics().await;
+            let committed = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with(
+                        "pendo_segment_poller_records_total{kind=\"visitorUsageComputed\"}",
+                    )
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+            if committed > 0.0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p.kill9();
+        let n = read_all(&topic).await.len();
+        if n > 0 && n < subjects && partial.last() != Some(&n) {
+            partial.push(n);
+        }
+        if n >= subjects {
+            // This cycle finished before the kill; change nothing and try again.
+            continue;
+        }
+    }
+    d.poller = usage_poller("page_size = 200");
+    let mut last = d.start("pendo-poller", "poller-final");
+    last.wait_ready(Duration::from_secs(60)).await;
+    wait_log(
+        &last,
+        "usage metrics evaluated",
+        3,
+        Duration::from_secs(120),
+    )
+    .await;
+    let raw = read_all(&topic).await;
+    let sent = usage_sent(&raw);
+    assert_eq!(
+        sent.len(),
+        subjects,
+        "every subject with usage (sent after kills: {partial:?})"
+    );
+    for (key, values) in &sent {
+        assert_eq!(values.len(), 1, "{key:?} sent {} times", values.len());
+    }
+    assert_eq!(raw.len(), subjects);
+    assert_eq!(
+        sent[&("accountUsageComputed".into(), "acct-C".into())][0],
+        account_traits(FILLERS as u64, FILLERS as u64, 0.5, FILLERS as u64)
+    );
+    last.sigterm();
+    assert!(last.wait_exit(Duration::from_secs(30)).await.success());
+    eprintln!("usage: records committed when each kill landed {partial:?} of {subjects}");
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::milestones::MilestoneRule;
+use super::usage::UsageMetric;
 
 /// Section name used in validation messages.
 const SECTION: &str = "pendo_poller";
@@ -47,6 +48,12 @@ pub struct PendoPollerConfig {
     /// Usage milestone rules (`[[pendo_poller.milestones]]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub milestones: Vec<MilestoneRule>,
+    /// Seconds between evaluations of the computed usage metrics; 0 disables.
+    pub usage_interval_s: u64,
+    /// Computed usage metrics (`[[pendo_poller.usage_metrics]]`): visitor and account traits
+    /// computed from Pendo's daily aggregates, sent when their values change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub usage_metrics: Vec<UsageMetric>,
     /// Metadata of an account that becomes the Segment group's traits: dotted paths under
     /// the row's `metadata` (`agent.name`, `custom.health_score`, `pendo.nps`), or a whole
     /// group (`custom`). Only these fields decide whether an account changed, so volatile
@@ -97,6 +104,8 @@ impl Default for PendoPollerConfig {
             events_window_hours: 24,
             milestones_interval_s: 21_600,
             milestones: Vec::new(),
+            usage_interval_s: 21_600,
+            usage_metrics: Vec::new(),
             account_fields: vec!["agent".into(), "custom".into()],
             visitor_fields: vec!["agent".into(), "custom".into()],
             page_size: 1_000,
@@ -150,6 +159,7 @@ impl PendoPollerConfig {
                 return Err(format!("{SECTION}.{key}: `{bad}` is not a dotted path"));
             }
         }
+        super::usage::validate_all(&self.usage_metrics)?;
         let mut names = std::collections::HashSet::new();
         for rule in &self.milestones {
             rule.validate()?;

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::rows::{ApiRecord, literal};
+use super::rows::ApiRecord;
 
 /// Kind of the raw event of a reached milestone.
 pub const MILESTONE_KIND: &str = "featureMilestoneReached";
@@ -95,28 +95,6 @@ impl MilestoneRule {
             .map(|i| today - i * DAY_MS)
             .collect()
     }
-}
-
-/// One feature x day page of `featureEvents` rows for visitors from `from` (by id; inclusive
-/// when `inclusive`, because a visitor's rows may straddle a page boundary).
-pub fn feature_day_page(
-    feature_id: &str,
-    day_ms: i64,
-    from: Option<(&str, bool)>,
-    limit: usize,
-) -> Value {
-    let mut filter = format!("featureId == {}", literal(feature_id));
-    if let Some((v, inclusive)) = from {
-        let op = if inclusive { ">=" } else { ">" };
-        filter.push_str(&format!(" && visitorId {op} {}", literal(v)));
-    }
-    json!([
-        {"source": {"featureEvents": null},
-         "timeSeries": {"period": "dayRange", "first": day_ms, "count": 1}},
-        {"filter": filter},
-        {"sort": ["visitorId"]},
-        {"limit": limit},
-    ])
 }
 
 /// Usage of one rule's features per visitor, accumulated from rows.
@@ -253,11 +231,5 @@ mod tests {
         assert_eq!(days.len(), 7);
         assert_eq!(days[0] % DAY_MS, 0);
         assert!(days[0] <= 1_764_400_000_000 && days[0] + DAY_MS > 1_764_400_000_000);
-        let q = feature_day_page("f\"1", days[0], Some(("v9", true)), 100);
-        assert_eq!(
-            q[1]["filter"],
-            "featureId == \"f\\\"1\" && visitorId >= \"v9\""
-        );
-        assert_eq!(q[0]["timeSeries"]["count"], 1);
     }
 }

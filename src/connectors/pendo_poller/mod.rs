@@ -2,14 +2,14 @@
 //! REST API on schedules — account snapshots (-> Segment `group` calls), visitors first seen
 //! and known visitors whose selected metadata changed (-> `identify` calls), guide and poll
 //! interactions Pendo does not push (-> `Guide Dismissed` / `Advanced` / `Completed`, `Poll
-//! Responded`) and usage milestones (-> `Feature Milestone Reached` tracks) onto
+//! Responded`), computed usage metrics (-> identify / group traits) and usage milestones (-> `Feature Milestone Reached` tracks) onto
 //! `pendo.raw.api`, and the catalogue of features, pages, guides and track types onto the
 //! compacted `pendo.catalog`.
 //!
 //! Split by idea: [`config`] (`[pendo_poller]`), [`api`] (polite reads: rate limit, retries,
 //! `Retry-After`, a refused key named), [`rows`] (queries and row -> record),
 //! [`interactions`] (guideEvents/pollEvents rows), [`milestones`] (rules over aggregated
-//! feature usage),
+//! feature usage), [`usage`] (computed usage metrics: visitor and account traits),
 //! [`state`] (what was emitted, in the compacted `state.pendo-poller`), and [`poller`] (the
 //! cycles; every page is one Kafka transaction with its state).
 //!
@@ -24,6 +24,7 @@ pub mod milestones;
 pub mod poller;
 pub mod rows;
 pub mod state;
+pub mod usage;
 
 use std::time::Duration;
 

@@ -13,6 +13,7 @@ use super::interactions::{self, GuideSteps, HOUR_MS};
 use super::milestones::{self, RuleUsage};
 use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
+use super::usage::{self, UsageSubject, UsageTally};
 use crate::health::ReadinessHandle;
 use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::headers;
@@ -34,7 +35,9 @@ pub const ACCOUNTS_CURSOR: &str = "accounts.cycle";
 pub const CATALOG_CURSOR: &str = "catalog.cycle";
 /// End of the last complete milestone evaluation.
 pub const MILESTONES_CURSOR: &str = "milestones.cycle";
-/// Milestone records per transaction at most.
+/// End of the last complete evaluation of the computed usage metrics.
+pub const USAGE_CURSOR: &str = "usage.cycle";
+/// Milestone and usage records per transaction at most.
 const MILESTONE_CHUNK: usize = 1_000;
 /// Largest page asked for when a page holds a single key value (Pendo-side bound).
 const MAX_PAGE: usize = 5_000;
@@ -210,7 +213,12 @@ impl Poller {
         } else {
             PendoPollerConfig::every(self.cfg.milestones_interval_s)
         };
-        let jobs: [(Job, Option<Duration>); 7] = [
+        let usage = if self.cfg.usage_metrics.is_empty() {
+            None
+        } else {
+            PendoPollerConfig::every(self.cfg.usage_interval_s)
+        };
+        let jobs: [(Job, Option<Duration>); 8] = [
             (
                 Job::Catalog,
                 PendoPollerConfig::every(self.cfg.catalog_interval_s),
@@ -236,6 +244,7 @@ impl Poller {
                 PendoPollerConfig::every(self.cfg.poll_events_interval_s),
             ),
             (Job::Milestones, milestones),
+            (Job::Usage, usage),
         ];
         let mut due: Vec<(Job, Duration, Instant)> = jobs
             .iter()
@@ -312,6 +321,7 @@ impl Poller {
             Job::Profiles => self.profiles_cycle().await,
             Job::Catalog => self.catalog_cycle().await,
             Job::Milestones => self.milestones_cycle().await,
+            Job::Usage => self.usage_cycle().await,
             Job::GuideEvents => self.interactions_cycle(interactions::GUIDE_EVENTS).await,
             Job::PollEvents => self.interactions_cycle(interactions::POLL_EVENTS).await,
         }
@@ -561,35 +571,16 @@ impl Poller {
     /// and never did before.
     pub async fn milestones_cycle(&mut self) -> Result<(), PollError> {
         let now_ms = headers::now_millis();
-        let page = self.cfg.page_size;
         let rules = self.cfg.milestones.clone();
         for rule in &rules {
             let mut usage = RuleUsage::default();
             for feature in &rule.feature_ids {
+                let filter = format!("featureId == {}", rows::literal(feature));
                 for day in rule.days(now_ms) {
-                    let mut from: Option<(String, bool)> = None;
-                    let mut limit = page;
-                    loop {
-                        let query = milestones::feature_day_page(
-                            feature,
-                            day,
-                            from.as_ref().map(|(v, inclusive)| (v.as_str(), *inclusive)),
-                            limit,
-                        );
-                        let mut rows = self.api.aggregate("featureEvents", query).await?;
-                        let next = rows::split_page(&mut rows, limit, "visitorId");
-                        // A full page of one visitor: read it again wider.
-                        if matches!(next, Some((_, false))) && limit < MAX_PAGE {
-                            limit = (limit * 2).min(MAX_PAGE);
-                            continue;
-                        }
-                        limit = page;
-                        usage.add_rows(feature, &rows);
-                        match next.and_then(|(v, i)| Some((v.as_str()?.to_string(), i))) {
-                            Some(n) if from.as_ref() != Some(&n) => from = Some(n),
-                            _ => break,
-                        }
-                    }
+                    self.read_day("featureEvents", Some(&filter), day, |rows| {
+                        usage.add_rows(feature, rows)
+                    })
+                    .await?;
                 }
             }
             let reached: Vec<_> = usage
@@ -628,6 +619,121 @@ impl Poller {
             at: now_ms,
         });
         self.commit(done).await
+    }
+
+    /// Evaluates the computed usage metrics over their windows and sends each visitor and
+    /// account whose values changed since they were last sent (zeros to one whose usage
+    /// stopped), in chunks, each one transaction with the fingerprints it sent.
+    pub async fn usage_cycle(&mut self) -> Result<(), PollError> {
+        let now_ms = headers::now_millis();
+        let metrics = self.cfg.usage_metrics.clone();
+        let reads = usage::reads(&metrics, now_ms);
+        let mut tally = UsageTally::new(&metrics, now_ms);
+        for day in &reads.activity_days {
+            self.read_day("events", None, *day, |rows| tally.add_activity(rows))
+                .await?;
+        }
+        for (feature, days) in &reads.feature_days {
+            let filter = format!("featureId == {}", rows::literal(feature));
+            for day in days {
+                self.read_day("featureEvents", Some(&filter), *day, |rows| {
+                    tally.add_feature_use(feature, rows)
+                })
+                .await?;
+            }
+        }
+        // Subjects with rows, and those whose last sent usage was not zeros (they may have none
+        // any more).
+        let mut subjects: Vec<(UsageSubject, String)> = tally
+            .subjects()
+            .map(|(s, id)| (s, id.to_string()))
+            .collect();
+        for key in self.state.usage_keys() {
+            let parsed = match key.split_once(':') {
+                Some(("visitor", id)) => Some((UsageSubject::Visitor, id)),
+                Some(("account", id)) => Some((UsageSubject::Account, id)),
+                _ => None,
+            };
+            if let Some((s, id)) = parsed
+                && tally.traits(s, id).is_some()
+                && !tally.has(s, id)
+            {
+                subjects.push((s, id.to_string()));
+            }
+        }
+        subjects.sort_unstable();
+        // Records per transaction: at most a page, so a large change commits in steps.
+        let chunk = self.cfg.page_size.min(MILESTONE_CHUNK);
+        let mut step = Step::default();
+        let mut sent = 0usize;
+        for (subject, id) in &subjects {
+            let Some(traits) = tally.traits(*subject, id) else {
+                continue;
+            };
+            let key = usage::state_key(*subject, id);
+            let fp = rows::fingerprint(&Value::Object(traits.clone()));
+            let zero = tally.is_zero(*subject, &traits);
+            let last = self.state.usage(&key);
+            if last == Some(&fp) || (last.is_none() && zero) {
+                continue;
+            }
+            step.raw(
+                usage::usage_event(*subject, id, traits, &fp, now_ms),
+                now_ms,
+            );
+            step.updates.push(StateUpdate::Usage {
+                key,
+                fp: (!zero).then_some(fp),
+            });
+            sent += 1;
+            if step.records.len() >= chunk {
+                self.commit(std::mem::take(&mut step)).await?;
+            }
+        }
+        step.updates.push(StateUpdate::Cursor {
+            name: USAGE_CURSOR.into(),
+            at: now_ms,
+        });
+        self.commit(step).await?;
+        tracing::info!(subjects = subjects.len(), sent, "usage metrics evaluated");
+        Ok(())
+    }
+
+    /// Reads every row of `source` for one UTC day matching `filter`, page by page (keyset by
+    /// visitor; a page that ends inside one visitor's rows is cut before them and continued
+    /// from that visitor, a full page of one visitor read again wider), handing each page to
+    /// `on_rows`.
+    async fn read_day(
+        &self,
+        source: &str,
+        filter: Option<&str>,
+        day: i64,
+        mut on_rows: impl FnMut(&[Value]),
+    ) -> Result<(), PollError> {
+        let page = self.cfg.page_size;
+        let mut from: Option<(String, bool)> = None;
+        let mut limit = page;
+        loop {
+            let query = rows::day_page(
+                source,
+                filter,
+                day,
+                from.as_ref().map(|(v, inclusive)| (v.as_str(), *inclusive)),
+                limit,
+            );
+            let mut rows = self.api.aggregate(source, query).await?;
+            let next = rows::split_page(&mut rows, limit, "visitorId");
+            if matches!(next, Some((_, false))) && limit < MAX_PAGE {
+                limit = (limit * 2).min(MAX_PAGE);
+                continue;
+            }
+            limit = page;
+            on_rows(&rows);
+            match next.and_then(|(v, i)| Some((v.as_str()?.to_string(), i))) {
+                Some(n) if from.as_ref() != Some(&n) => from = Some(n),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// Writes a step in one transaction, then remembers its state.
@@ -670,6 +776,7 @@ impl Poller {
             ACCOUNTS_CURSOR,
             CATALOG_CURSOR,
             MILESTONES_CURSOR,
+            USAGE_CURSOR,
             "guideEvents.browserTime",
             "pollEvents.browserTime",
         ] {
@@ -832,6 +939,7 @@ enum Job {
     Profiles,
     Catalog,
     Milestones,
+    Usage,
     GuideEvents,
     PollEvents,
 }
@@ -844,6 +952,7 @@ impl Job {
             Job::Profiles => "profiles",
             Job::Catalog => "catalog",
             Job::Milestones => "milestones",
+            Job::Usage => "usage",
             Job::GuideEvents => "guide_events",
             Job::PollEvents => "poll_events",
         }

@@ -58,6 +58,33 @@ pub fn visitors_page(
     ])
 }
 
+/// One page of an event `source`'s rows of one UTC day (`dayRange`, starting at `day_ms`),
+/// matching `filter` (e.g. `featureId == "f1"`), for visitors from `from` on (by id; inclusive
+/// when `inclusive`, because a visitor's rows may straddle a page boundary).
+pub fn day_page(
+    source: &str,
+    filter: Option<&str>,
+    day_ms: i64,
+    from: Option<(&str, bool)>,
+    limit: usize,
+) -> Value {
+    let mut clauses: Vec<String> = filter.map(str::to_string).into_iter().collect();
+    if let Some((v, inclusive)) = from {
+        let op = if inclusive { ">=" } else { ">" };
+        clauses.push(format!("visitorId {op} {}", literal(v)));
+    }
+    let mut pipeline = vec![json!({
+        "source": {source: null},
+        "timeSeries": {"period": "dayRange", "first": day_ms, "count": 1},
+    })];
+    if !clauses.is_empty() {
+        pipeline.push(json!({"filter": clauses.join(" && ")}));
+    }
+    pipeline.push(json!({"sort": ["visitorId"]}));
+    pipeline.push(json!({"limit": limit}));
+    Value::Array(pipeline)
+}
+
 /// A raw event ready for `pendo.raw.api`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiRecord {
@@ -316,6 +343,29 @@ pub fn split_page(rows: &mut Vec<Value>, limit: usize, field: &str) -> Option<(V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_pages_filter_and_continue_by_visitor() {
+        let f = format!("featureId == {}", literal("f\"1"));
+        let q = day_page(
+            "featureEvents",
+            Some(&f),
+            86_400_000,
+            Some(("v9", true)),
+            100,
+        );
+        assert_eq!(
+            q[1]["filter"],
+            "featureId == \"f\\\"1\" && visitorId >= \"v9\""
+        );
+        assert_eq!(q[0]["timeSeries"]["count"], 1);
+        assert_eq!(q[0]["timeSeries"]["first"], 86_400_000);
+        let q = day_page("events", None, 0, None, 10);
+        assert_eq!(q.as_array().unwrap().len(), 3, "no filter stage: {q}");
+        assert_eq!(q[2]["limit"], 10);
+        let q = day_page("events", None, 0, Some(("v\"", false)), 10);
+        assert_eq!(q[1]["filter"], "visitorId > \"v\\\"\"");
+    }
 
     #[test]
     fn pages_split_between_key_values() {

@@ -17,7 +17,9 @@
 //! - `row:<hex>` -> `{"at": <browserTime>}`: a guide/poll interaction row was emitted (deleted
 //!   by a tombstone once the settle window no longer re-reads it);
 //! - `rejected:<hex>` -> `{"seen": true}`: an unusable row already dead-lettered (re-reading it
-//!   in the next cycle does not dead-letter it again).
+//!   in the next cycle does not dead-letter it again);
+//! - `usage:<visitor|account>:<id>` -> `{"fp": "<hex>"}`: fingerprint of the subject's computed
+//!   usage traits as last sent (deleted by a tombstone once zeros were sent).
 
 use std::collections::{HashMap, HashSet};
 
@@ -77,6 +79,14 @@ pub enum StateUpdate {
         /// Pendo visitor id.
         visitor: String,
     },
+    /// A subject's computed usage was sent with this content (`None`: zeros were sent, the
+    /// entry is deleted).
+    Usage {
+        /// `<visitor|account>:<id>`.
+        key: String,
+        /// Fingerprint of the traits sent.
+        fp: Option<Fingerprint>,
+    },
     /// A catalogue entry was published with this content.
     Catalog {
         /// `<kind>:<id>`.
@@ -106,6 +116,10 @@ impl StateUpdate {
                 json!({"seen": seen, "fp": hex(fp)}),
             ),
             StateUpdate::Catalog { key, fp } => (format!("catalog:{key}"), json!({"fp": hex(fp)})),
+            StateUpdate::Usage { key, fp: None } => return (format!("usage:{key}"), None),
+            StateUpdate::Usage { key, fp: Some(fp) } => {
+                (format!("usage:{key}"), json!({"fp": hex(fp)}))
+            }
             StateUpdate::Rejected { fp } => {
                 (format!("rejected:{}", hex(fp)), json!({"seen": true}))
             }
@@ -135,6 +149,7 @@ pub struct PollerState {
     accounts: HashMap<Box<str>, Fingerprint>,
     visitors: HashMap<Box<str>, VisitorMemo>,
     catalog: HashMap<Box<str>, Fingerprint>,
+    usage: HashMap<Box<str>, Fingerprint>,
     rejected: HashSet<Fingerprint>,
     milestones: HashSet<Box<str>>,
     rows: HashMap<Fingerprint, i64>,
@@ -186,6 +201,12 @@ impl PollerState {
             }
             ("catalog", Some(v)) => {
                 self.catalog.insert(rest.into(), parse_fp(key, &v)?);
+            }
+            ("usage", None) => {
+                self.usage.remove(rest);
+            }
+            ("usage", Some(v)) => {
+                self.usage.insert(rest.into(), parse_fp(key, &v)?);
             }
             ("row", v) => {
                 let mut fp = [0u8; 16];
@@ -244,6 +265,12 @@ impl PollerState {
                 StateUpdate::Rejected { fp } => {
                     self.rejected.insert(*fp);
                 }
+                StateUpdate::Usage { key, fp: Some(fp) } => {
+                    self.usage.insert(key.as_str().into(), *fp);
+                }
+                StateUpdate::Usage { key, fp: None } => {
+                    self.usage.remove(key.as_str());
+                }
                 StateUpdate::Milestone { rule, visitor } => {
                     self.milestones.insert(format!("{rule}:{visitor}").into());
                 }
@@ -275,6 +302,17 @@ impl PollerState {
     /// What is remembered of a visitor, if anything.
     pub fn visitor(&self, id: &str) -> Option<VisitorMemo> {
         self.visitors.get(id).copied()
+    }
+
+    /// The fingerprint a subject's computed usage was last sent with (`<visitor|account>:<id>`;
+    /// `None`: never sent, or zeros).
+    pub fn usage(&self, key: &str) -> Option<&Fingerprint> {
+        self.usage.get(key)
+    }
+
+    /// The subjects whose last sent usage was not all zeros.
+    pub fn usage_keys(&self) -> impl Iterator<Item = &str> {
+        self.usage.keys().map(|k| &**k)
     }
 
     /// The fingerprint a catalogue entry was last published with.
@@ -409,6 +447,23 @@ mod tests {
         assert_eq!(s.visitor("old").unwrap().fp, None);
         assert_eq!(s.catalog("feature:f1"), Some(&[255; 16]));
         assert!(s.rejected(&[9; 16]));
+        let usage = StateUpdate::Usage {
+            key: "account:a:1".into(),
+            fp: Some([4; 16]),
+        };
+        let (k, v) = usage.to_record();
+        assert_eq!(k, "usage:account:a:1");
+        s.apply_record(&k, v.as_deref()).unwrap();
+        assert_eq!(s.usage("account:a:1"), Some(&[4; 16]));
+        assert_eq!(s.usage_keys().collect::<Vec<_>>(), vec!["account:a:1"]);
+        let (k, v) = StateUpdate::Usage {
+            key: "account:a:1".into(),
+            fp: None,
+        }
+        .to_record();
+        assert!(v.is_none(), "zeros sent: a tombstone");
+        s.apply_record(&k, None).unwrap();
+        assert_eq!(s.usage("account:a:1"), None);
         let m = StateUpdate::Milestone {
             rule: "r".into(),
             visitor: "v:1".into(),

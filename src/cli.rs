@@ -1,5 +1,6 @@
 //! The command line: `run`, `topics apply`, `config check`, `idmap load|get|delete`,
-//! `mapping check|default|preview`, `inspect TOPIC`, `tail TOPIC`, `replay --role ROLE`.
+//! `mapping check|default|preview`, `inspect TOPIC`, `tail TOPIC`, `replay --role ROLE`,
+//! `sample-pendo-api`.
 //!
 //! Exit status: 0 success; 1 a runtime failure or unfixed topic drift; 2 a usage or
 //! configuration error; 3 `mapping preview` found calls whose messageId would change and
@@ -88,6 +89,19 @@ pub enum Command {
     /// Replaying transform-pendo re-produces calls with the same messageIds; the segment-sink
     /// then delivers them again.
     Replay(crate::replay::ReplayArgs),
+    /// Serve a local Pendo-compatible sample API (accounts, visitors, usage, guide and poll
+    /// events, a catalogue) so `pendo-poller` runs without a Pendo subscription: point
+    /// `pendo.base_url` at it with any `integration_key`. Used by `scripts/quickstart`; runs
+    /// until SIGTERM/SIGINT.
+    SamplePendoApi {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Seconds between changes of the sample data (one visitor's adoption stage and usage);
+        /// 0 keeps it as generated.
+        #[arg(long, default_value_t = 30)]
+        change_every_s: u64,
+    },
 }
 
 /// `idmap` subcommands.
@@ -189,6 +203,15 @@ pub enum ConfigCommand {
 /// Parses arguments and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SamplePendoApi {
+        listen,
+        change_every_s,
+    } = cli.command
+    {
+        // A stand-in for Pendo, not part of a deployment: no configuration file needed.
+        logging::init(cli.log_format.unwrap_or_default(), "info");
+        return sample_pendo_api(listen, change_every_s);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -237,6 +260,9 @@ pub fn main() -> ExitCode {
             }
             Command::Tail(args) => crate::tail::tail(&config, args).await,
             Command::Replay(args) => crate::replay::replay(&config, args).await,
+            Command::SamplePendoApi { .. } => {
+                unreachable!("served before the configuration is loaded")
+            }
             Command::Mapping(MappingCommand::Default) => {
                 print!("{}", crate::transform::mapping::DEFAULT_PENDO_MAPPING);
                 ExitCode::SUCCESS
@@ -281,6 +307,37 @@ pub fn main() -> ExitCode {
     // for it to exit.
     runtime.shutdown_timeout(SHUTDOWN_ABANDONED_CALLS);
     code
+}
+
+/// `sample-pendo-api`: serves until SIGTERM/SIGINT.
+fn sample_pendo_api(listen: std::net::SocketAddr, change_every_s: u64) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = crate::shutdown::Shutdown::new();
+        if let Err(e) = shutdown.listen_for_signals() {
+            eprintln!("error: cannot listen for signals: {e}");
+            return ExitCode::from(1);
+        }
+        let every = (change_every_s > 0).then(|| Duration::from_secs(change_every_s));
+        let stop = async move { shutdown.wait().await };
+        match crate::sample_pendo::serve(listen, every, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 /// How long the process waits at exit for Kafka client calls abandoned on the blocking pool.

@@ -23,6 +23,7 @@ pub mod ops_server;
 pub mod pendo_api;
 pub mod replay;
 pub mod roles;
+pub mod sample_pendo;
 pub mod schema;
 pub mod secret;
 pub mod shutdown;

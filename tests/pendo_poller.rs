@@ -1316,3 +1316,110 @@ async fn sigkills_while_usage_is_sent_lose_and_repeat_nothing() {
     assert!(last.wait_exit(Duration::from_secs(30)).await.success());
     eprintln!("usage: records committed when each kill landed {partial:?} of {subjects}");
 }
+
+/// The quickstart's sample Pendo API (`pendo-segment sample-pendo-api`, its own process) feeds
+/// every job of the poller: each kind of record arrives, and a visitor that moves on is sent
+/// once as a changed profile.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sample_pendo_api_feeds_every_poller_job() {
+    require_kafka();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("sample-api.log")).unwrap();
+    /// Kills the sample API however the test ends.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _api = Child(
+        std::process::Command::new(binary())
+            .args([
+                "sample-pendo-api",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--change-every-s",
+                "3",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sample API"),
+    );
+    let poller_settings = fast_poller(
+        "profiles_interval_s = 1\nguide_events_interval_s = 2\npoll_events_interval_s = 2\n\
+         catalog_interval_s = 5\nusage_interval_s = 1\nmilestones_interval_s = 2\n\
+         visitors_initial_lookback_s = 604800",
+    );
+    let usage = "[[pendo_poller.usage_metrics]]\nname = \"pendo_days_active_30d\"\n\
+                 subject = \"visitor\"\nmeasure = \"days_active\"\nwindow_days = 30\n\
+                 [[pendo_poller.usage_metrics]]\nname = \"pendo_export_adoption_30d\"\n\
+                 subject = \"account\"\nmeasure = \"feature_adoption_rate\"\nwindow_days = 30\n\
+                 feature_ids = [\"ft_export_csv\"]\n\
+                 [[pendo_poller.milestones]]\nname = \"exporter\"\nmeasure = \"feature_uses\"\n\
+                 feature_ids = [\"ft_export_csv\"]\nthreshold = 10\nwindow_days = 30\n";
+    let d = Deployment {
+        dir: tempfile::tempdir().unwrap(),
+        prefix: unique("sample"),
+        pendo: format!(
+            "[pendo]\nregion = \"us\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
+             integration_key = \"any\"\n"
+        ),
+        poller: format!("{poller_settings}\n{usage}"),
+    };
+    let (config, _) = d.config("topics", "");
+    apply_topics(&config);
+    let mut p = d.start("pendo-poller", "poller");
+    p.wait_ready(Duration::from_secs(60)).await;
+    let kinds = [
+        "accountSnapshot",
+        "visitorFirstSeen",
+        "visitorMetadataUpdated",
+        "visitorUsageComputed",
+        "accountUsageComputed",
+        "guideEvent",
+        "pollEvent",
+        "featureMilestoneReached",
+        "catalog",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        let m = p.metrics().await;
+        let missing: Vec<&str> = kinds
+            .iter()
+            .filter(|k| {
+                !m.contains(&format!(
+                    "pendo_segment_poller_records_total{{kind=\"{k}\"}}"
+                ))
+            })
+            .copied()
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "no records of {missing:?}:\n{}",
+        p.logs()
+    );
+    let raw = read_all(&d.topic("pendo.raw.api")).await;
+    let profiles = profile_updates(&raw);
+    assert!(!profiles.is_empty());
+    for (id, (n, _)) in &profiles {
+        assert_eq!(*n, 1, "{id}: one change, one profile update");
+    }
+    assert_eq!(
+        emitted(&raw)
+            .iter()
+            .filter(|((k, _), _)| k == "visitorFirstSeen")
+            .count(),
+        24,
+        "each sample visitor first seen once"
+    );
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(30)).await.success());
+}

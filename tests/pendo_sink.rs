@@ -578,3 +578,75 @@ async fn at_low_load_an_update_reaches_pendo_long_before_the_linger() {
         "with drained_commit_interval_ms = 0 the update waits for the linger ({off:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_writes_each_request_it_would_send_to_a_file_and_commits() {
+    // No Pendo at all: the base URL answers nothing, the requests go to the file.
+    require_kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("pendo-dry");
+    let file = dir.path().join("pendo-requests.jsonl");
+    let config = format!(
+        "[pendo]\nregion = \"us\"\nbase_url = \"http://127.0.0.1:9\"\nintegration_key = \"k\"\n\
+         [pendo_sink]\nlinger_ms = 300\ndry_run_file = \"{}\"\n",
+        file.display()
+    );
+    let mut role = start_with(dir.path(), &prefix, &config, "role.log");
+    role.wait_ready(Duration::from_secs(60)).await;
+    let updates: Vec<_> = (0..40)
+        .map(|i| {
+            update(
+                i,
+                if i % 4 == 0 {
+                    PendoEntity::Account
+                } else {
+                    PendoEntity::Visitor
+                },
+                &format!("e-{}", i % 10),
+                "custom",
+                &[("stage", FieldValue::Text(format!("s{i}")))],
+            )
+        })
+        .collect();
+    let want = produce_updates(&prefix, &updates).await;
+    // Replaying the file's writes in order gives the final state the updates must leave.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let mut state = State::new();
+        for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
+            let l: Value = serde_json::from_str(line).expect("one JSON object per line");
+            assert_eq!(l["method"], "POST", "{l}");
+            let path = l["path"].as_str().unwrap();
+            let kind = if path.contains("/account/") {
+                "account"
+            } else {
+                "visitor"
+            };
+            assert!(path.starts_with("/api/v1/metadata/"), "{path}");
+            for item in l["body"].as_array().unwrap() {
+                let id = item["visitorId"]
+                    .as_str()
+                    .or(item["accountId"].as_str())
+                    .unwrap();
+                for (k, v) in item["values"].as_object().unwrap() {
+                    state.insert((kind.into(), id.into(), k.clone()), v.clone());
+                }
+            }
+        }
+        if state == want || std::time::Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(state, want, "the dry-run file replays to the final state");
+    // Every write counted as delivered, nothing dead-lettered, and the offsets committed.
+    let m = role.metrics().await;
+    assert!(!m.contains("pendo_segment_dead_letters_total{"), "{m}");
+    role.sigterm();
+    assert!(role.wait_exit(Duration::from_secs(30)).await.success());
+    assert!(
+        !role.logs().contains("127.0.0.1:9"),
+        "a dry run never calls Pendo:\n{}",
+        role.logs()
+    );
+}

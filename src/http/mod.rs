@@ -4,6 +4,7 @@
 //! change to one role's client reaches none of the others.
 
 pub mod backoff;
+pub mod dry_run;
 pub mod outcome;
 pub mod rate_limit;
 pub mod retry_after;

@@ -6,6 +6,7 @@
 //! `x-pendo-integration-key`, marked sensitive, and never logged. Redirects are not followed
 //! (one means a wrong base URL, and following it would send the key elsewhere).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
@@ -78,6 +79,8 @@ pub struct PendoClient {
     base: String,
     key: Secret,
     retry_after_cap: Duration,
+    /// `pendo_sink.dry_run_file`: writes go to this file instead of Pendo.
+    dry_run: Option<PathBuf>,
 }
 
 impl PendoClient {
@@ -99,7 +102,52 @@ impl PendoClient {
             base: base_url(pendo),
             key: pendo.integration_key.clone(),
             retry_after_cap,
+            dry_run: None,
         })
+    }
+
+    /// The same client writing every request to `path` (one JSON line each) instead of sending
+    /// it, answered as Pendo answers a full success ([`super::dry_run`]); `None` sends.
+    pub fn with_dry_run_file(mut self, path: Option<PathBuf>) -> Self {
+        self.dry_run = path;
+        self
+    }
+
+    /// Where requests go: the base URL, or `file://` and the dry-run path.
+    pub fn target(&self) -> String {
+        match &self.dry_run {
+            Some(p) => format!("file://{}", p.display()),
+            None => self.base.clone(),
+        }
+    }
+
+    /// A dry run's record of a request and its answer.
+    async fn dry(
+        &self,
+        path: &std::path::Path,
+        method: &str,
+        url: &str,
+        body: &[u8],
+    ) -> PendoResponse {
+        let start = Instant::now();
+        let rel = url.strip_prefix(self.base.as_str()).unwrap_or(url);
+        let line = super::dry_run::line(method, rel, body);
+        match crate::http::dry_run::append_json_line(path.to_path_buf(), line).await {
+            Ok(()) => PendoResponse {
+                status: Some(200),
+                retry_after: None,
+                body: super::dry_run::answer(method, rel, body),
+                error: None,
+                elapsed: start.elapsed(),
+            },
+            Err(e) => PendoResponse {
+                status: None,
+                retry_after: None,
+                body: Vec::new(),
+                error: Some(e),
+                elapsed: start.elapsed(),
+            },
+        }
     }
 
     /// The base URL requests go to.
@@ -116,6 +164,9 @@ impl PendoClient {
 
     /// `POST url` with a JSON body.
     pub async fn post(&self, url: &str, body: Vec<u8>) -> PendoResponse {
+        if let Some(path) = &self.dry_run {
+            return self.dry(path, "POST", url, &body).await;
+        }
         let req = self
             .http
             .post(url)
@@ -127,6 +178,9 @@ impl PendoClient {
 
     /// `PATCH url` with a JSON body (Pendo Segment membership).
     pub async fn patch(&self, url: &str, body: Vec<u8>) -> PendoResponse {
+        if let Some(path) = &self.dry_run {
+            return self.dry(path, "PATCH", url, &body).await;
+        }
         let req = self
             .http
             .patch(url)
@@ -138,12 +192,25 @@ impl PendoClient {
 
     /// `GET url` (catalogue reads).
     pub async fn get(&self, url: &str) -> PendoResponse {
+        if let Some(path) = &self.dry_run {
+            return self.dry(path, "GET", url, &[]).await;
+        }
         let req = self.http.get(url).header(KEY_HEADER, self.key_header());
         self.run(req).await
     }
 
-    /// `GET /api/v1/token/verify`: whether the key is valid in this region.
+    /// `GET /api/v1/token/verify`: whether the key is valid in this region (a dry run has no
+    /// key to check: accepted, not recorded).
     pub async fn verify_key(&self) -> PendoResponse {
+        if self.dry_run.is_some() {
+            return PendoResponse {
+                status: Some(200),
+                retry_after: None,
+                body: b"{}".to_vec(),
+                error: None,
+                elapsed: Duration::ZERO,
+            };
+        }
         let req = self
             .http
             .get(format!("{}/api/v1/token/verify", self.base))

@@ -3,6 +3,7 @@
 //! no role.
 
 pub mod client;
+pub mod dry_run;
 pub mod fields;
 
 use crate::config::{PendoConfig, PendoRegion};

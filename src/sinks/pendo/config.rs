@@ -49,6 +49,11 @@ pub struct PendoSinkConfig {
     /// Segment's own destination syncs every 2-3 hours; seconds keep Pendo fresh while a
     /// burst (an audience's first sync) still costs one request per 1,000 changes.
     pub segment_linger_ms: u64,
+    /// Write each request (`{"method", "path", "body"}`) as one JSON line to this file instead
+    /// of sending it to Pendo, answered as a full success: the reverse flow without a Pendo
+    /// subscription (`[pendo]` still names a region and any key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PendoSinkConfig {
@@ -66,6 +71,7 @@ impl Default for PendoSinkConfig {
             segment_batch_visitors: 1_000,
             segment_request_visitors: 1_000,
             segment_linger_ms: 3_000,
+            dry_run_file: None,
         }
     }
 }

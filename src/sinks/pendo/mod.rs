@@ -49,12 +49,13 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
         Duration::from_millis(sink.request_timeout_ms),
         Duration::from_secs(sink.retry_after_cap_s),
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .with_dry_run_file(sink.dry_run_file.clone());
     let config = config.clone();
     Ok(move |env: RoleEnv| -> RoleFuture {
         Box::pin(async move {
             let c = &config;
-            tracing::info!(base_url = %client.base(), "pendo-sink writes to");
+            tracing::info!(target_url = %client.target(), "pendo-sink writes to");
             let check = client.verify_key().await;
             match check.status {
                 Some(200..=299) => tracing::info!("Pendo accepted the integration key"),

@@ -180,29 +180,10 @@ pub fn gzip_bytes(body: &[u8]) -> Vec<u8> {
 }
 
 /// Appends `body` as one line to `path`: a 200 when written, no status (retried) when not.
-async fn dry_run(path: PathBuf, mut body: Vec<u8>, start: Instant) -> SendResult {
-    // Valid JSON has no raw line breaks inside strings, so any is insignificant whitespace.
-    for b in &mut body {
-        if *b == b'\n' || *b == b'\r' {
-            *b = b' ';
-        }
-    }
-    body.push(b'\n');
-    let shown = path.display().to_string();
-    let written = tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        f.write_all(&body)?;
-        f.flush()
-    })
-    .await;
-    let error = match written {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("dry run: cannot write {shown}: {e}")),
-        Err(e) => Some(format!("dry run: writer task failed: {e}")),
-    };
+async fn dry_run(path: PathBuf, body: Vec<u8>, start: Instant) -> SendResult {
+    let error = crate::http::dry_run::append_json_line(path, body)
+        .await
+        .err();
     SendResult {
         status: error.is_none().then_some(200),
         retry_after: None,

@@ -27,9 +27,11 @@ pub enum Role {
     SegmentSink,
     /// HTTP receiver of Segment webhooks -> `segment.raw.webhook`.
     SegmentWebhook,
-    /// `segment.raw.webhook` -> `canonical.pendo-updates`, exactly once.
+    /// `segment.raw.webhook` -> `canonical.pendo-updates`, `canonical.pendo-segment-changes`
+    /// and learnt ids on `idmap.visitor-to-user`, exactly once.
     TransformSegment,
-    /// `canonical.pendo-updates` -> Pendo metadata API.
+    /// `canonical.pendo-updates` -> Pendo metadata API; `canonical.pendo-segment-changes` ->
+    /// Pendo Segments.
     PendoSink,
 }
 

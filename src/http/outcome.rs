@@ -9,11 +9,13 @@ pub enum Outcome {
     /// Transient (408, 410, 429, 460, 5xx other than 501/505/511, network error or timeout):
     /// send the same events again after a backoff or `Retry-After`.
     Retry,
-    /// 400 or 413: Segment refuses the content. Split the batch to isolate the offending events,
-    /// dead-letter those with Segment's message, deliver the rest. Never retried as is.
+    /// 400 or 413 (Pendo also 422): the destination refuses the content. A batch is split to
+    /// isolate the offending events, which are dead-lettered with the destination's message; the
+    /// rest is delivered. Never retried as is.
     Invalid,
-    /// 401 or 403: the write key is wrong or revoked. Never acknowledge, drop or dead-letter:
-    /// pause, alert, and retry with backoff until someone fixes the key.
+    /// 401 or 403: the write key (Segment) or integration key (Pendo) is wrong or revoked. Never
+    /// acknowledge, drop or dead-letter: pause, alert, and retry with backoff until someone
+    /// fixes the key.
     AuthFailure,
     /// An answer no content could change: redirects (not followed), other 4xx (404 wrong
     /// endpoint, 405, 415...), 501, 505, 511 (the official clients never retry these). Handled

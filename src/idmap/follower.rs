@@ -165,19 +165,6 @@ impl<S: IdMapSink> CompactedTable for IdMapRecords<S> {
     }
 }
 
-/// Why a follower stopped before it caught up: its own error when it has one (a missing topic,
-/// an unreachable broker), so the role's failure names the cause.
-pub async fn stopped_early(
-    handle: crate::task::OwnedTask<anyhow::Result<()>>,
-    what: &str,
-) -> anyhow::Error {
-    match handle.await {
-        Ok(Err(e)) => e.context(format!("the {what} follower failed")),
-        Ok(Ok(())) => anyhow::anyhow!("the {what} follower stopped"),
-        Err(e) => anyhow::anyhow!("the {what} follower panicked: {e}"),
-    }
-}
-
 /// Follows the id mapping topic into `table` until `shutdown` (see [`follow_compacted`]).
 pub async fn follow_idmap(
     client_config: ClientConfig,

@@ -1,6 +1,7 @@
-//! Shared Kafka plumbing: client configuration, the durable producer, the one consume-process-
-//! commit loop every consumer role runs, the topic catalogue, and the record-size guarantee
-//! (records and dead letters that always fit their topic).
+//! Shared Kafka plumbing: client configuration, the webhooks' transactional appender and the
+//! transformers' and poller's transactional output, the one consume-process-commit loop every
+//! consumer role runs, reading a topic to its end, the topic catalogue, and the record-size
+//! guarantee (records and dead letters that always fit their topic).
 
 pub mod client_config;
 pub mod consumer_loop;
@@ -9,7 +10,6 @@ pub mod dead_letter;
 pub mod failover;
 pub mod headers;
 pub mod metadata;
-pub mod producer;
 pub mod read_to_end;
 pub mod record_size;
 pub mod topics;

@@ -1,6 +1,7 @@
-//! Reading every partition of a topic up to its current end, outside any consumer group (for the
-//! CLI: `idmap get`, `inspect`, `mapping preview`). Committed data only; nothing is committed, so the roles' groups
-//! are never disturbed.
+//! Reading every partition of a topic up to its current end, outside any consumer group: the
+//! CLI (`idmap get`, `inspect`, `mapping preview`) and the roles that load compacted state at
+//! start (the poller's state, pendo-sink's segment ids and audience lists). Committed data
+//! only; nothing is committed, so the roles' groups are never disturbed.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -11,7 +11,7 @@
 //! `<prefix><audience_key>` = true/false. Under `"audience_list"` it carries a membership delta
 //! instead (`listChanges`: `{field: <audience_list_field>, key, member}`, no `values`), and the
 //! Pendo sink, which keeps each entity's current list as state, writes the whole list
-//! (`crate::sinks::pendo::audience_lists`); `"both"` writes both. Either way the mapper is
+//! (role `pendo-sink`, `src/sinks/pendo/audience_lists.rs`); `"both"` writes both. Either way the mapper is
 //! stateless: each event carries everything its update needs, so replays, backfills and
 //! duplicates per identifier give the same update again (idempotent; the Pendo sink coalesces,
 //! and a delta re-applied leaves the list as it was).

@@ -655,7 +655,6 @@ impl Poller {
                 _ => None,
             };
             if let Some((s, id)) = parsed
-                && tally.traits(s, id).is_some()
                 && !tally.has(s, id)
             {
                 subjects.push((s, id.to_string()));
@@ -667,10 +666,15 @@ impl Poller {
         let mut step = Step::default();
         let mut sent = 0usize;
         for (subject, id) in &subjects {
+            if step.updates.len() >= chunk {
+                self.commit(std::mem::take(&mut step)).await?;
+            }
+            let key = usage::state_key(*subject, id);
             let Some(traits) = tally.traits(*subject, id) else {
+                // No metric of this subject is configured any more: what was sent is forgotten.
+                step.updates.push(StateUpdate::Usage { key, fp: None });
                 continue;
             };
-            let key = usage::state_key(*subject, id);
             let fp = rows::fingerprint(&Value::Object(traits.clone()));
             let zero = tally.is_zero(*subject, &traits);
             let last = self.state.usage(&key);
@@ -686,9 +690,6 @@ impl Poller {
                 fp: (!zero).then_some(fp),
             });
             sent += 1;
-            if step.records.len() >= chunk {
-                self.commit(std::mem::take(&mut step)).await?;
-            }
         }
         step.updates.push(StateUpdate::Cursor {
             name: USAGE_CURSOR.into(),

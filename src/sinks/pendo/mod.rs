@@ -3,12 +3,13 @@
 //! (`POST /api/v1/metadata/{visitor|account}/{custom|agent}/value`).
 //!
 //! Split like the Segment sink: [`config`] (`[pendo_sink]`, endpoint from `[pendo]`),
-//! [`encoding`] (checks, coalescing, request body, per-item answer), [`service`] (one request,
-//! status classification), [`delivery`] (one job to the end, retries, dead letters) and
-//! [`sink`] (the processor of the shared consumer loop, `Acknowledged` commits, on the queues
-//! of [`crate::sinks::queue`] shared with the Segment sink). The retry policy's
-//! [`Backoff`](crate::http::backoff::Backoff), `Retry-After` parsing, the rate limiter
-//! and the dead-letter writer are the Segment sink's, used as they are.
+//! [`encoding`] (checks, coalescing, request body, per-item answer), [`delivery`] (one job to
+//! the end, retries, dead letters), [`segments`] and [`audience_lists`] (Pendo Segments and
+//! audience lists) and [`sink`] (the processor of the shared consumer loop, `Acknowledged`
+//! commits, on the queues of [`crate::sinks::queue`] shared with the Segment sink). One
+//! request and its status policy are the shared Pendo client's
+//! ([`crate::pendo_api::client`]); backoff, `Retry-After` and the rate limiter are the shared
+//! HTTP layer's ([`crate::http`]); the dead-letter writer is [`crate::sinks::dead_letter`].
 
 pub mod audience_lists;
 pub mod config;

@@ -8,27 +8,24 @@
 pub mod config;
 pub mod processor;
 
-use std::time::Duration;
-
 use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId};
 use crate::idmap::IdMapTable;
-use crate::idmap::follower::{
-    follow_compacted, follow_idmap, follower_client_config, stopped_early,
-};
+use crate::idmap::follower::{follow_compacted, follow_idmap, follower_client_config};
 use crate::kafka::client_config;
-use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
-use crate::kafka::record_size::TopicLimits;
 use crate::kafka::topics::TopicId;
-use crate::kafka::transactional_output::TransactionalOutput;
 use crate::schema::{IdMappingCodec, SegmentCallCodec};
+use crate::task::OwnedTask;
 use crate::transform::catalog::CatalogTable;
 use crate::transform::mapping::PendoMapping;
 use crate::transform::pendo_to_segment::PendoToSegment;
 use crate::transform::tracking_plan::TrackingPlan;
+use crate::transform::transactional_role::{
+    Follower, TransformLoop, run_transform_loop, transactional_output, wait_caught_up,
+};
 use processor::{OutputTopics, PendoTransformProcessor};
 
 /// The role's name.
@@ -69,15 +66,16 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 PendoToSegment::new(mapping, c.transform_pendo.mapper_settings("pendo.webhook"))
                     .with_catalog(catalog.clone());
 
-            // 1. The id mapping, read to its end before any event is mapped.
+            // 1. The id mapping and the catalogue (names joined into calls), read to their
+            // ends before any event is mapped, so a replay maps with every id and name known.
             // Every component is registered before any becomes ready: /readyz must not say ready
             // between the id mapping being loaded and the transactional producer being
             // initialised (a zombie with the same id is fenced only then).
             let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));
             let consumer_ready = env.readiness.register(format!("{ROLE}:consumer"));
             let table = IdMapTable::default();
-            let (caught_up_tx, mut caught_up) = watch::channel(false);
-            let follower = crate::task::OwnedTask::spawn(follow_idmap(
+            let (caught_up_tx, caught_up) = watch::channel(false);
+            let idmap = OwnedTask::spawn(follow_idmap(
                 follower_client_config(client_config::consumer(c, &format!("{ROLE}.idmap"))),
                 c.topic_name(TopicId::IdmapVisitorToUser),
                 IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
@@ -85,60 +83,39 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 caught_up_tx,
                 env.shutdown.clone(),
             ));
-            // The catalogue (names joined into calls), also read to its end first, so a replay
-            // maps with every name known.
-            let (catalog_tx, mut catalog_caught_up) = watch::channel(false);
-            let catalog_follower = crate::task::OwnedTask::spawn(follow_compacted(
+            let (catalog_tx, catalog_caught_up) = watch::channel(false);
+            let names = OwnedTask::spawn(follow_compacted(
                 follower_client_config(client_config::consumer(c, &format!("{ROLE}.catalog"))),
                 c.topic_name(TopicId::PendoCatalog),
                 catalog,
                 catalog_tx,
                 env.shutdown.clone(),
             ));
-            tokio::select! {
-                _ = env.shutdown.wait() => return Ok(()),
-                failed = async { caught_up.wait_for(|v| *v).await.is_err() } => if failed { return Err(stopped_early(follower, "id mapping").await); }
-            }
-            tokio::select! {
-                _ = env.shutdown.wait() => return Ok(()),
-                failed = async { catalog_caught_up.wait_for(|v| *v).await.is_err() } => if failed { return Err(stopped_early(catalog_follower, "catalogue").await); }
+            let mut followers = vec![
+                Follower::new("id mapping", idmap, caught_up),
+                Follower::new("catalogue", names, catalog_caught_up),
+            ];
+            if !wait_caught_up(&mut followers, &env.shutdown).await? {
+                return Ok(());
             }
             idmap_ready.set_ready(true);
 
             // 2. The transactional producer (fences a zombie instance with the same id).
-            let timeout = Duration::from_millis(c.processing.transaction_call_timeout_ms);
-            let producer = client_config::transactional_producer(c, ROLE, MAX_OUTPUT_RECORD_BYTES);
-            let limits = TopicLimits::from_config(c);
-            let output = tokio::task::spawn_blocking(move || {
-                TransactionalOutput::create(&producer, limits, timeout)
-            })
-            .await?
-            .context("cannot initialise the transactional producer")?;
+            let output = transactional_output(c, ROLE, MAX_OUTPUT_RECORD_BYTES).await?;
 
             // 3. The loop.
-            let spec = LoopSpec {
-                stage: ROLE,
-                topics: vec![raw_webhook.clone(), raw_api.clone()],
-                commit_max_records: c.processing.commit_max_records,
-                commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
-                drained: c.processing.drained(),
-                strategy: CommitStrategy::Transactional {
-                    output: output.clone(),
-                    timeout,
-                },
-            };
             let processor = PendoTransformProcessor::with_parallelism(
                 ROLE,
                 mapper,
                 SegmentCallCodec::new(c.schema.wire_format(SchemaId::SegmentCall)),
                 table,
-                output,
+                output.clone(),
                 OutputTopics {
                     calls: c.topic_name(TopicId::CanonicalSegmentCalls),
                     dlq: c.topic_name(TopicId::DlqTransformPendo),
                     sources: vec![
-                        (raw_webhook, "pendo.webhook".into()),
-                        (raw_api, "pendo.api".into()),
+                        (raw_webhook.clone(), "pendo.webhook".into()),
+                        (raw_api.clone(), "pendo.api".into()),
                     ],
                 },
                 c.transform_pendo.parallelism(),
@@ -159,30 +136,14 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 fingerprint = processor.fingerprint(),
                 "mapping loaded; its calls carry this mapping-fingerprint"
             );
-            let consumer_config = client_config::consumer(c, ROLE);
-            let consumer_loop = run_consumer_loop(
-                &consumer_config,
-                spec,
-                processor,
-                env.shutdown.clone(),
-                consumer_ready,
-            );
-            tokio::pin!(consumer_loop);
-            let mut follower = follower;
-            tokio::select! {
-                r = &mut consumer_loop => r.map(|_| ()).map_err(anyhow::Error::from),
-                f = &mut follower => match f {
-                    // The follower stops only at shutdown: let the loop finish and commit too.
-                    Ok(Ok(())) => consumer_loop.await.map(|_| ()).map_err(anyhow::Error::from),
-                    Ok(Err(e)) => Err(e.context("id mapping follower failed")),
-                    Err(e) => Err(anyhow::anyhow!("id mapping follower panicked: {e}")),
-                },
-                f = catalog_follower => match f {
-                    Ok(Ok(())) => consumer_loop.await.map(|_| ()).map_err(anyhow::Error::from),
-                    Ok(Err(e)) => Err(e.context("catalogue follower failed")),
-                    Err(e) => Err(anyhow::anyhow!("catalogue follower panicked: {e}")),
-                },
-            }
+            let spec = TransformLoop {
+                role: ROLE,
+                inputs: vec![raw_webhook, raw_api],
+                output,
+                followers,
+                ready: consumer_ready,
+            };
+            run_transform_loop(c, spec, processor, env.shutdown.clone()).await
         })
     })
 }

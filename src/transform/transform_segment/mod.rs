@@ -11,22 +11,20 @@
 pub mod config;
 pub mod processor;
 
-use std::time::Duration;
-
-use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId};
 use crate::idmap::BiIdMap;
-use crate::idmap::follower::{follow_idmap, follower_client_config, stopped_early};
+use crate::idmap::follower::{follow_idmap, follower_client_config};
 use crate::kafka::client_config;
-use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, run_consumer_loop};
-use crate::kafka::record_size::TopicLimits;
 use crate::kafka::topics::TopicId;
-use crate::kafka::transactional_output::TransactionalOutput;
 use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
+use crate::task::OwnedTask;
 use crate::transform::segment_to_pendo::SegmentToPendo;
+use crate::transform::transactional_role::{
+    Follower, TransformLoop, run_transform_loop, transactional_output, wait_caught_up,
+};
 use processor::{SegmentOutputTopics, SegmentTransformProcessor};
 
 /// The role's name.
@@ -64,8 +62,8 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let idmap_ready = env.readiness.register(format!("{ROLE}:idmap"));
             let consumer_ready = env.readiness.register(format!("{ROLE}:consumer"));
             let ids = BiIdMap::default();
-            let (caught_up_tx, mut caught_up) = watch::channel(false);
-            let follower = crate::task::OwnedTask::spawn(follow_idmap(
+            let (caught_up_tx, caught_up) = watch::channel(false);
+            let follower = OwnedTask::spawn(follow_idmap(
                 follower_client_config(client_config::consumer(c, &format!("{ROLE}.idmap"))),
                 idmap_topic.clone(),
                 IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
@@ -73,34 +71,16 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 caught_up_tx,
                 env.shutdown.clone(),
             ));
-            tokio::select! {
-                _ = env.shutdown.wait() => return Ok(()),
-                failed = async { caught_up.wait_for(|v| *v).await.is_err() } => if failed { return Err(stopped_early(follower, "id mapping").await); }
+            let mut followers = vec![Follower::new("id mapping", follower, caught_up)];
+            if !wait_caught_up(&mut followers, &env.shutdown).await? {
+                return Ok(());
             }
             idmap_ready.set_ready(true);
 
             // 2. The transactional producer (fences a zombie instance with the same id).
-            let timeout = Duration::from_millis(c.processing.transaction_call_timeout_ms);
-            let producer = client_config::transactional_producer(c, ROLE, MAX_OUTPUT_RECORD_BYTES);
-            let limits = TopicLimits::from_config(c);
-            let output = tokio::task::spawn_blocking(move || {
-                TransactionalOutput::create(&producer, limits, timeout)
-            })
-            .await?
-            .context("cannot initialise the transactional producer")?;
+            let output = transactional_output(c, ROLE, MAX_OUTPUT_RECORD_BYTES).await?;
 
             // 3. The loop.
-            let spec = LoopSpec {
-                stage: ROLE,
-                topics: vec![raw],
-                commit_max_records: c.processing.commit_max_records,
-                commit_interval: Duration::from_millis(c.processing.commit_interval_ms),
-                drained: c.processing.drained(),
-                strategy: CommitStrategy::Transactional {
-                    output: output.clone(),
-                    timeout,
-                },
-            };
             let processor = SegmentTransformProcessor::new(
                 ROLE,
                 mapper,
@@ -108,7 +88,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 PendoSegmentChangeCodec::new(c.schema.wire_format(SchemaId::PendoSegmentChange)),
                 IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
                 ids,
-                output,
+                output.clone(),
                 SegmentOutputTopics {
                     updates: c.topic_name(TopicId::CanonicalPendoUpdates),
                     segment_changes: c.topic_name(TopicId::CanonicalPendoSegmentChanges),
@@ -116,25 +96,14 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     dlq: c.topic_name(TopicId::DlqTransformSegment),
                 },
             );
-            let consumer_config = client_config::consumer(c, ROLE);
-            let consumer_loop = run_consumer_loop(
-                &consumer_config,
-                spec,
-                processor,
-                env.shutdown.clone(),
-                consumer_ready,
-            );
-            tokio::pin!(consumer_loop);
-            let mut follower = follower;
-            tokio::select! {
-                r = &mut consumer_loop => r.map(|_| ()).map_err(anyhow::Error::from),
-                f = &mut follower => match f {
-                    // The follower stops only at shutdown: let the loop finish and commit too.
-                    Ok(Ok(())) => consumer_loop.await.map(|_| ()).map_err(anyhow::Error::from),
-                    Ok(Err(e)) => Err(e.context("id mapping follower failed")),
-                    Err(e) => Err(anyhow::anyhow!("id mapping follower panicked: {e}")),
-                },
-            }
+            let spec = TransformLoop {
+                role: ROLE,
+                inputs: vec![raw],
+                output,
+                followers,
+                ready: consumer_ready,
+            };
+            run_transform_loop(c, spec, processor, env.shutdown.clone()).await
         })
     })
 }

@@ -190,6 +190,25 @@ pub struct LoopSpec {
     pub strategy: CommitStrategy,
 }
 
+impl LoopSpec {
+    /// A role's loop over `topics` with the cadence of `[processing]`.
+    pub fn from_processing(
+        stage: &'static str,
+        topics: Vec<String>,
+        processing: &crate::config::ProcessingConfig,
+        strategy: CommitStrategy,
+    ) -> Self {
+        Self {
+            stage,
+            topics,
+            commit_max_records: processing.commit_max_records,
+            commit_interval: Duration::from_millis(processing.commit_interval_ms),
+            drained: processing.drained(),
+            strategy,
+        }
+    }
+}
+
 /// Summary of a loop that stopped cleanly.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoopStats {

@@ -32,18 +32,15 @@ pub async fn run_sink_loop<P: RecordProcessor>(
     env: &RoleEnv,
 ) -> anyhow::Result<()> {
     let p = &config.processing;
-    let spec = LoopSpec {
-        stage: role,
-        topics: inputs,
-        commit_max_records: p.commit_max_records,
-        commit_interval: Duration::from_millis(p.commit_interval_ms),
-        drained: p.drained(),
-        strategy: CommitStrategy::Acknowledged {
-            flush_timeout: Duration::from_millis(p.shutdown_grace_ms)
-                .saturating_sub(Duration::from_secs(5))
-                .max(Duration::from_secs(1)),
-        },
-    };
+    let flush_timeout = Duration::from_millis(p.shutdown_grace_ms)
+        .saturating_sub(Duration::from_secs(5))
+        .max(Duration::from_secs(1));
+    let spec = LoopSpec::from_processing(
+        role,
+        inputs,
+        p,
+        CommitStrategy::Acknowledged { flush_timeout },
+    );
     run_consumer_loop(
         &client_config::consumer(config, role),
         spec,

@@ -114,17 +114,13 @@ pub async fn run_transform_loop<P: RecordProcessor>(
         ready,
     } = spec;
     let p = &config.processing;
-    let spec = LoopSpec {
-        stage: role,
-        topics: inputs,
-        commit_max_records: p.commit_max_records,
-        commit_interval: Duration::from_millis(p.commit_interval_ms),
-        drained: p.drained(),
-        strategy: CommitStrategy::Transactional {
-            output,
-            timeout: Duration::from_millis(p.transaction_call_timeout_ms),
-        },
-    };
+    let timeout = Duration::from_millis(p.transaction_call_timeout_ms);
+    let spec = LoopSpec::from_processing(
+        role,
+        inputs,
+        p,
+        CommitStrategy::Transactional { output, timeout },
+    );
     let consumer_config = client_config::consumer(config, role);
     let consumer_loop = run_consumer_loop(&consumer_config, spec, processor, shutdown, ready);
     tokio::pin!(consumer_loop);

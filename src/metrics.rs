@@ -182,387 +182,619 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
-impl Metrics {
-    fn new() -> Self {
-        let r = Registry::new();
-        let commit_duration = histogram(
-            &r,
-            "pendo_segment_commit_duration_seconds",
-            "Time to make processed records durable and commit their offsets.",
-            latency_buckets(),
-            &["stage"],
-        );
-        let resident_memory = IntGauge::new(
-            "pendo_segment_process_resident_memory_bytes",
-            "Resident set size of this process.",
-        )
-        .expect("valid gauge");
-        r.register(Box::new(resident_memory.clone()))
-            .expect("unique gauge");
-        let transaction_records = histogram(
-            &r,
-            "pendo_segment_transaction_records",
-            "Records per committed group-commit transaction.",
-            prometheus::exponential_buckets(1.0, 4.0, 10).expect("buckets"),
-            &["stage"],
-        );
-        let webhook_ack_latency = histogram(
-            &r,
-            "pendo_segment_webhook_ack_latency_seconds",
-            "From receiving a webhook request to Kafka committing its events.",
-            latency_buckets(),
-            &["role"],
-        );
-        let idmap_entries = IntGauge::new(
-            "pendo_segment_idmap_entries",
-            "Pendo visitor -> Segment user mappings held in memory.",
-        )
-        .expect("valid gauge");
-        r.register(Box::new(idmap_entries.clone()))
-            .expect("unique gauge");
-        let plain_histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid histogram");
-            r.register(Box::new(h.clone())).expect("unique histogram");
-            h
-        };
-        let plain_counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid counter");
-            r.register(Box::new(c.clone())).expect("unique counter");
-            c
-        };
-        let plain_gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
-            r.register(Box::new(g.clone())).expect("unique gauge");
-            g
-        };
-        let segment_events_delivered = counter(
-            &r,
-            "pendo_segment_segment_events_delivered_total",
-            "Events Segment acknowledged (2xx), by call type.",
-            &["call"],
-        );
-        let segment_requests = counter(
-            &r,
-            "pendo_segment_segment_requests_total",
-            "HTTP attempts to Segment by status (none = network error or timeout).",
-            &["status"],
-        );
-        let segment_retries = counter(
-            &r,
-            "pendo_segment_segment_retries_total",
-            "Segment attempts that will be retried, by outcome.",
-            &["outcome"],
-        );
-        let segment_retry_after_pauses = plain_counter(
-            "pendo_segment_segment_retry_after_pauses_total",
-            "Pauses of the whole Segment sink honouring Retry-After.",
-        );
-        let segment_sink_backpressure = plain_gauge(
-            "pendo_segment_segment_sink_backpressure",
-            "1 while Segment deliveries wait on retries (outage, rate limit, auth failure).",
-        );
-        let segment_in_flight_batches = plain_gauge(
-            "pendo_segment_segment_in_flight_batches",
-            "Batches being delivered to Segment.",
-        );
-        let paused_partitions = plain_gauge(
-            "pendo_segment_paused_partitions",
-            "Partitions paused because their downstream is backed up (a sink waiting on retries).",
-        );
-        let segment_batch_events = plain_histogram(
-            "pendo_segment_segment_batch_events",
-            "Events per Segment request.",
-            prometheus::exponential_buckets(1.0, 2.0, 13).expect("buckets"),
-        );
-        let segment_batch_bytes = plain_histogram(
-            "pendo_segment_segment_batch_bytes",
-            "Uncompressed body bytes per Segment request.",
-            prometheus::exponential_buckets(1024.0, 2.0, 10).expect("buckets"),
-        );
-        let segment_request_duration = plain_histogram(
-            "pendo_segment_segment_request_duration_seconds",
-            "Duration of one HTTP attempt to Segment.",
-            latency_buckets(),
-        );
-        let end_to_end_latency = plain_histogram(
-            "pendo_segment_end_to_end_latency_seconds",
-            "From the connector receiving a Pendo event to Segment acknowledging its call.",
-            prometheus::exponential_buckets(0.01, 2.0, 16).expect("buckets"),
-        );
-        let m = Metrics {
-            pendo_sink_requests: counter(
-                &r,
-                "pendo_segment_pendo_sink_requests_total",
-                "HTTP attempts to Pendo's metadata API by status (none = network error or timeout).",
-                &["status"],
-            ),
-            pendo_sink_updates_written: counter(
-                &r,
-                "pendo_segment_pendo_sink_updates_written_total",
-                "Visitor/account items Pendo applied (after coalescing), by id key.",
-                &["entity"],
-            ),
-            pendo_sink_updates_coalesced: plain_counter(
-                "pendo_segment_pendo_sink_updates_coalesced_total",
-                "Updates merged into an earlier update of the same visitor/account in a batch.",
-            ),
-            pendo_sink_retries: counter(
-                &r,
-                "pendo_segment_pendo_sink_retries_total",
-                "Pendo attempts that will be retried, by reason.",
-                &["reason"],
-            ),
-            pendo_sink_backpressure: plain_gauge(
-                "pendo_segment_pendo_sink_backpressure",
-                "1 while Pendo writes wait on retries (outage, rate limit, 409, auth failure).",
-            ),
-            pendo_sink_in_flight: plain_gauge(
-                "pendo_segment_pendo_sink_in_flight_jobs",
-                "Pendo sink jobs being delivered.",
-            ),
-            pendo_sink_request_duration: plain_histogram(
-                "pendo_segment_pendo_sink_request_duration_seconds",
-                "Duration of one HTTP attempt to Pendo.",
-                latency_buckets(),
-            ),
-            pendo_audience_list_entities: plain_gauge(
-                "pendo_segment_pendo_audience_list_state_entities",
-                "Visitors/accounts whose audience list the Pendo sink holds (its assigned partitions).",
-            ),
-            pendo_audience_list_state_writes: counter(
-                &r,
-                "pendo_segment_pendo_audience_list_state_writes_total",
-                "Audience-list state records written to state.pendo-audience-lists, by outcome.",
-                &["outcome"],
-            ),
-            segment_events_delivered,
-            segment_requests,
-            segment_retries,
-            segment_retry_after_pauses,
-            segment_sink_backpressure,
-            segment_in_flight_batches,
-            paused_partitions,
-            segment_batch_events,
-            segment_batch_bytes,
-            segment_request_duration,
-            end_to_end_latency,
-            transform_events: counter(
-                &r,
-                "pendo_segment_transform_events_total",
-                "Raw events handled by a transformer, by kind and outcome (mapped, filtered, dropped, dead_lettered).",
-                &["stage", "kind", "outcome"],
-            ),
-            transform_calls: counter(
-                &r,
-                "pendo_segment_transform_calls_total",
-                "Canonical records produced by a transformer, by call type.",
-                &["stage", "call"],
-            ),
-            unknown_kinds: counter(
-                &r,
-                "pendo_segment_transform_unknown_kinds_total",
-                "Events of kinds the mapping does not list (schema drift), by kind.",
-                &["stage", "kind"],
-            ),
-            unknown_fields: counter(
-                &r,
-                "pendo_segment_transform_unknown_fields_total",
-                "Fields the mapping does not expect (schema drift), by kind and field.",
-                &["stage", "kind", "field"],
-            ),
-            tracking_plan_violations: counter(
-                &r,
-                "pendo_segment_tracking_plan_violations_total",
-                "Rules of the tracking plan broken by calls transform-pendo made, by event (track event name, or identify/group/page) and rule (required, type, enum, additional_properties, ..., unplanned_event).",
-                &["event", "rule"],
-            ),
-            mapping_info: gauge(
-                &r,
-                "pendo_segment_mapping_info",
-                "Constant 1: the mapping and tracking plan a transformer runs (fingerprint = what its calls carry in the mapping-fingerprint header; tracking_plan is none without a plan).",
-                &["stage", "fingerprint", "mapping", "tracking_plan"],
-            ),
-            dead_letters: counter(
-                &r,
-                "pendo_segment_dead_letters_total",
-                "Records written to a dead-letter topic, by stage and reason.",
-                &["stage", "reason"],
-            ),
-            dead_letters_cut: counter(
-                &r,
-                "pendo_segment_dead_letters_cut_total",
-                "Dead letters cut to fit their topic's max.message.bytes, by stage.",
-                &["stage"],
-            ),
-            idmap_updates: counter(
-                &r,
-                "pendo_segment_idmap_updates_total",
-                "Id mapping records applied, by operation (upsert, delete, invalid).",
-                &["op"],
-            ),
-            idmap_entries,
-            transactions: counter(
-                &r,
-                "pendo_segment_transactions_total",
-                "Kafka transactions of group-commit appenders.",
-                &["stage", "result"],
-            ),
-            transaction_records,
-            appender_jobs: counter(
-                &r,
-                "pendo_segment_appender_jobs_total",
-                "Append requests that never joined a transaction.",
-                &["stage", "result"],
-            ),
-            undecided_transactions: counter(
-                &r,
-                "pendo_segment_undecided_transactions_total",
-                "Group-commit transactions answered 503 with their outcome unknown, by the outcome learnt later.",
-                &["stage", "outcome"],
-            ),
-            webhook_requests: counter(
-                &r,
-                "pendo_segment_webhook_requests_total",
-                "Webhook HTTP requests by status code.",
-                &["role", "status"],
-            ),
-            webhook_events: counter(
-                &r,
-                "pendo_segment_webhook_events_accepted_total",
-                "Webhook events durably written to Kafka.",
-                &["role"],
-            ),
-            webhook_bytes: counter(
-                &r,
-                "pendo_segment_webhook_received_bytes_total",
-                "Webhook body bytes received.",
-                &["role"],
-            ),
-            webhook_rejects: counter(
-                &r,
-                "pendo_segment_webhook_rejects_total",
-                "Webhook requests rejected, by reason.",
-                &["role", "reason"],
-            ),
-            webhook_in_flight: gauge(
-                &r,
-                "pendo_segment_webhook_in_flight_requests",
-                "Webhook requests being handled.",
-                &["role"],
-            ),
-            webhook_ack_latency,
-            webhook_connections_closed: counter(
-                &r,
-                "pendo_segment_webhook_connections_closed_total",
-                "Webhook connections closed by the role: stalled past a timeout, or over the connection cap.",
-                &["role", "reason"],
-            ),
-            webhook_open_connections: gauge(
-                &r,
-                "pendo_segment_webhook_open_connections",
-                "Webhook connections open.",
-                &["role"],
-            ),
+/// An unlabelled counter, registered like [`counter`] (shared by the family builders).
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique counter");
+    c
+}
+
+/// An unlabelled gauge, registered like [`gauge`] (shared by the family builders).
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid gauge");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique gauge");
+    g
+}
+
+/// An unlabelled histogram, registered like [`histogram`] (shared by the family builders).
+fn plain_histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid histogram");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique histogram");
+    h
+}
+
+/// The consumer-loop family (records, commits, rebalances, lag, pauses, dead letters), built
+/// apart so [`Metrics::new`] stays a list of families.
+struct ConsumerMetrics {
+    records_in: IntCounterVec,
+    records_processed: IntCounterVec,
+    records_skipped: IntCounterVec,
+    commits: IntCounterVec,
+    commit_duration: HistogramVec,
+    rebalances: IntCounterVec,
+    consumer_lag: IntGaugeVec,
+    paused_partitions: IntGauge,
+    dead_letters: IntCounterVec,
+    dead_letters_cut: IntCounterVec,
+}
+
+impl ConsumerMetrics {
+    /// Builds and registers the consumer-loop family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
             records_in: counter(
-                &r,
+                r,
                 "pendo_segment_records_in_total",
                 "Records consumed from Kafka.",
                 &["stage", "topic"],
             ),
             records_processed: counter(
-                &r,
+                r,
                 "pendo_segment_records_processed_total",
                 "Records fully processed (eligible for commit).",
                 &["stage", "topic"],
             ),
             records_skipped: counter(
-                &r,
+                r,
                 "pendo_segment_records_skipped_total",
                 "Records not processed because their partition had been revoked.",
                 &["stage", "topic"],
             ),
             commits: counter(
-                &r,
+                r,
                 "pendo_segment_commits_total",
                 "Offset or transaction commits.",
                 &["stage", "result"],
             ),
-            commit_duration,
+            commit_duration: histogram(
+                r,
+                "pendo_segment_commit_duration_seconds",
+                "Time to make processed records durable and commit their offsets.",
+                latency_buckets(),
+                &["stage"],
+            ),
             rebalances: counter(
-                &r,
+                r,
                 "pendo_segment_rebalances_total",
                 "Consumer group rebalance callbacks.",
                 &["stage", "kind"],
             ),
             consumer_lag: gauge(
-                &r,
+                r,
                 "pendo_segment_consumer_lag",
                 "Records between the committed offset and the partition end.",
                 &["stage", "topic", "partition"],
             ),
+            paused_partitions: plain_gauge(
+                r,
+                "pendo_segment_paused_partitions",
+                "Partitions paused because their downstream is backed up (a sink waiting on retries).",
+            ),
+            dead_letters: counter(
+                r,
+                "pendo_segment_dead_letters_total",
+                "Records written to a dead-letter topic, by stage and reason.",
+                &["stage", "reason"],
+            ),
+            dead_letters_cut: counter(
+                r,
+                "pendo_segment_dead_letters_cut_total",
+                "Dead letters cut to fit their topic's max.message.bytes, by stage.",
+                &["stage"],
+            ),
+        }
+    }
+}
+
+/// The group-commit appender family, built apart so [`Metrics::new`] stays a list of families.
+struct AppenderMetrics {
+    transactions: IntCounterVec,
+    transaction_records: HistogramVec,
+    appender_jobs: IntCounterVec,
+    undecided_transactions: IntCounterVec,
+}
+
+impl AppenderMetrics {
+    /// Builds and registers the appender family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
+            transactions: counter(
+                r,
+                "pendo_segment_transactions_total",
+                "Kafka transactions of group-commit appenders.",
+                &["stage", "result"],
+            ),
+            transaction_records: histogram(
+                r,
+                "pendo_segment_transaction_records",
+                "Records per committed group-commit transaction.",
+                prometheus::exponential_buckets(1.0, 4.0, 10).expect("buckets"),
+                &["stage"],
+            ),
+            appender_jobs: counter(
+                r,
+                "pendo_segment_appender_jobs_total",
+                "Append requests that never joined a transaction.",
+                &["stage", "result"],
+            ),
+            undecided_transactions: counter(
+                r,
+                "pendo_segment_undecided_transactions_total",
+                "Group-commit transactions answered 503 with their outcome unknown, by the outcome learnt later.",
+                &["stage", "outcome"],
+            ),
+        }
+    }
+}
+
+/// The process and role family (errors, roles up and restarted, memory, build), built apart so
+/// [`Metrics::new`] stays a list of families.
+struct ProcessMetrics {
+    errors: IntCounterVec,
+    role_up: IntGaugeVec,
+    role_restarts: IntCounterVec,
+    resident_memory: IntGauge,
+    build_info: IntGaugeVec,
+}
+
+impl ProcessMetrics {
+    /// Builds and registers the process family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
             errors: counter(
-                &r,
+                r,
                 "pendo_segment_errors_total",
                 "Errors by stage and kind.",
                 &["stage", "kind"],
             ),
             role_up: gauge(
-                &r,
+                r,
                 "pendo_segment_role_up",
                 "1 while a role runs in this process.",
                 &["role"],
             ),
             role_restarts: counter(
-                &r,
+                r,
                 "pendo_segment_role_restarts_total",
                 "Roles started again in this process (new Kafka clients) after a broker failover stopped them.",
                 &["role"],
             ),
-            resident_memory,
+            resident_memory: plain_gauge(
+                r,
+                "pendo_segment_process_resident_memory_bytes",
+                "Resident set size of this process.",
+            ),
             build_info: gauge(
-                &r,
+                r,
                 "pendo_segment_build_info",
                 "Build information.",
                 &["version"],
             ),
+        }
+    }
+}
+
+/// The webhook family, built apart so [`Metrics::new`] stays a list of families.
+struct WebhookMetrics {
+    webhook_requests: IntCounterVec,
+    webhook_events: IntCounterVec,
+    webhook_bytes: IntCounterVec,
+    webhook_rejects: IntCounterVec,
+    webhook_in_flight: IntGaugeVec,
+    webhook_ack_latency: HistogramVec,
+    webhook_connections_closed: IntCounterVec,
+    webhook_open_connections: IntGaugeVec,
+}
+
+impl WebhookMetrics {
+    /// Builds and registers the webhook family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
+            webhook_requests: counter(
+                r,
+                "pendo_segment_webhook_requests_total",
+                "Webhook HTTP requests by status code.",
+                &["role", "status"],
+            ),
+            webhook_events: counter(
+                r,
+                "pendo_segment_webhook_events_accepted_total",
+                "Webhook events durably written to Kafka.",
+                &["role"],
+            ),
+            webhook_bytes: counter(
+                r,
+                "pendo_segment_webhook_received_bytes_total",
+                "Webhook body bytes received.",
+                &["role"],
+            ),
+            webhook_rejects: counter(
+                r,
+                "pendo_segment_webhook_rejects_total",
+                "Webhook requests rejected, by reason.",
+                &["role", "reason"],
+            ),
+            webhook_in_flight: gauge(
+                r,
+                "pendo_segment_webhook_in_flight_requests",
+                "Webhook requests being handled.",
+                &["role"],
+            ),
+            webhook_ack_latency: histogram(
+                r,
+                "pendo_segment_webhook_ack_latency_seconds",
+                "From receiving a webhook request to Kafka committing its events.",
+                latency_buckets(),
+                &["role"],
+            ),
+            webhook_connections_closed: counter(
+                r,
+                "pendo_segment_webhook_connections_closed_total",
+                "Webhook connections closed by the role: stalled past a timeout, or over the connection cap.",
+                &["role", "reason"],
+            ),
+            webhook_open_connections: gauge(
+                r,
+                "pendo_segment_webhook_open_connections",
+                "Webhook connections open.",
+                &["role"],
+            ),
+        }
+    }
+}
+
+/// The Segment sink family, built apart so [`Metrics::new`] stays a list of families.
+struct SegmentSinkMetrics {
+    segment_events_delivered: IntCounterVec,
+    segment_requests: IntCounterVec,
+    segment_retries: IntCounterVec,
+    segment_retry_after_pauses: IntCounter,
+    segment_sink_backpressure: IntGauge,
+    segment_in_flight_batches: IntGauge,
+    segment_batch_events: Histogram,
+    segment_batch_bytes: Histogram,
+    segment_request_duration: Histogram,
+    end_to_end_latency: Histogram,
+}
+
+impl SegmentSinkMetrics {
+    /// Builds and registers the Segment sink family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
+            segment_events_delivered: counter(
+                r,
+                "pendo_segment_segment_events_delivered_total",
+                "Events Segment acknowledged (2xx), by call type.",
+                &["call"],
+            ),
+            segment_requests: counter(
+                r,
+                "pendo_segment_segment_requests_total",
+                "HTTP attempts to Segment by status (none = network error or timeout).",
+                &["status"],
+            ),
+            segment_retries: counter(
+                r,
+                "pendo_segment_segment_retries_total",
+                "Segment attempts that will be retried, by outcome.",
+                &["outcome"],
+            ),
+            segment_retry_after_pauses: plain_counter(
+                r,
+                "pendo_segment_segment_retry_after_pauses_total",
+                "Pauses of the whole Segment sink honouring Retry-After.",
+            ),
+            segment_sink_backpressure: plain_gauge(
+                r,
+                "pendo_segment_segment_sink_backpressure",
+                "1 while Segment deliveries wait on retries (outage, rate limit, auth failure).",
+            ),
+            segment_in_flight_batches: plain_gauge(
+                r,
+                "pendo_segment_segment_in_flight_batches",
+                "Batches being delivered to Segment.",
+            ),
+            segment_batch_events: plain_histogram(
+                r,
+                "pendo_segment_segment_batch_events",
+                "Events per Segment request.",
+                prometheus::exponential_buckets(1.0, 2.0, 13).expect("buckets"),
+            ),
+            segment_batch_bytes: plain_histogram(
+                r,
+                "pendo_segment_segment_batch_bytes",
+                "Uncompressed body bytes per Segment request.",
+                prometheus::exponential_buckets(1024.0, 2.0, 10).expect("buckets"),
+            ),
+            segment_request_duration: plain_histogram(
+                r,
+                "pendo_segment_segment_request_duration_seconds",
+                "Duration of one HTTP attempt to Segment.",
+                latency_buckets(),
+            ),
+            end_to_end_latency: plain_histogram(
+                r,
+                "pendo_segment_end_to_end_latency_seconds",
+                "From the connector receiving a Pendo event to Segment acknowledging its call.",
+                prometheus::exponential_buckets(0.01, 2.0, 16).expect("buckets"),
+            ),
+        }
+    }
+}
+
+/// The Pendo sink family, built apart so [`Metrics::new`] stays a list of families.
+struct PendoSinkMetrics {
+    pendo_sink_requests: IntCounterVec,
+    pendo_sink_updates_written: IntCounterVec,
+    pendo_sink_updates_coalesced: IntCounter,
+    pendo_sink_retries: IntCounterVec,
+    pendo_sink_backpressure: IntGauge,
+    pendo_sink_in_flight: IntGauge,
+    pendo_sink_request_duration: Histogram,
+    pendo_audience_list_entities: IntGauge,
+    pendo_audience_list_state_writes: IntCounterVec,
+}
+
+impl PendoSinkMetrics {
+    /// Builds and registers the Pendo sink family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
+            pendo_sink_requests: counter(
+                r,
+                "pendo_segment_pendo_sink_requests_total",
+                "HTTP attempts to Pendo's metadata API by status (none = network error or timeout).",
+                &["status"],
+            ),
+            pendo_sink_updates_written: counter(
+                r,
+                "pendo_segment_pendo_sink_updates_written_total",
+                "Visitor/account items Pendo applied (after coalescing), by id key.",
+                &["entity"],
+            ),
+            pendo_sink_updates_coalesced: plain_counter(
+                r,
+                "pendo_segment_pendo_sink_updates_coalesced_total",
+                "Updates merged into an earlier update of the same visitor/account in a batch.",
+            ),
+            pendo_sink_retries: counter(
+                r,
+                "pendo_segment_pendo_sink_retries_total",
+                "Pendo attempts that will be retried, by reason.",
+                &["reason"],
+            ),
+            pendo_sink_backpressure: plain_gauge(
+                r,
+                "pendo_segment_pendo_sink_backpressure",
+                "1 while Pendo writes wait on retries (outage, rate limit, 409, auth failure).",
+            ),
+            pendo_sink_in_flight: plain_gauge(
+                r,
+                "pendo_segment_pendo_sink_in_flight_jobs",
+                "Pendo sink jobs being delivered.",
+            ),
+            pendo_sink_request_duration: plain_histogram(
+                r,
+                "pendo_segment_pendo_sink_request_duration_seconds",
+                "Duration of one HTTP attempt to Pendo.",
+                latency_buckets(),
+            ),
+            pendo_audience_list_entities: plain_gauge(
+                r,
+                "pendo_segment_pendo_audience_list_state_entities",
+                "Visitors/accounts whose audience list the Pendo sink holds (its assigned partitions).",
+            ),
+            pendo_audience_list_state_writes: counter(
+                r,
+                "pendo_segment_pendo_audience_list_state_writes_total",
+                "Audience-list state records written to state.pendo-audience-lists, by outcome.",
+                &["outcome"],
+            ),
+        }
+    }
+}
+
+/// The transformer family (events, calls, schema drift, tracking plan, mapping, rules) and the
+/// id mapping's, built apart so [`Metrics::new`] stays a list of families.
+struct TransformMetrics {
+    transform_events: IntCounterVec,
+    transform_calls: IntCounterVec,
+    unknown_kinds: IntCounterVec,
+    unknown_fields: IntCounterVec,
+    tracking_plan_violations: IntCounterVec,
+    mapping_info: IntGaugeVec,
+    transform_rule_fields: IntCounterVec,
+    idmap_updates: IntCounterVec,
+    idmap_entries: IntGauge,
+}
+
+impl TransformMetrics {
+    /// Builds and registers the transformer and id mapping family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
+            transform_events: counter(
+                r,
+                "pendo_segment_transform_events_total",
+                "Raw events handled by a transformer, by kind and outcome (mapped, filtered, dropped, dead_lettered).",
+                &["stage", "kind", "outcome"],
+            ),
+            transform_calls: counter(
+                r,
+                "pendo_segment_transform_calls_total",
+                "Canonical records produced by a transformer, by call type.",
+                &["stage", "call"],
+            ),
+            unknown_kinds: counter(
+                r,
+                "pendo_segment_transform_unknown_kinds_total",
+                "Events of kinds the mapping does not list (schema drift), by kind.",
+                &["stage", "kind"],
+            ),
+            unknown_fields: counter(
+                r,
+                "pendo_segment_transform_unknown_fields_total",
+                "Fields the mapping does not expect (schema drift), by kind and field.",
+                &["stage", "kind", "field"],
+            ),
+            tracking_plan_violations: counter(
+                r,
+                "pendo_segment_tracking_plan_violations_total",
+                "Rules of the tracking plan broken by calls transform-pendo made, by event (track event name, or identify/group/page) and rule (required, type, enum, additional_properties, ..., unplanned_event).",
+                &["event", "rule"],
+            ),
+            mapping_info: gauge(
+                r,
+                "pendo_segment_mapping_info",
+                "Constant 1: the mapping and tracking plan a transformer runs (fingerprint = what its calls carry in the mapping-fingerprint header; tracking_plan is none without a plan).",
+                &["stage", "fingerprint", "mapping", "tracking_plan"],
+            ),
+            transform_rule_fields: counter(
+                r,
+                "pendo_segment_transform_rule_fields_total",
+                "Fields of transform-segment mapping rules, by rule, field and result (written, missing, invalid).",
+                &["stage", "rule", "field", "result"],
+            ),
+            idmap_updates: counter(
+                r,
+                "pendo_segment_idmap_updates_total",
+                "Id mapping records applied, by operation (upsert, delete, invalid).",
+                &["op"],
+            ),
+            idmap_entries: plain_gauge(
+                r,
+                "pendo_segment_idmap_entries",
+                "Pendo visitor -> Segment user mappings held in memory.",
+            ),
+        }
+    }
+}
+
+/// The Pendo poller family, built apart so [`Metrics::new`] stays a list of families.
+struct PollerMetrics {
+    pendo_api_requests: IntCounterVec,
+    pendo_api_rows: IntCounterVec,
+    poller_records: IntCounterVec,
+    poller_watermark_lag: IntGaugeVec,
+    milestones_emitted: IntCounterVec,
+}
+
+impl PollerMetrics {
+    /// Builds and registers the poller family in `r`.
+    fn new(r: &Registry) -> Self {
+        Self {
             pendo_api_requests: counter(
-                &r,
+                r,
                 "pendo_segment_pendo_api_requests_total",
                 "Poller requests to Pendo's REST API by endpoint and status (none = no answer).",
                 &["endpoint", "status"],
             ),
             pendo_api_rows: counter(
-                &r,
+                r,
                 "pendo_segment_pendo_api_rows_total",
                 "Rows Pendo's REST API returned to the poller, by source.",
                 &["source"],
             ),
             poller_records: counter(
-                &r,
+                r,
                 "pendo_segment_poller_records_total",
                 "Records the poller wrote, by kind.",
                 &["kind"],
             ),
             poller_watermark_lag: gauge(
-                &r,
+                r,
                 "pendo_segment_poller_watermark_lag_seconds",
                 "How far each poller watermark or cycle end is behind now.",
                 &["cursor"],
             ),
             milestones_emitted: counter(
-                &r,
+                r,
                 "pendo_segment_milestones_emitted_total",
                 "Usage milestones the poller emitted, by rule.",
                 &["rule"],
             ),
-            transform_rule_fields: counter(
-                &r,
-                "pendo_segment_transform_rule_fields_total",
-                "Fields of transform-segment mapping rules, by rule, field and result (written, missing, invalid).",
-                &["stage", "rule", "field", "result"],
-            ),
+        }
+    }
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let consumer = ConsumerMetrics::new(&r);
+        let appender = AppenderMetrics::new(&r);
+        let process = ProcessMetrics::new(&r);
+        let webhook = WebhookMetrics::new(&r);
+        let segment = SegmentSinkMetrics::new(&r);
+        let pendo = PendoSinkMetrics::new(&r);
+        let transform = TransformMetrics::new(&r);
+        let poller = PollerMetrics::new(&r);
+        let m = Metrics {
             registry: r,
+            records_in: consumer.records_in,
+            records_processed: consumer.records_processed,
+            records_skipped: consumer.records_skipped,
+            commits: consumer.commits,
+            commit_duration: consumer.commit_duration,
+            rebalances: consumer.rebalances,
+            consumer_lag: consumer.consumer_lag,
+            errors: process.errors,
+            role_up: process.role_up,
+            role_restarts: process.role_restarts,
+            transactions: appender.transactions,
+            transaction_records: appender.transaction_records,
+            appender_jobs: appender.appender_jobs,
+            undecided_transactions: appender.undecided_transactions,
+            webhook_requests: webhook.webhook_requests,
+            webhook_events: webhook.webhook_events,
+            webhook_bytes: webhook.webhook_bytes,
+            webhook_rejects: webhook.webhook_rejects,
+            webhook_in_flight: webhook.webhook_in_flight,
+            webhook_ack_latency: webhook.webhook_ack_latency,
+            webhook_connections_closed: webhook.webhook_connections_closed,
+            webhook_open_connections: webhook.webhook_open_connections,
+            segment_events_delivered: segment.segment_events_delivered,
+            segment_requests: segment.segment_requests,
+            segment_retries: segment.segment_retries,
+            segment_retry_after_pauses: segment.segment_retry_after_pauses,
+            segment_sink_backpressure: segment.segment_sink_backpressure,
+            segment_in_flight_batches: segment.segment_in_flight_batches,
+            pendo_sink_requests: pendo.pendo_sink_requests,
+            pendo_sink_updates_written: pendo.pendo_sink_updates_written,
+            pendo_sink_updates_coalesced: pendo.pendo_sink_updates_coalesced,
+            pendo_sink_retries: pendo.pendo_sink_retries,
+            pendo_sink_backpressure: pendo.pendo_sink_backpressure,
+            pendo_sink_in_flight: pendo.pendo_sink_in_flight,
+            pendo_sink_request_duration: pendo.pendo_sink_request_duration,
+            pendo_audience_list_entities: pendo.pendo_audience_list_entities,
+            pendo_audience_list_state_writes: pendo.pendo_audience_list_state_writes,
+            paused_partitions: consumer.paused_partitions,
+            segment_batch_events: segment.segment_batch_events,
+            segment_batch_bytes: segment.segment_batch_bytes,
+            segment_request_duration: segment.segment_request_duration,
+            end_to_end_latency: segment.end_to_end_latency,
+            resident_memory: process.resident_memory,
+            transform_events: transform.transform_events,
+            transform_calls: transform.transform_calls,
+            unknown_kinds: transform.unknown_kinds,
+            unknown_fields: transform.unknown_fields,
+            tracking_plan_violations: transform.tracking_plan_violations,
+            mapping_info: transform.mapping_info,
+            dead_letters: consumer.dead_letters,
+            dead_letters_cut: consumer.dead_letters_cut,
+            idmap_updates: transform.idmap_updates,
+            idmap_entries: transform.idmap_entries,
+            build_info: process.build_info,
+            pendo_api_requests: poller.pendo_api_requests,
+            pendo_api_rows: poller.pendo_api_rows,
+            poller_records: poller.poller_records,
+            poller_watermark_lag: poller.poller_watermark_lag,
+            milestones_emitted: poller.milestones_emitted,
+            transform_rule_fields: transform.transform_rule_fields,
         };
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])

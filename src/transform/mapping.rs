@@ -232,11 +232,7 @@ impl PendoMapping {
 
     /// Parses and validates mapping text.
     pub fn parse(text: &str, origin: &str) -> Result<Self, MappingError> {
-        let at = |span: std::ops::Range<usize>, message: String| MappingError {
-            origin: origin.to_string(),
-            line: line_of(text, span.start),
-            message,
-        };
+        let p = MappingParser { text, origin };
         let raw: RawMappingFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
             MappingError {
@@ -246,7 +242,7 @@ impl PendoMapping {
             }
         })?;
         if *raw.version.get_ref() != 1 {
-            return Err(at(
+            return Err(p.at(
                 raw.version.span(),
                 format!(
                     "unsupported mapping version {} (this build reads 1)",
@@ -254,241 +250,15 @@ impl PendoMapping {
                 ),
             ));
         }
-        let path = |s: &Spanned<String>| {
-            JsonPath::parse(s.get_ref())
-                .ok_or_else(|| at(s.span(), format!("`{}` is not a dotted path", s.get_ref())))
-        };
-        let opt_path = |s: &Option<Spanned<String>>| s.as_ref().map(path).transpose();
-        let expr = |v: &Spanned<toml::Value>| parse_expr(v).map_err(|m| at(v.span(), m));
-
-        let d = &raw.defaults;
-        let defaults = Defaults {
-            time_from: match &d.time_from {
-                Some(v) => v.iter().map(path).collect::<Result<_, _>>()?,
-                None => vec![
-                    JsonPath::parse("timestamp").expect("path"),
-                    JsonPath::parse("browserTime").expect("path"),
-                ],
-            },
-            message_id_fields: match &d.message_id_fields {
-                Some(v) => v.iter().map(expr).collect::<Result<_, _>>()?,
-                None => vec![ValueExpr::Path(JsonPath::parse("uniqueId").expect("path"))],
-            },
-            user_agent_from: opt_path(&d.user_agent_from)?,
-            locale_from: opt_path(&d.locale_from)?,
-            feature_id_from: d
-                .feature_id_from
-                .as_ref()
-                .map(path)
-                .transpose()?
-                .unwrap_or_else(|| JsonPath::parse("properties.featureId").expect("path")),
-            guide_id_from: d
-                .guide_id_from
-                .as_ref()
-                .map(path)
-                .transpose()?
-                .unwrap_or_else(|| JsonPath::parse("properties.guideId").expect("path")),
-            page_id_from: d
-                .page_id_from
-                .as_ref()
-                .map(path)
-                .transpose()?
-                .unwrap_or_else(|| JsonPath::parse("properties.pageId").expect("path")),
-            known_envelope_fields: d.known_envelope_fields.iter().cloned().collect(),
-        };
-        if defaults.message_id_fields.is_empty() {
-            return Err(at(
-                0..0,
-                "defaults.message_id_fields must not be empty".into(),
-            ));
-        }
-
-        let u = &raw.unknown_kinds;
-        let unknown_kinds = match u.policy.get_ref().as_str() {
-            "pass_through" => UnknownKindPolicy::PassThrough {
-                event_prefix: u.event_prefix.clone(),
-            },
-            "drop" => UnknownKindPolicy::Drop,
-            "dlq" => UnknownKindPolicy::DeadLetter,
-            other => {
-                return Err(at(
-                    u.policy.span(),
-                    format!("unknown_kinds.policy `{other}`: expected pass_through, drop or dlq"),
-                ));
-            }
-        };
-        let unknown_properties_from = opt_path(&u.properties_from)?;
-
-        let lower = |v: &Vec<String>| v.iter().map(|s| s.to_lowercase()).collect();
-        let set = |v: &Vec<String>| v.iter().cloned().collect();
-        let f = &raw.filters;
-        let filters = Filters {
-            allow_kinds: lower(&f.allow_kinds),
-            deny_kinds: lower(&f.deny_kinds),
-            allow_events: set(&f.allow_events),
-            deny_events: set(&f.deny_events),
-            allow_feature_ids: set(&f.allow_feature_ids),
-            deny_feature_ids: set(&f.deny_feature_ids),
-            allow_guide_ids: set(&f.allow_guide_ids),
-            deny_guide_ids: set(&f.deny_guide_ids),
-            any: false,
-        };
-
+        let defaults = p.defaults(&raw.defaults)?;
+        let (unknown_kinds, unknown_properties_from) = p.unknown_kinds(&raw.unknown_kinds)?;
         let mut kinds = FxHashMap::default();
         let mut mappings = Vec::new();
         for (name, kind) in &raw.kinds {
-            let span = table_span(text, &format!("kinds.{name}"));
-            let mut calls = Vec::new();
-            for (call_type, call) in [
-                (CallType::Identify, &kind.identify),
-                (CallType::Group, &kind.group),
-                (CallType::Page, &kind.page),
-                (CallType::Track, &kind.track),
-            ] {
-                let Some(c) = call else { continue };
-                let cspan = table_span(text, &format!("kinds.{name}.{}", call_type.name()));
-                let name_rule = NameRule {
-                    from: opt_path(&c.event_from)?.or(opt_path(&c.name_from)?),
-                    fixed: c.event.clone().or(c.name.clone()),
-                };
-                match call_type {
-                    CallType::Track if name_rule.from.is_none() && name_rule.fixed.is_none() => {
-                        return Err(at(
-                            cspan,
-                            format!("kinds.{name}.track needs `event` or `event_from`"),
-                        ));
-                    }
-                    CallType::Track | CallType::Page => {}
-                    _ if c.event.is_some() || c.event_from.is_some() => {
-                        return Err(at(
-                            cspan,
-                            format!(
-                                "kinds.{name}.{}: only track calls have an event name",
-                                call_type.name()
-                            ),
-                        ));
-                    }
-                    _ => {}
-                }
-                if call_type != CallType::Page && c.page.is_some() {
-                    return Err(at(
-                        cspan,
-                        format!(
-                            "kinds.{name}.{}: `page` fields belong to page calls",
-                            call_type.name()
-                        ),
-                    ));
-                }
-                let from = match &c.from {
-                    Some(s) if s.get_ref().is_empty() => None,
-                    Some(s) => Some(path(s)?),
-                    None => Some(JsonPath::parse("properties").expect("path")),
-                };
-                let page = match &c.page {
-                    None => PageFields::default(),
-                    Some(p) => PageFields {
-                        url: opt_path(&p.url)?,
-                        title: opt_path(&p.title)?,
-                        referrer: opt_path(&p.referrer)?,
-                    },
-                };
-                let mut rename = Vec::new();
-                for (src, target) in &c.rename {
-                    let p = JsonPath::parse(src).ok_or_else(|| {
-                        at(
-                            target.span(),
-                            format!("rename key `{src}` is not a dotted path"),
-                        )
-                    })?;
-                    if target.get_ref().is_empty() {
-                        return Err(at(
-                            target.span(),
-                            format!("rename of `{src}`: empty target name"),
-                        ));
-                    }
-                    rename.push((p, target.get_ref().clone()));
-                }
-                let mut sets = Vec::new();
-                for (key, v) in &c.set {
-                    sets.push((key.clone(), expr(v)?));
-                }
-                calls.push(CallMapping {
-                    call: call_type,
-                    name: name_rule,
-                    category: c.category.clone(),
-                    from,
-                    flatten: c.flatten.iter().map(path).collect::<Result<_, _>>()?,
-                    keep: c.keep.iter().map(path).collect::<Result<_, _>>()?,
-                    rename,
-                    drop: c.drop.iter().map(path).collect::<Result<_, _>>()?,
-                    set: sets,
-                    page,
-                });
-            }
-            if calls.is_empty() {
-                return Err(at(
-                    span,
-                    format!(
-                        "kinds.{name} makes no call: add a track, page, identify or group table"
-                    ),
-                ));
-            }
-            let index = mappings.len();
-            for alias in std::iter::once(name).chain(kind.aliases.iter()) {
-                // The spelling as written too, so the common case needs no lowercasing.
-                kinds.entry(alias.clone()).or_insert(index);
-                if kinds
-                    .insert(alias.to_lowercase(), index)
-                    .is_some_and(|other| other != index)
-                {
-                    return Err(at(
-                        span.clone(),
-                        format!(
-                            "kind name or alias `{alias}` is used twice (names are case-insensitive)"
-                        ),
-                    ));
-                }
-            }
-            let mut known: FxHashSet<String> = kind.known.iter().cloned().collect();
-            for c in &calls {
-                for p in c
-                    .rename
-                    .iter()
-                    .map(|(p, _)| p)
-                    .chain(&c.keep)
-                    .chain(&c.drop)
-                    .chain(&c.flatten)
-                {
-                    known.insert(p.first().to_string());
-                }
-            }
-            mappings.push(KindMapping {
-                name: name.clone(),
-                message_id_fields: match &kind.message_id_fields {
-                    Some(v) => v.iter().map(expr).collect::<Result<_, _>>()?,
-                    None => defaults.message_id_fields.clone(),
-                },
-                known_properties: known,
-                calls,
-            });
+            let mapping = p.kind(name, kind, &defaults, mappings.len(), &mut kinds)?;
+            mappings.push(mapping);
         }
-        // A filter may name a kind by any alias: match it through the kind's own name too.
-        let mut filters = filters;
-        for set in [&mut filters.allow_kinds, &mut filters.deny_kinds] {
-            let canonical: Vec<String> = set
-                .iter()
-                .filter_map(|k| kinds.get(k).map(|i| mappings[*i].name.to_lowercase()))
-                .collect();
-            set.extend(canonical);
-        }
-        filters.any = !(filters.allow_kinds.is_empty()
-            && filters.deny_kinds.is_empty()
-            && filters.allow_events.is_empty()
-            && filters.deny_events.is_empty()
-            && filters.allow_feature_ids.is_empty()
-            && filters.deny_feature_ids.is_empty()
-            && filters.allow_guide_ids.is_empty()
-            && filters.deny_guide_ids.is_empty());
+        let filters = parse_filters(&raw.filters, &kinds, &mappings);
         Ok(Self {
             defaults,
             unknown_kinds,
@@ -519,6 +289,294 @@ impl PendoMapping {
     pub fn kinds(&self) -> &[KindMapping] {
         &self.mappings
     }
+}
+
+/// The mapping text being parsed: turns spans into errors that name their line, for the
+/// per-section steps of [`PendoMapping::parse`].
+struct MappingParser<'t> {
+    text: &'t str,
+    origin: &'t str,
+}
+
+impl MappingParser<'_> {
+    /// An error at `span`, named by its line.
+    fn at(&self, span: std::ops::Range<usize>, message: String) -> MappingError {
+        MappingError {
+            origin: self.origin.to_string(),
+            line: line_of(self.text, span.start),
+            message,
+        }
+    }
+
+    /// A dotted path, or an error at its span.
+    fn path(&self, s: &Spanned<String>) -> Result<JsonPath, MappingError> {
+        JsonPath::parse(s.get_ref())
+            .ok_or_else(|| self.at(s.span(), format!("`{}` is not a dotted path", s.get_ref())))
+    }
+
+    /// An optional dotted path, or an error at its span.
+    fn opt_path(&self, s: &Option<Spanned<String>>) -> Result<Option<JsonPath>, MappingError> {
+        s.as_ref().map(|s| self.path(s)).transpose()
+    }
+
+    /// A value expression, or an error at its span.
+    fn expr(&self, v: &Spanned<toml::Value>) -> Result<ValueExpr, MappingError> {
+        parse_expr(v).map_err(|m| self.at(v.span(), m))
+    }
+
+    /// Every entry of `paths` as a dotted path (the first invalid one is the error).
+    fn paths(&self, paths: &[Spanned<String>]) -> Result<Vec<JsonPath>, MappingError> {
+        paths.iter().map(|s| self.path(s)).collect()
+    }
+
+    /// The `[defaults]` section.
+    fn defaults(&self, d: &RawDefaults) -> Result<Defaults, MappingError> {
+        let defaults = Defaults {
+            time_from: match &d.time_from {
+                Some(v) => self.paths(v)?,
+                None => vec![
+                    JsonPath::parse("timestamp").expect("path"),
+                    JsonPath::parse("browserTime").expect("path"),
+                ],
+            },
+            message_id_fields: match &d.message_id_fields {
+                Some(v) => v.iter().map(|e| self.expr(e)).collect::<Result<_, _>>()?,
+                None => vec![ValueExpr::Path(JsonPath::parse("uniqueId").expect("path"))],
+            },
+            user_agent_from: self.opt_path(&d.user_agent_from)?,
+            locale_from: self.opt_path(&d.locale_from)?,
+            feature_id_from: self
+                .opt_path(&d.feature_id_from)?
+                .unwrap_or_else(|| JsonPath::parse("properties.featureId").expect("path")),
+            guide_id_from: self
+                .opt_path(&d.guide_id_from)?
+                .unwrap_or_else(|| JsonPath::parse("properties.guideId").expect("path")),
+            page_id_from: self
+                .opt_path(&d.page_id_from)?
+                .unwrap_or_else(|| JsonPath::parse("properties.pageId").expect("path")),
+            known_envelope_fields: d.known_envelope_fields.iter().cloned().collect(),
+        };
+        if defaults.message_id_fields.is_empty() {
+            return Err(self.at(0..0, "defaults.message_id_fields must not be empty".into()));
+        }
+        Ok(defaults)
+    }
+
+    /// The `[unknown_kinds]` section: the policy and where passed-through properties start.
+    fn unknown_kinds(
+        &self,
+        u: &RawUnknownKinds,
+    ) -> Result<(UnknownKindPolicy, Option<JsonPath>), MappingError> {
+        let policy = match u.policy.get_ref().as_str() {
+            "pass_through" => UnknownKindPolicy::PassThrough {
+                event_prefix: u.event_prefix.clone(),
+            },
+            "drop" => UnknownKindPolicy::Drop,
+            "dlq" => UnknownKindPolicy::DeadLetter,
+            other => {
+                return Err(self.at(
+                    u.policy.span(),
+                    format!("unknown_kinds.policy `{other}`: expected pass_through, drop or dlq"),
+                ));
+            }
+        };
+        Ok((policy, self.opt_path(&u.properties_from)?))
+    }
+
+    /// One `[kinds.<name>]` table: its calls, its names and aliases (registered in `kinds` at
+    /// `index`) and the properties it expects.
+    fn kind(
+        &self,
+        name: &str,
+        kind: &RawKind,
+        defaults: &Defaults,
+        index: usize,
+        kinds: &mut FxHashMap<String, usize>,
+    ) -> Result<KindMapping, MappingError> {
+        let span = table_span(self.text, &format!("kinds.{name}"));
+        let mut calls = Vec::new();
+        for (call_type, call) in [
+            (CallType::Identify, &kind.identify),
+            (CallType::Group, &kind.group),
+            (CallType::Page, &kind.page),
+            (CallType::Track, &kind.track),
+        ] {
+            if let Some(c) = call {
+                calls.push(self.call(name, call_type, c)?);
+            }
+        }
+        if calls.is_empty() {
+            return Err(self.at(
+                span,
+                format!("kinds.{name} makes no call: add a track, page, identify or group table"),
+            ));
+        }
+        for alias in std::iter::once(name).chain(kind.aliases.iter().map(String::as_str)) {
+            // The spelling as written too, so the common case needs no lowercasing.
+            kinds.entry(alias.to_string()).or_insert(index);
+            if kinds
+                .insert(alias.to_lowercase(), index)
+                .is_some_and(|other| other != index)
+            {
+                return Err(self.at(
+                    span.clone(),
+                    format!(
+                        "kind name or alias `{alias}` is used twice (names are case-insensitive)"
+                    ),
+                ));
+            }
+        }
+        let mut known: FxHashSet<String> = kind.known.iter().cloned().collect();
+        for c in &calls {
+            for p in c
+                .rename
+                .iter()
+                .map(|(p, _)| p)
+                .chain(&c.keep)
+                .chain(&c.drop)
+                .chain(&c.flatten)
+            {
+                known.insert(p.first().to_string());
+            }
+        }
+        Ok(KindMapping {
+            name: name.to_string(),
+            message_id_fields: match &kind.message_id_fields {
+                Some(v) => v.iter().map(|e| self.expr(e)).collect::<Result<_, _>>()?,
+                None => defaults.message_id_fields.clone(),
+            },
+            known_properties: known,
+            calls,
+        })
+    }
+
+    /// One `[kinds.<name>.<call type>]` table.
+    fn call(
+        &self,
+        name: &str,
+        call_type: CallType,
+        c: &RawCall,
+    ) -> Result<CallMapping, MappingError> {
+        let cspan = table_span(self.text, &format!("kinds.{name}.{}", call_type.name()));
+        let name_rule = NameRule {
+            from: self
+                .opt_path(&c.event_from)?
+                .or(self.opt_path(&c.name_from)?),
+            fixed: c.event.clone().or(c.name.clone()),
+        };
+        match call_type {
+            CallType::Track if name_rule.from.is_none() && name_rule.fixed.is_none() => {
+                return Err(self.at(
+                    cspan,
+                    format!("kinds.{name}.track needs `event` or `event_from`"),
+                ));
+            }
+            CallType::Track | CallType::Page => {}
+            _ if c.event.is_some() || c.event_from.is_some() => {
+                return Err(self.at(
+                    cspan,
+                    format!(
+                        "kinds.{name}.{}: only track calls have an event name",
+                        call_type.name()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if call_type != CallType::Page && c.page.is_some() {
+            return Err(self.at(
+                cspan,
+                format!(
+                    "kinds.{name}.{}: `page` fields belong to page calls",
+                    call_type.name()
+                ),
+            ));
+        }
+        let from = match &c.from {
+            Some(s) if s.get_ref().is_empty() => None,
+            Some(s) => Some(self.path(s)?),
+            None => Some(JsonPath::parse("properties").expect("path")),
+        };
+        let page = match &c.page {
+            None => PageFields::default(),
+            Some(p) => PageFields {
+                url: self.opt_path(&p.url)?,
+                title: self.opt_path(&p.title)?,
+                referrer: self.opt_path(&p.referrer)?,
+            },
+        };
+        let mut rename = Vec::new();
+        for (src, target) in &c.rename {
+            let p = JsonPath::parse(src).ok_or_else(|| {
+                self.at(
+                    target.span(),
+                    format!("rename key `{src}` is not a dotted path"),
+                )
+            })?;
+            if target.get_ref().is_empty() {
+                return Err(self.at(
+                    target.span(),
+                    format!("rename of `{src}`: empty target name"),
+                ));
+            }
+            rename.push((p, target.get_ref().clone()));
+        }
+        let mut sets = Vec::new();
+        for (key, v) in &c.set {
+            sets.push((key.clone(), self.expr(v)?));
+        }
+        Ok(CallMapping {
+            call: call_type,
+            name: name_rule,
+            category: c.category.clone(),
+            from,
+            flatten: self.paths(&c.flatten)?,
+            keep: self.paths(&c.keep)?,
+            rename,
+            drop: self.paths(&c.drop)?,
+            set: sets,
+            page,
+        })
+    }
+}
+
+/// The `[filters]` section, with kinds named by alias matched through the kind's own name too;
+/// apart from [`PendoMapping::parse`] because it needs the parsed kinds.
+fn parse_filters(
+    f: &RawFilters,
+    kinds: &FxHashMap<String, usize>,
+    mappings: &[KindMapping],
+) -> Filters {
+    let lower = |v: &Vec<String>| v.iter().map(|s| s.to_lowercase()).collect();
+    let set = |v: &Vec<String>| v.iter().cloned().collect();
+    let mut filters = Filters {
+        allow_kinds: lower(&f.allow_kinds),
+        deny_kinds: lower(&f.deny_kinds),
+        allow_events: set(&f.allow_events),
+        deny_events: set(&f.deny_events),
+        allow_feature_ids: set(&f.allow_feature_ids),
+        deny_feature_ids: set(&f.deny_feature_ids),
+        allow_guide_ids: set(&f.allow_guide_ids),
+        deny_guide_ids: set(&f.deny_guide_ids),
+        any: false,
+    };
+    // A filter may name a kind by any alias: match it through the kind's own name too.
+    for set in [&mut filters.allow_kinds, &mut filters.deny_kinds] {
+        let canonical: Vec<String> = set
+            .iter()
+            .filter_map(|k| kinds.get(k).map(|i| mappings[*i].name.to_lowercase()))
+            .collect();
+        set.extend(canonical);
+    }
+    filters.any = !(filters.allow_kinds.is_empty()
+        && filters.deny_kinds.is_empty()
+        && filters.allow_events.is_empty()
+        && filters.deny_events.is_empty()
+        && filters.allow_feature_ids.is_empty()
+        && filters.deny_feature_ids.is_empty()
+        && filters.allow_guide_ids.is_empty()
+        && filters.deny_guide_ids.is_empty());
+    filters
 }
 
 /// SHA-256 over the canonical JSON form of valid TOML text.

@@ -226,6 +226,90 @@ fn field_name(prefix: &str, key: &str) -> String {
     name
 }
 
+/// One audience membership an event states, resolved to its Pendo entity and time: what
+/// [`SegmentToPendo::map_event`] hands to its write phase.
+struct Membership<'e> {
+    entity: PendoEntity,
+    entity_id: String,
+    key: &'e str,
+    member: bool,
+    ts_ms: i64,
+}
+
+/// The membership a track call states (`Audience Entered` / `Audience Exited`); `Ok(None)` for
+/// any other track event (the rules decide). The track step of [`SegmentToPendo::map_event`].
+fn track_membership<'e>(
+    event: &'e Value,
+    computation_key: Option<&'e str>,
+) -> Result<Option<(PendoEntity, &'e str, bool)>, SegmentOutcome> {
+    let name = str_at(event, "event").unwrap_or_default();
+    let entered = if name.eq_ignore_ascii_case("Audience Entered") {
+        true
+    } else if name.eq_ignore_ascii_case("Audience Exited") {
+        false
+    } else {
+        return Ok(None);
+    };
+    let props = event.get("properties");
+    let Some(key) = props
+        .and_then(|p| str_at(p, "audience_key"))
+        .or(computation_key)
+    else {
+        return Err(dead(
+            "missing_audience_key",
+            format!("`{name}` without properties.audience_key or context.personas.computation_key"),
+        ));
+    };
+    let member = match props.and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => entered,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(dead(
+                "invalid_audience_value",
+                format!("properties.{key} is {other}, not a boolean"),
+            ));
+        }
+    };
+    Ok(Some((PendoEntity::Visitor, key, member)))
+}
+
+/// The membership an audience identify or group call (`call_type`) states in its boolean
+/// trait. The identify/group step of [`SegmentToPendo::map_event`].
+fn trait_membership<'e>(
+    event: &'e Value,
+    call_type: &str,
+    computation_key: Option<&'e str>,
+) -> Result<(PendoEntity, &'e str, bool), SegmentOutcome> {
+    let t = call_type;
+    let Some(key) = computation_key else {
+        return Err(dead(
+            "missing_audience_key",
+            format!("audience {t} without context.personas.computation_key"),
+        ));
+    };
+    let member = match event.get("traits").and_then(|tr| tr.get(key)) {
+        Some(Value::Bool(b)) => *b,
+        None => {
+            return Err(dead(
+                "missing_audience_value",
+                format!("audience {t} without the boolean trait `{key}`"),
+            ));
+        }
+        Some(other) => {
+            return Err(dead(
+                "invalid_audience_value",
+                format!("traits.{key} is {other}, not a boolean"),
+            ));
+        }
+    };
+    let entity = if t == "group" {
+        PendoEntity::Account
+    } else {
+        PendoEntity::Visitor
+    };
+    Ok((entity, key, member))
+}
+
 impl SegmentToPendo {
     /// A mapper with `settings`.
     pub fn new(settings: SegmentMapperSettings) -> Self {
@@ -331,13 +415,9 @@ impl SegmentToPendo {
 
         // (entity, audience key, membership)
         let (entity, key, member) = match call_type.to_ascii_lowercase().as_str() {
-            "track" => {
-                let name = str_at(event, "event").unwrap_or_default();
-                let entered = if name.eq_ignore_ascii_case("Audience Entered") {
-                    true
-                } else if name.eq_ignore_ascii_case("Audience Exited") {
-                    false
-                } else {
+            "track" => match track_membership(event, computation_key) {
+                Ok(Some(membership)) => membership,
+                Ok(None) => {
                     return self.map_rules(
                         event,
                         named_visitor.as_deref(),
@@ -346,31 +426,9 @@ impl SegmentToPendo {
                         ids,
                         mappings,
                     );
-                };
-                let props = event.get("properties");
-                let Some(key) = props
-                    .and_then(|p| str_at(p, "audience_key"))
-                    .or(computation_key)
-                else {
-                    return dead(
-                        "missing_audience_key",
-                        format!(
-                            "`{name}` without properties.audience_key or context.personas.computation_key"
-                        ),
-                    );
-                };
-                let member = match props.and_then(|p| p.get(key)) {
-                    None | Some(Value::Null) => entered,
-                    Some(Value::Bool(b)) => *b,
-                    Some(other) => {
-                        return dead(
-                            "invalid_audience_value",
-                            format!("properties.{key} is {other}, not a boolean"),
-                        );
-                    }
-                };
-                (PendoEntity::Visitor, key, member)
-            }
+                }
+                Err(outcome) => return outcome,
+            },
             t @ ("identify" | "group") => {
                 if personas.is_none() {
                     return self.map_rules(
@@ -382,33 +440,10 @@ impl SegmentToPendo {
                         mappings,
                     );
                 }
-                let Some(key) = computation_key else {
-                    return dead(
-                        "missing_audience_key",
-                        format!("audience {t} without context.personas.computation_key"),
-                    );
-                };
-                let member = match event.get("traits").and_then(|tr| tr.get(key)) {
-                    Some(Value::Bool(b)) => *b,
-                    None => {
-                        return dead(
-                            "missing_audience_value",
-                            format!("audience {t} without the boolean trait `{key}`"),
-                        );
-                    }
-                    Some(other) => {
-                        return dead(
-                            "invalid_audience_value",
-                            format!("traits.{key} is {other}, not a boolean"),
-                        );
-                    }
-                };
-                let entity = if t == "group" {
-                    PendoEntity::Account
-                } else {
-                    PendoEntity::Visitor
-                };
-                (entity, key, member)
+                match trait_membership(event, t, computation_key) {
+                    Ok(membership) => membership,
+                    Err(outcome) => return outcome,
+                }
             }
             _ => return SegmentOutcome::Ignored { mappings },
         };
@@ -429,7 +464,33 @@ impl SegmentToPendo {
                 "no usable `timestamp` in the event and no received-at header",
             );
         };
+        let membership = Membership {
+            entity,
+            entity_id,
+            key,
+            member,
+            ts_ms,
+        };
+        self.audience_outcome(event, call_type, membership, received_at, mappings)
+    }
 
+    /// The Pendo Segment change and/or metadata update of one resolved audience membership: the
+    /// write phase of [`Self::map_event`], apart from how the membership was read.
+    fn audience_outcome(
+        &self,
+        event: &Value,
+        call_type: &str,
+        membership: Membership<'_>,
+        received_at: Option<i64>,
+        mappings: Vec<IdMapping>,
+    ) -> SegmentOutcome {
+        let Membership {
+            entity,
+            entity_id,
+            key,
+            member,
+            ts_ms,
+        } = membership;
         let message_id = str_at(event, "messageId");
         let mut id = event_identity("segment-audience", call_type, event, ts_ms);
         id.part(key.as_bytes()).part(&[u8::from(member)]);

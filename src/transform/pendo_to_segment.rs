@@ -376,24 +376,10 @@ impl PendoToSegment {
         let m = &self.mapping;
         let kind_mapping = m.kind(kind);
         obs.unknown_kind = kind_mapping.is_none();
-        for key in event.keys() {
-            if !m.defaults.known_envelope_fields.contains(key) {
-                obs.unknown_fields.push(key.to_string());
-            }
-        }
-        if let (Some(km), Some(Found::Node(LazyNode::Object(props)))) =
-            (kind_mapping, event.member("properties"))
-        {
-            for key in props.keys() {
-                if !km.known_properties.contains(key) {
-                    obs.unknown_fields.push(format!("properties.{key}"));
-                }
-            }
-        }
+        self.observe_unknown_fields(event, kind_mapping, obs);
 
         // Filters on the kind, before any work.
-        let f = &m.filters;
-        if f.any
+        if m.filters.any
             && let Some(rule) = self.filter_rule(event, kind, kind_mapping)
         {
             return MapOutcome::Filtered(rule);
@@ -402,37 +388,12 @@ impl PendoToSegment {
         let passthrough;
         let km: &KindMapping = match kind_mapping {
             Some(km) => km,
-            None => match &m.unknown_kinds {
-                UnknownKindPolicy::Drop => return MapOutcome::Dropped,
-                UnknownKindPolicy::DeadLetter => {
-                    return dead(
-                        "unknown_kind",
-                        format!("event kind `{kind}` is not in the mapping"),
-                    );
-                }
-                UnknownKindPolicy::PassThrough { event_prefix } => {
-                    passthrough = KindMapping {
-                        name: kind.to_string(),
-                        message_id_fields: m.defaults.message_id_fields.clone(),
-                        known_properties: Default::default(),
-                        calls: vec![CallMapping {
-                            call: CallType::Track,
-                            name: NameRule {
-                                from: None,
-                                fixed: Some(format!("{event_prefix}{kind}")),
-                            },
-                            category: None,
-                            from: m.unknown_properties_from.clone(),
-                            flatten: vec![],
-                            keep: vec![],
-                            rename: vec![],
-                            drop: vec![],
-                            set: vec![],
-                            page: Default::default(),
-                        }],
-                    };
+            None => match self.unknown_kind(kind) {
+                Ok(km) => {
+                    passthrough = km;
                     &passthrough
                 }
+                Err(outcome) => return outcome,
             },
         };
 
@@ -464,7 +425,78 @@ impl PendoToSegment {
             time_iso: iso_millis(time_ms),
         };
 
-        let (user_id, anonymous_id) = match &facts.visitor_id {
+        let (user_id, anonymous_id) = match self.identity(&facts, ids) {
+            Ok(identity) => identity,
+            Err(outcome) => return outcome,
+        };
+        self.make_calls(km, &facts, &user_id, &anonymous_id, received_at)
+    }
+
+    /// Records the envelope fields and `properties.<key>` the mapping does not expect: the
+    /// schema-drift step of [`Self::map_event`].
+    fn observe_unknown_fields(
+        &self,
+        event: &LazyObject<'_>,
+        kind_mapping: Option<&KindMapping>,
+        obs: &mut Observations,
+    ) {
+        for key in event.keys() {
+            if !self.mapping.defaults.known_envelope_fields.contains(key) {
+                obs.unknown_fields.push(key.to_string());
+            }
+        }
+        if let (Some(km), Some(Found::Node(LazyNode::Object(props)))) =
+            (kind_mapping, event.member("properties"))
+        {
+            for key in props.keys() {
+                if !km.known_properties.contains(key) {
+                    obs.unknown_fields.push(format!("properties.{key}"));
+                }
+            }
+        }
+    }
+
+    /// What the unknown-kind policy makes of a kind the mapping does not list: the mapping of a
+    /// passed-through kind, or the outcome that ends the event. A step of [`Self::map_event`].
+    fn unknown_kind(&self, kind: &str) -> Result<KindMapping, MapOutcome> {
+        let m = &self.mapping;
+        match &m.unknown_kinds {
+            UnknownKindPolicy::Drop => Err(MapOutcome::Dropped),
+            UnknownKindPolicy::DeadLetter => Err(dead(
+                "unknown_kind",
+                format!("event kind `{kind}` is not in the mapping"),
+            )),
+            UnknownKindPolicy::PassThrough { event_prefix } => Ok(KindMapping {
+                name: kind.to_string(),
+                message_id_fields: m.defaults.message_id_fields.clone(),
+                known_properties: Default::default(),
+                calls: vec![CallMapping {
+                    call: CallType::Track,
+                    name: NameRule {
+                        from: None,
+                        fixed: Some(format!("{event_prefix}{kind}")),
+                    },
+                    category: None,
+                    from: m.unknown_properties_from.clone(),
+                    flatten: vec![],
+                    keep: vec![],
+                    rename: vec![],
+                    drop: vec![],
+                    set: vec![],
+                    page: Default::default(),
+                }],
+            }),
+        }
+    }
+
+    /// The `(userId, anonymousId)` of the event's calls: the identity step of
+    /// [`Self::map_event`] (id mapping, anonymous visitors, the unmapped-visitor policy).
+    fn identity(
+        &self,
+        facts: &EventFacts<'_, '_>,
+        ids: &dyn UserIdLookup,
+    ) -> Result<(Option<String>, Option<String>), MapOutcome> {
+        Ok(match &facts.visitor_id {
             Some(v) => {
                 let anonymous = self
                     .settings
@@ -480,10 +512,10 @@ impl PendoToSegment {
                         UnmappedVisitorPolicy::VisitorIdAsUserId => (Some(v.clone()), None),
                         UnmappedVisitorPolicy::AnonymousId => (None, Some(v.clone())),
                         UnmappedVisitorPolicy::Dlq => {
-                            return dead(
+                            return Err(dead(
                                 "unmapped_visitor",
                                 format!("visitor `{v}` has no Segment user id in the id mapping"),
-                            );
+                            ));
                         }
                     }
                 }
@@ -496,12 +528,24 @@ impl PendoToSegment {
                     facts.account_id.as_deref().unwrap_or_default()
                 )),
             ),
-        };
+        })
+    }
 
+    /// Builds every call of `km` for the event, applying the event filters and the size limit:
+    /// the emission step of [`Self::map_event`].
+    fn make_calls(
+        &self,
+        km: &KindMapping,
+        facts: &EventFacts<'_, '_>,
+        user_id: &Option<String>,
+        anonymous_id: &Option<String>,
+        received_at: Option<i64>,
+    ) -> MapOutcome {
+        let f = &self.mapping.filters;
         let mut calls = Vec::with_capacity(km.calls.len());
         let mut denied_events = 0;
         for cm in &km.calls {
-            let call = match self.build_call(km, cm, &facts, &user_id, &anonymous_id, received_at) {
+            let call = match self.build_call(km, cm, facts, user_id, anonymous_id, received_at) {
                 Ok(c) => c,
                 Err(outcome) => return outcome,
             };
@@ -597,8 +641,32 @@ impl PendoToSegment {
         anonymous_id: &Option<String>,
         received_at: Option<i64>,
     ) -> Result<SegmentCall, MapOutcome> {
+        let obj = self.call_object(cm, facts);
+        let mut context = self.call_context(cm, facts);
+        let body = self.call_body(km, cm, facts, obj, &mut context)?;
+        Ok(SegmentCall {
+            message_id: self.message_id(km, cm, facts),
+            timestamp: facts.time_iso.clone(),
+            user_id: user_id.clone(),
+            anonymous_id: anonymous_id.clone(),
+            context,
+            integrations: None,
+            origin: Origin {
+                source: self.settings.source.clone(),
+                kind: facts.kind.to_string(),
+                visitor_id: facts.visitor_id.clone(),
+                account_id: facts.account_id.clone(),
+                received_at,
+            },
+            body,
+        })
+    }
+
+    /// The object a call's properties or traits are made of (`from`, flatten, keep, rename,
+    /// drop, set, catalogue names): the properties step of [`Self::build_call`].
+    fn call_object<'a>(&self, cm: &CallMapping, facts: &EventFacts<'_, 'a>) -> LazyObject<'a> {
         let event = facts.event;
-        let mut obj: LazyObject<'_> = cm
+        let mut obj: LazyObject<'a> = cm
             .from
             .as_ref()
             .and_then(|p| event.get(p.segments())?.to_object())
@@ -644,7 +712,13 @@ impl PendoToSegment {
                 }
             }
         }
+        obj
+    }
 
+    /// A call's context before its body is known (page calls add `page`): the context step of
+    /// [`Self::build_call`].
+    fn call_context(&self, cm: &CallMapping, facts: &EventFacts<'_, '_>) -> CallContext {
+        let event = facts.event;
         let mut context = CallContext {
             group_id: None,
             page: None,
@@ -668,7 +742,20 @@ impl PendoToSegment {
         if cm.call != CallType::Group {
             context.group_id = facts.account_id.clone();
         }
+        context
+    }
 
+    /// The call's body, per call type, from its object (a page call also sets `context.page`):
+    /// the body step of [`Self::build_call`].
+    fn call_body(
+        &self,
+        km: &KindMapping,
+        cm: &CallMapping,
+        facts: &EventFacts<'_, '_>,
+        mut obj: LazyObject<'_>,
+        context: &mut CallContext,
+    ) -> Result<CallBody, MapOutcome> {
+        let event = facts.event;
         let name = cm
             .name
             .from
@@ -676,7 +763,7 @@ impl PendoToSegment {
             .and_then(|p| non_empty_str(found_at(event, p)))
             .or_else(|| cm.name.fixed.clone());
         let json = |m: LazyObject<'_>| m.to_json_string();
-        let body = match cm.call {
+        Ok(match cm.call {
             CallType::Track => CallBody::Track {
                 event: name.ok_or_else(|| {
                     dead(
@@ -722,13 +809,17 @@ impl PendoToSegment {
                 })?,
                 traits: json(obj),
             },
-        };
+        })
+    }
 
+    /// The call's messageId from the kind's identity fields: the id step of
+    /// [`Self::build_call`].
+    fn message_id(&self, km: &KindMapping, cm: &CallMapping, facts: &EventFacts<'_, '_>) -> String {
         let mut id = MessageIdBuilder::new(&km.name, cm.call.name());
         for field in &km.message_id_fields {
             // A string read as text, without building a value (ids are mostly strings).
             if let ValueExpr::Path(p) = field
-                && let Some(s) = found_at(event, p).and_then(Found::as_str)
+                && let Some(s) = found_at(facts.event, p).and_then(Found::as_str)
             {
                 id.part(s.as_bytes());
                 continue;
@@ -739,22 +830,7 @@ impl PendoToSegment {
                 None => id.absent(),
             };
         }
-        Ok(SegmentCall {
-            message_id: id.finish(&self.settings.message_id_prefix),
-            timestamp: facts.time_iso.clone(),
-            user_id: user_id.clone(),
-            anonymous_id: anonymous_id.clone(),
-            context,
-            integrations: None,
-            origin: Origin {
-                source: self.settings.source.clone(),
-                kind: facts.kind.to_string(),
-                visitor_id: facts.visitor_id.clone(),
-                account_id: facts.account_id.clone(),
-                received_at,
-            },
-            body,
-        })
+        id.finish(&self.settings.message_id_prefix)
     }
 
     fn page_context(&self, cm: &CallMapping, event: &LazyObject<'_>) -> PageContext {

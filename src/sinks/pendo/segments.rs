@@ -471,6 +471,20 @@ impl PendoDeliveryContext {
         };
         let lock = state.lock_of(&batch.audience_key);
         let _serialised = lock.lock().await;
+        let Some((segment_id, pending)) = self.segment_for(state, &batch).await? else {
+            return Ok(());
+        };
+        self.patch_visitors(&segment_id, &pending).await
+    }
+
+    /// The segment's id and the changes still to PATCH into it, creating the segment (with the
+    /// first adds) when it does not exist yet; `None` when nothing is left to send. The create
+    /// phase of [`Self::deliver_segment`].
+    async fn segment_for<'b>(
+        &self,
+        state: &SegmentState,
+        batch: &'b SegmentBatch,
+    ) -> Result<Option<(String, Vec<&'b VisitorChange>)>, DeliveryError> {
         let key = batch.audience_key.as_str();
         let mut entry = state.get(key);
         if entry.as_ref().is_none_or(|e| e.segment_id.is_none()) {
@@ -497,7 +511,7 @@ impl PendoDeliveryContext {
                     for v in &batch.visitors {
                         self.written(v);
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 let marker = state.get(key).is_some();
                 let found = if marker {
@@ -534,8 +548,8 @@ impl PendoDeliveryContext {
                             .take(self.segment_request_visitors)
                             .copied()
                             .collect();
-                        let Some(id) = self.create(&batch, &first).await? else {
-                            return Ok(());
+                        let Some(id) = self.create(batch, &first).await? else {
+                            return Ok(None);
                         };
                         state
                             .record(
@@ -559,7 +573,18 @@ impl PendoDeliveryContext {
                 }
             }
         };
-        let url = segment_patch_url(self.client.base(), &segment_id);
+        Ok(Some((segment_id, pending)))
+    }
+
+    /// PATCHes `pending` into the segment in requests of at most `segment_request_visitors`,
+    /// splitting refused requests and retrying per item: the patch phase of
+    /// [`Self::deliver_segment`].
+    async fn patch_visitors(
+        &self,
+        segment_id: &str,
+        pending: &[&VisitorChange],
+    ) -> Result<(), DeliveryError> {
+        let url = segment_patch_url(self.client.base(), segment_id);
         let size = self.segment_request_visitors.max(1);
         let mut work: Vec<Vec<&VisitorChange>> =
             pending.chunks(size).rev().map(<[_]>::to_vec).collect();

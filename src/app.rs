@@ -105,6 +105,87 @@ pub async fn run_roles(config: &Config, roles: Vec<RoleTask>) -> anyhow::Result<
     run_roles_until(config, roles, shutdown).await
 }
 
+/// What a role's task yields when it ends: the role's name and its result.
+type RoleOutcome = (String, anyhow::Result<()>);
+
+/// Starts every role in `set` and returns their restart bookkeeping: the start phase of
+/// [`run_roles_until`].
+fn start_roles(
+    roles: Vec<RoleTask>,
+    env: &RoleEnv,
+    set: &mut JoinSet<RoleOutcome>,
+) -> HashMap<String, RoleRun> {
+    let mut runs: HashMap<String, RoleRun> = HashMap::new();
+    for role in roles {
+        let name = role.name;
+        metrics().role_up.with_label_values(&[&name]).set(1);
+        // Exported at 0 from the start, so `increase()` sees the first restart.
+        metrics().role_restarts.with_label_values(&[&name]);
+        tracing::info!(role = %name, "starting role");
+        let fut = (role.start)(env.clone());
+        runs.insert(
+            name.clone(),
+            RoleRun {
+                start: role.start,
+                started: Instant::now(),
+                failures_in_a_row: 0,
+            },
+        );
+        set.spawn(async move { (name, fut.await) });
+    }
+    runs
+}
+
+/// The pauses before a failed role starts again: `initial`, doubling per failure in a row, up
+/// to `max`.
+#[derive(Clone, Copy)]
+struct RestartBackoff {
+    initial: Duration,
+    max: Duration,
+}
+
+/// Schedules a new start of role `name` (failed with `e` on a Kafka failover) after its pause,
+/// unless the shutdown fires first: the restart phase of [`run_roles_until`].
+fn restart_role(
+    set: &mut JoinSet<RoleOutcome>,
+    run: &mut RoleRun,
+    name: String,
+    e: &anyhow::Error,
+    env: &RoleEnv,
+    backoff: RestartBackoff,
+) {
+    env.readiness.set_prefix_ready(&format!("{name}:"), false);
+    if run.started.elapsed() >= RESTART_STREAK_RESET {
+        run.failures_in_a_row = 0;
+    }
+    let pause = backoff
+        .initial
+        .saturating_mul(1 << run.failures_in_a_row.min(5))
+        .min(backoff.max);
+    run.failures_in_a_row += 1;
+    metrics().role_restarts.with_label_values(&[&name]).inc();
+    tracing::warn!(
+        role = %name,
+        error = %format!("{e:#}"),
+        restart_in = ?pause,
+        failures_in_a_row = run.failures_in_a_row,
+        "role failed on a Kafka failover; restarting it with new clients \
+         (uncommitted work is re-read from the last commit)"
+    );
+    let (start, env, shutdown) = (run.start.clone(), env.clone(), env.shutdown.clone());
+    run.started = Instant::now() + pause;
+    set.spawn(async move {
+        tokio::select! {
+            _ = shutdown.wait() => return (name, Ok(())),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        metrics().role_up.with_label_values(&[&name]).set(1);
+        tracing::info!(role = %name, "restarting role");
+        let result = start(env).await;
+        (name, result)
+    });
+}
+
 /// [`run_roles`] with an externally controlled shutdown signal (tests, embedding).
 pub async fn run_roles_until(
     config: &Config,
@@ -131,31 +212,15 @@ pub async fn run_roles_until(
         shutdown: shutdown.clone(),
         readiness: readiness.clone(),
     };
-    type Outcome = (String, anyhow::Result<()>);
-    let mut set: JoinSet<Outcome> = JoinSet::new();
-    let mut runs: HashMap<String, RoleRun> = HashMap::new();
-    for role in roles {
-        let name = role.name;
-        metrics().role_up.with_label_values(&[&name]).set(1);
-        // Exported at 0 from the start, so `increase()` sees the first restart.
-        metrics().role_restarts.with_label_values(&[&name]);
-        tracing::info!(role = %name, "starting role");
-        let fut = (role.start)(env.clone());
-        runs.insert(
-            name.clone(),
-            RoleRun {
-                start: role.start,
-                started: Instant::now(),
-                failures_in_a_row: 0,
-            },
-        );
-        set.spawn(async move { (name, fut.await) });
-    }
+    let mut set: JoinSet<RoleOutcome> = JoinSet::new();
+    let mut runs = start_roles(roles, &env, &mut set);
 
     let grace = Duration::from_millis(config.processing.shutdown_grace_ms);
     // The pause before a failed role starts again doubles per failure in a row, up to the max.
-    let restart_initial = Duration::from_millis(config.processing.role_restart_backoff_initial_ms);
-    let restart_max = Duration::from_millis(config.processing.role_restart_backoff_max_ms);
+    let backoff = RestartBackoff {
+        initial: Duration::from_millis(config.processing.role_restart_backoff_initial_ms),
+        max: Duration::from_millis(config.processing.role_restart_backoff_max_ms),
+    };
     let deadline = {
         let shutdown = shutdown.clone();
         async move {
@@ -181,35 +246,7 @@ pub async fn run_roles_until(
                     }
                     Err(e) if !shutdown.is_triggered() && is_transient_failure(&e) => {
                         let Some(run) = runs.get_mut(&name) else { continue };
-                        readiness.set_prefix_ready(&format!("{name}:"), false);
-                        if run.started.elapsed() >= RESTART_STREAK_RESET {
-                            run.failures_in_a_row = 0;
-                        }
-                        let pause = restart_initial
-                            .saturating_mul(1 << run.failures_in_a_row.min(5))
-                            .min(restart_max);
-                        run.failures_in_a_row += 1;
-                        metrics().role_restarts.with_label_values(&[&name]).inc();
-                        tracing::warn!(
-                            role = %name,
-                            error = %format!("{e:#}"),
-                            restart_in = ?pause,
-                            failures_in_a_row = run.failures_in_a_row,
-                            "role failed on a Kafka failover; restarting it with new clients \
-                             (uncommitted work is re-read from the last commit)"
-                        );
-                        let (start, env, shutdown) = (run.start.clone(), env.clone(), shutdown.clone());
-                        run.started = Instant::now() + pause;
-                        set.spawn(async move {
-                            tokio::select! {
-                                _ = shutdown.wait() => return (name, Ok(())),
-                                _ = tokio::time::sleep(pause) => {}
-                            }
-                            metrics().role_up.with_label_values(&[&name]).set(1);
-                            tracing::info!(role = %name, "restarting role");
-                            let result = start(env).await;
-                            (name, result)
-                        });
+                        restart_role(&mut set, run, name, &e, &env, backoff);
                         continue;
                     }
                     Err(e) => {

@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 use rdkafka::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::csv_file::check_csv;
+use super::csv_file::{CheckedCsv, CsvMapping, check_csv};
 use crate::config::{Config, SchemaId};
 use crate::kafka::client_config;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
@@ -34,11 +34,25 @@ fn now_ms() -> i64 {
 
 /// `idmap load`.
 pub async fn load(config: &Config, file: &Path, source: &str, dry_run: bool) -> ExitCode {
+    let checked = match read_and_check(file) {
+        Ok(checked) => checked,
+        Err(code) => return code,
+    };
+    if dry_run {
+        eprintln!("dry run: nothing was published");
+        return ExitCode::SUCCESS;
+    }
+    publish(config, &checked.mappings, source).await
+}
+
+/// Reads and checks the whole file, reporting every problem and the valid count; `Err` is the
+/// exit code when it cannot be loaded. The read+validate phase of [`load`].
+fn read_and_check(file: &Path) -> Result<CheckedCsv, ExitCode> {
     let input = match std::fs::File::open(file) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: cannot open {}: {e}", file.display());
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
     let checked = check_csv(std::io::BufReader::new(input));
@@ -56,7 +70,7 @@ pub async fn load(config: &Config, file: &Path, source: &str, dry_run: bool) -> 
             "error: {} invalid row(s); nothing was loaded. Fix them and run again.",
             checked.problems.len()
         );
-        return ExitCode::from(1);
+        return Err(ExitCode::from(1));
     }
     let total = checked.mappings.len();
     eprintln!(
@@ -68,10 +82,30 @@ pub async fn load(config: &Config, file: &Path, source: &str, dry_run: bool) -> 
             String::new()
         }
     );
-    if dry_run {
-        eprintln!("dry run: nothing was published");
-        return ExitCode::SUCCESS;
+    Ok(checked)
+}
+
+/// The progress display of a load: a bar on a terminal, hidden otherwise (`load` then prints a
+/// line every 2 s); apart from [`publish`] to keep its loop readable.
+fn progress_bar(total: usize, interactive: bool) -> indicatif::ProgressBar {
+    if !interactive {
+        return indicatif::ProgressBar::hidden();
     }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} publishing [{bar:40}] {human_pos}/{human_len} mappings ({elapsed}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Publishes every mapping with the idempotent producer, reporting progress, and succeeds only
+/// when Kafka acknowledged them all. The publish phase of [`load`].
+async fn publish(config: &Config, mappings: &[CsvMapping], source: &str) -> ExitCode {
+    let total = mappings.len();
     let topic = config.topic_name(TopicId::IdmapVisitorToUser);
     let codec = IdMappingCodec::new(config.schema.wire_format(SchemaId::IdMapping));
     let producer: FutureProducer = match client_config::producer(config, "idmap-cli").create() {
@@ -85,24 +119,12 @@ pub async fn load(config: &Config, file: &Path, source: &str, dry_run: bool) -> 
     let updated_at = now_ms();
     // A bar on a terminal; a line every 2 s otherwise (logs, CI), and a summary either way.
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = if interactive {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} publishing [{bar:40}] {human_pos}/{human_len} mappings ({elapsed}, eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(total, interactive);
     let mut in_flight = FuturesUnordered::new();
     let (mut acked, mut failed) = (0usize, 0usize);
     let mut last_report = Instant::now();
     let mut first_error: Option<String> = None;
-    for m in &checked.mappings {
+    for m in mappings {
         let value = match codec.encode_to_vec(&IdMapping {
             visitor_id: m.visitor_id.clone(),
             user_id: m.user_id.clone(),

@@ -639,6 +639,25 @@ impl Config {
 
     /// Checks constraints that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_kafka()?;
+        self.validate_topics()?;
+        self.validate_webhooks()?;
+        self.validate_credentials()?;
+        self.transform_pendo
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        self.transform_segment
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        self.pendo_sink.validate().map_err(ConfigError::Invalid)?;
+        self.pendo_poller.validate().map_err(ConfigError::Invalid)?;
+        self.validate_schema()?;
+        self.validate_processing()
+    }
+
+    /// `[kafka]`: the bootstrap servers, and librdkafka properties that would break the
+    /// guarantees or that pendo-segment sets itself. A section step of [`Self::validate`].
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return invalid("kafka.bootstrap_servers is empty".into());
@@ -666,6 +685,13 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `[topics]`: partitions, replication, min ISR, overrides and every effective topic name.
+    /// A section step of [`Self::validate`].
+    fn validate_topics(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let t = &self.topics;
         if t.partitions < 1 {
             return invalid(format!(
@@ -722,6 +748,12 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[pendo_webhook]` and `[segment_webhook]`: limits, HTTP timeouts, the signature header
+    /// and secrets (checked in this order across both). A section step of [`Self::validate`].
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
         let w = &self.pendo_webhook;
         validate_webhook(
             "pendo_webhook",
@@ -771,7 +803,9 @@ impl Config {
         )
         .map_err(ConfigError::Invalid)?;
         if self.segment_webhook.signature_header.trim().is_empty() {
-            return invalid("segment_webhook.signature_header is empty".into());
+            return Err(ConfigError::Invalid(
+                "segment_webhook.signature_header is empty".into(),
+            ));
         }
         for (section, secrets) in [
             ("pendo_webhook", &self.pendo_webhook.secrets),
@@ -781,30 +815,37 @@ impl Config {
                 // The value is never printed: its length and where it came from are.
                 let len = secret.expose().len();
                 if len < MIN_WEBHOOK_SECRET_BYTES {
-                    return invalid(format!(
+                    return Err(ConfigError::Invalid(format!(
                         "{section}.secrets[{i}] ({secret}) is {len} bytes; at least {MIN_WEBHOOK_SECRET_BYTES} are required, or senders can be forged (generate one with `openssl rand -hex 32`)"
-                    ));
+                    )));
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `[segment]` and `[pendo]`: their keys, when the sections are set. A section step of
+    /// [`Self::validate`].
+    fn validate_credentials(&self) -> Result<(), ConfigError> {
         if let Some(s) = &self.segment
             && s.write_key.expose().trim().is_empty()
         {
-            return invalid("segment.write_key is empty".into());
+            return Err(ConfigError::Invalid("segment.write_key is empty".into()));
         }
         if let Some(p) = &self.pendo
             && p.integration_key.expose().trim().is_empty()
         {
-            return invalid("pendo.integration_key is empty".into());
+            return Err(ConfigError::Invalid(
+                "pendo.integration_key is empty".into(),
+            ));
         }
-        self.transform_pendo
-            .validate()
-            .map_err(ConfigError::Invalid)?;
-        self.transform_segment
-            .validate()
-            .map_err(ConfigError::Invalid)?;
-        self.pendo_sink.validate().map_err(ConfigError::Invalid)?;
-        self.pendo_poller.validate().map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+
+    /// `[schema]`: the Confluent schema ids the enabled records need. A section step of
+    /// [`Self::validate`].
+    fn validate_schema(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.schema.format == SchemaFormat::Confluent && self.schema.confluent_ids.is_none() {
             return invalid(
                 "schema.format = \"confluent\" needs [schema.confluent_ids] (segment_call, id_mapping, pendo_metadata_update)".into(),
@@ -822,6 +863,13 @@ impl Config {
                 "schema.format = \"confluent\" with an audience targeting a Pendo Segment needs schema.confluent_ids.pendo_segment_change".into(),
             );
         }
+        Ok(())
+    }
+
+    /// `[processing]`: commit cadence and role restart pauses. A section step of
+    /// [`Self::validate`].
+    fn validate_processing(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let p = &self.processing;
         if p.commit_max_records == 0 || p.commit_interval_ms == 0 {
             return invalid(

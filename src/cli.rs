@@ -223,15 +223,9 @@ pub fn main() -> ExitCode {
         cli.log_format.unwrap_or(config.observability.log_format),
         &config.observability.log_level,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime(None) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let code = runtime.block_on(async move {
         match cli.command {
@@ -309,18 +303,24 @@ pub fn main() -> ExitCode {
     code
 }
 
+/// The multi-threaded runtime (`workers` threads, default one per CPU), or the exit code of a
+/// failure to start it (said on stderr).
+fn async_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
 /// `sample-pendo-api`: serves until SIGTERM/SIGINT.
 fn sample_pendo_api(listen: std::net::SocketAddr, change_every_s: u64) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime(Some(1)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let shutdown = crate::shutdown::Shutdown::new();

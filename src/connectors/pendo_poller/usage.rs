@@ -495,16 +495,24 @@ fn id<'r>(row: &'r Value, field: &str) -> Option<&'r str> {
         .filter(|s| !s.is_empty() && s.len() <= super::rows::MAX_ID_BYTES)
 }
 
-fn tally<'m>(tallies: &'m mut HashMap<Box<str>, Tally>, id: &str, n: usize) -> &'m mut Tally {
-    // Looked up before inserting: no key allocated per row of a known visitor.
-    if !tallies.contains_key(id) {
-        let fresh = Tally {
-            active: 0,
-            slots: vec![0; n].into(),
-        };
-        tallies.insert(id.into(), fresh);
+/// The entry of `id`, inserted from `fresh` when absent. Looked up before inserting: no key is
+/// allocated per row of a subject already seen.
+fn entry<'m, V>(
+    map: &'m mut HashMap<Box<str>, V>,
+    id: &str,
+    fresh: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !map.contains_key(id) {
+        map.insert(id.into(), fresh());
     }
-    tallies.get_mut(id).expect("inserted")
+    map.get_mut(id).expect("inserted")
+}
+
+fn tally<'m>(tallies: &'m mut HashMap<Box<str>, Tally>, id: &str, n: usize) -> &'m mut Tally {
+    entry(tallies, id, || Tally {
+        active: 0,
+        slots: vec![0; n].into(),
+    })
 }
 
 fn account_tally<'m>(
@@ -512,17 +520,13 @@ fn account_tally<'m>(
     id: &str,
     n: usize,
 ) -> &'m mut AccountTally {
-    if !accounts.contains_key(id) {
-        let fresh = AccountTally {
-            tally: Tally {
-                active: 0,
-                slots: vec![0; n].into(),
-            },
-            members: HashMap::new(),
-        };
-        accounts.insert(id.into(), fresh);
-    }
-    accounts.get_mut(id).expect("inserted")
+    entry(accounts, id, || AccountTally {
+        tally: Tally {
+            active: 0,
+            slots: vec![0; n].into(),
+        },
+        members: HashMap::new(),
+    })
 }
 
 fn member<'m>(
@@ -530,14 +534,10 @@ fn member<'m>(
     visitor: &str,
     n: usize,
 ) -> &'m mut Member {
-    if !members.contains_key(visitor) {
-        let fresh = Member {
-            active: 0,
-            used: vec![0; n].into(),
-        };
-        members.insert(visitor.into(), fresh);
-    }
-    members.get_mut(visitor).expect("inserted")
+    entry(members, visitor, || Member {
+        active: 0,
+        used: vec![0; n].into(),
+    })
 }
 
 /// `x` rounded half away from zero to `decimals`.

@@ -257,6 +257,16 @@ struct Tally {
     slots: Box<[u64]>,
 }
 
+impl Tally {
+    /// No usage yet, with `n` metric slots.
+    fn empty(n: usize) -> Self {
+        Self {
+            active: 0,
+            slots: vec![0; n].into(),
+        }
+    }
+}
+
 /// A visitor's usage within one account (for the account's active visitors and adoption).
 #[derive(Debug, Default, Clone)]
 struct Member {
@@ -509,10 +519,7 @@ fn entry<'m, V>(
 }
 
 fn tally<'m>(tallies: &'m mut HashMap<Box<str>, Tally>, id: &str, n: usize) -> &'m mut Tally {
-    entry(tallies, id, || Tally {
-        active: 0,
-        slots: vec![0; n].into(),
-    })
+    entry(tallies, id, || Tally::empty(n))
 }
 
 fn account_tally<'m>(
@@ -521,10 +528,7 @@ fn account_tally<'m>(
     n: usize,
 ) -> &'m mut AccountTally {
     entry(accounts, id, || AccountTally {
-        tally: Tally {
-            active: 0,
-            slots: vec![0; n].into(),
-        },
+        tally: Tally::empty(n),
         members: HashMap::new(),
     })
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::connectors::pendo_webhook::config::PendoWebhookConfig;
 use crate::connectors::segment_webhook::config::SegmentWebhookConfig;
+use crate::connectors::webhook::limits::WebhookLimits;
 use crate::kafka::topics::TopicId;
 use crate::schema::WireFormat;
 use crate::secret::Secret;
@@ -754,54 +755,48 @@ impl Config {
     /// `[pendo_webhook]` and `[segment_webhook]`: limits, HTTP timeouts, the signature header
     /// and secrets (checked in this order across both). A section step of [`Self::validate`].
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
-        let w = &self.pendo_webhook;
-        validate_webhook(
-            "pendo_webhook",
-            &w.path,
-            w.max_body_bytes,
-            w.max_event_bytes,
-            w.max_in_flight_bytes,
-            &[
-                ("max_events_per_request", w.max_events_per_request as u64),
-                ("max_in_flight_requests", w.max_in_flight_requests as u64),
-                ("max_transaction_records", w.max_transaction_records as u64),
-                ("ack_timeout_ms", w.ack_timeout_ms),
-                ("transaction_producers", w.transaction_producers as u64),
-            ],
-        )
-        .map_err(ConfigError::Invalid)?;
-        validate_http_limits(
-            "pendo_webhook",
-            w.header_read_timeout_ms,
-            w.body_read_timeout_ms,
-            w.idle_timeout_ms,
-            w.max_connections,
-        )
-        .map_err(ConfigError::Invalid)?;
-        let w = &self.segment_webhook;
-        validate_webhook(
-            "segment_webhook",
-            &w.path,
-            w.max_body_bytes,
-            w.max_event_bytes,
-            w.max_in_flight_bytes,
-            &[
-                ("max_events_per_request", w.max_events_per_request as u64),
-                ("max_in_flight_requests", w.max_in_flight_requests as u64),
-                ("max_transaction_records", w.max_transaction_records as u64),
-                ("ack_timeout_ms", w.ack_timeout_ms),
-                ("transaction_producers", w.transaction_producers as u64),
-            ],
-        )
-        .map_err(ConfigError::Invalid)?;
-        validate_http_limits(
-            "segment_webhook",
-            w.header_read_timeout_ms,
-            w.body_read_timeout_ms,
-            w.idle_timeout_ms,
-            w.max_connections,
-        )
-        .map_err(ConfigError::Invalid)?;
+        let (p, s) = (&self.pendo_webhook, &self.segment_webhook);
+        for (section, path, max_body_bytes, max_events_per_request, ack_timeout_ms, limits) in [
+            (
+                "pendo_webhook",
+                &p.path,
+                p.max_body_bytes,
+                p.max_events_per_request,
+                p.ack_timeout_ms,
+                &p.limits,
+            ),
+            (
+                "segment_webhook",
+                &s.path,
+                s.max_body_bytes,
+                s.max_events_per_request,
+                s.ack_timeout_ms,
+                &s.limits,
+            ),
+        ] {
+            validate_webhook(
+                section,
+                path,
+                max_body_bytes,
+                limits.max_event_bytes,
+                limits.max_in_flight_bytes,
+                &[
+                    ("max_events_per_request", max_events_per_request as u64),
+                    (
+                        "max_in_flight_requests",
+                        limits.max_in_flight_requests as u64,
+                    ),
+                    (
+                        "max_transaction_records",
+                        limits.max_transaction_records as u64,
+                    ),
+                    ("ack_timeout_ms", ack_timeout_ms),
+                    ("transaction_producers", limits.transaction_producers as u64),
+                ],
+            )
+            .and_then(|()| validate_http_limits(section, limits))
+            .map_err(ConfigError::Invalid)?;
+        }
         if self.segment_webhook.signature_header.trim().is_empty() {
             return Err(ConfigError::Invalid(
                 "segment_webhook.signature_header is empty".into(),
@@ -974,17 +969,12 @@ pub const MAX_WEBHOOK_CONNECTIONS: usize = 1_000_000;
 /// The connection limits of a webhook section: every deadline positive and at most
 /// [`MAX_WEBHOOK_TIMEOUT_MS`] (zero would close every connection, hours would let stalled peers
 /// stay), and a connection cap of 1 to [`MAX_WEBHOOK_CONNECTIONS`].
-fn validate_http_limits(
-    section: &str,
-    header_read_timeout_ms: u64,
-    body_read_timeout_ms: u64,
-    idle_timeout_ms: u64,
-    max_connections: usize,
-) -> Result<(), String> {
+fn validate_http_limits(section: &str, limits: &WebhookLimits) -> Result<(), String> {
+    let max_connections = limits.max_connections;
     for (key, ms) in [
-        ("header_read_timeout_ms", header_read_timeout_ms),
-        ("body_read_timeout_ms", body_read_timeout_ms),
-        ("idle_timeout_ms", idle_timeout_ms),
+        ("header_read_timeout_ms", limits.header_read_timeout_ms),
+        ("body_read_timeout_ms", limits.body_read_timeout_ms),
+        ("idle_timeout_ms", limits.idle_timeout_ms),
     ] {
         if ms == 0 || ms > MAX_WEBHOOK_TIMEOUT_MS {
             return Err(format!(
@@ -1181,8 +1171,8 @@ mod tests {
     fn webhook_connection_limits_have_defaults_and_are_validated() {
         let c = load_str("[kafka]\nbootstrap_servers = \"x:1\"\n").unwrap();
         for limits in [
-            c.pendo_webhook.http_limits(),
-            c.segment_webhook.http_limits(),
+            c.pendo_webhook.limits.http(),
+            c.segment_webhook.limits.http(),
         ] {
             assert_eq!(
                 limits,
@@ -1198,12 +1188,12 @@ mod tests {
             "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nheader_read_timeout_ms = 1500\nbody_read_timeout_ms = 2000\nidle_timeout_ms = 3000\nmax_connections = 7\n",
         )
         .unwrap();
-        let l = c.segment_webhook.http_limits();
+        let l = c.segment_webhook.limits.http();
         assert_eq!(l.header_read_timeout.as_millis(), 1500);
         assert_eq!(l.body_read_timeout.as_millis(), 2000);
         assert_eq!(l.idle_timeout.as_millis(), 3000);
         assert_eq!(l.max_connections, 7);
-        assert_eq!(c.pendo_webhook.max_connections, 2048);
+        assert_eq!(c.pendo_webhook.limits.max_connections, 2048);
         for (section, body, needle) in [
             (
                 "pendo_webhook",
@@ -1246,6 +1236,33 @@ mod tests {
     }
 
     #[test]
+    fn shared_webhook_limits_sit_in_each_section_and_unknown_keys_stay_refused() {
+        let c = load_str(
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[pendo_webhook]\nlinger_ms = 9\nmax_body_bytes = 2048\n[segment_webhook]\nmax_transaction_records = 17\n",
+        )
+        .unwrap();
+        assert_eq!(c.pendo_webhook.limits.linger_ms, 9);
+        assert_eq!(c.pendo_webhook.max_body_bytes, 2048);
+        assert_eq!(c.segment_webhook.limits.max_transaction_records, 17);
+        assert_eq!(c.segment_webhook.limits.linger_ms, 3);
+        // The sender-specific defaults stay per section.
+        assert_eq!(c.segment_webhook.max_events_per_request, 4_000);
+        assert_eq!(c.pendo_webhook.max_events_per_request, 10_000);
+        for section in ["pendo_webhook", "segment_webhook"] {
+            let err = load_str(&format!(
+                "[kafka]\nbootstrap_servers = \"x:1\"\n[{section}]\nmax_conections = 5\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("max_conections"), "{section}: {err}");
+        }
+        // Printed back at the section's level, as written.
+        let printed = toml::to_string(&c.pendo_webhook).unwrap();
+        assert!(printed.contains("\nlinger_ms = 9\n"), "{printed}");
+        assert!(!printed.contains("limits"), "{printed}");
+    }
+
+    #[test]
     fn webhook_bodies_may_exceed_a_record_but_events_may_not() {
         let c = load_str(
             "[kafka]
@@ -1254,15 +1271,18 @@ bootstrap_servers = \"x:1\"\n",
         .unwrap();
         // Actions batches are far larger than one record; each event is one.
         assert_eq!(c.segment_webhook.max_body_bytes, 32 * 1024 * 1024);
-        assert_eq!(c.segment_webhook.max_event_bytes, MAX_RAW_RECORD_BYTES);
+        assert_eq!(
+            c.segment_webhook.limits.max_event_bytes,
+            MAX_RAW_RECORD_BYTES
+        );
         assert_eq!(c.pendo_webhook.max_body_bytes, 1024 * 1024);
-        assert_eq!(c.pendo_webhook.max_event_bytes, MAX_RAW_RECORD_BYTES);
+        assert_eq!(c.pendo_webhook.limits.max_event_bytes, MAX_RAW_RECORD_BYTES);
         let c = load_str(
             "[kafka]\nbootstrap_servers = \"x:1\"\n[segment_webhook]\nmax_body_bytes = 134217728\nmax_event_bytes = 32768\n[pendo_webhook]\nmax_body_bytes = 8388608\n",
         )
         .unwrap();
         assert_eq!(c.segment_webhook.max_body_bytes, MAX_WEBHOOK_BODY_BYTES);
-        assert_eq!(c.segment_webhook.max_event_bytes, 32768);
+        assert_eq!(c.segment_webhook.limits.max_event_bytes, 32768);
         assert_eq!(c.pendo_webhook.max_body_bytes, 8 * 1024 * 1024);
     }
 

@@ -54,23 +54,6 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-impl HttpLimits {
-    /// The limits from a webhook section's `*_ms` settings and `max_connections`.
-    pub fn from_settings(
-        header_read_timeout_ms: u64,
-        body_read_timeout_ms: u64,
-        idle_timeout_ms: u64,
-        max_connections: usize,
-    ) -> Self {
-        Self {
-            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
-            body_read_timeout: Duration::from_millis(body_read_timeout_ms),
-            idle_timeout: Duration::from_millis(idle_timeout_ms),
-            max_connections,
-        }
-    }
-}
-
 /// The `reason` label of connections closed by the listener for sitting in a phase too long.
 const HEADER_TIMEOUT: &str = "header_timeout";
 const IDLE_TIMEOUT: &str = "idle_timeout";

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod limits;
 pub mod listener;
 pub mod role;
 pub mod server;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Semaphore;
 
-use super::listener::HttpLimits;
+use super::limits::WebhookLimits;
 use super::server::{self, EventIdentity, WebhookAuth, WebhookEndpoint, WebhookMetrics};
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::Config;
@@ -31,34 +31,16 @@ pub struct WebhookRoleSpec {
     pub path: String,
     /// How senders authenticate.
     pub auth: WebhookAuth,
-    /// Connection limits: header, body and idle deadlines, and the connection cap.
-    pub http: HttpLimits,
     /// Largest accepted body (one request may carry many events).
     pub max_body_bytes: usize,
-    /// Largest accepted event (one Kafka record each; at most the raw topics' record size).
-    pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events_per_request: usize,
     /// Whether a JSON array body (several events) is accepted; `false` refuses it with 400.
     pub accept_batches: bool,
-    /// Bytes of request bodies held at once (memory bound; at least `max_body_bytes`).
-    pub max_in_flight_bytes: usize,
-    /// Requests handled (and waiting for Kafka) at once.
-    pub max_in_flight_requests: usize,
     /// How long a request may wait for Kafka before it is answered 503.
     pub ack_timeout: Duration,
-    /// `Retry-After` on 503, in seconds.
-    pub retry_after_seconds: u64,
-    /// How long a transaction collects concurrent requests.
-    pub linger: Duration,
-    /// Transactional producers taking turns.
-    pub transaction_producers: usize,
-    /// Pause of a producer between its commit and its next transaction.
-    pub transaction_cooldown: Duration,
-    /// A transaction commits once it holds this many events...
-    pub max_transaction_records: usize,
-    /// ... or this many bytes.
-    pub max_transaction_bytes: usize,
+    /// Memory, connection and transaction bounds.
+    pub limits: WebhookLimits,
     /// Topic of accepted events.
     pub topic: TopicId,
     /// Topic of rejected bodies.
@@ -95,6 +77,7 @@ pub fn task(
     // `MAX_DEAD_LETTER_PAYLOAD_BYTES`), never whole bodies: a body larger than a record is many
     // records in one transaction, so the producer's record limit does not grow with the body limit.
     let max_record_bytes = spec
+        .limits
         .max_event_bytes
         .max(server::MAX_DEAD_LETTER_PAYLOAD_BYTES);
     let producer = client_config::transactional_producer(config, spec.role, max_record_bytes);
@@ -105,6 +88,7 @@ pub fn task(
     move |env: RoleEnv| -> RoleFuture {
         Box::pin(async move {
             let role = spec.role;
+            let limits = &spec.limits;
             if matches!(spec.auth, WebhookAuth::Disabled) {
                 tracing::warn!("{role} accepts UNAUTHENTICATED deliveries (--insecure-no-auth)");
             }
@@ -113,14 +97,14 @@ pub fn task(
                 reader,
                 AppenderSettings {
                     stage: role,
-                    linger: spec.linger,
-                    max_records: spec.max_transaction_records,
-                    max_bytes: spec.max_transaction_bytes,
-                    queue_capacity: spec.max_in_flight_requests,
+                    linger: Duration::from_millis(limits.linger_ms),
+                    max_records: limits.max_transaction_records,
+                    max_bytes: limits.max_transaction_bytes,
+                    queue_capacity: limits.max_in_flight_requests,
                     job_deadline: spec.ack_timeout,
                     txn_timeout: spec.ack_timeout,
-                    producers: spec.transaction_producers,
-                    cooldown: spec.transaction_cooldown,
+                    producers: limits.transaction_producers,
+                    cooldown: Duration::from_millis(limits.transaction_cooldown_ms),
                     // A commit the broker has not answered within the ack deadline is waited for
                     // as long again: senders wait a few seconds for an answer.
                     decision_wait: spec.ack_timeout,
@@ -131,18 +115,19 @@ pub fn task(
                 },
                 env.readiness.register(format!("{role}:kafka")),
             );
+            let http_limits = limits.http();
             let endpoint = Arc::new(WebhookEndpoint {
                 role,
                 path: spec.path,
                 auth: spec.auth,
                 max_body_bytes: spec.max_body_bytes,
-                max_event_bytes: spec.max_event_bytes,
+                max_event_bytes: limits.max_event_bytes,
                 max_events: spec.max_events_per_request,
                 accept_batches: spec.accept_batches,
-                in_flight: Semaphore::new(spec.max_in_flight_requests),
-                body_budget: Semaphore::new(spec.max_in_flight_bytes),
-                body_read_timeout: spec.http.body_read_timeout,
-                retry_after_seconds: spec.retry_after_seconds,
+                in_flight: Semaphore::new(limits.max_in_flight_requests),
+                body_budget: Semaphore::new(limits.max_in_flight_bytes),
+                body_read_timeout: http_limits.body_read_timeout,
+                retry_after_seconds: limits.retry_after_seconds,
                 topic,
                 dlq_topic,
                 identify: spec.identify,
@@ -150,7 +135,7 @@ pub fn task(
                 metrics: WebhookMetrics::new(role),
             });
             let http_ready = env.readiness.register(format!("{role}:http"));
-            let (_, http) = server::serve(spec.listen, endpoint, spec.http, env.shutdown.clone())
+            let (_, http) = server::serve(spec.listen, endpoint, http_limits, env.shutdown.clone())
                 .await
                 .with_context(|| {
                     format!("cannot listen on {}.listen {}", spec.section, spec.listen)

@@ -37,11 +37,11 @@ use pendo_segment::kafka::transactional_output::TransactionalOutput;
 use pendo_segment::schema::{IdMapping, IdMappingCodec, SegmentCallCodec};
 use pendo_segment::shutdown::Shutdown;
 use pendo_segment::transform::mapping::PendoMapping;
-use pendo_segment::transform::pendo_to_segment::PendoToSegment;
-use pendo_segment::transform::tracking_plan::{TrackingPlan, TrackingPlanConfig};
-use pendo_segment::transform::transform_pendo::processor::{
+use pendo_segment::transform::pendo::processor::{
     OutputTopics, Parallelism, PendoTransformProcessor,
 };
+use pendo_segment::transform::pendo_to_segment::PendoToSegment;
+use pendo_segment::transform::tracking_plan::{TrackingPlan, TrackingPlanConfig};
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::FutureProducer;
@@ -257,7 +257,7 @@ async fn run_mode(
     .unwrap();
     let raw = config.topic_name(TopicId::PendoRawWebhook);
     let spec = LoopSpec {
-        stage: "bench",
+        role: "bench",
         topics: vec![raw.clone()],
         commit_max_records: config.processing.commit_max_records,
         commit_interval: Duration::from_millis(config.processing.commit_interval_ms),

@@ -284,7 +284,7 @@ mod tests {
 
     fn loop_error(kind: &'static str) -> anyhow::Error {
         anyhow::Error::from(LoopError::Process {
-            stage: "transform-pendo",
+            role: "transform-pendo",
             source: ProcessError::new(kind, "x"),
         })
     }

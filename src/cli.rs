@@ -268,9 +268,9 @@ pub fn main() -> ExitCode {
                 let result = match &file {
                     Some(f) => crate::transform::mapping::PendoMapping::load(f)
                         .map_err(anyhow::Error::from),
-                    None => crate::transform::transform_pendo::load_mapping(&config),
+                    None => crate::transform::pendo::load_mapping(&config),
                 };
-                let plan = crate::transform::transform_pendo::load_tracking_plan(&config);
+                let plan = crate::transform::pendo::load_tracking_plan(&config);
                 match result.and_then(|m| Ok((m, plan?))) {
                     Ok((m, plan)) => {
                         eprintln!(

@@ -20,8 +20,8 @@ use crate::connectors::webhook::limits::WebhookLimits;
 use crate::kafka::topics::TopicId;
 use crate::schema::WireFormat;
 use crate::secret::Secret;
-use crate::transform::transform_pendo::config::TransformPendoConfig;
-use crate::transform::transform_segment::config::TransformSegmentConfig;
+use crate::transform::pendo::config::TransformPendoConfig;
+use crate::transform::segment::config::TransformSegmentConfig;
 
 /// Largest webhook event a raw topic can hold as one record (its `max.message.bytes` is
 /// [`crate::kafka::topics::RAW_MAX_MESSAGE_BYTES`], which leaves room for headers): the upper

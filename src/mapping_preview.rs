@@ -39,10 +39,10 @@ use crate::transform::mapping::PendoMapping;
 use crate::transform::mapping_diff::{
     Category, FindingKey, Findings, Tally, diff_outcomes, diff_plan,
 };
+use crate::transform::pendo::load_mapping;
 use crate::transform::pendo_to_segment::PendoToSegment;
 use crate::transform::received_at::received_at;
 use crate::transform::tracking_plan::{TrackingPlan, TrackingPlanConfig};
-use crate::transform::transform_pendo::load_mapping;
 
 /// Exit status when messageIds would change and `--allow-id-changes` was not given.
 pub const EXIT_MESSAGE_IDS_CHANGE: u8 = 3;

@@ -1,7 +1,7 @@
 //! Every Prometheus metric of the process, registered once in a process-wide registry.
 //!
 //! Names follow Prometheus conventions (`pendo_segment_` prefix, `_total` for counters,
-//! `_seconds` for durations). Labels are bounded sets (stage, topic, partition, reason, result),
+//! `_seconds` for durations). Labels are bounded sets (stage: the role's name, kept as the label name dashboards use; topic, partition, reason, result),
 //! never ids or free text, so cardinality stays small; the few labels taken from input (event
 //! kinds, field names) go through [`BoundedLabel`], bounded in number and in length.
 
@@ -908,20 +908,20 @@ mod tests {
     fn labels_from_input_are_capped_in_length_as_well_as_in_number() {
         // Issue #17: 300 Pendo events with distinct 5 KB kinds made /metrics 2 MB.
         let kinds = BoundedLabel::new(200);
-        let stage = "bounded-label-length-test";
+        let role = "bounded-label-length-test";
         for i in 0..300 {
             let value = format!("{i:04}{}", "k".repeat(5 * 1024));
             let label = kinds.label(&value);
             assert!(label.len() <= MAX_LABEL_BYTES, "{} bytes", label.len());
             metrics()
                 .unknown_kinds
-                .with_label_values(&[stage, &*label])
+                .with_label_values(&[role, &*label])
                 .inc();
         }
         let ours: usize = metrics()
             .render()
             .lines()
-            .filter(|l| l.contains(stage))
+            .filter(|l| l.contains(role))
             .map(|l| l.len() + 1)
             .sum();
         assert!(ours > 0);

@@ -111,12 +111,12 @@ impl Role {
     fn build(self, config: &Config, options: RunOptions) -> anyhow::Result<StartOnce> {
         Ok(match self {
             Role::PendoWebhook => Box::new(pendo_webhook::task(config, options.insecure_no_auth)?),
-            Role::TransformPendo => Box::new(crate::transform::transform_pendo::task(config)?),
+            Role::TransformPendo => Box::new(crate::transform::pendo::task(config)?),
             Role::SegmentSink => Box::new(crate::sinks::segment::task(config)?),
             Role::SegmentWebhook => {
                 Box::new(segment_webhook::task(config, options.insecure_no_auth)?)
             }
-            Role::TransformSegment => Box::new(crate::transform::transform_segment::task(config)?),
+            Role::TransformSegment => Box::new(crate::transform::segment::task(config)?),
             Role::PendoPoller => Box::new(crate::connectors::pendo_poller::task(config)?),
             Role::PendoSink => Box::new(crate::sinks::pendo::task(config)?),
         })

@@ -70,7 +70,7 @@ fn child_main() {
     let task = RoleTask::once("loop-test", move |env: pendo_segment::app::RoleEnv| {
         Box::pin(async move {
             let spec = LoopSpec {
-                stage: "loop-test",
+                role: "loop-test",
                 topics: vec![topic],
                 commit_max_records: cfg.processing.commit_max_records,
                 commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),

@@ -18,8 +18,8 @@ const ROLES: &[&str] = &[
     "connectors::pendo_poller",
     "connectors::pendo_webhook",
     "connectors::segment_webhook",
-    "transform::transform_pendo",
-    "transform::transform_segment",
+    "transform::pendo",
+    "transform::segment",
     "sinks::segment",
     "sinks::pendo",
 ];

@@ -71,7 +71,7 @@ fn child_main() {
             })
             .await??;
             let spec = LoopSpec {
-                stage: "eos-test",
+                role: "eos-test",
                 topics: vec![input],
                 commit_max_records: cfg.processing.commit_max_records,
                 commit_interval: Duration::from_millis(cfg.processing.commit_interval_ms),

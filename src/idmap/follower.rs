@@ -17,7 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::reverse::IdMapSink;
+use super::reverse::IdMapStore;
 use crate::kafka::context::ReadToEndContext;
 use crate::kafka::metadata::{ROLE_TOPIC_WAIT, topic_partitions};
 use crate::metrics::metrics;
@@ -110,14 +110,14 @@ pub async fn follow_compacted<T: CompactedTable>(
     }
 }
 
-/// An [`IdMapSink`] fed from `idmap.visitor-to-user` records (Avro `IdMapping` values whose
+/// An [`IdMapStore`] fed from `idmap.visitor-to-user` records (Avro `IdMapping` values whose
 /// visitorId must equal the key).
 struct IdMapRecords<S> {
     codec: IdMappingCodec,
     sink: S,
 }
 
-impl<S: IdMapSink> CompactedTable for IdMapRecords<S> {
+impl<S: IdMapStore> CompactedTable for IdMapRecords<S> {
     const WHAT: &'static str = "id mapping";
 
     fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
@@ -170,7 +170,7 @@ pub async fn follow_idmap(
     client_config: ClientConfig,
     topic: String,
     codec: IdMappingCodec,
-    table: impl IdMapSink,
+    table: impl IdMapStore,
     caught_up: watch::Sender<bool>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {

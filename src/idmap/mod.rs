@@ -8,5 +8,5 @@ pub mod follower;
 pub mod reverse;
 pub mod table;
 
-pub use reverse::{BiIdMap, IdMapSink, VisitorIdLookup};
+pub use reverse::{BiIdMap, IdMapStore, VisitorIdLookup};
 pub use table::{IdMapTable, UserIdLookup};

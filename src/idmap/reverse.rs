@@ -14,7 +14,7 @@
 use super::table::IdMapTable;
 
 /// Where the id-mapping follower applies the records it reads.
-pub trait IdMapSink: Send + Sync + 'static {
+pub trait IdMapStore: Send + Sync + 'static {
     /// A mapping was set (or replaced).
     fn upsert(&self, visitor_id: &str, user_id: &str);
     /// A mapping was deleted (tombstone).
@@ -25,7 +25,7 @@ pub trait IdMapSink: Send + Sync + 'static {
     fn loaded(&self);
 }
 
-impl IdMapSink for IdMapTable {
+impl IdMapStore for IdMapTable {
     fn upsert(&self, visitor_id: &str, user_id: &str) {
         self.insert(visitor_id, user_id);
     }
@@ -62,7 +62,7 @@ impl BiIdMap {
     }
 }
 
-impl IdMapSink for BiIdMap {
+impl IdMapStore for BiIdMap {
     fn upsert(&self, visitor_id: &str, user_id: &str) {
         if let Some(old) = self.forward.get(visitor_id)
             && old != user_id

@@ -131,18 +131,18 @@ impl ProcessError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
     /// Creating or subscribing the consumer, or a fatal consumer error.
-    #[error("kafka consumer of {stage}: {source}")]
+    #[error("kafka consumer of {role}: {source}")]
     Kafka {
-        /// The stage.
-        stage: &'static str,
+        /// The role.
+        role: &'static str,
         /// The client error.
         source: KafkaError,
     },
     /// The processor failed.
-    #[error("{stage} stopped: {source}")]
+    #[error("{role} stopped: {source}")]
     Process {
-        /// The stage.
-        stage: &'static str,
+        /// The role.
+        role: &'static str,
         /// The processor's error.
         source: ProcessError,
     },
@@ -173,7 +173,7 @@ pub enum CommitStrategy {
 #[derive(Clone)]
 pub struct LoopSpec {
     /// Stage (role) name, for metrics and logs.
-    pub stage: &'static str,
+    pub role: &'static str,
     /// Topics to subscribe to.
     pub topics: Vec<String>,
     /// Commit after this many processed records.
@@ -183,7 +183,7 @@ pub struct LoopSpec {
     /// When nothing more is buffered to read, act at once instead of waiting for the interval
     /// (transactional: commit; acknowledged: [`RecordProcessor::input_drained`], e.g. send the
     /// open batches), at most once per this spacing. `None`: only by count and interval. At low
-    /// load this takes a stage's latency from the interval down to the spacing; at saturation
+    /// load this takes a role's latency from the interval down to the spacing; at saturation
     /// the input is never drained and commits stay as large as the count and interval make them.
     pub drained: Option<Duration>,
     /// Offset commits or transactions.
@@ -193,13 +193,13 @@ pub struct LoopSpec {
 impl LoopSpec {
     /// A role's loop over `topics` with the cadence of `[processing]`.
     pub fn from_processing(
-        stage: &'static str,
+        role: &'static str,
         topics: Vec<String>,
         processing: &crate::config::ProcessingConfig,
         strategy: CommitStrategy,
     ) -> Self {
         Self {
-            stage,
+            role,
             topics,
             commit_max_records: processing.commit_max_records,
             commit_interval: Duration::from_millis(processing.commit_interval_ms),
@@ -290,19 +290,19 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     shutdown: Shutdown,
     readiness: ReadinessHandle,
 ) -> Result<LoopStats, LoopError> {
-    let stage = spec.stage;
-    let kafka_err = |source| LoopError::Kafka { stage, source };
+    let role = spec.role;
+    let kafka_err = |source| LoopError::Kafka { role, source };
     let consumer: Arc<StreamConsumer<LoopContext>> = Arc::new(
         client_config
             .create_with_context(
-                LoopContext::new(stage, readiness.clone())
+                LoopContext::new(role, readiness.clone())
                     .with_revocation_barrier(processor.revocation_barrier()),
             )
             .map_err(kafka_err)?,
     );
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(kafka_err)?;
-    tracing::info!(stage, topics = ?spec.topics, "consumer loop started");
+    tracing::info!(role, topics = ?spec.topics, "consumer loop started");
 
     let m = metrics();
     let mut assigned: HashSet<TopicPartition> = HashSet::new();
@@ -329,7 +329,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 biased;
                 _ = shutdown.wait() => return Ok(()),
                 _ = ready => {
-                    acks.progress(&consumer, stage, &mut processor).await?;
+                    acks.progress(&consumer, role, &mut processor).await?;
                 }
                 received = consumer.recv() => {
                     if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks)
@@ -343,26 +343,26 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                     let record = match received {
                         Ok(r) => r,
                         Err(e) => {
-                            handle_consume_error(stage, e)?;
+                            handle_consume_error(role, e)?;
                             continue;
                         }
                     };
                     let topic = record.topic();
-                    m.records_in.with_label_values(&[stage, topic]).inc();
+                    m.records_in.with_label_values(&[role, topic]).inc();
                     if !assigned.contains(&(topic.to_string(), record.partition())) {
-                        m.records_skipped.with_label_values(&[stage, topic]).inc();
+                        m.records_skipped.with_label_values(&[role, topic]).inc();
                         continue;
                     }
                     begin_transaction(&spec, &mut txn_open)?;
                     processor
                         .process(&record)
                         .await
-                        .map_err(|source| LoopError::Process { stage, source })?;
-                    m.records_processed.with_label_values(&[stage, topic]).inc();
+                        .map_err(|source| LoopError::Process { role, source })?;
+                    m.records_processed.with_label_values(&[role, topic]).inc();
                     pending.record(topic, record.partition(), record.offset());
                     stats.processed += 1;
                     if acknowledged && processor.is_backpressured(topic, record.partition()) {
-                        acks.pause(&consumer, stage, (topic.to_string(), record.partition()));
+                        acks.pause(&consumer, role, (topic.to_string(), record.partition()));
                     }
                     drain_armed = spec.drained.is_some();
                     if pending.due(&spec) {
@@ -385,7 +385,7 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                     }
                     if acknowledged {
                         processor.input_drained();
-                        acks.progress(&consumer, stage, &mut processor).await?;
+                        acks.progress(&consumer, role, &mut processor).await?;
                         if pending.due(&spec) {
                             commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
                         }
@@ -398,13 +398,13 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                         abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
                     }
                     if acknowledged {
-                        acks.progress(&consumer, stage, &mut processor).await?;
+                        acks.progress(&consumer, role, &mut processor).await?;
                         if !acks.paused.is_empty()
                             && last_lag_refresh.elapsed() >= PAUSED_LAG_REFRESH
                             && lag_refresh.as_ref().is_none_or(|h| h.is_finished())
                         {
                             last_lag_refresh = tokio::time::Instant::now();
-                            lag_refresh = Some(refresh_paused_lag(&consumer, stage, acks.paused_positions()));
+                            lag_refresh = Some(refresh_paused_lag(&consumer, role, acks.paused_positions()));
                         }
                     }
                     if pending.due(&spec) {
@@ -441,11 +441,9 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
                 && !pending.is_empty()
             {
                 match tokio::time::timeout(*flush_timeout, processor.checkpoint()).await {
-                    Ok(flushed) => {
-                        flushed.map_err(|source| LoopError::Process { stage, source })?
-                    }
+                    Ok(flushed) => flushed.map_err(|source| LoopError::Process { role, source })?,
                     Err(_) => tracing::warn!(
-                        stage,
+                        role,
                         timeout = ?flush_timeout,
                         "shutdown: not every record was acknowledged in time; the unacknowledged \
                          ones are not committed and will be re-read (and re-sent) after restart"
@@ -465,11 +463,11 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
             {
                 // Processed work is durable downstream but its offsets are not: the next owner
                 // re-reads it. Say so loudly instead of exiting as if all was committed.
-                return Err(LoopError::Kafka { stage, source });
+                return Err(LoopError::Kafka { role, source });
             }
             consumer.unsubscribe();
             tracing::info!(
-                stage,
+                role,
                 processed = stats.processed,
                 commits = stats.commits,
                 "consumer loop stopped cleanly"
@@ -477,8 +475,8 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
             Ok(stats)
         }
         Err(e) => {
-            m.errors.with_label_values(&[stage, error_kind(&e)]).inc();
-            tracing::error!(stage, error = %e, "consumer loop stopped; uncommitted work will be re-read after restart");
+            m.errors.with_label_values(&[role, error_kind(&e)]).inc();
+            tracing::error!(role, error = %e, "consumer loop stopped; uncommitted work will be re-read after restart");
             Err(e)
         }
     }
@@ -505,19 +503,19 @@ fn error_kind(e: &LoopError) -> &'static str {
 }
 
 /// Consumer errors are mostly transient (librdkafka retries them itself); fatal ones stop the role.
-fn handle_consume_error(stage: &'static str, e: KafkaError) -> Result<(), LoopError> {
+fn handle_consume_error(role: &'static str, e: KafkaError) -> Result<(), LoopError> {
     let fatal = matches!(
         e.rdkafka_error_code(),
         Some(rdkafka::types::RDKafkaErrorCode::Fatal)
     );
     metrics()
         .errors
-        .with_label_values(&[stage, if fatal { "consume_fatal" } else { "consume" }])
+        .with_label_values(&[role, if fatal { "consume_fatal" } else { "consume" }])
         .inc();
     if fatal {
-        return Err(LoopError::Kafka { stage, source: e });
+        return Err(LoopError::Kafka { role, source: e });
     }
-    tracing::warn!(stage, error = %e, "consumer error (retrying)");
+    tracing::warn!(role, error = %e, "consumer error (retrying)");
     Ok(())
 }
 
@@ -547,14 +545,14 @@ fn apply_rebalances<P: RecordProcessor>(
     revoked
 }
 
-fn txn_error(stage: &'static str, e: TxnError) -> LoopError {
+fn txn_error(role: &'static str, e: TxnError) -> LoopError {
     let kind = if e.is_transient() {
         TRANSACTION_STUCK
     } else {
         "transaction"
     };
     LoopError::Process {
-        stage,
+        role,
         source: ProcessError::new(kind, e.to_string()),
     }
 }
@@ -567,7 +565,7 @@ fn begin_transaction(spec: &LoopSpec, txn_open: &mut bool) -> Result<(), LoopErr
     if let CommitStrategy::Transactional { output, .. } = &spec.strategy
         && !*txn_open
     {
-        output.begin().map_err(|e| txn_error(spec.stage, e))?;
+        output.begin().map_err(|e| txn_error(spec.role, e))?;
         *txn_open = true;
     }
     Ok(())
@@ -598,18 +596,18 @@ async fn bounded<T: Send + 'static>(
 /// only if no new producer can be initialised either does the loop stop (a transient error:
 /// the runtime restarts the role).
 async fn renew_producer(
-    stage: &'static str,
+    role: &'static str,
     output: &TransactionalOutput,
     timeout: Duration,
     reason: &str,
 ) -> Result<(), LoopError> {
     tracing::warn!(
-        stage,
+        role,
         error = %reason,
         "transaction outcome unknown (broker failover?); replacing the transactional producer \
          and re-reading from the last commit"
     );
-    metrics().commits.with_label_values(&[stage, "stuck"]).inc();
+    metrics().commits.with_label_values(&[role, "stuck"]).inc();
     let out = output.clone();
     bounded(timeout, 1, move || {
         out.renew(timeout).map_err(|e| {
@@ -621,8 +619,8 @@ async fn renew_producer(
         })
     })
     .await
-    .map_err(|e| txn_error(stage, e))?;
-    tracing::info!(stage, "new transactional producer ready");
+    .map_err(|e| txn_error(role, e))?;
+    tracing::info!(role, "new transactional producer ready");
     Ok(())
 }
 
@@ -646,16 +644,16 @@ async fn abandon_transaction<P: RecordProcessor>(
         match bounded(timeout, 1, move || out.abort(timeout)).await {
             Ok(()) => {}
             Err(TxnError::Stuck(reason)) => {
-                renew_producer(spec.stage, output, timeout, &reason).await?
+                renew_producer(spec.role, output, timeout, &reason).await?
             }
-            Err(e) => return Err(txn_error(spec.stage, e)),
+            Err(e) => return Err(txn_error(spec.role, e)),
         }
         *txn_open = false;
         tracing::info!(
-            stage = spec.stage,
+            role = spec.role,
             "open transaction aborted after a rebalance"
         );
-        discard_aborted(consumer, spec.stage, pending, processor, stats).await?;
+        discard_aborted(consumer, spec.role, pending, processor, stats).await?;
         return Ok(true);
     }
     Ok(false)
@@ -665,14 +663,14 @@ async fn abandon_transaction<P: RecordProcessor>(
 /// processor's buffered work and re-read every still-assigned partition from its last commit.
 async fn discard_aborted<P: RecordProcessor>(
     consumer: &Arc<StreamConsumer<LoopContext>>,
-    stage: &'static str,
+    role: &'static str,
     pending: &mut PendingOffsets,
     processor: &mut P,
     stats: &mut LoopStats,
 ) -> Result<(), LoopError> {
     metrics()
         .commits
-        .with_label_values(&[stage, "aborted"])
+        .with_label_values(&[role, "aborted"])
         .inc();
     stats.aborts += 1;
     let all: Vec<TopicPartition> = pending.next.keys().cloned().collect();
@@ -680,7 +678,7 @@ async fn discard_aborted<P: RecordProcessor>(
     pending.clear();
     rewind(consumer)
         .await
-        .map_err(|source| LoopError::Kafka { stage, source })
+        .map_err(|source| LoopError::Kafka { role, source })
 }
 
 /// Seeks every assigned partition back to its committed offset (after an aborted transaction).
@@ -743,21 +741,21 @@ async fn commit<P: RecordProcessor>(
     if pending.is_empty() {
         return Ok(None);
     }
-    let stage = spec.stage;
+    let role = spec.role;
     let started = Instant::now();
     if let CommitStrategy::Acknowledged { .. } = &spec.strategy {
         return acks
-            .commit(consumer, stage, pending, processor, stats, started)
+            .commit(consumer, role, pending, processor, stats, started)
             .await;
     }
     processor
         .checkpoint()
         .await
-        .map_err(|source| LoopError::Process { stage, source })?;
+        .map_err(|source| LoopError::Process { role, source })?;
     let tpl = pending.to_list();
     if let CommitStrategy::Transactional { output, timeout } = &spec.strategy {
         let group = consumer.group_metadata().ok_or_else(|| LoopError::Kafka {
-            stage,
+            role,
             source: KafkaError::Subscription("no consumer group metadata".into()),
         })?;
         let (out, timeout) = (output.clone(), *timeout);
@@ -765,27 +763,27 @@ async fn commit<P: RecordProcessor>(
         *txn_open = false;
         let m = metrics();
         m.commit_duration
-            .with_label_values(&[stage])
+            .with_label_values(&[role])
             .observe(started.elapsed().as_secs_f64());
         return match result {
             Ok(()) => {
-                m.commits.with_label_values(&[stage, "ok"]).inc();
+                m.commits.with_label_values(&[role, "ok"]).inc();
                 stats.commits += 1;
                 consumer.context().note_committed_in_txn(&pending.next);
                 pending.clear();
                 Ok(None)
             }
             Err(TxnError::Abortable(reason)) => {
-                tracing::warn!(stage, error = %reason, "transaction aborted; re-reading from the last commit");
-                discard_aborted(consumer, stage, pending, processor, stats).await?;
+                tracing::warn!(role, error = %reason, "transaction aborted; re-reading from the last commit");
+                discard_aborted(consumer, role, pending, processor, stats).await?;
                 Ok(None)
             }
             Err(TxnError::Stuck(reason)) => {
-                renew_producer(stage, output, timeout, &reason).await?;
-                discard_aborted(consumer, stage, pending, processor, stats).await?;
+                renew_producer(role, output, timeout, &reason).await?;
+                discard_aborted(consumer, role, pending, processor, stats).await?;
                 Ok(None)
             }
-            Err(fatal) => Err(txn_error(stage, fatal)),
+            Err(fatal) => Err(txn_error(role, fatal)),
         };
     }
     let c = consumer.clone();
@@ -794,11 +792,11 @@ async fn commit<P: RecordProcessor>(
         .expect("commit task panicked");
     let m = metrics();
     m.commit_duration
-        .with_label_values(&[stage])
+        .with_label_values(&[role])
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(()) => {
-            m.commits.with_label_values(&[stage, "ok"]).inc();
+            m.commits.with_label_values(&[role, "ok"]).inc();
             stats.commits += 1;
             pending.clear();
             Ok(None)
@@ -808,8 +806,8 @@ async fn commit<P: RecordProcessor>(
             // again at the next commit point (commits are cumulative). If the partitions were
             // revoked meanwhile, their new owner re-reads them: at-least-once, deduplicated
             // downstream by deterministic ids.
-            m.commits.with_label_values(&[stage, "error"]).inc();
-            tracing::warn!(stage, error = %e, "offset commit failed; will retry");
+            m.commits.with_label_values(&[role, "error"]).inc();
+            tracing::warn!(role, error = %e, "offset commit failed; will retry");
             pending.backoff();
             Ok(Some(e))
         }
@@ -825,7 +823,7 @@ const PAUSED_LAG_REFRESH: Duration = Duration::from_secs(2);
 /// behind it.
 fn refresh_paused_lag(
     consumer: &Arc<StreamConsumer<LoopContext>>,
-    stage: &'static str,
+    role: &'static str,
     positions: Vec<(TopicPartition, Option<i64>)>,
 ) -> tokio::task::JoinHandle<()> {
     let consumer = consumer.clone();
@@ -834,7 +832,7 @@ fn refresh_paused_lag(
             let (low, high) = match consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(2)) {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::debug!(stage, topic = %tp.0, partition = tp.1, error = %e, "paused partition's watermark not read");
+                    tracing::debug!(role, topic = %tp.0, partition = tp.1, error = %e, "paused partition's watermark not read");
                     continue;
                 }
             };
@@ -847,7 +845,7 @@ fn refresh_paused_lag(
             // Not for a partition resumed or revoked meanwhile: its gauge is the statistics'
             // again, or was removed with it.
             if consumer.context().is_paused(&tp) {
-                set_paused_lag(stage, &tp, high, from);
+                set_paused_lag(role, &tp, high, from);
             }
         }
     })
@@ -901,7 +899,7 @@ impl AckState {
     fn pause(
         &mut self,
         consumer: &StreamConsumer<LoopContext>,
-        stage: &'static str,
+        role: &'static str,
         tp: TopicPartition,
     ) {
         if self.paused.contains(&tp) {
@@ -911,12 +909,12 @@ impl AckState {
         tpl.add_partition(&tp.0, tp.1);
         match consumer.pause(&tpl) {
             Ok(()) => {
-                tracing::debug!(stage, topic = %tp.0, partition = tp.1, "partition paused (backpressure)");
+                tracing::debug!(role, topic = %tp.0, partition = tp.1, "partition paused (backpressure)");
                 metrics().paused_partitions.inc();
                 consumer.context().set_paused(&tp, true);
                 self.paused.insert(tp);
             }
-            Err(e) => tracing::warn!(stage, error = %e, "could not pause a backed-up partition"),
+            Err(e) => tracing::warn!(role, error = %e, "could not pause a backed-up partition"),
         }
     }
 
@@ -924,13 +922,13 @@ impl AckState {
     async fn progress<P: RecordProcessor>(
         &mut self,
         consumer: &StreamConsumer<LoopContext>,
-        stage: &'static str,
+        role: &'static str,
         processor: &mut P,
     ) -> Result<(), LoopError> {
         let done = processor
             .progress()
             .await
-            .map_err(|source| LoopError::Process { stage, source })?;
+            .map_err(|source| LoopError::Process { role, source })?;
         self.done.extend(done);
         let drained: Vec<TopicPartition> = self
             .paused
@@ -947,7 +945,7 @@ impl AckState {
                     consumer.context().set_paused(&tp, false);
                     self.paused.remove(&tp);
                 }
-                Err(e) => tracing::warn!(stage, error = %e, "could not resume a partition"),
+                Err(e) => tracing::warn!(role, error = %e, "could not resume a partition"),
             }
         }
         Ok(())
@@ -957,13 +955,13 @@ impl AckState {
     async fn commit<P: RecordProcessor>(
         &mut self,
         consumer: &Arc<StreamConsumer<LoopContext>>,
-        stage: &'static str,
+        role: &'static str,
         pending: &mut PendingOffsets,
         processor: &mut P,
         stats: &mut LoopStats,
         started: Instant,
     ) -> Result<Option<KafkaError>, LoopError> {
-        self.progress(consumer, stage, processor).await?;
+        self.progress(consumer, role, processor).await?;
         let mut tpl = TopicPartitionList::new();
         let mut advanced = Vec::new();
         for (tp, next) in &self.done {
@@ -989,11 +987,11 @@ impl AckState {
             .expect("commit task panicked");
         let m = metrics();
         m.commit_duration
-            .with_label_values(&[stage])
+            .with_label_values(&[role])
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                m.commits.with_label_values(&[stage, "ok"]).inc();
+                m.commits.with_label_values(&[role, "ok"]).inc();
                 stats.commits += 1;
                 for (tp, next) in advanced {
                     if pending.next.get(&tp).is_some_and(|p| *p <= next) {
@@ -1009,8 +1007,8 @@ impl AckState {
                 Ok(None)
             }
             Err(e) => {
-                m.commits.with_label_values(&[stage, "error"]).inc();
-                tracing::warn!(stage, error = %e, "offset commit failed; will retry");
+                m.commits.with_label_values(&[role, "error"]).inc();
+                tracing::warn!(role, error = %e, "offset commit failed; will retry");
                 pending.backoff();
                 Ok(Some(e))
             }
@@ -1024,7 +1022,7 @@ mod tests {
 
     fn spec() -> LoopSpec {
         LoopSpec {
-            stage: "t",
+            role: "t",
             topics: vec![],
             commit_max_records: 3,
             commit_interval: Duration::from_secs(3600),

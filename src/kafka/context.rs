@@ -30,7 +30,7 @@ pub type RevocationBarrier = Arc<dyn Fn(&[TopicPartition]) + Send + Sync>;
 
 /// Consumer context shared by every consumer role.
 pub struct LoopContext {
-    stage: &'static str,
+    role: &'static str,
     events: Mutex<Vec<RebalanceEvent>>,
     readiness: ReadinessHandle,
     barrier: Option<RevocationBarrier>,
@@ -46,18 +46,18 @@ pub struct LoopContext {
 
 /// Sets the lag gauge of a paused partition from a fresh high watermark (the last stable offset
 /// for `read_committed` consumers) and the partition's committed offset.
-pub fn set_paused_lag(stage: &str, tp: &TopicPartition, high: i64, committed: i64) {
+pub fn set_paused_lag(role: &str, tp: &TopicPartition, high: i64, committed: i64) {
     metrics()
         .consumer_lag
-        .with_label_values(&[stage, &tp.0, &tp.1.to_string()])
+        .with_label_values(&[role, &tp.0, &tp.1.to_string()])
         .set((high - committed).max(0));
 }
 
 impl LoopContext {
-    /// A context for the consumer of `stage`; `readiness` turns ready at the first assignment.
-    pub fn new(stage: &'static str, readiness: ReadinessHandle) -> Self {
+    /// A context for the consumer of `role`; `readiness` turns ready at the first assignment.
+    pub fn new(role: &'static str, readiness: ReadinessHandle) -> Self {
         Self {
-            stage,
+            role,
             events: Mutex::new(Vec::new()),
             readiness,
             barrier: None,
@@ -169,7 +169,7 @@ impl ClientContext for LoopContext {
                 let Some(value) = partition_lag(p, noted) else {
                     continue;
                 };
-                lag.with_label_values(&[self.stage, topic, &id.to_string()])
+                lag.with_label_values(&[self.role, topic, &id.to_string()])
                     .set(value);
             }
         }
@@ -181,10 +181,10 @@ impl ConsumerContext for LoopContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let parts = partitions(tpl);
-                tracing::info!(stage = self.stage, partitions = ?parts, "partitions revoked");
+                tracing::info!(role = self.role, partitions = ?parts, "partitions revoked");
                 metrics()
                     .rebalances
-                    .with_label_values(&[self.stage, "revoke"])
+                    .with_label_values(&[self.role, "revoke"])
                     .inc();
                 {
                     let mut in_txn = self.committed_in_txn.lock().expect("committed lock");
@@ -194,7 +194,7 @@ impl ConsumerContext for LoopContext {
                 }
                 for (topic, p) in &parts {
                     let _ = metrics().consumer_lag.remove_label_values(&[
-                        self.stage,
+                        self.role,
                         topic,
                         &p.to_string(),
                     ]);
@@ -206,10 +206,10 @@ impl ConsumerContext for LoopContext {
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
-                tracing::error!(stage = self.stage, error = %e, "rebalance error");
+                tracing::error!(role = self.role, error = %e, "rebalance error");
                 metrics()
                     .rebalances
-                    .with_label_values(&[self.stage, "error"])
+                    .with_label_values(&[self.role, "error"])
                     .inc();
             }
         }
@@ -218,10 +218,10 @@ impl ConsumerContext for LoopContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = partitions(tpl);
-            tracing::info!(stage = self.stage, partitions = ?parts, "partitions assigned");
+            tracing::info!(role = self.role, partitions = ?parts, "partitions assigned");
             metrics()
                 .rebalances
-                .with_label_values(&[self.stage, "assign"])
+                .with_label_values(&[self.role, "assign"])
                 .inc();
             self.push(RebalanceEvent::Assigned(parts));
             self.readiness.set_ready(true);

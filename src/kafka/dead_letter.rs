@@ -49,9 +49,9 @@ fn bounded(text: &str, max: usize) -> Cow<'_, [u8]> {
 
 impl<'a> DeadLetter<'a> {
     /// A dead letter of `payload` (kept byte for byte while it fits) under `key`, rejected by
-    /// `stage` for `reason` (a short code), explained by `detail` (bounded here).
+    /// `role` for `reason` (a short code), explained by `detail` (bounded here).
     pub fn new(
-        stage: &'a str,
+        role: &'a str,
         reason: &'a str,
         detail: &str,
         key: Option<&'a [u8]>,
@@ -64,7 +64,7 @@ impl<'a> DeadLetter<'a> {
                 Cow::Owned(bounded(detail, MAX_DETAIL_BYTES).into_owned()),
             ));
         }
-        headers.push((headers::DLQ_STAGE, Cow::Borrowed(stage.as_bytes())));
+        headers.push((headers::DLQ_STAGE, Cow::Borrowed(role.as_bytes())));
         headers.push((
             headers::DLQ_TIME,
             Cow::Owned(headers::now_millis().to_string().into_bytes()),
@@ -267,11 +267,11 @@ impl<'a> DeadLetter<'a> {
 
     /// Counts the dead letter in `dead_letters{stage,reason}` (and a cut one in
     /// `dead_letters_cut`), once it is written.
-    pub fn count(&self, stage: &str, reason: &str) {
+    pub fn count(&self, role: &str, reason: &str) {
         let m = metrics();
-        m.dead_letters.with_label_values(&[stage, reason]).inc();
+        m.dead_letters.with_label_values(&[role, reason]).inc();
         if self.was_cut() {
-            m.dead_letters_cut.with_label_values(&[stage]).inc();
+            m.dead_letters_cut.with_label_values(&[role]).inc();
         }
     }
 }
@@ -297,7 +297,7 @@ pub struct DeadLetterSource<'a> {
 pub fn send_dead_letter(
     output: &TransactionalOutput,
     dlq_topic: &str,
-    stage: &str,
+    role: &str,
     raw: &DeadLetterSource<'_>,
     reason: &str,
     detail: &str,
@@ -311,14 +311,14 @@ pub fn send_dead_letter(
                 .collect()
         })
         .unwrap_or_default();
-    let letter = DeadLetter::new(stage, reason, detail, raw.key, raw.payload)
+    let letter = DeadLetter::new(role, reason, detail, raw.key, raw.payload)
         .from_source(raw.topic, raw.partition, raw.offset)
         .carrying(carried)
         .fit(output.limits().max_message_bytes(dlq_topic));
     output
         .send(dlq_topic, letter.key(), letter.payload(), &letter.headers())
         .map_err(|e| ProcessError::new("produce", format!("dead letter: {e}")))?;
-    letter.count(stage, reason);
+    letter.count(role, reason);
     Ok(())
 }
 

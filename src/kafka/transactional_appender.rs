@@ -97,7 +97,7 @@ pub enum AppendError {
 #[derive(Debug, Clone)]
 pub struct AppenderSettings {
     /// Stage name for metrics and logs.
-    pub stage: &'static str,
+    pub role: &'static str,
     /// How long a transaction stays open collecting callers.
     pub linger: Duration,
     /// A transaction commits once it holds this many records.
@@ -147,7 +147,7 @@ pub struct TransactionalAppender {
     tx: SyncSender<Job>,
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
     job_deadline: Duration,
-    stage: &'static str,
+    role: &'static str,
     undecided: Arc<UndecidedRecords>,
 }
 
@@ -163,7 +163,7 @@ impl TransactionalAppender {
     ) -> Self {
         let (tx, rx) = sync_channel(settings.queue_capacity);
         let queue = Arc::new(Mutex::new(rx));
-        let (job_deadline, stage) = (settings.job_deadline, settings.stage);
+        let (job_deadline, role) = (settings.job_deadline, settings.role);
         let undecided = Arc::new(UndecidedRecords::new(
             settings.undecided_retention,
             settings.undecided_capacity,
@@ -180,7 +180,7 @@ impl TransactionalAppender {
                     (settings.clone(), readiness.clone(), queue.clone());
                 let (reader, undecided) = (reader.clone(), undecided.clone());
                 std::thread::Builder::new()
-                    .name(format!("{}-txn-{i}", settings.stage))
+                    .name(format!("{}-txn-{i}", settings.role))
                     .spawn(move || {
                         Worker::new(config, reader, settings, readiness, undecided).run(queue)
                     })
@@ -191,7 +191,7 @@ impl TransactionalAppender {
             tx,
             workers: Arc::new(Mutex::new(workers)),
             job_deadline,
-            stage,
+            role,
             undecided,
         }
     }
@@ -205,11 +205,11 @@ impl TransactionalAppender {
         if !self.undecided.is_empty() {
             let fingerprints = fingerprints(&self.undecided, &records);
             let (recall, dropped) = self.undecided.recall(&fingerprints);
-            count_dropped(self.stage, &dropped);
+            count_dropped(self.role, &dropped);
             let jobs = |result: &str| {
                 metrics()
                     .appender_jobs
-                    .with_label_values(&[self.stage, result])
+                    .with_label_values(&[self.role, result])
                     .inc()
             };
             match recall {
@@ -254,7 +254,7 @@ impl TransactionalAppender {
                 {
                     metrics()
                         .appender_jobs
-                        .with_label_values(&[self.stage, "withdrawn"])
+                        .with_label_values(&[self.role, "withdrawn"])
                         .inc();
                     return Err(AppendError::Unavailable(
                         "timed out waiting for Kafka".into(),
@@ -288,14 +288,14 @@ fn fingerprints<'a>(
 }
 
 /// Counts transactions dropped from the undecided memory before their outcome was learnt.
-fn count_dropped(stage: &'static str, dropped: &Dropped) {
+fn count_dropped(role: &'static str, dropped: &Dropped) {
     if dropped.undecided > 0 {
         metrics()
             .undecided_transactions
-            .with_label_values(&[stage, "expired"])
+            .with_label_values(&[role, "expired"])
             .inc_by(dropped.undecided as u64);
         tracing::error!(
-            stage,
+            role,
             transactions = dropped.undecided,
             "outcome of undecided commits never learnt (Kafka unreachable for the whole \
              retention, or the memory is full): retries of their events are written and may be \
@@ -416,8 +416,8 @@ impl Worker {
         }
     }
 
-    fn stage(&self) -> &'static str {
-        self.settings.stage
+    fn role(&self) -> &'static str {
+        self.settings.role
     }
 
     fn run(mut self, queue: Arc<Mutex<Receiver<Job>>>) {
@@ -474,7 +474,7 @@ impl Worker {
             let _ = p.flush(self.settings.txn_timeout);
         }
         self.readiness.set_ready(false);
-        tracing::info!(stage = self.stage(), "transactional appender stopped");
+        tracing::info!(role = self.role(), "transactional appender stopped");
     }
 
     /// Opens a transaction with `first` (see [`collect`](Self::collect)); `None` when it could
@@ -503,7 +503,7 @@ impl Worker {
         if job.enqueued.elapsed() > self.settings.job_deadline {
             metrics()
                 .appender_jobs
-                .with_label_values(&[self.stage(), "expired"])
+                .with_label_values(&[self.role(), "expired"])
                 .inc();
             let _ = job.reply.send(Err(AppendError::Unavailable(
                 "timed out waiting for Kafka".into(),
@@ -533,7 +533,7 @@ impl Worker {
     /// so they have ended) and tells the memory. Called without the queue lock: reading takes a
     /// while, and other workers keep collecting meanwhile.
     fn learn_outcomes(&mut self) {
-        let stage = self.stage();
+        let role = self.role();
         let mut still = Vec::new();
         for u in std::mem::take(&mut self.unresolved) {
             let Some(position) = &u.position else {
@@ -549,9 +549,9 @@ impl Worker {
                     let outcome = if committed { "committed" } else { "aborted" };
                     metrics()
                         .undecided_transactions
-                        .with_label_values(&[stage, outcome])
+                        .with_label_values(&[role, outcome])
                         .inc();
-                    tracing::warn!(stage, outcome, topic = %position.topic, partition = position.partition,
+                    tracing::warn!(role, outcome, topic = %position.topic, partition = position.partition,
                         offset = position.offset, "outcome of an undecided commit learnt; retries of its events are answered by it");
                     self.undecided.resolve(u.id, committed);
                 }
@@ -574,16 +574,16 @@ impl Worker {
             Ok(p) => {
                 self.producer = Some(p);
                 self.readiness.set_ready(true);
-                tracing::info!(stage = self.stage(), "transactional producer ready");
+                tracing::info!(role = self.role(), "transactional producer ready");
                 Ok(())
             }
             Err(e) => {
                 self.readiness.set_ready(false);
                 metrics()
                     .errors
-                    .with_label_values(&[self.stage(), "txn_init"])
+                    .with_label_values(&[self.role(), "txn_init"])
                     .inc();
-                tracing::warn!(stage = self.stage(), error = %e, undecided = self.unresolved.len(),
+                tracing::warn!(role = self.role(), error = %e, undecided = self.unresolved.len(),
                     "cannot initialise transactions; retrying");
                 Err(e)
             }
@@ -618,7 +618,7 @@ impl Worker {
     fn collect(&mut self, first: Job, rx: Option<&Receiver<Job>>) -> Option<Batch> {
         let producer = self.producer.as_ref().expect("producer exists");
         if let Err(e) = producer.begin_transaction() {
-            tracing::warn!(stage = self.stage(), error = %e, "begin_transaction failed");
+            tracing::warn!(role = self.role(), error = %e, "begin_transaction failed");
             self.producer = None;
             self.readiness.set_ready(false);
             let _ = first
@@ -669,7 +669,7 @@ impl Worker {
     /// Commits (or, after a failure, aborts) the batch's transaction and answers its jobs.
     fn finish(&mut self, batch: Batch) {
         let m = metrics();
-        let stage = self.stage();
+        let role = self.role();
         let outcome = match batch.failure {
             // Records not delivered: the commit is never sent, so nothing becomes visible.
             None => match self.flush_open_transaction() {
@@ -697,24 +697,22 @@ impl Worker {
         };
         match reason {
             None => {
-                m.transactions
-                    .with_label_values(&[stage, "committed"])
-                    .inc();
+                m.transactions.with_label_values(&[role, "committed"]).inc();
                 m.transaction_records
-                    .with_label_values(&[stage])
+                    .with_label_values(&[role])
                     .observe(batch.records as f64);
                 for j in batch.jobs {
                     let _ = j.reply.send(Ok(()));
                 }
             }
             Some(reason) => {
-                m.transactions.with_label_values(&[stage, result]).inc();
+                m.transactions.with_label_values(&[role, result]).inc();
                 if result == "unknown" {
-                    tracing::error!(stage, error = %reason, jobs = batch.jobs.len(),
+                    tracing::error!(role, error = %reason, jobs = batch.jobs.len(),
                         "Kafka did not decide the commit in time: answering 503, so the senders \
                          resend; if the coordinator committed it after all, those events are stored twice");
                 } else {
-                    tracing::warn!(stage, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
+                    tracing::warn!(role, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
                 }
                 // Not committed, so the transaction can only end aborted: answer first, then
                 // abort (which may block while the broker is away) or replace the producer.
@@ -745,18 +743,18 @@ impl Worker {
             }
             Err(e) => e,
         };
-        let stage = self.stage();
+        let role = self.role();
         metrics()
             .appender_jobs
-            .with_label_values(&[stage, "commit_undecided"])
+            .with_label_values(&[role, "commit_undecided"])
             .inc_by(jobs.len() as u64);
-        tracing::warn!(stage, error = %e, jobs = jobs.len(), wait_ms = self.settings.decision_wait.as_millis() as u64,
+        tracing::warn!(role, error = %e, jobs = jobs.len(), wait_ms = self.settings.decision_wait.as_millis() as u64,
             "commit not answered in time; waiting for the coordinator's decision before answering");
         // From now on a sender that gave up waiting may resend: its retry is held, not written,
         // until this commit is decided.
         let fingerprints = fingerprints(&self.undecided, jobs.iter().flat_map(|j| &j.records));
         let (id, dropped) = self.undecided.register(fingerprints);
-        count_dropped(stage, &dropped);
+        count_dropped(role, &dropped);
         let outcome = match commit_transaction_until(
             producer,
             Instant::now() + self.settings.decision_wait,
@@ -793,7 +791,7 @@ impl Worker {
         match producer.abort_transaction(self.settings.txn_timeout) {
             Ok(()) => Recovery::Aborted,
             Err(e) => {
-                tracing::warn!(stage = self.stage(), error = %e, "abort failed; recreating the producer");
+                tracing::warn!(role = self.role(), error = %e, "abort failed; recreating the producer");
                 Recovery::Recreate
             }
         }

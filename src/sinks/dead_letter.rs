@@ -16,7 +16,7 @@ use crate::sinks::queue::DeliveryError;
 pub async fn dead_letter(
     dlq: &FutureProducer,
     dlq_topic: &str,
-    stage: &str,
+    role: &str,
     source_topic: &str,
     (partition, offset): (i32, i64),
     key: Option<&[u8]>,
@@ -28,7 +28,7 @@ pub async fn dead_letter(
     let limit = TopicId::DlqSegmentSink
         .max_message_bytes()
         .min(TopicId::DlqPendoSink.max_message_bytes());
-    let letter = DeadLetter::new(stage, reason, detail, key, original)
+    let letter = DeadLetter::new(role, reason, detail, key, original)
         .from_source(source_topic, partition, offset)
         .fit(limit);
     let mut h = rdkafka::message::OwnedHeaders::new();
@@ -47,6 +47,6 @@ pub async fn dead_letter(
     dlq.send(record, Duration::from_secs(30))
         .await
         .map_err(|(e, _)| DeliveryError(format!("dead letter to {dlq_topic}: {e}")))?;
-    letter.count(stage, reason);
+    letter.count(role, reason);
     Ok(())
 }

@@ -208,7 +208,7 @@ impl<J: SinkJob> PartitionQueues<J> {
         &mut self,
         dlq: &rdkafka::producer::FutureProducer,
         dlq_topic: &str,
-        stage: &'static str,
+        role: &'static str,
         record: &rdkafka::message::BorrowedMessage<'_>,
         reason: &str,
         detail: &str,
@@ -217,7 +217,7 @@ impl<J: SinkJob> PartitionQueues<J> {
         crate::sinks::dead_letter::dead_letter(
             dlq,
             dlq_topic,
-            stage,
+            role,
             record.topic(),
             (record.partition(), record.offset()),
             record.key(),

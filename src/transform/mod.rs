@@ -7,11 +7,11 @@
 //! fingerprints; `mapping_diff` compares what two mappings make of one event (for
 //! `mapping preview`); `received_at` reads the connectors' receive time from a record's
 //! headers; `pendo_to_segment` applies the mapping to one event; `catalog` holds
-//! the Pendo names it joins in (from `pendo.catalog`); `transform_pendo`
+//! the Pendo names it joins in (from `pendo.catalog`); `pendo`
 //! is the role (the shared consumer loop in transactional mode, started by
 //! `transactional_role`, which both transformer roles share).
 //! The reverse flow: `segment_to_pendo` maps one Segment audience event to Pendo metadata
-//! updates; `transform_segment` is its role. Both write dead letters through
+//! updates; `segment` is its role. Both write dead letters through
 //! [`crate::kafka::dead_letter`].
 
 pub mod canonical_json;
@@ -22,11 +22,11 @@ pub mod lazy_json;
 pub mod mapping;
 pub mod mapping_diff;
 pub mod message_id;
+pub mod pendo;
 pub mod pendo_to_segment;
 pub mod received_at;
+pub mod segment;
 pub mod segment_rules;
 pub mod segment_to_pendo;
 pub mod tracking_plan;
 pub mod transactional_role;
-pub mod transform_pendo;
-pub mod transform_segment;

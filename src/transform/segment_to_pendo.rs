@@ -819,7 +819,7 @@ fn scalar_id(v: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::idmap::{BiIdMap, IdMapSink};
+    use crate::idmap::{BiIdMap, IdMapStore};
     use crate::transform::segment_rules::SegmentRules;
     use std::path::Path;
 

@@ -85,7 +85,7 @@ pub async fn transactional_output(
 
 /// What a transformer's loop runs over.
 pub struct TransformLoop {
-    /// The role (stage) name.
+    /// The role name (the `stage` label of the loop metrics).
     pub role: &'static str,
     /// The topics it consumes.
     pub inputs: Vec<String>,

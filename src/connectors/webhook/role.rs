@@ -96,7 +96,7 @@ pub fn task(
                 producer,
                 reader,
                 AppenderSettings {
-                    stage: role,
+                    role,
                     linger: Duration::from_millis(limits.linger_ms),
                     max_records: limits.max_transaction_records,
                     max_bytes: limits.max_transaction_bytes,

@@ -53,7 +53,7 @@ pub struct PendoDeliveryContext {
     /// The consumed topic (dead letters' source header).
     pub source_topic: String,
     /// Stage name.
-    pub stage: &'static str,
+    pub role: &'static str,
     /// Pendo Segments' ids and locks (when an audience targets a Pendo Segment).
     pub segments: Option<std::sync::Arc<super::segments::SegmentState>>,
     /// Visitors per Pendo Segment request at most.
@@ -232,7 +232,7 @@ impl PendoDeliveryContext {
                                     m.pendo_sink_retries
                                         .with_label_values(&["isolating_refused_item"])
                                         .inc();
-                                    tracing::warn!(stage = self.stage, id = %w.id, records = w.contributors.len(),
+                                    tracing::warn!(role = self.role, id = %w.id, records = w.contributors.len(),
                                         "Pendo refused a coalesced item; its records are sent one by one to find the refused ones");
                                     for single in self
                                         .one_batch_per_record(&batch, w)
@@ -246,7 +246,7 @@ impl PendoDeliveryContext {
                                 break;
                             }
                             Err(e) => {
-                                tracing::error!(stage = self.stage, problem = %e, answer = %r.describe(),
+                                tracing::error!(role = self.role, problem = %e, answer = %r.describe(),
                                     "Pendo's answer has an unknown shape; the whole request is retried");
                                 "unknown_answer"
                             }
@@ -274,24 +274,24 @@ impl PendoDeliveryContext {
                 m.pendo_sink_backpressure.set(1);
                 if let Some(d) = r.retry_after {
                     self.pause_for(d);
-                    tracing::warn!(stage = self.stage, seconds = d.as_secs_f64(), answer = %r.describe(),
+                    tracing::warn!(role = self.role, seconds = d.as_secs_f64(), answer = %r.describe(),
                         "Pendo asked to retry later; the sink pauses");
                     continue;
                 }
                 let delay = backoff.next_delay();
                 match r.outcome() {
                     Outcome::AuthFailure => {
-                        tracing::error!(stage = self.stage, answer = %r.describe(),
+                        tracing::error!(role = self.role, answer = %r.describe(),
                         retry_in_s = delay.as_secs_f64(),
                         "Pendo refuses the integration key: check pendo.integration_key (it needs write access) \
                          and pendo.region (a key works only in its own region); nothing is dropped, retrying")
                     }
                     Outcome::Misconfigured => {
-                        tracing::error!(stage = self.stage, answer = %r.describe(),
+                        tracing::error!(role = self.role, answer = %r.describe(),
                         retry_in_s = delay.as_secs_f64(),
                         "Pendo's endpoint refuses the request: check pendo.region / pendo.base_url; retrying")
                     }
-                    _ => tracing::warn!(stage = self.stage, answer = %r.describe(),
+                    _ => tracing::warn!(role = self.role, answer = %r.describe(),
                         retry_in_s = delay.as_secs_f64(), "Pendo write failed; retrying"),
                 }
                 tokio::time::sleep(delay).await;
@@ -337,7 +337,7 @@ impl PendoDeliveryContext {
             dead_letter(
                 &self.dlq,
                 &self.dlq_topic,
-                self.stage,
+                self.role,
                 &self.source_topic,
                 (c.partition, c.offset),
                 c.key.as_deref(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use super::audience_lists::Lists;
-use super::segments::SegmentBatch;
+use super::segments::SegmentMembershipChanges;
 use crate::pendo_api::fields::{FIELD_GROUPS, valid_field_name};
 use crate::schema::pendo_metadata_update::{FieldValue, ListChange, PendoEntity};
 use crate::schema::{PendoMetadataUpdate, PendoSegmentChange};
@@ -226,13 +226,13 @@ impl GroupBatch {
 }
 
 /// The open or closed work of one partition: one [`GroupBatch`] per (entity, field group),
-/// and one [`SegmentBatch`] per Pendo Segment (audience key).
+/// and one [`SegmentMembershipChanges`] per Pendo Segment (audience key).
 #[derive(Debug, Default)]
 pub struct PendoJob {
     /// Batches by (entity kind, field group), sent in this order.
     pub groups: BTreeMap<(u8, String), GroupBatch>,
     /// Pendo Segment changes by audience key, sent after the groups, one segment at a time.
-    pub segments: BTreeMap<String, SegmentBatch>,
+    pub segments: BTreeMap<String, SegmentMembershipChanges>,
     /// When the first update was taken in (for the linger).
     pub opened_at: Option<Instant>,
     /// The job's own linger (segment changes), if not the sink's.
@@ -268,7 +268,7 @@ impl PendoJob {
         let b = self
             .segments
             .entry(c.audience_key.clone())
-            .or_insert_with(|| SegmentBatch::new(&c.audience_key, &c.segment_name));
+            .or_insert_with(|| SegmentMembershipChanges::new(&c.audience_key, &c.segment_name));
         let coalesced = b.push(c, contributor);
         (coalesced, b.len())
     }
@@ -276,7 +276,10 @@ impl PendoJob {
     /// Whether no update was taken in.
     pub fn is_empty(&self) -> bool {
         self.groups.values().all(GroupBatch::is_empty)
-            && self.segments.values().all(SegmentBatch::is_empty)
+            && self
+                .segments
+                .values()
+                .all(SegmentMembershipChanges::is_empty)
     }
 }
 

@@ -109,7 +109,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 dlq,
                 dlq_topic: c.topic_name(TopicId::DlqPendoSink),
                 source_topic: input.clone(),
-                stage: ROLE,
+                role: ROLE,
                 segments: segments.clone(),
                 segment_request_visitors: sink.segment_request_visitors,
                 segment_source_topic: segment_topic.clone(),

@@ -64,7 +64,7 @@ pub struct VisitorChange {
 
 /// The coalesced changes of one Pendo Segment (one audience) in one job.
 #[derive(Debug, Clone)]
-pub struct SegmentBatch {
+pub struct SegmentMembershipChanges {
     /// The audience key (state topic key).
     pub audience_key: String,
     /// The segment's name (the latest change's).
@@ -74,7 +74,7 @@ pub struct SegmentBatch {
     index: HashMap<String, usize>,
 }
 
-impl SegmentBatch {
+impl SegmentMembershipChanges {
     /// An empty batch for `audience_key`.
     pub fn new(audience_key: &str, name: &str) -> Self {
         Self {
@@ -411,11 +411,11 @@ impl PendoDeliveryContext {
                     }
                     let delay = backoff.next_delay();
                     if matches!(outcome, Outcome::AuthFailure | Outcome::Misconfigured) {
-                        tracing::error!(stage = self.stage, request = what, answer = %r.describe(),
+                        tracing::error!(role = self.role, request = what, answer = %r.describe(),
                             retry_in_s = delay.as_secs_f64(),
                             "Pendo refuses the Pendo Segment request: check pendo.integration_key (write access), pendo.region / pendo.base_url; nothing is dropped, retrying");
                     } else {
-                        tracing::warn!(stage = self.stage, request = what, answer = %r.describe(),
+                        tracing::warn!(role = self.role, request = what, answer = %r.describe(),
                             retry_in_s = delay.as_secs_f64(), "Pendo Segment write failed; retrying");
                     }
                     tokio::time::sleep(delay).await;
@@ -441,7 +441,7 @@ impl PendoDeliveryContext {
             crate::sinks::dead_letter::dead_letter(
                 &self.dlq,
                 &self.dlq_topic,
-                self.stage,
+                self.role,
                 &self.segment_source_topic,
                 (c.partition, c.offset),
                 c.key.as_deref(),
@@ -462,7 +462,10 @@ impl PendoDeliveryContext {
     }
 
     /// Applies one segment's coalesced changes (see the module docs).
-    pub async fn deliver_segment(&self, batch: SegmentBatch) -> Result<(), DeliveryError> {
+    pub async fn deliver_segment(
+        &self,
+        batch: SegmentMembershipChanges,
+    ) -> Result<(), DeliveryError> {
         let Some(state) = &self.segments else {
             // Not configured (cannot happen: the topic is read only with a state).
             return Err(DeliveryError(
@@ -483,7 +486,7 @@ impl PendoDeliveryContext {
     async fn segment_for<'b>(
         &self,
         state: &SegmentState,
-        batch: &'b SegmentBatch,
+        batch: &'b SegmentMembershipChanges,
     ) -> Result<Option<(String, Vec<&'b VisitorChange>)>, DeliveryError> {
         let key = batch.audience_key.as_str();
         let mut entry = state.get(key);
@@ -492,7 +495,7 @@ impl PendoDeliveryContext {
             let mut backoff = self.backoff();
             while let Err(e) = state.reload().await {
                 let delay = backoff.next_delay();
-                tracing::warn!(stage = self.stage, problem = %e, retry_in_s = delay.as_secs_f64(),
+                tracing::warn!(role = self.role, problem = %e, retry_in_s = delay.as_secs_f64(),
                     "cannot read the Pendo Segment state; retrying");
                 tokio::time::sleep(delay).await;
             }
@@ -631,7 +634,7 @@ impl PendoDeliveryContext {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(stage = self.stage, problem = %e, answer = %r.describe(),
+                    tracing::error!(role = self.role, problem = %e, answer = %r.describe(),
                         "Pendo's PATCH answer has an unknown shape; the whole request is retried");
                     metrics()
                         .pendo_sink_retries
@@ -648,7 +651,7 @@ impl PendoDeliveryContext {
     /// Creates the segment with `first`; `None` when Pendo refused it (dead-lettered).
     async fn create(
         &self,
-        batch: &SegmentBatch,
+        batch: &SegmentMembershipChanges,
         first: &[&VisitorChange],
     ) -> Result<Option<String>, DeliveryError> {
         let url = segment_create_url(self.client.base());
@@ -660,7 +663,7 @@ impl PendoDeliveryContext {
                 .await;
             if r.status.is_none() {
                 // No answer (timeout, connection lost): Pendo may have created it anyway.
-                tracing::warn!(stage = self.stage, segment = %batch.name, answer = %r.describe(),
+                tracing::warn!(role = self.role, segment = %batch.name, answer = %r.describe(),
                     "no answer to the segment creation; looking it up by name before retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
                 if let Some(id) = self.find_by_name(&batch.name).await {
@@ -669,7 +672,7 @@ impl PendoDeliveryContext {
                 continue;
             }
             if r.outcome() == Outcome::Invalid {
-                tracing::error!(stage = self.stage, segment = %batch.name, answer = %r.describe(),
+                tracing::error!(role = self.role, segment = %batch.name, answer = %r.describe(),
                     "Pendo refused to create the segment; its changes are dead-lettered");
                 for v in &batch.visitors {
                     self.dead_letter_visitor(v, "rejected", &r.describe())
@@ -679,13 +682,13 @@ impl PendoDeliveryContext {
             }
             match parse_created(&r.body) {
                 Ok(id) => {
-                    tracing::info!(stage = self.stage, segment = %batch.name, segment_id = %id,
+                    tracing::info!(role = self.role, segment = %batch.name, segment_id = %id,
                         audience = %batch.audience_key, "created the Pendo Segment");
                     return Ok(Some(id));
                 }
                 Err(e) => {
                     // Unknown answer: retrying could create a second segment, so look it up.
-                    tracing::error!(stage = self.stage, problem = %e, answer = %r.describe(),
+                    tracing::error!(role = self.role, problem = %e, answer = %r.describe(),
                         "Pendo's creation answer has an unknown shape; looking the segment up by name");
                     if let Some(id) = self.find_by_name(&batch.name).await {
                         return Ok(Some(id));
@@ -720,7 +723,7 @@ impl PendoDeliveryContext {
             }
         }
         let Some(r) = answer else {
-            tracing::warn!(stage = self.stage, segment = %name,
+            tracing::warn!(role = self.role, segment = %name,
                 "cannot list Pendo Segments to recover an unrecorded creation; creating it");
             return None;
         };
@@ -734,7 +737,7 @@ impl PendoDeliveryContext {
                 })
                 .flatten()
         });
-        tracing::warn!(stage = self.stage, segment = %name, found = ?found,
+        tracing::warn!(role = self.role, segment = %name, found = ?found,
             "recovering a Pendo Segment creation that was not recorded (crash after creating?)");
         found
     }
@@ -769,7 +772,7 @@ mod tests {
 
     #[test]
     fn the_last_change_per_visitor_wins_and_bodies_hold_adds_then_removes() {
-        let mut b = SegmentBatch::new("k", "Segment: k");
+        let mut b = SegmentMembershipChanges::new("k", "Segment: k");
         assert!(!b.push(change("v1", true), contributor(0)));
         assert!(!b.push(change("v2", true), contributor(1)));
         assert!(b.push(change("v1", false), contributor(2)));
@@ -795,7 +798,7 @@ mod tests {
 
     #[test]
     fn multistatus_answers_are_read_per_visitor_and_defensively() {
-        let mut b = SegmentBatch::new("k", "n");
+        let mut b = SegmentMembershipChanges::new("k", "n");
         b.push(change("v1", true), contributor(0));
         b.push(change("v2", true), contributor(1));
         b.push(change("v3", false), contributor(2));

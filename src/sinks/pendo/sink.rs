@@ -171,7 +171,7 @@ impl PendoSinkProcessor {
     ) -> Result<(), ProcessError> {
         let ctx = &self.ctx;
         self.queues
-            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.stage, record, reason, detail)
+            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.role, record, reason, detail)
             .await
     }
 }

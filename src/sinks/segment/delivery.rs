@@ -46,7 +46,7 @@ pub struct DeliveryContext {
     /// The consumed topic (for the dead letters' source headers).
     pub source_topic: String,
     /// Stage name.
-    pub stage: &'static str,
+    pub role: &'static str,
 }
 
 /// A batch's events, with the end-to-end latency inputs of each.
@@ -153,7 +153,7 @@ impl DeliveryContext {
                         if let Some(d) = r.retry_after {
                             self.pause_for(d);
                             tracing::warn!(
-                                stage = self.stage,
+                                role = self.role,
                                 seconds = d.as_secs_f64(),
                                 "Segment asked to retry later; the sink pauses"
                             );
@@ -161,10 +161,10 @@ impl DeliveryContext {
                         }
                         let delay = backoff.next_delay();
                         if outcome.needs_operator() {
-                            tracing::error!(stage = self.stage, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
+                            tracing::error!(role = self.role, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
                                 "Segment refuses the requests (write key, endpoint?); nothing is dropped, retrying");
                         } else {
-                            tracing::warn!(stage = self.stage, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
+                            tracing::warn!(role = self.role, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
                                 "Segment delivery failed; retrying");
                         }
                         tokio::time::sleep(delay).await;
@@ -185,7 +185,7 @@ impl DeliveryContext {
         dead_letter(
             &self.dlq,
             &self.dlq_topic,
-            self.stage,
+            self.role,
             &self.source_topic,
             (e.partition, e.offset),
             key,

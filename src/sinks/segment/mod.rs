@@ -81,7 +81,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 dlq,
                 dlq_topic: c.topic_name(TopicId::DlqSegmentSink),
                 source_topic: input.clone(),
-                stage: ROLE,
+                role: ROLE,
             });
             let processor = sink::SegmentSinkProcessor::new(
                 ctx,

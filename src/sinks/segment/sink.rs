@@ -109,7 +109,7 @@ impl SegmentSinkProcessor {
     ) -> Result<(), ProcessError> {
         let ctx = &self.ctx;
         self.queues
-            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.stage, record, reason, detail)
+            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.role, record, reason, detail)
             .await
     }
 }

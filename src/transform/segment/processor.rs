@@ -39,7 +39,7 @@ pub struct SegmentOutputTopics {
 
 /// Maps raw Segment records to Pendo metadata updates inside the loop's transaction.
 pub struct SegmentTransformProcessor {
-    stage: &'static str,
+    role: &'static str,
     mapper: SegmentToPendo,
     codec: PendoMetadataUpdateCodec,
     segment_codec: PendoSegmentChangeCodec,
@@ -54,7 +54,7 @@ impl SegmentTransformProcessor {
     /// A processor writing through `output`, resolving visitors with `ids`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        stage: &'static str,
+        role: &'static str,
         mapper: SegmentToPendo,
         codec: PendoMetadataUpdateCodec,
         segment_codec: PendoSegmentChangeCodec,
@@ -64,7 +64,7 @@ impl SegmentTransformProcessor {
         topics: SegmentOutputTopics,
     ) -> Self {
         Self {
-            stage,
+            role,
             mapper,
             codec,
             segment_codec,
@@ -159,19 +159,19 @@ impl SegmentTransformProcessor {
                 PendoEntity::Account => "account_update",
             };
             m.transform_calls
-                .with_label_values(&[self.stage, call])
+                .with_label_values(&[self.role, call])
                 .inc();
         }
         for (key, value) in &changes {
             self.send(&self.topics.segment_changes, key, value, kind)?;
             m.transform_calls
-                .with_label_values(&[self.stage, "segment_change"])
+                .with_label_values(&[self.role, "segment_change"])
                 .inc();
         }
         for (key, value) in &learned {
             self.send(&self.topics.idmap, key, value, kind)?;
             m.transform_calls
-                .with_label_values(&[self.stage, "id_mapping"])
+                .with_label_values(&[self.role, "id_mapping"])
                 .inc();
         }
         Ok(Ok(()))
@@ -187,7 +187,7 @@ impl RecordProcessor for SegmentTransformProcessor {
             send_dead_letter(
                 &self.output,
                 &self.topics.dlq,
-                self.stage,
+                self.role,
                 &DeadLetterSource {
                     topic: record.topic(),
                     partition: record.partition(),
@@ -228,7 +228,7 @@ impl RecordProcessor for SegmentTransformProcessor {
         };
         metrics()
             .transform_events
-            .with_label_values(&[self.stage, &kind, outcome])
+            .with_label_values(&[self.role, &kind, outcome])
             .inc();
         Ok(())
     }

@@ -194,7 +194,7 @@ struct InFlight {
 
 /// Maps raw Pendo records to canonical Segment calls inside the loop's transaction.
 pub struct PendoTransformProcessor {
-    stage: &'static str,
+    role: &'static str,
     core: Arc<MappingCore>,
     output: TransactionalOutput,
     calls_topic: String,
@@ -219,7 +219,7 @@ pub struct PendoTransformProcessor {
 impl PendoTransformProcessor {
     /// A processor writing through `output`.
     pub fn new(
-        stage: &'static str,
+        role: &'static str,
         mapper: PendoToSegment,
         codec: SegmentCallCodec,
         ids: IdMapTable,
@@ -227,7 +227,7 @@ impl PendoTransformProcessor {
         topics: OutputTopics,
     ) -> Self {
         Self::with_parallelism(
-            stage,
+            role,
             mapper,
             codec,
             ids,
@@ -239,7 +239,7 @@ impl PendoTransformProcessor {
 
     /// [`new`](Self::new) with explicit batching.
     pub fn with_parallelism(
-        stage: &'static str,
+        role: &'static str,
         mapper: PendoToSegment,
         codec: SegmentCallCodec,
         ids: IdMapTable,
@@ -249,7 +249,7 @@ impl PendoTransformProcessor {
     ) -> Self {
         let fingerprint = mapper.fingerprint();
         Self {
-            stage,
+            role,
             fingerprint,
             core: Arc::new(MappingCore {
                 mapper,
@@ -343,7 +343,7 @@ impl PendoTransformProcessor {
     /// Writes one mapped record's output into the transaction and counts it.
     fn emit(&mut self, r: MappedRecord) -> Result<(), ProcessError> {
         let m = metrics();
-        let stage = self.stage;
+        let role = self.role;
         let kind = self.kinds.label(if r.obs.kind.is_empty() {
             "none"
         } else {
@@ -351,12 +351,12 @@ impl PendoTransformProcessor {
         });
         let kind: &str = &kind;
         if r.obs.unknown_kind {
-            m.unknown_kinds.with_label_values(&[stage, kind]).inc();
+            m.unknown_kinds.with_label_values(&[role, kind]).inc();
         }
         for field in &r.obs.unknown_fields {
             let field = self.fields.label(field);
             m.unknown_fields
-                .with_label_values(&[stage, kind, &field])
+                .with_label_values(&[role, kind, &field])
                 .inc();
         }
         for (event, rule) in &r.violations {
@@ -414,8 +414,7 @@ impl PendoTransformProcessor {
                     self.call_counters
                         .entry(call.call_type)
                         .or_insert_with(|| {
-                            m.transform_calls
-                                .with_label_values(&[stage, call.call_type])
+                            m.transform_calls.with_label_values(&[role, call.call_type])
                         })
                         .inc();
                 }
@@ -434,10 +433,7 @@ impl PendoTransformProcessor {
         }
         let slots = self.outcome_counters.get_mut(kind).expect("inserted");
         slots[slot]
-            .get_or_insert_with(|| {
-                m.transform_events
-                    .with_label_values(&[stage, kind, outcome])
-            })
+            .get_or_insert_with(|| m.transform_events.with_label_values(&[role, kind, outcome]))
             .inc();
         Ok(())
     }
@@ -446,7 +442,7 @@ impl PendoTransformProcessor {
         send_dead_letter(
             &self.output,
             &self.dlq_topic,
-            self.stage,
+            self.role,
             &DeadLetterSource {
                 topic: &raw.topic,
                 partition: raw.partition,

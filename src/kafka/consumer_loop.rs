@@ -286,7 +286,7 @@ impl PendingOffsets {
 pub async fn run_consumer_loop<P: RecordProcessor>(
     client_config: &ClientConfig,
     spec: LoopSpec,
-    mut processor: P,
+    processor: P,
     shutdown: Shutdown,
     readiness: ReadinessHandle,
 ) -> Result<LoopStats, LoopError> {
@@ -304,182 +304,431 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     consumer.subscribe(&topics).map_err(kafka_err)?;
     tracing::info!(role, topics = ?spec.topics, "consumer loop started");
 
-    let m = metrics();
-    let mut assigned: HashSet<TopicPartition> = HashSet::new();
-    let mut pending = PendingOffsets::default();
-    let mut stats = LoopStats::default();
-    let mut txn_open = false;
-    let mut acks = AckState::default();
-    let acknowledged = matches!(spec.strategy, CommitStrategy::Acknowledged { .. });
-    let mut tick = tokio::time::interval((spec.commit_interval / 4).max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Drain cadence: armed by a processed record, fired (by the branch after `recv`, which a
-    // biased select reaches only when no record is ready) no sooner than `spec.drained` after
-    // the last commit or drain action.
-    let mut drain_armed = false;
-    let mut last_action = tokio::time::Instant::now();
-    // Lag of paused partitions, measured by the loop (librdkafka's statistics freeze it).
-    let mut lag_refresh: Option<tokio::task::JoinHandle<()>> = None;
-    let mut last_lag_refresh = tokio::time::Instant::now();
-
-    let result: Result<(), LoopError> = async {
-        loop {
-            let ready = processor.ready();
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => return Ok(()),
-                _ = ready => {
-                    acks.progress(&consumer, role, &mut processor).await?;
-                }
-                received = consumer.recv() => {
-                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks)
-                        && abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?
-                    {
-                        // Every assigned partition was sought back to its last commit, this
-                        // record's included: it comes again. Processing it now as well wrote it
-                        // twice into the next transaction (issue #9, found by the scale test).
-                        continue;
-                    }
-                    let record = match received {
-                        Ok(r) => r,
-                        Err(e) => {
-                            handle_consume_error(role, e)?;
-                            continue;
-                        }
-                    };
-                    let topic = record.topic();
-                    m.records_in.with_label_values(&[role, topic]).inc();
-                    if !assigned.contains(&(topic.to_string(), record.partition())) {
-                        m.records_skipped.with_label_values(&[role, topic]).inc();
-                        continue;
-                    }
-                    begin_transaction(&spec, &mut txn_open)?;
-                    processor
-                        .process(&record)
-                        .await
-                        .map_err(|source| LoopError::Process { role, source })?;
-                    m.records_processed.with_label_values(&[role, topic]).inc();
-                    pending.record(topic, record.partition(), record.offset());
-                    stats.processed += 1;
-                    if acknowledged && processor.is_backpressured(topic, record.partition()) {
-                        acks.pause(&consumer, role, (topic.to_string(), record.partition()));
-                    }
-                    drain_armed = spec.drained.is_some();
-                    if pending.due(&spec) {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
-                        last_action = tokio::time::Instant::now();
-                    }
-                }
-                _ = tokio::time::sleep_until(last_action + spec.drained.unwrap_or_default()), if drain_armed => {
-                    drain_armed = false;
-                    last_action = tokio::time::Instant::now();
-                    // The `recv` this branch was reached past may have run a rebalance callback:
-                    // apply it before committing. Committing first sent the offsets of revoked
-                    // partitions with the new generation's metadata, which the coordinator
-                    // accepts, while their new owner was already re-reading from the old commit
-                    // (121 calls written twice in the scale test).
-                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks)
-                        && abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?
-                    {
-                        continue;
-                    }
-                    if acknowledged {
-                        processor.input_drained();
-                        acks.progress(&consumer, role, &mut processor).await?;
-                        if pending.due(&spec) {
-                            commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
-                        }
-                    } else if !pending.is_empty() {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
-                    }
-                }
-                _ = tick.tick() => {
-                    if apply_rebalances(&consumer, &mut assigned, &mut pending, &mut processor, &mut acks) {
-                        abandon_transaction(&consumer, &spec, &mut pending, &mut processor, &mut txn_open, &mut stats).await?;
-                    }
-                    if acknowledged {
-                        acks.progress(&consumer, role, &mut processor).await?;
-                        if !acks.paused.is_empty()
-                            && last_lag_refresh.elapsed() >= PAUSED_LAG_REFRESH
-                            && lag_refresh.as_ref().is_none_or(|h| h.is_finished())
-                        {
-                            last_lag_refresh = tokio::time::Instant::now();
-                            lag_refresh = Some(refresh_paused_lag(&consumer, role, acks.paused_positions()));
-                        }
-                    }
-                    if pending.due(&spec) {
-                        commit(&consumer, &spec, &mut pending, &mut processor, &mut stats, &mut txn_open, &mut acks).await?;
-                        last_action = tokio::time::Instant::now();
-                    }
-                }
-            }
-        }
-    }
-    .await;
-
+    let mut state = ConsumerLoop::new(consumer, spec, processor);
+    let result = state.run(&shutdown).await;
     readiness.set_ready(false);
     match result {
-        Ok(()) => {
-            if apply_rebalances(
-                &consumer,
-                &mut assigned,
-                &mut pending,
-                &mut processor,
-                &mut acks,
-            ) {
-                abandon_transaction(
-                    &consumer,
-                    &spec,
-                    &mut pending,
-                    &mut processor,
-                    &mut txn_open,
-                    &mut stats,
-                )
-                .await?;
-            }
-            if let CommitStrategy::Acknowledged { flush_timeout } = &spec.strategy
-                && !pending.is_empty()
-            {
-                match tokio::time::timeout(*flush_timeout, processor.checkpoint()).await {
-                    Ok(flushed) => flushed.map_err(|source| LoopError::Process { role, source })?,
-                    Err(_) => tracing::warn!(
-                        role,
-                        timeout = ?flush_timeout,
-                        "shutdown: not every record was acknowledged in time; the unacknowledged \
-                         ones are not committed and will be re-read (and re-sent) after restart"
-                    ),
-                }
-            }
-            if let Some(source) = commit(
-                &consumer,
-                &spec,
-                &mut pending,
-                &mut processor,
-                &mut stats,
-                &mut txn_open,
-                &mut acks,
-            )
-            .await?
-            {
-                // Processed work is durable downstream but its offsets are not: the next owner
-                // re-reads it. Say so loudly instead of exiting as if all was committed.
-                return Err(LoopError::Kafka { role, source });
-            }
-            consumer.unsubscribe();
-            tracing::info!(
-                role,
-                processed = stats.processed,
-                commits = stats.commits,
-                "consumer loop stopped cleanly"
-            );
-            Ok(stats)
-        }
+        Ok(()) => state.finish().await,
         Err(e) => {
-            m.errors.with_label_values(&[role, error_kind(&e)]).inc();
+            metrics()
+                .errors
+                .with_label_values(&[role, error_kind(&e)])
+                .inc();
             tracing::error!(role, error = %e, "consumer loop stopped; uncommitted work will be re-read after restart");
             Err(e)
         }
     }
+}
+
+/// The loop's state between records: the partitions assigned, what is processed but not
+/// committed, the open transaction, the `Acknowledged` strategy's progress and the drain
+/// cadence. Each thing that can happen (a record, a drained input, a tick, a rebalance, a
+/// commit, shutdown) is one method.
+struct ConsumerLoop<P> {
+    consumer: Arc<StreamConsumer<LoopContext>>,
+    spec: LoopSpec,
+    processor: P,
+    assigned: HashSet<TopicPartition>,
+    pending: PendingOffsets,
+    stats: LoopStats,
+    txn_open: bool,
+    acks: AckState,
+    acknowledged: bool,
+    /// Drain cadence: armed by a processed record, fired (by the branch after `recv`, which a
+    /// biased select reaches only when no record is ready) no sooner than `spec.drained` after
+    /// the last commit or drain action.
+    drain_armed: bool,
+    last_action: tokio::time::Instant,
+    /// Lag of paused partitions, measured by the loop (librdkafka's statistics freeze it).
+    lag_refresh: Option<tokio::task::JoinHandle<()>>,
+    last_lag_refresh: tokio::time::Instant,
+}
+
+impl<P: RecordProcessor> ConsumerLoop<P> {
+    fn new(consumer: Arc<StreamConsumer<LoopContext>>, spec: LoopSpec, processor: P) -> Self {
+        let acknowledged = matches!(spec.strategy, CommitStrategy::Acknowledged { .. });
+        Self {
+            consumer,
+            spec,
+            processor,
+            assigned: HashSet::new(),
+            pending: PendingOffsets::default(),
+            stats: LoopStats::default(),
+            txn_open: false,
+            acks: AckState::default(),
+            acknowledged,
+            drain_armed: false,
+            last_action: tokio::time::Instant::now(),
+            lag_refresh: None,
+            last_lag_refresh: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Polls, processes and commits until `shutdown` fires (`Ok`) or an error stops the loop.
+    async fn run(&mut self, shutdown: &Shutdown) -> Result<(), LoopError> {
+        let consumer = self.consumer.clone();
+        let mut tick =
+            tokio::time::interval((self.spec.commit_interval / 4).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let ready = self.processor.ready();
+            let drain_at = self.last_action + self.spec.drained.unwrap_or_default();
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(()),
+                _ = ready => self.progress().await?,
+                received = consumer.recv() => self.on_received(received).await?,
+                _ = tokio::time::sleep_until(drain_at), if self.drain_armed => self.on_drained().await?,
+                _ = tick.tick() => self.on_tick().await?,
+            }
+        }
+    }
+
+    /// A record (or a consumer error) arrived.
+    async fn on_received(
+        &mut self,
+        received: Result<BorrowedMessage<'_>, KafkaError>,
+    ) -> Result<(), LoopError> {
+        let role = self.spec.role;
+        if self.rebalanced().await? {
+            // Every assigned partition was sought back to its last commit, this record's
+            // included: it comes again. Processing it now as well wrote it twice into the next
+            // transaction (issue #9, found by the scale test).
+            return Ok(());
+        }
+        let record = match received {
+            Ok(r) => r,
+            Err(e) => return handle_consume_error(role, e),
+        };
+        let m = metrics();
+        let topic = record.topic();
+        m.records_in.with_label_values(&[role, topic]).inc();
+        if !self
+            .assigned
+            .contains(&(topic.to_string(), record.partition()))
+        {
+            m.records_skipped.with_label_values(&[role, topic]).inc();
+            return Ok(());
+        }
+        self.begin_transaction()?;
+        self.processor
+            .process(&record)
+            .await
+            .map_err(|source| LoopError::Process { role, source })?;
+        m.records_processed.with_label_values(&[role, topic]).inc();
+        self.pending
+            .record(topic, record.partition(), record.offset());
+        self.stats.processed += 1;
+        if self.acknowledged && self.processor.is_backpressured(topic, record.partition()) {
+            self.acks.pause(
+                &self.consumer,
+                role,
+                (topic.to_string(), record.partition()),
+            );
+        }
+        self.drain_armed = self.spec.drained.is_some();
+        if self.pending.due(&self.spec) {
+            self.commit().await?;
+            self.last_action = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Nothing more is buffered to read (see [`LoopSpec::drained`]).
+    async fn on_drained(&mut self) -> Result<(), LoopError> {
+        self.drain_armed = false;
+        self.last_action = tokio::time::Instant::now();
+        // The `recv` this branch was reached past may have run a rebalance callback: apply it
+        // before committing. Committing first sent the offsets of revoked partitions with the
+        // new generation's metadata, which the coordinator accepts, while their new owner was
+        // already re-reading from the old commit (121 calls written twice in the scale test).
+        if self.rebalanced().await? {
+            return Ok(());
+        }
+        if self.acknowledged {
+            self.processor.input_drained();
+            self.progress().await?;
+            if self.pending.due(&self.spec) {
+                self.commit().await?;
+            }
+        } else if !self.pending.is_empty() {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The periodic tick: rebalances, progress and paused partitions' lag, a due commit.
+    async fn on_tick(&mut self) -> Result<(), LoopError> {
+        self.rebalanced().await?;
+        if self.acknowledged {
+            self.progress().await?;
+            if !self.acks.paused.is_empty()
+                && self.last_lag_refresh.elapsed() >= PAUSED_LAG_REFRESH
+                && self.lag_refresh.as_ref().is_none_or(|h| h.is_finished())
+            {
+                self.last_lag_refresh = tokio::time::Instant::now();
+                self.lag_refresh = Some(refresh_paused_lag(
+                    &self.consumer,
+                    self.spec.role,
+                    self.acks.paused_positions(),
+                ));
+            }
+        }
+        if self.pending.due(&self.spec) {
+            self.commit().await?;
+            self.last_action = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Collects the processor's progress (`Acknowledged` strategy).
+    async fn progress(&mut self) -> Result<(), LoopError> {
+        self.acks
+            .progress(&self.consumer, self.spec.role, &mut self.processor)
+            .await
+    }
+
+    /// After shutdown: the last checkpoint and commit, then leaving the group.
+    async fn finish(mut self) -> Result<LoopStats, LoopError> {
+        let role = self.spec.role;
+        self.rebalanced().await?;
+        if let CommitStrategy::Acknowledged { flush_timeout } = &self.spec.strategy
+            && !self.pending.is_empty()
+        {
+            match tokio::time::timeout(*flush_timeout, self.processor.checkpoint()).await {
+                Ok(flushed) => flushed.map_err(|source| LoopError::Process { role, source })?,
+                Err(_) => tracing::warn!(
+                    role,
+                    timeout = ?flush_timeout,
+                    "shutdown: not every record was acknowledged in time; the unacknowledged \
+                     ones are not committed and will be re-read (and re-sent) after restart"
+                ),
+            }
+        }
+        if let Some(source) = self.commit().await? {
+            // Processed work is durable downstream but its offsets are not: the next owner
+            // re-reads it. Say so loudly instead of exiting as if all was committed.
+            return Err(LoopError::Kafka { role, source });
+        }
+        self.consumer.unsubscribe();
+        tracing::info!(
+            role,
+            processed = self.stats.processed,
+            commits = self.stats.commits,
+            "consumer loop stopped cleanly"
+        );
+        Ok(self.stats)
+    }
+
+    /// Applies queued rebalance events; after a revocation, aborts the open transaction. True
+    /// when a transaction was aborted and the assigned partitions rewound.
+    async fn rebalanced(&mut self) -> Result<bool, LoopError> {
+        if self.apply_rebalances() {
+            self.abandon_transaction().await
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Applies queued rebalance events; true if partitions were revoked.
+    fn apply_rebalances(&mut self) -> bool {
+        let mut revoked = false;
+        for event in self.consumer.context().take_events() {
+            match event {
+                RebalanceEvent::Assigned(parts) => self.assigned.extend(parts),
+                RebalanceEvent::Revoked(parts) => {
+                    for p in &parts {
+                        self.assigned.remove(p);
+                    }
+                    self.pending.forget(&parts);
+                    self.acks.forget(&self.consumer, &parts);
+                    self.processor.partitions_revoked(&parts);
+                    revoked = true;
+                }
+            }
+        }
+        revoked
+    }
+
+    /// Opens a transaction before the first record after a commit (transactional strategy only).
+    fn begin_transaction(&mut self) -> Result<(), LoopError> {
+        if let CommitStrategy::Transactional { output, .. } = &self.spec.strategy
+            && !self.txn_open
+        {
+            output.begin().map_err(|e| txn_error(self.spec.role, e))?;
+            self.txn_open = true;
+        }
+        Ok(())
+    }
+
+    /// After a revocation: the open transaction holds records of the revoked partitions, so it
+    /// is aborted. Records of partitions still assigned (possible with a cooperative assignor)
+    /// were in it too, so their uncommitted work is discarded and re-read like after any abort.
+    /// True when a transaction was aborted and the assigned partitions rewound: a record
+    /// received but not yet processed is then read again and must not be processed now.
+    async fn abandon_transaction(&mut self) -> Result<bool, LoopError> {
+        let role = self.spec.role;
+        if let CommitStrategy::Transactional { output, timeout } = &self.spec.strategy
+            && self.txn_open
+        {
+            let (out, timeout) = (output.clone(), *timeout);
+            match bounded(timeout, 1, move || out.abort(timeout)).await {
+                Ok(()) => {}
+                Err(TxnError::Stuck(reason)) => {
+                    renew_producer(role, output, timeout, &reason).await?
+                }
+                Err(e) => return Err(txn_error(role, e)),
+            }
+            self.txn_open = false;
+            tracing::info!(role, "open transaction aborted after a rebalance");
+            self.discard_aborted().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// After an aborted transaction: nothing of it is visible, so forget its offsets, drop the
+    /// processor's buffered work and re-read every still-assigned partition from its last
+    /// commit.
+    async fn discard_aborted(&mut self) -> Result<(), LoopError> {
+        let role = self.spec.role;
+        metrics()
+            .commits
+            .with_label_values(&[role, "aborted"])
+            .inc();
+        self.stats.aborts += 1;
+        let all: Vec<TopicPartition> = self.pending.next.keys().cloned().collect();
+        self.processor.partitions_revoked(&all);
+        self.pending.clear();
+        rewind(&self.consumer)
+            .await
+            .map_err(|source| LoopError::Kafka { role, source })
+    }
+
+    /// Checkpoints the processor and commits pending offsets. A processor failure is an error;
+    /// a failed offset commit is returned as `Ok(Some(..))` and retried at the next commit
+    /// point.
+    async fn commit(&mut self) -> Result<Option<KafkaError>, LoopError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let role = self.spec.role;
+        let started = Instant::now();
+        if let CommitStrategy::Acknowledged { .. } = &self.spec.strategy {
+            return self
+                .acks
+                .commit(
+                    &self.consumer,
+                    role,
+                    &mut self.pending,
+                    &mut self.processor,
+                    &mut self.stats,
+                    started,
+                )
+                .await;
+        }
+        self.processor
+            .checkpoint()
+            .await
+            .map_err(|source| LoopError::Process { role, source })?;
+        let tpl = self.pending.to_list();
+        if let CommitStrategy::Transactional { output, timeout } = &self.spec.strategy {
+            let output = output.clone();
+            return self
+                .commit_transaction(output, *timeout, tpl, started)
+                .await;
+        }
+        match commit_offsets(&self.consumer, role, tpl, started, &mut self.stats).await {
+            Ok(()) => {
+                self.pending.clear();
+                Ok(None)
+            }
+            Err(e) => {
+                // The work is durable downstream but the offsets are not stored: keep them and
+                // try again at the next commit point (commits are cumulative). If the
+                // partitions were revoked meanwhile, their new owner re-reads them:
+                // at-least-once, deduplicated downstream by deterministic ids.
+                self.pending.backoff();
+                Ok(Some(e))
+            }
+        }
+    }
+
+    /// Adds `tpl` to the open transaction and commits it; an aborted or stuck one is discarded
+    /// and its input re-read.
+    async fn commit_transaction(
+        &mut self,
+        output: TransactionalOutput,
+        timeout: Duration,
+        tpl: TopicPartitionList,
+        started: Instant,
+    ) -> Result<Option<KafkaError>, LoopError> {
+        let role = self.spec.role;
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or_else(|| LoopError::Kafka {
+                role,
+                source: KafkaError::Subscription("no consumer group metadata".into()),
+            })?;
+        let out = output.clone();
+        let result = bounded(timeout, 2, move || out.commit(&tpl, &group, timeout)).await;
+        self.txn_open = false;
+        let m = metrics();
+        m.commit_duration
+            .with_label_values(&[role])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                m.commits.with_label_values(&[role, "ok"]).inc();
+                self.stats.commits += 1;
+                self.consumer
+                    .context()
+                    .note_committed_in_txn(&self.pending.next);
+                self.pending.clear();
+            }
+            Err(TxnError::Abortable(reason)) => {
+                tracing::warn!(role, error = %reason, "transaction aborted; re-reading from the last commit");
+                self.discard_aborted().await?;
+            }
+            Err(TxnError::Stuck(reason)) => {
+                renew_producer(role, &output, timeout, &reason).await?;
+                self.discard_aborted().await?;
+            }
+            Err(fatal) => return Err(txn_error(role, fatal)),
+        }
+        Ok(None)
+    }
+}
+
+/// A consumer-group offset commit of `tpl`, timed and counted; a failure is logged (the caller
+/// keeps its offsets and tries again at the next commit point).
+async fn commit_offsets(
+    consumer: &Arc<StreamConsumer<LoopContext>>,
+    role: &'static str,
+    tpl: TopicPartitionList,
+    started: Instant,
+    stats: &mut LoopStats,
+) -> Result<(), KafkaError> {
+    let c = consumer.clone();
+    let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
+        .await
+        .expect("commit task panicked");
+    let m = metrics();
+    m.commit_duration
+        .with_label_values(&[role])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(()) => {
+            m.commits.with_label_values(&[role, "ok"]).inc();
+            stats.commits += 1;
+        }
+        Err(e) => {
+            m.commits.with_label_values(&[role, "error"]).inc();
+            tracing::warn!(role, error = %e, "offset commit failed; will retry");
+        }
+    }
+    result
 }
 
 impl LoopError {
@@ -519,32 +768,6 @@ fn handle_consume_error(role: &'static str, e: KafkaError) -> Result<(), LoopErr
     Ok(())
 }
 
-/// Applies queued rebalance events; true if partitions were revoked.
-fn apply_rebalances<P: RecordProcessor>(
-    consumer: &StreamConsumer<LoopContext>,
-    assigned: &mut HashSet<TopicPartition>,
-    pending: &mut PendingOffsets,
-    processor: &mut P,
-    acks: &mut AckState,
-) -> bool {
-    let mut revoked = false;
-    for event in consumer.context().take_events() {
-        match event {
-            RebalanceEvent::Assigned(parts) => assigned.extend(parts),
-            RebalanceEvent::Revoked(parts) => {
-                for p in &parts {
-                    assigned.remove(p);
-                }
-                pending.forget(&parts);
-                acks.forget(consumer, &parts);
-                processor.partitions_revoked(&parts);
-                revoked = true;
-            }
-        }
-    }
-    revoked
-}
-
 fn txn_error(role: &'static str, e: TxnError) -> LoopError {
     let kind = if e.is_transient() {
         TRANSACTION_STUCK
@@ -559,17 +782,6 @@ fn txn_error(role: &'static str, e: TxnError) -> LoopError {
 
 /// [`ProcessError::kind`] of a transaction whose outcome is unknown (see [`TxnError::Stuck`]).
 const TRANSACTION_STUCK: &str = "transaction_stuck";
-
-/// Opens a transaction before the first record after a commit (transactional strategy only).
-fn begin_transaction(spec: &LoopSpec, txn_open: &mut bool) -> Result<(), LoopError> {
-    if let CommitStrategy::Transactional { output, .. } = &spec.strategy
-        && !*txn_open
-    {
-        output.begin().map_err(|e| txn_error(spec.role, e))?;
-        *txn_open = true;
-    }
-    Ok(())
-}
 
 /// Runs a blocking transactional call under our own deadline: `calls` times the call timeout
 /// (a commit may be followed by an abort) plus 5 s. A call that hangs while the coordinator is
@@ -624,63 +836,6 @@ async fn renew_producer(
     Ok(())
 }
 
-/// After a revocation: the open transaction holds records of the revoked partitions, so it is
-/// aborted. Records of partitions still assigned (possible with a cooperative assignor) were in
-/// it too, so their uncommitted work is discarded and re-read like after any abort. True when a
-/// transaction was aborted and the assigned partitions rewound: a record received but not yet
-/// processed is then read again and must not be processed now.
-async fn abandon_transaction<P: RecordProcessor>(
-    consumer: &Arc<StreamConsumer<LoopContext>>,
-    spec: &LoopSpec,
-    pending: &mut PendingOffsets,
-    processor: &mut P,
-    txn_open: &mut bool,
-    stats: &mut LoopStats,
-) -> Result<bool, LoopError> {
-    if let CommitStrategy::Transactional { output, timeout } = &spec.strategy
-        && *txn_open
-    {
-        let (out, timeout) = (output.clone(), *timeout);
-        match bounded(timeout, 1, move || out.abort(timeout)).await {
-            Ok(()) => {}
-            Err(TxnError::Stuck(reason)) => {
-                renew_producer(spec.role, output, timeout, &reason).await?
-            }
-            Err(e) => return Err(txn_error(spec.role, e)),
-        }
-        *txn_open = false;
-        tracing::info!(
-            role = spec.role,
-            "open transaction aborted after a rebalance"
-        );
-        discard_aborted(consumer, spec.role, pending, processor, stats).await?;
-        return Ok(true);
-    }
-    Ok(false)
-}
-
-/// After an aborted transaction: nothing of it is visible, so forget its offsets, drop the
-/// processor's buffered work and re-read every still-assigned partition from its last commit.
-async fn discard_aborted<P: RecordProcessor>(
-    consumer: &Arc<StreamConsumer<LoopContext>>,
-    role: &'static str,
-    pending: &mut PendingOffsets,
-    processor: &mut P,
-    stats: &mut LoopStats,
-) -> Result<(), LoopError> {
-    metrics()
-        .commits
-        .with_label_values(&[role, "aborted"])
-        .inc();
-    stats.aborts += 1;
-    let all: Vec<TopicPartition> = pending.next.keys().cloned().collect();
-    processor.partitions_revoked(&all);
-    pending.clear();
-    rewind(consumer)
-        .await
-        .map_err(|source| LoopError::Kafka { role, source })
-}
-
 /// Seeks every assigned partition back to its committed offset (after an aborted transaction).
 ///
 /// After an eager revocation nothing is assigned: there is nothing to rewind (the next owner,
@@ -725,93 +880,6 @@ fn rewind_positions(committed: &TopicPartitionList) -> Result<TopicPartitionList
         tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
     }
     Ok(tpl)
-}
-
-/// Checkpoints the processor and commits pending offsets. A processor failure is an error; a
-/// failed offset commit is returned as `Ok(Some(..))` and retried at the next commit point.
-async fn commit<P: RecordProcessor>(
-    consumer: &Arc<StreamConsumer<LoopContext>>,
-    spec: &LoopSpec,
-    pending: &mut PendingOffsets,
-    processor: &mut P,
-    stats: &mut LoopStats,
-    txn_open: &mut bool,
-    acks: &mut AckState,
-) -> Result<Option<KafkaError>, LoopError> {
-    if pending.is_empty() {
-        return Ok(None);
-    }
-    let role = spec.role;
-    let started = Instant::now();
-    if let CommitStrategy::Acknowledged { .. } = &spec.strategy {
-        return acks
-            .commit(consumer, role, pending, processor, stats, started)
-            .await;
-    }
-    processor
-        .checkpoint()
-        .await
-        .map_err(|source| LoopError::Process { role, source })?;
-    let tpl = pending.to_list();
-    if let CommitStrategy::Transactional { output, timeout } = &spec.strategy {
-        let group = consumer.group_metadata().ok_or_else(|| LoopError::Kafka {
-            role,
-            source: KafkaError::Subscription("no consumer group metadata".into()),
-        })?;
-        let (out, timeout) = (output.clone(), *timeout);
-        let result = bounded(timeout, 2, move || out.commit(&tpl, &group, timeout)).await;
-        *txn_open = false;
-        let m = metrics();
-        m.commit_duration
-            .with_label_values(&[role])
-            .observe(started.elapsed().as_secs_f64());
-        return match result {
-            Ok(()) => {
-                m.commits.with_label_values(&[role, "ok"]).inc();
-                stats.commits += 1;
-                consumer.context().note_committed_in_txn(&pending.next);
-                pending.clear();
-                Ok(None)
-            }
-            Err(TxnError::Abortable(reason)) => {
-                tracing::warn!(role, error = %reason, "transaction aborted; re-reading from the last commit");
-                discard_aborted(consumer, role, pending, processor, stats).await?;
-                Ok(None)
-            }
-            Err(TxnError::Stuck(reason)) => {
-                renew_producer(role, output, timeout, &reason).await?;
-                discard_aborted(consumer, role, pending, processor, stats).await?;
-                Ok(None)
-            }
-            Err(fatal) => Err(txn_error(role, fatal)),
-        };
-    }
-    let c = consumer.clone();
-    let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
-        .await
-        .expect("commit task panicked");
-    let m = metrics();
-    m.commit_duration
-        .with_label_values(&[role])
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(()) => {
-            m.commits.with_label_values(&[role, "ok"]).inc();
-            stats.commits += 1;
-            pending.clear();
-            Ok(None)
-        }
-        Err(e) => {
-            // The work is durable downstream but the offsets are not stored: keep them and try
-            // again at the next commit point (commits are cumulative). If the partitions were
-            // revoked meanwhile, their new owner re-reads them: at-least-once, deduplicated
-            // downstream by deterministic ids.
-            m.commits.with_label_values(&[role, "error"]).inc();
-            tracing::warn!(role, error = %e, "offset commit failed; will retry");
-            pending.backoff();
-            Ok(Some(e))
-        }
-    }
 }
 
 /// How often the lag of paused partitions is measured.
@@ -981,18 +1049,8 @@ impl AckState {
             pending.backoff();
             return Ok(None);
         }
-        let c = consumer.clone();
-        let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
-            .await
-            .expect("commit task panicked");
-        let m = metrics();
-        m.commit_duration
-            .with_label_values(&[role])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
+        match commit_offsets(consumer, role, tpl, started, stats).await {
             Ok(()) => {
-                m.commits.with_label_values(&[role, "ok"]).inc();
-                stats.commits += 1;
                 for (tp, next) in advanced {
                     if pending.next.get(&tp).is_some_and(|p| *p <= next) {
                         pending.next.remove(&tp);
@@ -1007,8 +1065,6 @@ impl AckState {
                 Ok(None)
             }
             Err(e) => {
-                m.commits.with_label_values(&[role, "error"]).inc();
-                tracing::warn!(role, error = %e, "offset commit failed; will retry");
                 pending.backoff();
                 Ok(Some(e))
             }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pendo_segment::http::retry::RetryPolicy;
 use pendo_segment::sinks::pendo::audience_lists::{AudienceListState, Lists};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -63,8 +64,10 @@ async fn after_the_fence_no_state_write_of_a_revoked_partition_can_land() {
         consumer_config(),
         topic.clone(),
         producer(&[("linger.ms", "3000")]),
-        Duration::from_millis(50),
-        Duration::from_millis(200),
+        RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
     ));
     state.load(0).await.expect("load");
     let writer = {
@@ -97,8 +100,10 @@ async fn after_the_fence_no_state_write_of_a_revoked_partition_can_land() {
         consumer_config(),
         topic.clone(),
         producer(&[("message.max.bytes", "1000")]),
-        Duration::from_millis(50),
-        Duration::from_millis(200),
+        RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
     ));
     refusing.load(0).await.expect("load");
     let retrying = {

@@ -1,12 +1,13 @@
 //! HTTP plumbing shared by every role that calls an HTTP API (the Segment and Pendo sinks, the
-//! Pendo poller): what an attempt came to, backoff, `Retry-After`, rate limits, the user agent
-//! and error text. It imports no role: a change here reaches all of them on purpose, and a
-//! change to one role's client reaches none of the others.
+//! Pendo poller): what an attempt came to, backoff, `Retry-After`, the retry loop and its shared
+//! pause, rate limits, the user agent and error text. It imports no role: a change here reaches
+//! all of them on purpose, and a change to one role's client reaches none of the others.
 
 pub mod backoff;
 pub mod dry_run;
 pub mod outcome;
 pub mod rate_limit;
+pub mod retry;
 pub mod retry_after;
 
 /// `User-Agent` of every request: names the library, as the official clients do.

@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use super::config::PendoPollerConfig;
 use crate::config::PendoConfig;
-use crate::http::backoff::Backoff;
 use crate::http::outcome::Outcome;
 use crate::http::rate_limit::TokenBucket;
+use crate::http::retry::RetryPolicy;
 use crate::metrics::metrics;
 use crate::pendo_api::client::{PendoClient, PendoResponse, classify};
 
@@ -46,8 +46,7 @@ pub enum ApiError {
 pub struct PendoApi {
     client: PendoClient,
     bucket: TokenBucket,
-    backoff_initial: Duration,
-    backoff_max: Duration,
+    retry: RetryPolicy,
     max_attempts: u32,
 }
 
@@ -61,8 +60,10 @@ impl PendoApi {
                 Duration::from_secs(poller.retry_after_cap_s),
             )?,
             bucket: TokenBucket::with_capacity(poller.requests_per_s, 1),
-            backoff_initial: Duration::from_millis(poller.backoff_initial_ms),
-            backoff_max: Duration::from_millis(poller.backoff_max_ms),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(poller.backoff_initial_ms),
+                max: Duration::from_millis(poller.backoff_max_ms),
+            },
             max_attempts: poller.max_attempts,
         })
     }
@@ -133,14 +134,9 @@ impl PendoApi {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = PendoResponse>,
     {
-        let mut backoff = Backoff::new(
-            self.backoff_initial,
-            self.backoff_max,
-            endpoint.len() as u64 ^ crate::kafka::headers::now_millis() as u64,
-        );
-        let mut attempt = 0;
+        let mut retry = self.retry.start(None);
         loop {
-            attempt += 1;
+            let attempt = retry.attempt().await;
             self.bucket.acquire(1).await;
             let r = send().await;
             count(endpoint, &r);
@@ -148,10 +144,10 @@ impl PendoApi {
                 Outcome::Success => return Ok(r.body),
                 Outcome::AuthFailure => return Err(self.unauthorized(&r)),
                 Outcome::Retry if attempt < self.max_attempts => {
-                    let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
+                    let wait = retry.after_failure(r.retry_after);
                     tracing::warn!(endpoint, answer = %r.describe(), attempt,
-                        wait_ms = wait.as_millis() as u64, "Pendo read failed; retrying");
-                    tokio::time::sleep(wait).await;
+                        wait_ms = wait.delay.as_millis() as u64, "Pendo read failed; retrying");
+                    wait.elapse().await;
                 }
                 _ => {
                     return Err(ApiError::Failed {

@@ -16,26 +16,17 @@ struct PendoEnvelope {
     event: Option<Value>,
 }
 
-/// Ids may be strings or numbers; empty strings and other shapes count as absent.
-fn id_text(v: Option<Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// Key and kind of one Pendo event (a JSON object). Never fails: an event without ids is
 /// stored unkeyed and judged by the transformer.
 pub fn identify(event: &[u8]) -> EventIdentity {
     let Ok(env) = serde_json::from_slice::<PendoEnvelope>(event) else {
         return EventIdentity::default();
     };
-    let kind = match env.event {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    };
-    let (key, key_field) = match (id_text(env.visitor_id), id_text(env.account_id)) {
+    let kind = EventIdentity::kind_text(env.event);
+    let (key, key_field) = match (
+        EventIdentity::id_text(env.visitor_id),
+        EventIdentity::id_text(env.account_id),
+    ) {
         (Some(v), _) => (Some(v), "visitorId"),
         (None, Some(a)) => (Some(a), "accountId"),
         (None, None) => (None, ""),

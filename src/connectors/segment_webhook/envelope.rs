@@ -23,32 +23,23 @@ struct SegmentEnvelope {
     group_id: Option<Value>,
 }
 
-/// Ids are strings in Segment's spec, but some sources send numbers; empty strings and other
-/// shapes count as absent.
-fn id_text(v: Option<Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// Key and kind (Segment's `type`: `track`, `identify`, `group`, ...) of one Segment event (a
 /// JSON object). Never fails: an event without ids is stored unkeyed and judged downstream.
 pub fn identify(event: &[u8]) -> EventIdentity {
     let Ok(env) = serde_json::from_slice::<SegmentEnvelope>(event) else {
         return EventIdentity::default();
     };
-    let kind = match env.kind {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        _ => None,
-    };
+    let kind = EventIdentity::kind_text(env.kind);
     let group = if kind.as_deref() == Some("group") {
-        id_text(env.group_id)
+        EventIdentity::id_text(env.group_id)
     } else {
         None
     };
-    let (key, key_field) = match (id_text(env.user_id), group, id_text(env.anonymous_id)) {
+    let (key, key_field) = match (
+        EventIdentity::id_text(env.user_id),
+        group,
+        EventIdentity::id_text(env.anonymous_id),
+    ) {
         (Some(u), _, _) => (Some(u), "userId"),
         (None, Some(g), _) => (Some(g), "groupId"),
         (None, None, Some(a)) => (Some(a), "anonymousId"),

@@ -73,6 +73,24 @@ pub const MAX_EVENT_KEY_BYTES: usize = 1024;
 pub const MAX_EVENT_KIND_BYTES: usize = 256;
 
 impl EventIdentity {
+    /// An id field's text: ids may be strings or numbers (some sources send numbers); empty
+    /// strings and other shapes count as absent.
+    pub fn id_text(v: Option<serde_json::Value>) -> Option<String> {
+        match v? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A kind field's text: a non-empty string, else absent.
+    pub fn kind_text(v: Option<serde_json::Value>) -> Option<String> {
+        match v? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
     /// Admission of what becomes the record's key and headers: `Err` names the field over its
     /// bound, so the sender learns what to fix.
     pub fn check(&self, index: Option<usize>) -> Result<(), BodyError> {

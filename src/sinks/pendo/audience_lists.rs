@@ -48,7 +48,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::{Map, Value};
 
-use crate::http::backoff::Backoff;
+use crate::http::retry::RetryPolicy;
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::read_partition_to_end;
 use crate::metrics::metrics;
@@ -135,27 +135,24 @@ pub struct AudienceListState {
     consumer_config: rdkafka::ClientConfig,
     topic: String,
     producer: FutureProducer,
-    backoff_initial: Duration,
-    backoff_max: Duration,
+    retry: RetryPolicy,
 }
 
 impl AudienceListState {
     /// State kept in `topic`, read with `consumer_config` and written with `producer`; a
-    /// refused write is retried with backoff between `backoff_initial` and `backoff_max`.
+    /// refused write is retried with backoff within `retry`.
     pub fn new(
         consumer_config: rdkafka::ClientConfig,
         topic: String,
         producer: FutureProducer,
-        backoff_initial: Duration,
-        backoff_max: Duration,
+        retry: RetryPolicy,
     ) -> Self {
         Self {
             partitions: Mutex::new(HashMap::new()),
             consumer_config,
             topic,
             producer,
-            backoff_initial,
-            backoff_max,
+            retry,
         }
     }
 
@@ -264,10 +261,7 @@ impl AudienceListState {
     pub async fn record(&self, p: i32, key: &str, lists: &Lists) -> bool {
         let value = encode_lists(lists);
         let m = metrics();
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max, seed);
+        let mut retry = self.retry.start(None);
         loop {
             // Checked and handed to Kafka under the lock that `fence` takes: a write is either
             // in the producer's queue when the fence flushes it, or not started at all.
@@ -305,11 +299,11 @@ impl AudienceListState {
                     m.pendo_audience_list_state_writes
                         .with_label_values(&["failed"])
                         .inc();
-                    let delay = backoff.next_delay();
+                    let wait = retry.after_failure(None);
                     tracing::error!(topic = %self.topic, partition = p, key, error = %e,
-                        retry_in_s = delay.as_secs_f64(),
+                        retry_in_s = wait.delay.as_secs_f64(),
                         "cannot write the audience-list state; the job is not done until it is written, retrying");
-                    tokio::time::sleep(delay).await;
+                    wait.elapse().await;
                 }
             }
         }

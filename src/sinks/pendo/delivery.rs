@@ -12,17 +12,15 @@
 //! the request until the refused item is alone, and that item is dead-lettered.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
 
 use super::audience_lists::{AudienceListState, Lists, apply_changes, encode_lists, state_key};
 use super::config::metadata_url;
 use super::encoding::{EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
-use crate::http::backoff::Backoff;
 use crate::http::outcome::Outcome;
 use crate::http::rate_limit::RateLimiter;
+use crate::http::retry::{PauseGate, RetryPolicy};
 use crate::kafka::record_size::{fits, record_bytes};
 use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
@@ -40,12 +38,10 @@ pub struct PendoDeliveryContext {
     pub create: bool,
     /// Client-side request rate limit (the Segment sink's limiter, requests only).
     pub rate_limit: RateLimiter,
-    /// Sink-wide pause until this instant (Retry-After).
-    pub paused_until: Mutex<Option<Instant>>,
-    /// First backoff.
-    pub backoff_initial: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
+    /// Sink-wide pause (Pendo's `Retry-After`).
+    pub pause: PauseGate,
+    /// Backoff bounds between attempts.
+    pub retry: RetryPolicy,
     /// Dead letters.
     pub dlq: FutureProducer,
     /// `dlq.pendo-sink`.
@@ -75,24 +71,6 @@ fn is_isolatable(f: &ItemFailure, w: &EntityWrite) -> bool {
 }
 
 impl PendoDeliveryContext {
-    pub(super) async fn wait_for_pause(&self) {
-        loop {
-            let until = *self.paused_until.lock().expect("pause lock");
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => return,
-            }
-        }
-    }
-
-    pub(super) fn pause_for(&self, d: Duration) {
-        let until = Instant::now() + d;
-        let mut p = self.paused_until.lock().expect("pause lock");
-        if p.is_none_or(|t| t < until) {
-            *p = Some(until);
-        }
-    }
-
     /// Delivers every request of `job` (see the module docs). Errors only when a dead letter
     /// cannot be written.
     pub async fn deliver(&self, mut job: PendoJob) -> Result<(), DeliveryError> {
@@ -190,13 +168,10 @@ impl PendoDeliveryContext {
         // Depth-first so items keep their order when a batch is split.
         let mut work = vec![batch];
         while let Some(batch) = work.pop() {
-            let seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64);
-            let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max, seed);
+            let mut retry = self.retry.start(Some(&self.pause));
             loop {
                 self.rate_limit.acquire(batch.len()).await;
-                self.wait_for_pause().await;
+                retry.attempt().await;
                 let r = self.client.post(&url, batch.body()).await;
                 let status = r.status.map_or_else(|| "none".into(), |s| s.to_string());
                 m.pendo_sink_requests.with_label_values(&[&status]).inc();
@@ -272,29 +247,26 @@ impl PendoDeliveryContext {
                     .with_label_values(&[retry_reason])
                     .inc();
                 m.pendo_sink_backpressure.set(1);
-                if let Some(d) = r.retry_after {
-                    self.pause_for(d);
-                    tracing::warn!(role = self.role, seconds = d.as_secs_f64(), answer = %r.describe(),
-                        "Pendo asked to retry later; the sink pauses");
-                    continue;
-                }
-                let delay = backoff.next_delay();
+                let wait = retry.after_failure(r.retry_after);
+                let retry_in_s = wait.delay.as_secs_f64();
                 match r.outcome() {
+                    _ if wait.peer_asked => {
+                        tracing::warn!(role = self.role, seconds = retry_in_s, answer = %r.describe(),
+                            "Pendo asked to retry later; the sink pauses")
+                    }
                     Outcome::AuthFailure => {
-                        tracing::error!(role = self.role, answer = %r.describe(),
-                        retry_in_s = delay.as_secs_f64(),
+                        tracing::error!(role = self.role, answer = %r.describe(), retry_in_s,
                         "Pendo refuses the integration key: check pendo.integration_key (it needs write access) \
                          and pendo.region (a key works only in its own region); nothing is dropped, retrying")
                     }
                     Outcome::Misconfigured => {
-                        tracing::error!(role = self.role, answer = %r.describe(),
-                        retry_in_s = delay.as_secs_f64(),
+                        tracing::error!(role = self.role, answer = %r.describe(), retry_in_s,
                         "Pendo's endpoint refuses the request: check pendo.region / pendo.base_url; retrying")
                     }
                     _ => tracing::warn!(role = self.role, answer = %r.describe(),
-                        retry_in_s = delay.as_secs_f64(), "Pendo write failed; retrying"),
+                        retry_in_s, "Pendo write failed; retrying"),
                 }
-                tokio::time::sleep(delay).await;
+                wait.elapse().await;
             }
         }
         Ok(())

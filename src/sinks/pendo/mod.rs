@@ -18,7 +18,7 @@ pub mod encoding;
 pub mod segments;
 pub mod sink;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -83,6 +83,10 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             } else {
                 None
             };
+            let retry = crate::http::retry::RetryPolicy {
+                initial: Duration::from_millis(sink.backoff_initial_ms),
+                max: Duration::from_millis(sink.backoff_max_ms),
+            };
             // Audience lists: the sink keeps each entity's current list when the transformer
             // writes deltas (the same configuration file serves both roles).
             let audience_lists = if c.transform_segment.field_mode.writes_list() {
@@ -90,8 +94,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     client_config::consumer(c, &format!("{ROLE}.audience-lists")),
                     c.topic_name(TopicId::StatePendoAudienceLists),
                     dlq.clone(),
-                    Duration::from_millis(sink.backoff_initial_ms),
-                    Duration::from_millis(sink.backoff_max_ms),
+                    retry,
                 )))
             } else {
                 None
@@ -103,9 +106,8 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     None,
                     sink.rate_limit_requests_per_s,
                 ),
-                paused_until: Mutex::new(None),
-                backoff_initial: Duration::from_millis(sink.backoff_initial_ms),
-                backoff_max: Duration::from_millis(sink.backoff_max_ms),
+                pause: crate::http::retry::PauseGate::default(),
+                retry,
                 dlq,
                 dlq_topic: c.topic_name(TopicId::DlqPendoSink),
                 source_topic: input.clone(),

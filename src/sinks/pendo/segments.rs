@@ -42,8 +42,8 @@ use serde_json::{Value, json};
 use super::config::{segment_create_url, segment_list_url, segment_patch_url};
 use super::delivery::PendoDeliveryContext;
 use super::encoding::Contributor;
-use crate::http::backoff::Backoff;
 use crate::http::outcome::Outcome;
+use crate::http::retry::Retry;
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::metrics::metrics;
@@ -375,13 +375,13 @@ impl PendoDeliveryContext {
     async fn until_answered(
         &self,
         request: Request<'_>,
-        backoff: &mut Backoff,
+        retry: &mut Retry<'_>,
         what: &str,
     ) -> PendoResponse {
         let m = metrics();
         loop {
             self.rate_limit.acquire(1).await;
-            self.wait_for_pause().await;
+            retry.attempt().await;
             let r = match request {
                 Request::Post(url, body) => self.client.post(url, body.to_vec()).await,
                 Request::Patch(url, body) => self.client.patch(url, body.to_vec()).await,
@@ -405,11 +405,11 @@ impl PendoDeliveryContext {
                         .with_label_values(&[outcome.as_str()])
                         .inc();
                     m.pendo_sink_backpressure.set(1);
-                    if let Some(d) = r.retry_after {
-                        self.pause_for(d);
+                    let wait = retry.after_failure(r.retry_after);
+                    let delay = wait.delay;
+                    if wait.peer_asked {
                         continue;
                     }
-                    let delay = backoff.next_delay();
                     if matches!(outcome, Outcome::AuthFailure | Outcome::Misconfigured) {
                         tracing::error!(role = self.role, request = what, answer = %r.describe(),
                             retry_in_s = delay.as_secs_f64(),
@@ -418,17 +418,15 @@ impl PendoDeliveryContext {
                         tracing::warn!(role = self.role, request = what, answer = %r.describe(),
                             retry_in_s = delay.as_secs_f64(), "Pendo Segment write failed; retrying");
                     }
-                    tokio::time::sleep(delay).await;
+                    wait.elapse().await;
                 }
             }
         }
     }
 
-    fn backoff(&self) -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Backoff::new(self.backoff_initial, self.backoff_max, seed)
+    /// The attempts of one Pendo Segment request, paused with the sink's other requests.
+    fn retry(&self) -> Retry<'_> {
+        self.retry.start(Some(&self.pause))
     }
 
     async fn dead_letter_visitor(
@@ -492,12 +490,13 @@ impl PendoDeliveryContext {
         let mut entry = state.get(key);
         if entry.as_ref().is_none_or(|e| e.segment_id.is_none()) {
             // Another instance may have created it while it owned this partition.
-            let mut backoff = self.backoff();
+            let mut retry = self.retry();
             while let Err(e) = state.reload().await {
-                let delay = backoff.next_delay();
+                let wait = retry.after_failure(None);
+                let delay = wait.delay;
                 tracing::warn!(role = self.role, problem = %e, retry_in_s = delay.as_secs_f64(),
                     "cannot read the Pendo Segment state; retrying");
-                tokio::time::sleep(delay).await;
+                wait.elapse().await;
             }
             entry = state.get(key);
         }
@@ -591,11 +590,11 @@ impl PendoDeliveryContext {
         let size = self.segment_request_visitors.max(1);
         let mut work: Vec<Vec<&VisitorChange>> =
             pending.chunks(size).rev().map(<[_]>::to_vec).collect();
-        let mut backoff = self.backoff();
+        let mut retry = self.retry();
         while let Some(chunk) = work.pop() {
             let body = patch_body(&chunk);
             let r = self
-                .until_answered(Request::Patch(&url, &body), &mut backoff, "patch")
+                .until_answered(Request::Patch(&url, &body), &mut retry, "patch")
                 .await;
             if r.outcome() == Outcome::Invalid {
                 if chunk.len() > 1 {
@@ -610,11 +609,11 @@ impl PendoDeliveryContext {
             }
             match parse_multistatus(&r.body, &chunk) {
                 Ok(failures) => {
-                    let mut retry = Vec::new();
+                    let mut again = Vec::new();
                     for v in &chunk {
                         match failures.iter().find(|f| f.visitor_id == v.visitor_id) {
                             None => self.written(v),
-                            Some(f) if f.retryable() => retry.push(*v),
+                            Some(f) if f.retryable() => again.push(*v),
                             Some(f) => {
                                 let detail =
                                     format!("HTTP {} for this visitor: {}", f.status, f.message);
@@ -622,15 +621,15 @@ impl PendoDeliveryContext {
                             }
                         }
                     }
-                    if !retry.is_empty() {
+                    if !again.is_empty() {
                         metrics()
                             .pendo_sink_retries
                             .with_label_values(&["item"])
                             .inc();
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        work.push(retry);
+                        retry.after_failure(None).elapse().await;
+                        work.push(again);
                     } else {
-                        backoff.reset();
+                        retry.succeeded();
                     }
                 }
                 Err(e) => {
@@ -640,7 +639,7 @@ impl PendoDeliveryContext {
                         .pendo_sink_retries
                         .with_label_values(&["unknown_answer"])
                         .inc();
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    retry.after_failure(None).elapse().await;
                     work.push(chunk);
                 }
             }
@@ -656,16 +655,16 @@ impl PendoDeliveryContext {
     ) -> Result<Option<String>, DeliveryError> {
         let url = segment_create_url(self.client.base());
         let body = create_body(&batch.name, first);
-        let mut backoff = self.backoff();
+        let mut retry = self.retry();
         loop {
             let r = self
-                .until_answered(Request::Post(&url, &body), &mut backoff, "create")
+                .until_answered(Request::Post(&url, &body), &mut retry, "create")
                 .await;
             if r.status.is_none() {
                 // No answer (timeout, connection lost): Pendo may have created it anyway.
                 tracing::warn!(role = self.role, segment = %batch.name, answer = %r.describe(),
                     "no answer to the segment creation; looking it up by name before retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
+                retry.after_failure(None).elapse().await;
                 if let Some(id) = self.find_by_name(&batch.name).await {
                     return Ok(Some(id));
                 }
@@ -693,7 +692,7 @@ impl PendoDeliveryContext {
                     if let Some(id) = self.find_by_name(&batch.name).await {
                         return Ok(Some(id));
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    retry.after_failure(None).elapse().await;
                 }
             }
         }
@@ -703,11 +702,11 @@ impl PendoDeliveryContext {
     /// id was not stored. `None` when there is none or the list cannot be read.
     async fn find_by_name(&self, name: &str) -> Option<String> {
         let url = segment_list_url(self.client.base());
-        let mut backoff = self.backoff();
+        let mut retry = self.retry();
         // A few attempts only: if the list cannot be read, creating is the way forward.
         let mut answer = None;
-        for _ in 0..5 {
-            self.wait_for_pause().await;
+        while retry.attempts() < 5 {
+            retry.attempt().await;
             let r = self.client.get(&url).await;
             metrics()
                 .pendo_sink_requests
@@ -718,7 +717,7 @@ impl PendoDeliveryContext {
                     answer = Some(r);
                     break;
                 }
-                Outcome::Retry => tokio::time::sleep(backoff.next_delay()).await,
+                Outcome::Retry => retry.after_failure(None).elapse().await,
                 _ => break,
             }
         }

@@ -9,17 +9,16 @@
 //! (or 413) splits the batch in halves until the offending events are alone, and those are
 //! dead-lettered with Segment's answer; the rest is delivered.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use rdkafka::producer::FutureProducer;
 
 use super::batch::{SegmentBatch, sent_at_now};
 use super::encoding::EncodedEvent;
 use super::service::SegmentClient;
-use crate::http::backoff::Backoff;
 use crate::http::outcome::Outcome;
 use crate::http::rate_limit::RateLimiter;
+use crate::http::retry::{PauseGate, RetryPolicy};
 use crate::kafka::headers;
 use crate::metrics::metrics;
 use crate::sinks::dead_letter::dead_letter;
@@ -33,12 +32,10 @@ pub struct DeliveryContext {
     pub gzip: bool,
     /// Client-side rate limit.
     pub rate_limit: RateLimiter,
-    /// Sink-wide pause until this instant (Retry-After).
-    pub paused_until: Mutex<Option<Instant>>,
-    /// Backoff template (initial, max).
-    pub backoff_initial: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
+    /// Sink-wide pause (Segment's `Retry-After`).
+    pub pause: PauseGate,
+    /// Backoff bounds between attempts.
+    pub retry: RetryPolicy,
     /// Dead letters.
     pub dlq: FutureProducer,
     /// `dlq.segment-sink`.
@@ -62,25 +59,6 @@ pub struct BatchToDeliver {
 }
 
 impl DeliveryContext {
-    async fn wait_for_pause(&self) {
-        loop {
-            let until = *self.paused_until.lock().expect("pause lock");
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => return,
-            }
-        }
-    }
-
-    fn pause_for(&self, d: Duration) {
-        let until = Instant::now() + d;
-        let mut p = self.paused_until.lock().expect("pause lock");
-        if p.is_none_or(|t| t < until) {
-            *p = Some(until);
-        }
-        metrics().segment_retry_after_pauses.inc();
-    }
-
     /// Delivers `b` completely (see the module docs). Errors only when a dead letter cannot be
     /// written.
     pub async fn deliver(&self, b: BatchToDeliver) -> Result<(), DeliveryError> {
@@ -96,10 +74,10 @@ impl DeliveryContext {
         let mut work = vec![(batch, indexes)];
         let m = metrics();
         while let Some((batch, idx)) = work.pop() {
-            let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max, rand_seed());
+            let mut retry = self.retry.start(Some(&self.pause));
             loop {
                 self.rate_limit.acquire(batch.len()).await;
-                self.wait_for_pause().await;
+                retry.attempt().await;
                 let body = batch.body(&sent_at_now());
                 m.segment_batch_events.observe(batch.len() as f64);
                 m.segment_batch_bytes.observe(body.len() as f64);
@@ -150,24 +128,23 @@ impl DeliveryContext {
                             .with_label_values(&[outcome.as_str()])
                             .inc();
                         m.segment_sink_backpressure.set(1);
-                        if let Some(d) = r.retry_after {
-                            self.pause_for(d);
+                        let wait = retry.after_failure(r.retry_after);
+                        let retry_in_s = wait.delay.as_secs_f64();
+                        if wait.peer_asked {
+                            m.segment_retry_after_pauses.inc();
                             tracing::warn!(
                                 role = self.role,
-                                seconds = d.as_secs_f64(),
+                                seconds = retry_in_s,
                                 "Segment asked to retry later; the sink pauses"
                             );
-                            continue;
-                        }
-                        let delay = backoff.next_delay();
-                        if outcome.needs_operator() {
-                            tracing::error!(role = self.role, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
+                        } else if outcome.needs_operator() {
+                            tracing::error!(role = self.role, answer = %r.describe(), retry_in_s,
                                 "Segment refuses the requests (write key, endpoint?); nothing is dropped, retrying");
                         } else {
-                            tracing::warn!(role = self.role, answer = %r.describe(), retry_in_s = delay.as_secs_f64(),
+                            tracing::warn!(role = self.role, answer = %r.describe(), retry_in_s,
                                 "Segment delivery failed; retrying");
                         }
-                        tokio::time::sleep(delay).await;
+                        wait.elapse().await;
                     }
                 }
             }
@@ -195,10 +172,4 @@ impl DeliveryContext {
         )
         .await
     }
-}
-
-fn rand_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -24,7 +24,7 @@ pub mod retry;
 pub mod service;
 pub mod sink;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,6 +34,7 @@ pub use config::SegmentSinkConfig;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId, SegmentConfig, SegmentRegion};
 use crate::http::rate_limit::RateLimiter;
+use crate::http::retry::{PauseGate, RetryPolicy};
 use crate::kafka::client_config;
 use crate::kafka::topics::TopicId;
 use crate::schema::SegmentCallCodec;
@@ -75,9 +76,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     sink.rate_limit_events_per_s,
                     sink.rate_limit_requests_per_s,
                 ),
-                paused_until: Mutex::new(None),
-                backoff_initial: Duration::from_millis(sink.backoff_initial_ms),
-                backoff_max: Duration::from_millis(sink.backoff_max_ms),
+                pause: PauseGate::default(),
+                retry: RetryPolicy {
+                    initial: Duration::from_millis(sink.backoff_initial_ms),
+                    max: Duration::from_millis(sink.backoff_max_ms),
+                },
                 dlq,
                 dlq_topic: c.topic_name(TopicId::DlqSegmentSink),
                 source_topic: input.clone(),

@@ -218,31 +218,14 @@ impl Poller {
         } else {
             PendoPollerConfig::every(self.cfg.usage_interval_s)
         };
+        let every = PendoPollerConfig::every;
         let jobs: [(Job, Option<Duration>); 8] = [
-            (
-                Job::Catalog,
-                PendoPollerConfig::every(self.cfg.catalog_interval_s),
-            ),
-            (
-                Job::Accounts,
-                PendoPollerConfig::every(self.cfg.accounts_interval_s),
-            ),
-            (
-                Job::Visitors,
-                PendoPollerConfig::every(self.cfg.visitors_interval_s),
-            ),
-            (
-                Job::Profiles,
-                PendoPollerConfig::every(self.cfg.profiles_interval_s),
-            ),
-            (
-                Job::GuideEvents,
-                PendoPollerConfig::every(self.cfg.guide_events_interval_s),
-            ),
-            (
-                Job::PollEvents,
-                PendoPollerConfig::every(self.cfg.poll_events_interval_s),
-            ),
+            (Job::Catalog, every(self.cfg.catalog_interval_s)),
+            (Job::Accounts, every(self.cfg.accounts_interval_s)),
+            (Job::Visitors, every(self.cfg.visitors_interval_s)),
+            (Job::Profiles, every(self.cfg.profiles_interval_s)),
+            (Job::GuideEvents, every(self.cfg.guide_events_interval_s)),
+            (Job::PollEvents, every(self.cfg.poll_events_interval_s)),
             (Job::Milestones, milestones),
             (Job::Usage, usage),
         ];

@@ -22,22 +22,14 @@ pub fn identify(event: &[u8]) -> EventIdentity {
     let Ok(env) = serde_json::from_slice::<PendoEnvelope>(event) else {
         return EventIdentity::default();
     };
-    let kind = EventIdentity::kind_text(env.event);
-    let (key, key_field) = match (
-        EventIdentity::id_text(env.visitor_id),
-        EventIdentity::id_text(env.account_id),
-    ) {
-        (Some(v), _) => (Some(v), "visitorId"),
-        (None, Some(a)) => (Some(a), "accountId"),
-        (None, None) => (None, ""),
-    };
-    let kind_field = if kind.is_some() { "event" } else { "" };
-    EventIdentity {
-        key,
-        key_field,
-        kind,
-        kind_field,
-    }
+    EventIdentity::first_of(
+        [
+            (EventIdentity::id_text(env.visitor_id), "visitorId"),
+            (EventIdentity::id_text(env.account_id), "accountId"),
+        ],
+        EventIdentity::kind_text(env.event),
+        "event",
+    )
 }
 
 #[cfg(test)]

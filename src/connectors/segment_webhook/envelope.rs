@@ -35,23 +35,15 @@ pub fn identify(event: &[u8]) -> EventIdentity {
     } else {
         None
     };
-    let (key, key_field) = match (
-        EventIdentity::id_text(env.user_id),
-        group,
-        EventIdentity::id_text(env.anonymous_id),
-    ) {
-        (Some(u), _, _) => (Some(u), "userId"),
-        (None, Some(g), _) => (Some(g), "groupId"),
-        (None, None, Some(a)) => (Some(a), "anonymousId"),
-        (None, None, None) => (None, ""),
-    };
-    let kind_field = if kind.is_some() { "type" } else { "" };
-    EventIdentity {
-        key,
-        key_field,
+    EventIdentity::first_of(
+        [
+            (EventIdentity::id_text(env.user_id), "userId"),
+            (group, "groupId"),
+            (EventIdentity::id_text(env.anonymous_id), "anonymousId"),
+        ],
         kind,
-        kind_field,
-    }
+        "type",
+    )
 }
 
 #[cfg(test)]

@@ -83,6 +83,26 @@ impl EventIdentity {
         }
     }
 
+    /// The identity keyed by the first present id of `ids` (in order of preference, each with
+    /// its field's name), of kind `kind` read from `kind_field`.
+    pub fn first_of(
+        ids: impl IntoIterator<Item = (Option<String>, &'static str)>,
+        kind: Option<String>,
+        kind_field: &'static str,
+    ) -> Self {
+        let (key, key_field) = ids
+            .into_iter()
+            .find_map(|(id, field)| id.map(|id| (Some(id), field)))
+            .unwrap_or((None, ""));
+        let kind_field = if kind.is_some() { kind_field } else { "" };
+        Self {
+            key,
+            key_field,
+            kind,
+            kind_field,
+        }
+    }
+
     /// A kind field's text: a non-empty string, else absent.
     pub fn kind_text(v: Option<serde_json::Value>) -> Option<String> {
         match v? {

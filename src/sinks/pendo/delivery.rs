@@ -17,7 +17,7 @@ use rdkafka::producer::FutureProducer;
 
 use super::audience_lists::{AudienceListState, Lists, apply_changes, encode_lists, state_key};
 use super::config::metadata_url;
-use super::encoding::{EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
+use super::encoding::{Contributor, EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
 use crate::http::outcome::Outcome;
 use crate::http::rate_limit::RateLimiter;
 use crate::http::retry::{PauseGate, RetryPolicy};
@@ -305,12 +305,24 @@ impl PendoDeliveryContext {
         reason: &str,
         detail: &str,
     ) -> Result<(), DeliveryError> {
-        for c in &w.contributors {
+        self.dead_letter_contributors(&self.source_topic, &w.contributors, reason, detail)
+            .await
+    }
+
+    /// Dead-letters every record merged into a refused item, read from `source_topic`.
+    pub(super) async fn dead_letter_contributors(
+        &self,
+        source_topic: &str,
+        contributors: &[Contributor],
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), DeliveryError> {
+        for c in contributors {
             dead_letter(
                 &self.dlq,
                 &self.dlq_topic,
                 self.role,
-                &self.source_topic,
+                source_topic,
                 (c.partition, c.offset),
                 c.key.as_deref(),
                 &c.original,

@@ -13,6 +13,8 @@
 //! not sent, failures not accounted for by ids) is an unknown shape: the whole request counts
 //! as failed and is retried (the writes are idempotent), never acknowledged on a guess.
 
+use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +87,19 @@ pub struct Contributor {
     pub original: Arc<[u8]>,
     /// `origin.receivedAt`, for the end-to-end latency.
     pub received_at: Option<i64>,
+}
+
+impl Contributor {
+    /// The contributor of `record`, received at `received_at`.
+    pub fn of(record: &BorrowedMessage<'_>, received_at: Option<i64>) -> Self {
+        Self {
+            partition: record.partition(),
+            offset: record.offset(),
+            key: record.key().map(Into::into),
+            original: record.payload().unwrap_or_default().into(),
+            received_at,
+        }
+    }
 }
 
 /// One visitor's or account's coalesced values.

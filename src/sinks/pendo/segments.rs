@@ -435,21 +435,8 @@ impl PendoDeliveryContext {
         reason: &str,
         detail: &str,
     ) -> Result<(), DeliveryError> {
-        for c in &v.contributors {
-            crate::sinks::dead_letter::dead_letter(
-                &self.dlq,
-                &self.dlq_topic,
-                self.role,
-                &self.segment_source_topic,
-                (c.partition, c.offset),
-                c.key.as_deref(),
-                &c.original,
-                reason,
-                detail,
-            )
-            .await?;
-        }
-        Ok(())
+        self.dead_letter_contributors(&self.segment_source_topic, &v.contributors, reason, detail)
+            .await
     }
 
     fn written(&self, _v: &VisitorChange) {
@@ -532,15 +519,7 @@ impl PendoDeliveryContext {
                 };
                 match found {
                     Some(id) => {
-                        state
-                            .record(
-                                key,
-                                SegmentEntry {
-                                    segment_id: Some(id.clone()),
-                                    name: batch.name.clone(),
-                                },
-                            )
-                            .await?;
+                        record_id(state, key, &id, &batch.name).await?;
                         pending.extend(batch.visitors.iter());
                         id
                     }
@@ -553,15 +532,7 @@ impl PendoDeliveryContext {
                         let Some(id) = self.create(batch, &first).await? else {
                             return Ok(None);
                         };
-                        state
-                            .record(
-                                key,
-                                SegmentEntry {
-                                    segment_id: Some(id.clone()),
-                                    name: batch.name.clone(),
-                                },
-                            )
-                            .await?;
+                        record_id(state, key, &id, &batch.name).await?;
                         for v in &first {
                             self.written(v);
                         }
@@ -740,6 +711,24 @@ impl PendoDeliveryContext {
             "recovering a Pendo Segment creation that was not recorded (crash after creating?)");
         found
     }
+}
+
+/// Stores the id of the segment created (or found) for `key`.
+async fn record_id(
+    state: &SegmentState,
+    key: &str,
+    id: &str,
+    name: &str,
+) -> Result<(), DeliveryError> {
+    state
+        .record(
+            key,
+            SegmentEntry {
+                segment_id: Some(id.to_string()),
+                name: name.to_string(),
+            },
+        )
+        .await
 }
 
 #[cfg(test)]

@@ -118,13 +118,7 @@ impl PendoSinkProcessor {
         }
         let (max, linger) = (input.batch_visitors.max(1), input.linger);
         let tp: TopicPartition = (record.topic().to_string(), record.partition());
-        let contributor = Contributor {
-            partition: record.partition(),
-            offset: record.offset(),
-            key: record.key().map(Into::into),
-            original: value.into(),
-            received_at: change.origin.received_at,
-        };
+        let contributor = Contributor::of(record, change.origin.received_at);
         let (coalesced, size) = self
             .queues
             .open_mut(&tp)
@@ -206,13 +200,7 @@ impl RecordProcessor for PendoSinkProcessor {
             self.ensure_lists_loaded(&state, record.partition()).await?;
         }
         let tp: TopicPartition = (record.topic().to_string(), record.partition());
-        let contributor = Contributor {
-            partition: record.partition(),
-            offset: record.offset(),
-            key: record.key().map(Into::into),
-            original: value.into(),
-            received_at: update.origin.received_at,
-        };
+        let contributor = Contributor::of(record, update.origin.received_at);
         let (coalesced, size) = self
             .queues
             .open_mut(&tp)

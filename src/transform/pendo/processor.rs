@@ -217,27 +217,7 @@ pub struct PendoTransformProcessor {
 }
 
 impl PendoTransformProcessor {
-    /// A processor writing through `output`.
-    pub fn new(
-        role: &'static str,
-        mapper: PendoToSegment,
-        codec: SegmentCallCodec,
-        ids: IdMapTable,
-        output: TransactionalOutput,
-        topics: OutputTopics,
-    ) -> Self {
-        Self::with_parallelism(
-            role,
-            mapper,
-            codec,
-            ids,
-            output,
-            topics,
-            Parallelism::default(),
-        )
-    }
-
-    /// [`new`](Self::new) with explicit batching.
+    /// A processor writing through `output`, mapping `parallelism` records at once.
     pub fn with_parallelism(
         role: &'static str,
         mapper: PendoToSegment,

@@ -56,20 +56,14 @@ pub(crate) fn resolve_topic(config: &Config, topic: &str) -> (String, Decoder) {
 pub async fn inspect(config: &Config, topic: &str, last: Option<i64>, brief: bool) -> ExitCode {
     let (name, decoder) = resolve_topic(config, topic);
     let config = config.clone();
-    match tokio::task::spawn_blocking(move || scan(&config, &name, last, &decoder, brief)).await {
-        Ok(Ok(n)) => {
+    crate::task::blocking_command(
+        move || scan(&config, &name, last, &decoder, brief),
+        |n| {
             eprintln!("{n} record(s)");
             ExitCode::SUCCESS
-        }
-        Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+        },
+    )
+    .await
 }
 
 fn scan(

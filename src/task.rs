@@ -35,6 +35,25 @@ impl<T> Drop for OwnedTask<T> {
     }
 }
 
+/// Runs a command's blocking work (Kafka scans) off the runtime and turns its result into the
+/// exit code: `on_ok` for a result, 1 with the error printed otherwise.
+pub async fn blocking_command<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    on_ok: impl FnOnce(T) -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(t)) => on_ok(t),
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,26 +226,21 @@ pub async fn delete(config: &Config, visitor_id: &str) -> ExitCode {
 pub async fn get(config: &Config, visitor_id: &str) -> ExitCode {
     let config = config.clone();
     let visitor = visitor_id.to_string();
-    let result = tokio::task::spawn_blocking(move || scan_for(&config, &visitor)).await;
-    match result {
-        Ok(Ok(Some(m))) => {
-            println!("{}", m.user_id);
-            eprintln!("(source {}, updated at {} ms)", m.source, m.updated_at);
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(None)) => {
-            eprintln!("{visitor_id} is not mapped");
-            ExitCode::from(1)
-        }
-        Ok(Err(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    crate::task::blocking_command(
+        move || scan_for(&config, &visitor),
+        |mapping| match mapping {
+            Some(m) => {
+                println!("{}", m.user_id);
+                eprintln!("(source {}, updated at {} ms)", m.source, m.updated_at);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("{visitor_id} is not mapped");
+                ExitCode::from(1)
+            }
+        },
+    )
+    .await
 }
 
 fn scan_for(config: &Config, visitor_id: &str) -> anyhow::Result<Option<IdMapping>> {

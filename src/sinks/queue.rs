@@ -203,30 +203,25 @@ impl<J: SinkJob> PartitionQueues<J> {
     /// Writes `record` to the dead-letter topic with `reason` and `detail`, then marks it done in
     /// its partition's order ([`dead_lettered`](Self::dead_lettered)): what a sink does with a
     /// record it must never send.
-    #[allow(clippy::too_many_arguments)]
     pub async fn reject(
         &mut self,
-        dlq: &rdkafka::producer::FutureProducer,
-        dlq_topic: &str,
-        role: &'static str,
+        dead_letters: &crate::sinks::dead_letter::SinkDeadLetters,
         record: &rdkafka::message::BorrowedMessage<'_>,
         reason: &str,
         detail: &str,
     ) -> Result<(), ProcessError> {
         use rdkafka::Message;
-        crate::sinks::dead_letter::dead_letter(
-            dlq,
-            dlq_topic,
-            role,
-            record.topic(),
-            (record.partition(), record.offset()),
-            record.key(),
-            record.payload().unwrap_or_default(),
-            reason,
-            detail,
-        )
-        .await
-        .map_err(|e| ProcessError::new("produce", e.0))?;
+        dead_letters
+            .write(
+                record.topic(),
+                (record.partition(), record.offset()),
+                record.key(),
+                record.payload().unwrap_or_default(),
+                reason,
+                detail,
+            )
+            .await
+            .map_err(|e| ProcessError::new("produce", e.0))?;
         let tp: TopicPartition = (record.topic().to_string(), record.partition());
         self.dead_lettered(&tp, record.offset() + 1);
         Ok(())

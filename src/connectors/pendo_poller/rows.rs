@@ -245,24 +245,30 @@ pub fn visitor_update_event(
         .as_i64()
         .ok_or_else(|| row_error("missing_lastupdated", "no metadata.auto.lastupdated"))?;
     let fp_hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
-    let mut event = json!({
+    let event = json!({
         "event": VISITOR_UPDATE_KIND,
         "visitorId": id,
         "timestamp": updated,
         "uniqueId": format!("pendo-api:visitor-profile:{id}:{updated}:{fp_hex}"),
         "properties": {"metadata": selected},
     });
+    Ok(visitor_record(row, id, event, VISITOR_UPDATE_KIND))
+}
+
+/// A visitor's record keyed by its id; the row's account (`metadata.auto.accountid`), when it
+/// has one, goes into the event as `accountId`.
+fn visitor_record(row: &Value, id: &str, mut event: Value, kind: &'static str) -> ApiRecord {
     if let Some(account) = row["metadata"]["auto"]["accountid"]
         .as_str()
         .filter(|a| !a.is_empty())
     {
         event["accountId"] = Value::String(account.to_string());
     }
-    Ok(ApiRecord {
+    ApiRecord {
         key: id.to_string(),
         value: event.to_string().into_bytes(),
-        kind: VISITOR_UPDATE_KIND,
-    })
+        kind,
+    }
 }
 
 /// The raw event of a newly seen visitor row; its time is the first visit (epoch ms).
@@ -271,24 +277,14 @@ pub fn visitor_event(row: &Value, fields: &[String]) -> Result<ApiRecord, RowErr
     let first = row["metadata"]["auto"]["firstvisit"]
         .as_i64()
         .ok_or_else(|| row_error("missing_firstvisit", "no metadata.auto.firstvisit"))?;
-    let mut event = json!({
+    let event = json!({
         "event": VISITOR_KIND,
         "visitorId": id,
         "timestamp": first,
         "uniqueId": format!("pendo-api:visitor:{id}"),
         "properties": {"metadata": select_metadata(row, fields)},
     });
-    if let Some(account) = row["metadata"]["auto"]["accountid"]
-        .as_str()
-        .filter(|a| !a.is_empty())
-    {
-        event["accountId"] = Value::String(account.to_string());
-    }
-    Ok(ApiRecord {
-        key: id.to_string(),
-        value: event.to_string().into_bytes(),
-        kind: VISITOR_KIND,
-    })
+    Ok(visitor_record(row, id, event, VISITOR_KIND))
 }
 
 /// A catalogue entry for `pendo.catalog`: key `<kind>:<id>`, value

@@ -13,8 +13,6 @@
 
 use std::collections::HashMap;
 
-use rdkafka::producer::FutureProducer;
-
 use super::audience_lists::{AudienceListState, Lists, apply_changes, encode_lists, state_key};
 use super::config::metadata_url;
 use super::encoding::{Contributor, EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
@@ -27,7 +25,7 @@ use crate::metrics::metrics;
 use crate::pendo_api::client::PendoClient;
 use crate::schema::PendoMetadataUpdateCodec;
 use crate::schema::pendo_metadata_update::PendoEntity;
-use crate::sinks::dead_letter::dead_letter;
+use crate::sinks::dead_letter::SinkDeadLetters;
 use crate::sinks::queue::DeliveryError;
 
 /// What every delivery task shares.
@@ -42,10 +40,8 @@ pub struct PendoDeliveryContext {
     pub pause: PauseGate,
     /// Backoff bounds between attempts.
     pub retry: RetryPolicy,
-    /// Dead letters.
-    pub dlq: FutureProducer,
-    /// `dlq.pendo-sink`.
-    pub dlq_topic: String,
+    /// Dead letters (`dlq.pendo-sink`).
+    pub dead_letters: SinkDeadLetters,
     /// The consumed topic (dead letters' source header).
     pub source_topic: String,
     /// Stage name.
@@ -318,18 +314,16 @@ impl PendoDeliveryContext {
         detail: &str,
     ) -> Result<(), DeliveryError> {
         for c in contributors {
-            dead_letter(
-                &self.dlq,
-                &self.dlq_topic,
-                self.role,
-                source_topic,
-                (c.partition, c.offset),
-                c.key.as_deref(),
-                &c.original,
-                reason,
-                detail,
-            )
-            .await?;
+            self.dead_letters
+                .write(
+                    source_topic,
+                    (c.partition, c.offset),
+                    c.key.as_deref(),
+                    &c.original,
+                    reason,
+                    detail,
+                )
+                .await?;
         }
         Ok(())
     }

@@ -108,8 +108,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 ),
                 pause: crate::http::retry::PauseGate::default(),
                 retry,
-                dlq,
-                dlq_topic: c.topic_name(TopicId::DlqPendoSink),
+                dead_letters: crate::sinks::dead_letter::SinkDeadLetters {
+                    producer: dlq,
+                    topic: c.topic_name(TopicId::DlqPendoSink),
+                    role: ROLE,
+                },
                 source_topic: input.clone(),
                 role: ROLE,
                 segments: segments.clone(),

@@ -111,10 +111,18 @@ impl PendoSinkProcessor {
         let value = record.payload().unwrap_or_default();
         let change = match input.codec.decode(value) {
             Ok(c) => c,
-            Err(e) => return self.reject(record, "undecodable", &e).await,
+            Err(e) => {
+                return self
+                    .queues
+                    .reject(&self.ctx.dead_letters, record, "undecodable", &e)
+                    .await;
+            }
         };
         if let Err(e) = validate_change(&change) {
-            return self.reject(record, "invalid_update", &e).await;
+            return self
+                .queues
+                .reject(&self.ctx.dead_letters, record, "invalid_update", &e)
+                .await;
         }
         let (max, linger) = (input.batch_visitors.max(1), input.linger);
         let tp: TopicPartition = (record.topic().to_string(), record.partition());
@@ -156,18 +164,6 @@ impl PendoSinkProcessor {
         );
         Ok(())
     }
-
-    async fn reject(
-        &mut self,
-        record: &BorrowedMessage<'_>,
-        reason: &str,
-        detail: &str,
-    ) -> Result<(), ProcessError> {
-        let ctx = &self.ctx;
-        self.queues
-            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.role, record, reason, detail)
-            .await
-    }
 }
 
 impl RecordProcessor for PendoSinkProcessor {
@@ -182,15 +178,25 @@ impl RecordProcessor for PendoSinkProcessor {
         let value = record.payload().unwrap_or_default();
         let update = match self.codec.decode(value) {
             Ok(u) => u,
-            Err(e) => return self.reject(record, "undecodable", &e).await,
+            Err(e) => {
+                return self
+                    .queues
+                    .reject(&self.ctx.dead_letters, record, "undecodable", &e)
+                    .await;
+            }
         };
         if let Err(e) = validate_update(&update) {
-            return self.reject(record, "invalid_update", &e).await;
+            return self
+                .queues
+                .reject(&self.ctx.dead_letters, record, "invalid_update", &e)
+                .await;
         }
         if !update.list_changes.is_empty() {
             let Some(state) = self.ctx.audience_lists.clone() else {
                 return self
+                    .queues
                     .reject(
+                        &self.ctx.dead_letters,
                         record,
                         "invalid_update",
                         "the update carries audience-list changes but this pendo-sink keeps no audience lists: set transform_segment.field_mode = \"audience_list\" (or \"both\") in its configuration too",

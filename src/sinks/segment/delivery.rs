@@ -11,8 +11,6 @@
 
 use std::sync::Arc;
 
-use rdkafka::producer::FutureProducer;
-
 use super::batch::{SegmentBatch, sent_at_now};
 use super::encoding::EncodedEvent;
 use super::service::SegmentClient;
@@ -21,7 +19,7 @@ use crate::http::rate_limit::RateLimiter;
 use crate::http::retry::{PauseGate, RetryPolicy};
 use crate::kafka::headers;
 use crate::metrics::metrics;
-use crate::sinks::dead_letter::dead_letter;
+use crate::sinks::dead_letter::SinkDeadLetters;
 use crate::sinks::queue::DeliveryError;
 
 /// What every delivery task shares.
@@ -36,10 +34,8 @@ pub struct DeliveryContext {
     pub pause: PauseGate,
     /// Backoff bounds between attempts.
     pub retry: RetryPolicy,
-    /// Dead letters.
-    pub dlq: FutureProducer,
-    /// `dlq.segment-sink`.
-    pub dlq_topic: String,
+    /// Dead letters (`dlq.segment-sink`).
+    pub dead_letters: SinkDeadLetters,
     /// The consumed topic (for the dead letters' source headers).
     pub source_topic: String,
     /// Stage name.
@@ -159,17 +155,15 @@ impl DeliveryContext {
         reason: &str,
         detail: &str,
     ) -> Result<(), DeliveryError> {
-        dead_letter(
-            &self.dlq,
-            &self.dlq_topic,
-            self.role,
-            &self.source_topic,
-            (e.partition, e.offset),
-            key,
-            original,
-            reason,
-            detail,
-        )
-        .await
+        self.dead_letters
+            .write(
+                &self.source_topic,
+                (e.partition, e.offset),
+                key,
+                original,
+                reason,
+                detail,
+            )
+            .await
     }
 }

@@ -81,8 +81,11 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                     initial: Duration::from_millis(sink.backoff_initial_ms),
                     max: Duration::from_millis(sink.backoff_max_ms),
                 },
-                dlq,
-                dlq_topic: c.topic_name(TopicId::DlqSegmentSink),
+                dead_letters: crate::sinks::dead_letter::SinkDeadLetters {
+                    producer: dlq,
+                    topic: c.topic_name(TopicId::DlqSegmentSink),
+                    role: ROLE,
+                },
                 source_topic: input.clone(),
                 role: ROLE,
             });

@@ -100,18 +100,6 @@ impl SegmentSinkProcessor {
             ),
         }
     }
-
-    async fn reject(
-        &mut self,
-        record: &BorrowedMessage<'_>,
-        reason: &str,
-        detail: &str,
-    ) -> Result<(), ProcessError> {
-        let ctx = &self.ctx;
-        self.queues
-            .reject(&ctx.dlq, &ctx.dlq_topic, ctx.role, record, reason, detail)
-            .await
-    }
 }
 
 impl RecordProcessor for SegmentSinkProcessor {
@@ -119,14 +107,30 @@ impl RecordProcessor for SegmentSinkProcessor {
         let value = record.payload().unwrap_or_default();
         let mut call = match self.codec.decode(value) {
             Ok(c) => c,
-            Err(e) => return self.reject(record, "undecodable", &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .queues
+                    .reject(
+                        &self.ctx.dead_letters,
+                        record,
+                        "undecodable",
+                        &e.to_string(),
+                    )
+                    .await;
+            }
         };
         let received_at = call.origin.received_at;
         let event = match encode_event(&mut call, self.max_event_bytes) {
             Ok(e) => e.at(record.partition(), record.offset()),
             Err(invalid) => {
                 return self
-                    .reject(record, invalid.reason.as_str(), &invalid.detail)
+                    .queues
+                    .reject(
+                        &self.ctx.dead_letters,
+                        record,
+                        invalid.reason.as_str(),
+                        &invalid.detail,
+                    )
                     .await;
             }
         };
@@ -147,7 +151,9 @@ impl RecordProcessor for SegmentSinkProcessor {
                 }
                 Err(rejected) if rejected.reason == RejectReason::TooLarge => {
                     return self
+                        .queues
                         .reject(
+                            &self.ctx.dead_letters,
                             record,
                             "too_large",
                             "the event does not fit in an empty request body",

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
+use super::rate_limit::RateLimiter;
 
 /// A pause shared by every sender of one client: set by a peer's `Retry-After`, waited out
 /// before each attempt. A later pause never shortens an earlier one.
@@ -57,8 +58,39 @@ impl RetryPolicy {
         Retry {
             backoff: Backoff::new(self.initial, self.max, seed),
             gate,
+            rate_limit: None,
             attempts: 0,
         }
+    }
+}
+
+/// How one client paces its requests, shared by all of them: its rate limit, the pause its
+/// peer's `Retry-After` puts on every request, and the backoff between attempts.
+#[derive(Debug)]
+pub struct Pacing {
+    /// Client-side rate limit.
+    pub rate_limit: RateLimiter,
+    /// The pause of every request (the peer's `Retry-After`).
+    pub pause: PauseGate,
+    /// Backoff bounds between attempts.
+    pub retry: RetryPolicy,
+}
+
+impl Pacing {
+    /// Pacing under `rate_limit` with backoff within `retry`, not paused.
+    pub fn new(rate_limit: RateLimiter, retry: RetryPolicy) -> Self {
+        Self {
+            rate_limit,
+            pause: PauseGate::default(),
+            retry,
+        }
+    }
+
+    /// The attempts of one request (see [`Retry::attempt_of`]).
+    pub fn start(&self) -> Retry<'_> {
+        let mut retry = self.retry.start(Some(&self.pause));
+        retry.rate_limit = Some(&self.rate_limit);
+        retry
     }
 }
 
@@ -68,6 +100,7 @@ impl RetryPolicy {
 pub struct Retry<'a> {
     backoff: Backoff,
     gate: Option<&'a PauseGate>,
+    rate_limit: Option<&'a RateLimiter>,
     attempts: u32,
 }
 
@@ -85,6 +118,15 @@ impl Retry<'_> {
     /// backoff delay again.
     pub fn succeeded(&mut self) {
         self.backoff.reset();
+    }
+
+    /// [`attempt`](Self::attempt) of a request carrying `cost` events, first taking them (and
+    /// the request) from the rate limit when there is one.
+    pub async fn attempt_of(&mut self, cost: usize) -> u32 {
+        if let Some(limit) = self.rate_limit {
+            limit.acquire(cost).await;
+        }
+        self.attempt().await
     }
 
     /// Attempts made so far.

@@ -149,7 +149,15 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
                 "poller state loaded"
             );
             ready.set_ready(true);
-            let p = poller::Poller::new(api, out, state, cfg, topics, txn_timeout);
+            let p = poller::Poller {
+                guide_steps: Default::default(),
+                api,
+                out,
+                state,
+                cfg,
+                topics,
+                txn_timeout,
+            };
             let result = p.run(env.shutdown.clone(), &ready).await;
             ready.set_ready(false);
             result

@@ -171,38 +171,26 @@ impl Step {
     }
 }
 
-/// The poller: one Pendo subscription into Kafka.
+/// The poller: one Pendo subscription into Kafka. Built by the role's start-up over its loaded
+/// state.
 pub struct Poller {
-    guide_steps: GuideSteps,
-    api: PendoApi,
-    out: TransactionalOutput,
-    state: PollerState,
-    cfg: PendoPollerConfig,
-    topics: PollerTopics,
-    txn_timeout: Duration,
+    /// The last step of each guide, learned from the catalogue.
+    pub(super) guide_steps: GuideSteps,
+    /// The Pendo read API.
+    pub(super) api: PendoApi,
+    /// The transactional producer of records and state.
+    pub(super) out: TransactionalOutput,
+    /// What was sent before (loaded from `state.pendo-poller`).
+    pub(super) state: PollerState,
+    /// `[pendo_poller]`.
+    pub(super) cfg: PendoPollerConfig,
+    /// Output topics.
+    pub(super) topics: PollerTopics,
+    /// Deadline of each transactional call.
+    pub(super) txn_timeout: Duration,
 }
 
 impl Poller {
-    /// A poller over loaded `state`.
-    pub fn new(
-        api: PendoApi,
-        out: TransactionalOutput,
-        state: PollerState,
-        cfg: PendoPollerConfig,
-        topics: PollerTopics,
-        txn_timeout: Duration,
-    ) -> Self {
-        Self {
-            guide_steps: GuideSteps::default(),
-            api,
-            out,
-            state,
-            cfg,
-            topics,
-            txn_timeout,
-        }
-    }
-
     /// Runs the cycles on their schedules until `shutdown`; a cycle in progress is abandoned
     /// between (or during) pages, which loses nothing: its pages are atomic.
     /// `ready` is cleared while Pendo refuses the key and set again once every job that met

@@ -216,14 +216,8 @@ pub fn fingerprint(v: &Value) -> Fingerprint {
 /// event, the same content emitted again (never, with the state topic) the same one.
 pub fn account_event(row: &Value, selected: Value, fp: &Fingerprint, now_s: i64) -> ApiRecord {
     let id = row["accountId"].as_str().unwrap_or_default().to_string();
-    let fp_hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
-    let event = json!({
-        "event": ACCOUNT_KIND,
-        "accountId": id,
-        "timestamp": now_s,
-        "uniqueId": format!("pendo-api:account:{id}:{fp_hex}"),
-        "properties": {"metadata": selected},
-    });
+    let unique_id = format!("pendo-api:account:{id}:{}", hex(fp));
+    let event = metadata_event(ACCOUNT_KIND, ("accountId", &id), now_s, unique_id, selected);
     ApiRecord {
         key: id,
         value: event.to_string().into_bytes(),
@@ -244,15 +238,39 @@ pub fn visitor_update_event(
     let updated = row["metadata"]["auto"]["lastupdated"]
         .as_i64()
         .ok_or_else(|| row_error("missing_lastupdated", "no metadata.auto.lastupdated"))?;
-    let fp_hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
-    let event = json!({
-        "event": VISITOR_UPDATE_KIND,
-        "visitorId": id,
-        "timestamp": updated,
-        "uniqueId": format!("pendo-api:visitor-profile:{id}:{updated}:{fp_hex}"),
-        "properties": {"metadata": selected},
-    });
+    let unique_id = format!("pendo-api:visitor-profile:{id}:{updated}:{}", hex(fp));
+    let event = metadata_event(
+        VISITOR_UPDATE_KIND,
+        ("visitorId", id),
+        updated,
+        unique_id,
+        selected,
+    );
     Ok(visitor_record(row, id, event, VISITOR_UPDATE_KIND))
+}
+
+/// The raw event of a visitor's or account's metadata: `{"event": kind, <id field>: id,
+/// "timestamp", "uniqueId", "properties": {"metadata"}}`.
+fn metadata_event(
+    kind: &str,
+    (id_field, id): (&str, &str),
+    timestamp: i64,
+    unique_id: String,
+    metadata: Value,
+) -> Value {
+    let mut event = json!({
+        "event": kind,
+        "timestamp": timestamp,
+        "uniqueId": unique_id,
+        "properties": {"metadata": metadata},
+    });
+    event[id_field] = Value::String(id.to_string());
+    event
+}
+
+/// A metadata fingerprint as lower-case hex (in `uniqueId`s).
+fn hex(fp: &Fingerprint) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A visitor's record keyed by its id; the row's account (`metadata.auto.accountid`), when it
@@ -277,13 +295,13 @@ pub fn visitor_event(row: &Value, fields: &[String]) -> Result<ApiRecord, RowErr
     let first = row["metadata"]["auto"]["firstvisit"]
         .as_i64()
         .ok_or_else(|| row_error("missing_firstvisit", "no metadata.auto.firstvisit"))?;
-    let event = json!({
-        "event": VISITOR_KIND,
-        "visitorId": id,
-        "timestamp": first,
-        "uniqueId": format!("pendo-api:visitor:{id}"),
-        "properties": {"metadata": select_metadata(row, fields)},
-    });
+    let event = metadata_event(
+        VISITOR_KIND,
+        ("visitorId", id),
+        first,
+        format!("pendo-api:visitor:{id}"),
+        select_metadata(row, fields),
+    );
     Ok(visitor_record(row, id, event, VISITOR_KIND))
 }
 

@@ -17,8 +17,7 @@ use super::audience_lists::{AudienceListState, Lists, apply_changes, encode_list
 use super::config::metadata_url;
 use super::encoding::{Contributor, EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
 use crate::http::outcome::Outcome;
-use crate::http::rate_limit::RateLimiter;
-use crate::http::retry::{PauseGate, RetryPolicy};
+use crate::http::retry::Pacing;
 use crate::kafka::record_size::{fits, record_bytes};
 use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
@@ -34,12 +33,8 @@ pub struct PendoDeliveryContext {
     pub client: PendoClient,
     /// `?create=true` on writes.
     pub create: bool,
-    /// Client-side request rate limit (the Segment sink's limiter, requests only).
-    pub rate_limit: RateLimiter,
-    /// Sink-wide pause (Pendo's `Retry-After`).
-    pub pause: PauseGate,
-    /// Backoff bounds between attempts.
-    pub retry: RetryPolicy,
+    /// Rate limit, sink-wide `Retry-After` pause and backoff of every request to Pendo.
+    pub pacing: Pacing,
     /// Dead letters (`dlq.pendo-sink`).
     pub dead_letters: SinkDeadLetters,
     /// The consumed topic (dead letters' source header).
@@ -164,10 +159,9 @@ impl PendoDeliveryContext {
         // Depth-first so items keep their order when a batch is split.
         let mut work = vec![batch];
         while let Some(batch) = work.pop() {
-            let mut retry = self.retry.start(Some(&self.pause));
+            let mut retry = self.pacing.start();
             loop {
-                self.rate_limit.acquire(batch.len()).await;
-                retry.attempt().await;
+                retry.attempt_of(batch.len()).await;
                 let r = self.client.post(&url, batch.body()).await;
                 let status = r.status.map_or_else(|| "none".into(), |s| s.to_string());
                 m.pendo_sink_requests.with_label_values(&[&status]).inc();

@@ -102,12 +102,10 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let ctx = Arc::new(delivery::PendoDeliveryContext {
                 client,
                 create: sink.create,
-                rate_limit: crate::http::rate_limit::RateLimiter::new(
-                    None,
-                    sink.rate_limit_requests_per_s,
+                pacing: crate::http::retry::Pacing::new(
+                    crate::http::rate_limit::RateLimiter::new(None, sink.rate_limit_requests_per_s),
+                    retry,
                 ),
-                pause: crate::http::retry::PauseGate::default(),
-                retry,
                 dead_letters: crate::sinks::dead_letter::SinkDeadLetters {
                     producer: dlq,
                     topic: c.topic_name(TopicId::DlqPendoSink),

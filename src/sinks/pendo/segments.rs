@@ -380,8 +380,7 @@ impl PendoDeliveryContext {
     ) -> PendoResponse {
         let m = metrics();
         loop {
-            self.rate_limit.acquire(1).await;
-            retry.attempt().await;
+            retry.attempt_of(1).await;
             let r = match request {
                 Request::Post(url, body) => self.client.post(url, body.to_vec()).await,
                 Request::Patch(url, body) => self.client.patch(url, body.to_vec()).await,
@@ -426,7 +425,7 @@ impl PendoDeliveryContext {
 
     /// The attempts of one Pendo Segment request, paused with the sink's other requests.
     fn retry(&self) -> Retry<'_> {
-        self.retry.start(Some(&self.pause))
+        self.pacing.start()
     }
 
     async fn dead_letter_visitor(

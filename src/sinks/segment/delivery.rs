@@ -15,8 +15,7 @@ use super::batch::{SegmentBatch, sent_at_now};
 use super::encoding::EncodedEvent;
 use super::service::SegmentClient;
 use crate::http::outcome::Outcome;
-use crate::http::rate_limit::RateLimiter;
-use crate::http::retry::{PauseGate, RetryPolicy};
+use crate::http::retry::Pacing;
 use crate::kafka::headers;
 use crate::metrics::metrics;
 use crate::sinks::dead_letter::SinkDeadLetters;
@@ -28,12 +27,8 @@ pub struct DeliveryContext {
     pub client: SegmentClient,
     /// Compress bodies.
     pub gzip: bool,
-    /// Client-side rate limit.
-    pub rate_limit: RateLimiter,
-    /// Sink-wide pause (Segment's `Retry-After`).
-    pub pause: PauseGate,
-    /// Backoff bounds between attempts.
-    pub retry: RetryPolicy,
+    /// Rate limit, sink-wide `Retry-After` pause and backoff of every request to Segment.
+    pub pacing: Pacing,
     /// Dead letters (`dlq.segment-sink`).
     pub dead_letters: SinkDeadLetters,
     /// The consumed topic (for the dead letters' source headers).
@@ -70,10 +65,9 @@ impl DeliveryContext {
         let mut work = vec![(batch, indexes)];
         let m = metrics();
         while let Some((batch, idx)) = work.pop() {
-            let mut retry = self.retry.start(Some(&self.pause));
+            let mut retry = self.pacing.start();
             loop {
-                self.rate_limit.acquire(batch.len()).await;
-                retry.attempt().await;
+                retry.attempt_of(batch.len()).await;
                 let body = batch.body(&sent_at_now());
                 m.segment_batch_events.observe(batch.len() as f64);
                 m.segment_batch_bytes.observe(body.len() as f64);

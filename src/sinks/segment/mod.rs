@@ -34,7 +34,7 @@ pub use config::SegmentSinkConfig;
 use crate::app::{RoleEnv, RoleFuture};
 use crate::config::{Config, SchemaId, SegmentConfig, SegmentRegion};
 use crate::http::rate_limit::RateLimiter;
-use crate::http::retry::{PauseGate, RetryPolicy};
+use crate::http::retry::{Pacing, RetryPolicy};
 use crate::kafka::client_config;
 use crate::kafka::topics::TopicId;
 use crate::schema::SegmentCallCodec;
@@ -72,15 +72,13 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let ctx = Arc::new(delivery::DeliveryContext {
                 client,
                 gzip: sink.gzip,
-                rate_limit: RateLimiter::new(
-                    sink.rate_limit_events_per_s,
-                    sink.rate_limit_requests_per_s,
+                pacing: Pacing::new(
+                    RateLimiter::new(sink.rate_limit_events_per_s, sink.rate_limit_requests_per_s),
+                    RetryPolicy {
+                        initial: Duration::from_millis(sink.backoff_initial_ms),
+                        max: Duration::from_millis(sink.backoff_max_ms),
+                    },
                 ),
-                pause: PauseGate::default(),
-                retry: RetryPolicy {
-                    initial: Duration::from_millis(sink.backoff_initial_ms),
-                    max: Duration::from_millis(sink.backoff_max_ms),
-                },
                 dead_letters: crate::sinks::dead_letter::SinkDeadLetters {
                     producer: dlq,
                     topic: c.topic_name(TopicId::DlqSegmentSink),

@@ -19,7 +19,7 @@ use crate::idmap::BiIdMap;
 use crate::idmap::follower::{follow_idmap, follower_client_config};
 use crate::kafka::client_config;
 use crate::kafka::topics::TopicId;
-use crate::schema::{IdMappingCodec, PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
+use crate::schema::IdMappingCodec;
 use crate::task::OwnedTask;
 use crate::transform::segment_to_pendo::SegmentToPendo;
 use crate::transform::transactional_role::{
@@ -84,9 +84,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             let processor = SegmentTransformProcessor::new(
                 ROLE,
                 mapper,
-                PendoMetadataUpdateCodec::new(c.schema.wire_format(SchemaId::PendoMetadataUpdate)),
-                PendoSegmentChangeCodec::new(c.schema.wire_format(SchemaId::PendoSegmentChange)),
-                IdMappingCodec::new(c.schema.wire_format(SchemaId::IdMapping)),
+                &c.schema,
                 ids,
                 output.clone(),
                 SegmentOutputTopics {

@@ -11,6 +11,7 @@
 use rdkafka::Message;
 use rdkafka::message::BorrowedMessage;
 
+use crate::config::{SchemaConfig, SchemaId};
 use crate::idmap::BiIdMap;
 use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
 use crate::kafka::dead_letter::{DeadLetterSource, send_dead_letter};
@@ -51,28 +52,28 @@ pub struct SegmentTransformProcessor {
 }
 
 impl SegmentTransformProcessor {
-    /// A processor writing through `output`, resolving visitors with `ids`.
-    #[allow(clippy::too_many_arguments)]
+    /// A processor writing through `output` in the wire formats of `schema`, resolving
+    /// visitors with `ids`.
     pub fn new(
         role: &'static str,
         mapper: SegmentToPendo,
-        codec: PendoMetadataUpdateCodec,
-        segment_codec: PendoSegmentChangeCodec,
-        idmap_codec: IdMappingCodec,
+        schema: &SchemaConfig,
         ids: BiIdMap,
         output: TransactionalOutput,
         topics: SegmentOutputTopics,
     ) -> Self {
         Self {
+            codec: PendoMetadataUpdateCodec::new(schema.wire_format(SchemaId::PendoMetadataUpdate)),
+            segment_codec: PendoSegmentChangeCodec::new(
+                schema.wire_format(SchemaId::PendoSegmentChange),
+            ),
+            idmap_codec: IdMappingCodec::new(schema.wire_format(SchemaId::IdMapping)),
+            kinds: BoundedLabel::new(MAX_KIND_LABELS),
             role,
             mapper,
-            codec,
-            segment_codec,
-            idmap_codec,
             ids,
             output,
             topics,
-            kinds: BoundedLabel::new(MAX_KIND_LABELS),
         }
     }
 

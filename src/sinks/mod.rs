@@ -14,12 +14,92 @@ pub mod pendo;
 pub mod queue;
 pub mod segment;
 
+use std::future::Future;
 use std::time::Duration;
+
+use rdkafka::message::BorrowedMessage;
 
 use crate::app::RoleEnv;
 use crate::config::Config;
 use crate::kafka::client_config;
-use crate::kafka::consumer_loop::{CommitStrategy, LoopSpec, RecordProcessor, run_consumer_loop};
+use crate::kafka::consumer_loop::{
+    CommitStrategy, LoopSpec, ProcessError, RecordProcessor, run_consumer_loop,
+};
+use crate::kafka::context::{RevocationBarrier, TopicPartition};
+use crate::sinks::queue::{PartitionQueues, SinkJob};
+
+/// A sink's own part of the loop: its per-record work over its [`PartitionQueues`]. The rest
+/// of the `Acknowledged` contract (checkpoint, progress, readiness, backpressure, revoked
+/// partitions, sending open batches once the input is drained) every sink gets from its
+/// queues, through the [`RecordProcessor`] implemented here for every `QueuedSink`.
+pub trait QueuedSink: Send {
+    /// What one partition's queue holds.
+    type Job: SinkJob;
+
+    /// The sink's queues.
+    fn queues(&mut self) -> &mut PartitionQueues<Self::Job>;
+
+    /// The sink's queues, read only.
+    fn queues_ref(&self) -> &PartitionQueues<Self::Job>;
+
+    /// Handles one record: queues it, or dead-letters it ([`PartitionQueues::reject`]).
+    fn process(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+
+    /// Partitions taken away, after their queued work was dropped: per-partition state of
+    /// the sink's own. None by default.
+    fn partitions_revoked(&mut self, _partitions: &[TopicPartition]) {}
+
+    /// See [`RecordProcessor::revocation_barrier`]. None by default.
+    fn revocation_barrier(&self) -> Option<RevocationBarrier> {
+        None
+    }
+}
+
+impl<S: QueuedSink> RecordProcessor for S {
+    fn process(
+        &mut self,
+        record: &BorrowedMessage<'_>,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send {
+        QueuedSink::process(self, record)
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
+        self.queues().checkpoint().await
+    }
+
+    fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
+        // Their records are re-read by the next owner; a request already sent may reach the
+        // destination twice, which its de-duplication (Segment's messageId, Pendo's idempotent
+        // writes) absorbs.
+        self.queues().revoked(partitions);
+        QueuedSink::partitions_revoked(self, partitions);
+    }
+
+    fn revocation_barrier(&self) -> Option<RevocationBarrier> {
+        QueuedSink::revocation_barrier(self)
+    }
+
+    async fn progress(&mut self) -> Result<Vec<(TopicPartition, i64)>, ProcessError> {
+        self.queues().progress()
+    }
+
+    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.queues_ref().ready()
+    }
+
+    fn input_drained(&mut self) {
+        // Open batches wait for more records only while more are coming; the request rate
+        // caps still bound how often they go.
+        self.queues().close_open();
+    }
+
+    fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
+        self.queues_ref().is_backpressured(topic, partition)
+    }
+}
 
 /// Runs a sink's processor over `inputs` in the shared loop with the `Acknowledged` strategy:
 /// the commit cadence of `[processing]`, and a shutdown flush that ends 5 s before the grace

@@ -20,10 +20,11 @@ use super::audience_lists::AudienceListState;
 use super::delivery::PendoDeliveryContext;
 use super::encoding::{Contributor, PendoJob, validate_update};
 use super::segments::validate_change;
-use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
+use crate::kafka::consumer_loop::ProcessError;
 use crate::kafka::context::{RevocationBarrier, TopicPartition};
 use crate::metrics::metrics;
 use crate::schema::{PendoMetadataUpdateCodec, PendoSegmentChangeCodec};
+use crate::sinks::QueuedSink;
 use crate::sinks::queue::{Deliver, PartitionQueues, SinkJob};
 
 impl SinkJob for PendoJob {
@@ -166,7 +167,17 @@ impl PendoSinkProcessor {
     }
 }
 
-impl RecordProcessor for PendoSinkProcessor {
+impl QueuedSink for PendoSinkProcessor {
+    type Job = PendoJob;
+
+    fn queues(&mut self) -> &mut PartitionQueues<PendoJob> {
+        &mut self.queues
+    }
+
+    fn queues_ref(&self) -> &PartitionQueues<PendoJob> {
+        &self.queues
+    }
+
     async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
         if self
             .segment_input
@@ -222,10 +233,6 @@ impl RecordProcessor for PendoSinkProcessor {
         self.queues.after_record(&tp).await
     }
 
-    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
-        self.queues.checkpoint().await
-    }
-
     fn revocation_barrier(&self) -> Option<RevocationBarrier> {
         let state = self.ctx.audience_lists.clone()?;
         let source_topic = self.ctx.source_topic.clone();
@@ -240,7 +247,6 @@ impl RecordProcessor for PendoSinkProcessor {
     }
 
     fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
-        self.queues.revoked(partitions);
         if let Some(state) = &self.ctx.audience_lists {
             let ps: Vec<i32> = partitions
                 .iter()
@@ -249,22 +255,5 @@ impl RecordProcessor for PendoSinkProcessor {
                 .collect();
             state.revoke(&ps);
         }
-    }
-
-    async fn progress(&mut self) -> Result<Vec<(TopicPartition, i64)>, ProcessError> {
-        self.queues.progress()
-    }
-
-    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.queues.ready()
-    }
-
-    fn input_drained(&mut self) {
-        // Metadata writes wait for more updates only while more are coming.
-        self.queues.close_open();
-    }
-
-    fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
-        self.queues.is_backpressured(topic, partition)
     }
 }

@@ -19,14 +19,15 @@ use rdkafka::message::BorrowedMessage;
 use super::batch::{BatchLimits, RejectReason, SegmentBatch};
 use super::delivery::{BatchToDeliver, DeliveryContext};
 use super::encoding::encode_event;
-use crate::kafka::consumer_loop::{ProcessError, RecordProcessor};
+use crate::kafka::consumer_loop::ProcessError;
 use crate::kafka::context::TopicPartition;
 use crate::metrics::metrics;
 use crate::schema::SegmentCallCodec;
+use crate::sinks::QueuedSink;
 use crate::sinks::queue::{Deliver, PartitionQueues, SinkJob};
 
 /// A partition's open batch and the per-event data delivery needs.
-struct OpenBatch {
+pub struct OpenBatch {
     batch: SegmentBatch,
     received_at: Vec<Option<i64>>,
     originals: Vec<Arc<[u8]>>,
@@ -102,7 +103,17 @@ impl SegmentSinkProcessor {
     }
 }
 
-impl RecordProcessor for SegmentSinkProcessor {
+impl QueuedSink for SegmentSinkProcessor {
+    type Job = OpenBatch;
+
+    fn queues(&mut self) -> &mut PartitionQueues<OpenBatch> {
+        &mut self.queues
+    }
+
+    fn queues_ref(&self) -> &PartitionQueues<OpenBatch> {
+        &self.queues
+    }
+
     async fn process(&mut self, record: &BorrowedMessage<'_>) -> Result<(), ProcessError> {
         let value = record.payload().unwrap_or_default();
         let mut call = match self.codec.decode(value) {
@@ -170,33 +181,5 @@ impl RecordProcessor for SegmentSinkProcessor {
             self.queues.close(&tp);
         }
         self.queues.after_record(&tp).await
-    }
-
-    async fn checkpoint(&mut self) -> Result<(), ProcessError> {
-        self.queues.checkpoint().await
-    }
-
-    fn partitions_revoked(&mut self, partitions: &[TopicPartition]) {
-        // Their records are re-read by the next owner; a request already sent may reach
-        // Segment twice, which the messageId de-duplicates.
-        self.queues.revoked(partitions);
-    }
-
-    async fn progress(&mut self) -> Result<Vec<(TopicPartition, i64)>, ProcessError> {
-        self.queues.progress()
-    }
-
-    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.queues.ready()
-    }
-
-    fn input_drained(&mut self) {
-        // Segment batches wait for more calls only while more are coming; the request rate cap
-        // (token bucket) still bounds how often they go.
-        self.queues.close_open();
-    }
-
-    fn is_backpressured(&self, topic: &str, partition: i32) -> bool {
-        self.queues.is_backpressured(topic, partition)
     }
 }

@@ -25,6 +25,7 @@ use crate::inspect::{Decoder, one_line, render, resolve_topic};
 use crate::kafka::client_config;
 use crate::kafka::context::ReadToEndContext;
 use crate::kafka::metadata::topic_partitions;
+use crate::kafka::read_to_end::{Polled, poll_pending};
 use crate::shutdown::Shutdown;
 
 /// `tail` arguments.
@@ -238,19 +239,15 @@ fn read(
         if shutdown.is_triggered() || (!args.follow && pending.is_empty()) {
             break;
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        match poll_pending(&consumer, Duration::from_millis(200), &mut pending)? {
             // Without --follow, a partition that never reports its end (the broker went away)
             // must not hang the command: give up after 10 quiet seconds, as `inspect` does.
-            None if !args.follow && idle_since.elapsed() > Duration::from_secs(10) => {
+            Polled::Nothing if !args.follow && idle_since.elapsed() > Duration::from_secs(10) => {
                 eprintln!("note: no records and no end-of-partition for 10 s; stopping");
                 break;
             }
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(m)) => {
+            Polled::Nothing | Polled::End => {}
+            Polled::Record(m) => {
                 idle_since = Instant::now();
                 let end = ranges.get(&m.partition()).map_or(i64::MAX, |r| r.end);
                 if !args.follow {

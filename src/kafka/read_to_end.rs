@@ -26,6 +26,34 @@ pub enum StartAt {
     Timestamp(i64),
 }
 
+/// What one poll of a bounded read gave.
+pub enum Polled<'c> {
+    /// A record.
+    Record(BorrowedMessage<'c>),
+    /// A partition reached its end (and was taken out of the pending set).
+    End,
+    /// Nothing within the poll's timeout.
+    Nothing,
+}
+
+/// Polls once for a read that ends when every partition in `pending` reported its end
+/// (`enable.partition.eof`); any other consumer error ends the read.
+pub fn poll_pending<'c, C: rdkafka::consumer::ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
+    timeout: Duration,
+    pending: &mut HashSet<i32>,
+) -> Result<Polled<'c>, KafkaError> {
+    match consumer.poll(timeout) {
+        None => Ok(Polled::Nothing),
+        Some(Err(KafkaError::PartitionEOF(p))) => {
+            pending.remove(&p);
+            Ok(Polled::End)
+        }
+        Some(Err(e)) => Err(e),
+        Some(Ok(m)) => Ok(Polled::Record(m)),
+    }
+}
+
 /// How long looking up the offsets of a start time may take.
 const OFFSETS_FOR_TIMES_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,16 +117,12 @@ pub fn read_to_end(
     let (mut read, mut last_report) = (0u64, Instant::now());
     let mut idle_since = Instant::now();
     while !pending.is_empty() {
-        match consumer.poll(Duration::from_secs(1)) {
+        match poll_pending(&consumer, Duration::from_secs(1), &mut pending)? {
             // A partition that never reports its end is idle at its end (or the broker is
             // gone): stop after 10 quiet seconds rather than hang.
-            None if idle_since.elapsed() > Duration::from_secs(10) => break,
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(m)) => {
+            Polled::Nothing if idle_since.elapsed() > Duration::from_secs(10) => break,
+            Polled::Nothing | Polled::End => {}
+            Polled::Record(m) => {
                 idle_since = Instant::now();
                 read += 1;
                 on_record(&m)?;

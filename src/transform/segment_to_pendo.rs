@@ -117,32 +117,48 @@ impl AudienceTarget {
     }
 }
 
-/// The mapper's settings (from `[transform_segment]`).
-#[derive(Debug, Clone)]
+/// The mapper's settings: the keys of `[transform_segment]` that decide how an audience event
+/// is mapped (flattened into that section), and the source it came from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
 pub struct SegmentMapperSettings {
-    /// Field name prefix (`segment_` gives `segment_<audience_key>`).
+    /// Prefix of per-audience field names; with the key it must form a Pendo field name
+    /// (letters, digits, `_`; other characters of keys become `_`).
     pub field_prefix: String,
-    /// Pendo field group of the updates (`custom`).
+    /// Pendo field group written: `custom` (fields created under Data Mappings) or `agent`.
     pub field_group: String,
-    /// Users without a visitor in the id mapping.
+    /// Segment users with no Pendo visitor in `idmap.visitor-to-user`: `use_user_id` (visitor
+    /// id = userId), `drop` (counted) or `dlq`.
     pub unmapped_user: UnmappedUserPolicy,
-    /// Traits (of `traits` or `context.traits`) that carry the Pendo visitor id.
+    /// Traits (`traits` or `context.traits`) holding the Pendo visitor id; such events also
+    /// publish the visitor -> user mapping (identity learning). Empty disables. A trust
+    /// decision: whoever can set these traits in a Segment event (client-side sources, anyone
+    /// sending to the webhook) can remap a visitor to another user for both flows, so list only
+    /// fields that trusted (server-side) sources set.
     pub visitor_id_traits: Vec<String>,
-    /// `context.externalIds[].type` values whose `id` is the Pendo visitor id.
+    /// `context.externalIds[].type` values whose `id` is the Pendo visitor id (identity
+    /// learning, the same trust decision as `visitor_id_traits`). Empty disables.
     pub visitor_id_external_types: Vec<String>,
-    /// Namespace of update ids (`<prefix>-<hash>`).
+    /// Namespace of update ids (`<prefix>-<hash>`), at most 60 characters. Changing it makes
+    /// replayed events new to the Pendo sink's de-duplication.
     pub update_id_prefix: String,
     /// `origin.source` of the updates, and `source` of learned mappings.
+    #[serde(skip)]
     pub source: String,
-    /// Target of audiences not listed in `audience_targets`.
+    /// Where audiences not listed in `audience_targets` are written: `field` (a metadata field,
+    /// `field_mode`), `pendo_segment` (a Pendo Segment per audience, visitors only) or `both`.
     pub audience_target: AudienceTarget,
-    /// Target per audience key.
+    /// Target per audience key, e.g. `{ "power_users_30d" = "pendo_segment" }`.
     pub audience_targets: BTreeMap<String, AudienceTarget>,
-    /// Pendo Segment names are `<prefix><audience_key>`.
+    /// Pendo Segments are named `<prefix><audience_key>` (at most 100 characters in all is
+    /// advised; the name is set once, at creation).
     pub pendo_segment_name_prefix: String,
-    /// Boolean field per audience, list field of current keys, or both.
+    /// `per_audience_boolean` (field `<field_prefix><audience_key>` = true/false),
+    /// `audience_list` (one list field, `audience_list_field`, of the entity's current audience
+    /// keys; the Pendo sink keeps the membership in `state.pendo-audience-lists`) or `both`.
     pub field_mode: FieldMode,
-    /// The list field's name (`field_mode` `audience_list` / `both`).
+    /// The list field of `audience_list` / `both` (a Pendo field name: letters, digits, `_`,
+    /// not starting with a digit; created in Pendo as a list field).
     pub audience_list_field: String,
 }
 

@@ -275,10 +275,31 @@ struct Member {
     used: Box<[u32]>,
 }
 
+/// An account's usage and that of its visitors within it.
 #[derive(Debug, Default)]
 struct AccountTally {
     tally: Tally,
     members: HashMap<Box<str>, Member>,
+}
+
+impl AccountTally {
+    /// No usage yet, with `n` metric slots.
+    fn empty(n: usize) -> Self {
+        Self {
+            tally: Tally::empty(n),
+            members: HashMap::new(),
+        }
+    }
+}
+
+impl Member {
+    /// No usage yet, with `n` account metrics.
+    fn empty(n: usize) -> Self {
+        Self {
+            active: 0,
+            used: vec![0; n].into(),
+        }
+    }
 }
 
 /// The usage of every visitor and account seen in one cycle's rows.
@@ -336,14 +357,16 @@ impl<'a> UsageTally<'a> {
                 }
             };
             add(
-                tally(&mut self.visitors, visitor, self.visitor_metrics.len()),
+                entry(&mut self.visitors, visitor, || {
+                    Tally::empty(self.visitor_metrics.len())
+                }),
                 &self.visitor_metrics,
             );
             if let Some(account) = id(row, "accountId") {
                 let n = self.account_metrics.len();
-                let a = account_tally(&mut self.accounts, account, n);
+                let a = entry(&mut self.accounts, account, || AccountTally::empty(n));
                 add(&mut a.tally, &self.account_metrics);
-                member(&mut a.members, visitor, n).active |= bit;
+                entry(&mut a.members, visitor, || Member::empty(n)).active |= bit;
             }
         }
     }
@@ -378,14 +401,18 @@ impl<'a> UsageTally<'a> {
                 }
             };
             add(
-                tally(&mut self.visitors, visitor, self.visitor_metrics.len()),
+                entry(&mut self.visitors, visitor, || {
+                    Tally::empty(self.visitor_metrics.len())
+                }),
                 &self.visitor_metrics,
             );
             if let Some(account) = id(row, "accountId") {
                 let metrics = &self.account_metrics;
-                let a = account_tally(&mut self.accounts, account, metrics.len());
+                let a = entry(&mut self.accounts, account, || {
+                    AccountTally::empty(metrics.len())
+                });
                 add(&mut a.tally, metrics);
-                let m = member(&mut a.members, visitor, metrics.len());
+                let m = entry(&mut a.members, visitor, || Member::empty(metrics.len()));
                 for (used, metric) in m.used.iter_mut().zip(metrics) {
                     if metric.measure == UsageMeasure::FeatureAdoptionRate
                         && metric.feature_ids.iter().any(|f| f == feature)
@@ -516,32 +543,6 @@ fn entry<'m, V>(
         map.insert(id.into(), fresh());
     }
     map.get_mut(id).expect("inserted")
-}
-
-fn tally<'m>(tallies: &'m mut HashMap<Box<str>, Tally>, id: &str, n: usize) -> &'m mut Tally {
-    entry(tallies, id, || Tally::empty(n))
-}
-
-fn account_tally<'m>(
-    accounts: &'m mut HashMap<Box<str>, AccountTally>,
-    id: &str,
-    n: usize,
-) -> &'m mut AccountTally {
-    entry(accounts, id, || AccountTally {
-        tally: Tally::empty(n),
-        members: HashMap::new(),
-    })
-}
-
-fn member<'m>(
-    members: &'m mut HashMap<Box<str>, Member>,
-    visitor: &str,
-    n: usize,
-) -> &'m mut Member {
-    entry(members, visitor, || Member {
-        active: 0,
-        used: vec![0; n].into(),
-    })
 }
 
 /// `x` rounded half away from zero to `decimals`.

@@ -89,7 +89,7 @@ pub fn task(config: &Config) -> anyhow::Result<impl FnOnce(RoleEnv) -> RoleFutur
             };
             // Audience lists: the sink keeps each entity's current list when the transformer
             // writes deltas (the same configuration file serves both roles).
-            let audience_lists = if c.transform_segment.field_mode.writes_list() {
+            let audience_lists = if c.transform_segment.mapping.field_mode.writes_list() {
                 Some(Arc::new(audience_lists::AudienceListState::new(
                     client_config::consumer(c, &format!("{ROLE}.audience-lists")),
                     c.topic_name(TopicId::StatePendoAudienceLists),

@@ -210,7 +210,7 @@ impl QueuedSink for PendoSinkProcessor {
                         &self.ctx.dead_letters,
                         record,
                         "invalid_update",
-                        "the update carries audience-list changes but this pendo-sink keeps no audience lists: set transform_segment.field_mode = \"audience_list\" (or \"both\") in its configuration too",
+                        "the update carries audience-list changes but this pendo-sink keeps no audience lists: set transform_segment.mapping.field_mode = \"audience_list\" (or \"both\") in its configuration too",
                     )
                     .await;
             };

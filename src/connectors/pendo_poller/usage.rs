@@ -302,6 +302,15 @@ impl Member {
     }
 }
 
+/// What one row adds to: its visitor's tally and, when it names an account, the account's tally
+/// and the visitor's membership there; with the metrics of each.
+struct RowTallies<'t, 'a> {
+    visitor: &'t mut Tally,
+    visitor_metrics: &'t [&'a UsageMetric],
+    account: Option<(&'t mut Tally, &'t mut Member)>,
+    account_metrics: &'t [&'a UsageMetric],
+}
+
 /// The usage of every visitor and account seen in one cycle's rows.
 #[derive(Debug)]
 pub struct UsageTally<'a> {
@@ -334,6 +343,23 @@ impl<'a> UsageTally<'a> {
         (0..self.days as i64).contains(&i).then_some(i as u32)
     }
 
+    /// The tallies a row of `visitor` (in `account`, if any) adds to, each created empty when
+    /// first seen.
+    fn tallies_of<'t>(&'t mut self, visitor: &str, account: Option<&str>) -> RowTallies<'t, 'a> {
+        let (nv, na) = (self.visitor_metrics.len(), self.account_metrics.len());
+        let account = account.map(|account| {
+            let a = entry(&mut self.accounts, account, || AccountTally::empty(na));
+            let member = entry(&mut a.members, visitor, || Member::empty(na));
+            (&mut a.tally, member)
+        });
+        RowTallies {
+            visitor: entry(&mut self.visitors, visitor, || Tally::empty(nv)),
+            visitor_metrics: &self.visitor_metrics,
+            account,
+            account_metrics: &self.account_metrics,
+        }
+    }
+
     /// Adds `events` rows (visitor x account x day: `numEvents`, `numMinutes`). Rows without a
     /// visitor, or outside the window, are ignored.
     pub fn add_activity(&mut self, rows: &[Value]) {
@@ -356,17 +382,11 @@ impl<'a> UsageTally<'a> {
                     }
                 }
             };
-            add(
-                entry(&mut self.visitors, visitor, || {
-                    Tally::empty(self.visitor_metrics.len())
-                }),
-                &self.visitor_metrics,
-            );
-            if let Some(account) = id(row, "accountId") {
-                let n = self.account_metrics.len();
-                let a = entry(&mut self.accounts, account, || AccountTally::empty(n));
-                add(&mut a.tally, &self.account_metrics);
-                entry(&mut a.members, visitor, || Member::empty(n)).active |= bit;
+            let t = self.tallies_of(visitor, id(row, "accountId"));
+            add(t.visitor, t.visitor_metrics);
+            if let Some((tally, member)) = t.account {
+                add(tally, t.account_metrics);
+                member.active |= bit;
             }
         }
     }
@@ -400,20 +420,11 @@ impl<'a> UsageTally<'a> {
                     }
                 }
             };
-            add(
-                entry(&mut self.visitors, visitor, || {
-                    Tally::empty(self.visitor_metrics.len())
-                }),
-                &self.visitor_metrics,
-            );
-            if let Some(account) = id(row, "accountId") {
-                let metrics = &self.account_metrics;
-                let a = entry(&mut self.accounts, account, || {
-                    AccountTally::empty(metrics.len())
-                });
-                add(&mut a.tally, metrics);
-                let m = entry(&mut a.members, visitor, || Member::empty(metrics.len()));
-                for (used, metric) in m.used.iter_mut().zip(metrics) {
+            let t = self.tallies_of(visitor, id(row, "accountId"));
+            add(t.visitor, t.visitor_metrics);
+            if let Some((tally, member)) = t.account {
+                add(tally, t.account_metrics);
+                for (used, metric) in member.used.iter_mut().zip(t.account_metrics) {
                     if metric.measure == UsageMeasure::FeatureAdoptionRate
                         && metric.feature_ids.iter().any(|f| f == feature)
                     {

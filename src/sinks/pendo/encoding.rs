@@ -118,6 +118,94 @@ pub struct EntityWrite {
     pub list_state: Option<Lists>,
 }
 
+/// An item coalescing the records of one id (an entity's write, a visitor's membership).
+pub trait Coalesced {
+    /// The id records are coalesced by.
+    fn id(&self) -> &str;
+}
+
+impl Coalesced for EntityWrite {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Items in first-seen order with an index by id, so a later record of the same id merges
+/// into its item instead of adding one (both Pendo requests' batches coalesce so). Items may be
+/// changed in place, never their ids (the index would go stale).
+#[derive(Debug, Clone)]
+pub struct CoalescedItems<T> {
+    items: Vec<T>,
+    index: HashMap<String, usize>,
+}
+
+impl<T: Coalesced> CoalescedItems<T> {
+    /// `items` (with distinct ids), in order.
+    pub fn from_items(items: Vec<T>) -> Self {
+        let index = items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id().to_string(), i))
+            .collect();
+        Self { items, index }
+    }
+
+    /// The item of `id`, to merge a record into.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
+        let i = *self.index.get(id)?;
+        Some(&mut self.items[i])
+    }
+
+    /// Adds an item of an id not present yet.
+    pub fn push(&mut self, item: T) {
+        self.index.insert(item.id().to_string(), self.items.len());
+        self.items.push(item);
+    }
+
+    /// The items, in order.
+    pub fn into_items(self) -> Vec<T> {
+        self.items
+    }
+}
+
+impl<T> Default for CoalescedItems<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for CoalescedItems<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items
+    }
+}
+
+impl<'a, T> IntoIterator for &'a CoalescedItems<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut CoalescedItems<T> {
+    type Item = &'a mut T;
+    type IntoIter = std::slice::IterMut<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.iter_mut()
+    }
+}
+
+impl<T> std::ops::DerefMut for CoalescedItems<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.items
+    }
+}
+
 /// The items of one request: one entity kind and field group.
 #[derive(Debug, Clone)]
 pub struct GroupBatch {
@@ -126,8 +214,7 @@ pub struct GroupBatch {
     /// `custom` or `agent`.
     pub group: String,
     /// Items in first-seen order.
-    pub writes: Vec<EntityWrite>,
-    index: HashMap<String, usize>,
+    pub writes: CoalescedItems<EntityWrite>,
 }
 
 impl GroupBatch {
@@ -136,8 +223,7 @@ impl GroupBatch {
         Self {
             entity,
             group: group.to_string(),
-            writes: Vec::new(),
-            index: HashMap::new(),
+            writes: CoalescedItems::default(),
         }
     }
 
@@ -148,28 +234,21 @@ impl GroupBatch {
         mut refuse: impl FnMut(&EntityWrite) -> bool,
     ) -> Vec<EntityWrite> {
         let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.writes)
+            .into_items()
             .into_iter()
             .partition(|w| refuse(w));
-        self.writes = keep;
-        self.index = self
-            .writes
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.id.clone(), i))
-            .collect();
+        self.writes = CoalescedItems::from_items(keep);
         out
     }
 
     /// Merges `u` in; returns whether it was coalesced into an existing item.
     pub fn push(&mut self, u: PendoMetadataUpdate, c: Contributor) -> bool {
-        if let Some(&i) = self.index.get(&u.entity_id) {
-            let w = &mut self.writes[i];
+        if let Some(w) = self.writes.get_mut(&u.entity_id) {
             w.values.extend(u.values);
             w.list_changes.extend(u.list_changes);
             w.contributors.push(c);
             return true;
         }
-        self.index.insert(u.entity_id.clone(), self.writes.len());
         self.writes.push(EntityWrite {
             id: u.entity_id,
             values: u.values,
@@ -224,17 +303,12 @@ impl GroupBatch {
         if self.writes.len() < 2 {
             return Err(self);
         }
-        let mut first = self.writes;
+        let mut first = self.writes.into_items();
         let second = first.split_off(first.len() / 2);
         let make = |writes: Vec<EntityWrite>| GroupBatch {
             entity: self.entity,
             group: self.group.clone(),
-            index: writes
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (w.id.clone(), i))
-                .collect(),
-            writes,
+            writes: CoalescedItems::from_items(writes),
         };
         Ok((make(first), make(second)))
     }

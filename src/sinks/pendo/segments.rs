@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 
 use super::config::{segment_create_url, segment_list_url, segment_patch_url};
 use super::delivery::PendoDeliveryContext;
-use super::encoding::Contributor;
+use super::encoding::{Coalesced, CoalescedItems, Contributor};
 use crate::http::outcome::Outcome;
 use crate::http::retry::Retry;
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
@@ -62,6 +62,12 @@ pub struct VisitorChange {
     pub contributors: Vec<Contributor>,
 }
 
+impl Coalesced for VisitorChange {
+    fn id(&self) -> &str {
+        &self.visitor_id
+    }
+}
+
 /// The coalesced changes of one Pendo Segment (one audience) in one job.
 #[derive(Debug, Clone)]
 pub struct SegmentMembershipChanges {
@@ -70,8 +76,7 @@ pub struct SegmentMembershipChanges {
     /// The segment's name (the latest change's).
     pub name: String,
     /// Visitors in first-seen order.
-    pub visitors: Vec<VisitorChange>,
-    index: HashMap<String, usize>,
+    pub visitors: CoalescedItems<VisitorChange>,
 }
 
 impl SegmentMembershipChanges {
@@ -80,21 +85,18 @@ impl SegmentMembershipChanges {
         Self {
             audience_key: audience_key.to_string(),
             name: name.to_string(),
-            visitors: Vec::new(),
-            index: HashMap::new(),
+            visitors: CoalescedItems::default(),
         }
     }
 
     /// Merges `c` in (last write per visitor wins); returns whether it was coalesced.
     pub fn push(&mut self, c: PendoSegmentChange, contributor: Contributor) -> bool {
         self.name = c.segment_name;
-        if let Some(&i) = self.index.get(&c.visitor_id) {
-            let v = &mut self.visitors[i];
+        if let Some(v) = self.visitors.get_mut(&c.visitor_id) {
             v.member = c.member;
             v.contributors.push(contributor);
             return true;
         }
-        self.index.insert(c.visitor_id.clone(), self.visitors.len());
         self.visitors.push(VisitorChange {
             visitor_id: c.visitor_id,
             member: c.member,

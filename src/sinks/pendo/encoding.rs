@@ -454,7 +454,7 @@ pub fn parse_outcome(body: &[u8], sent: &[&str]) -> Result<Vec<ItemFailure>, Str
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::schema::pendo_metadata_update::UpdateOrigin;
 
@@ -474,7 +474,8 @@ mod tests {
         }
     }
 
-    fn contributor(offset: i64) -> Contributor {
+    /// A contributor at `offset` of partition 0 (also for the Pendo Segment tests).
+    pub(in crate::sinks::pendo) fn contributor(offset: i64) -> Contributor {
         Contributor {
             partition: 0,
             offset,

@@ -736,6 +736,7 @@ async fn record_id(
 mod tests {
     use super::*;
     use crate::schema::pendo_segment_change::SegmentChangeOrigin;
+    use crate::sinks::pendo::encoding::tests::contributor;
 
     fn change(visitor: &str, member: bool) -> PendoSegmentChange {
         PendoSegmentChange {
@@ -746,16 +747,6 @@ mod tests {
             member,
             timestamp: "2026-11-29T00:00:00.000Z".into(),
             origin: SegmentChangeOrigin::default(),
-        }
-    }
-
-    fn contributor(offset: i64) -> Contributor {
-        Contributor {
-            partition: 0,
-            offset,
-            key: None,
-            original: Arc::from(&b"x"[..]),
-            received_at: None,
         }
     }
 

@@ -49,3 +49,17 @@ impl Outcome {
         matches!(self, Outcome::AuthFailure | Outcome::Misconfigured)
     }
 }
+/// The `status` label of a request metric: the HTTP status, or `none` when no answer came.
+pub fn status_label(status: Option<u16>) -> String {
+    status.map_or_else(|| "none".to_string(), |s| s.to_string())
+}
+
+/// One line for logs and dead letters about an answer: its status and the start of its body,
+/// or the transport error when none came.
+pub fn describe_answer(status: Option<u16>, error: Option<&str>, body_excerpt: &str) -> String {
+    match (status, error) {
+        (Some(s), _) => format!("HTTP {s}: {body_excerpt}"),
+        (None, Some(e)) => format!("no response: {e}"),
+        (None, None) => "no response".to_string(),
+    }
+}

@@ -63,12 +63,8 @@ impl PendoResponse {
 
     /// One line for logs and dead letters.
     pub fn describe(&self) -> String {
-        let excerpt = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]).into_owned();
-        match (self.status, &self.error) {
-            (Some(s), _) => format!("HTTP {s}: {excerpt}"),
-            (None, Some(e)) => format!("no response: {e}"),
-            (None, None) => "no response".into(),
-        }
+        let excerpt = String::from_utf8_lossy(&self.body[..self.body.len().min(512)]);
+        crate::http::outcome::describe_answer(self.status, self.error.as_deref(), &excerpt)
     }
 }
 

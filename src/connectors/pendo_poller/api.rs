@@ -168,9 +168,7 @@ impl PendoApi {
 }
 
 fn count(endpoint: &str, r: &PendoResponse) {
-    let status = r
-        .status
-        .map_or_else(|| "none".to_string(), |s| s.to_string());
+    let status = crate::http::outcome::status_label(r.status);
     // The endpoint label is one of a fixed set (aggregation sources, catalogue kinds).
     metrics()
         .pendo_api_requests

@@ -53,6 +53,18 @@ pub struct PendoDeliveryContext {
     pub codec: PendoMetadataUpdateCodec,
 }
 
+/// Counts one answer of Pendo (or its absence) in `pendo_segment_pendo_sink_requests_total` and
+/// times it in `pendo_segment_pendo_sink_request_duration_seconds`: every write of the sink is
+/// counted here.
+pub(super) fn answered(r: &crate::pendo_api::client::PendoResponse) {
+    let m = metrics();
+    m.pendo_sink_requests
+        .with_label_values(&[&crate::http::outcome::status_label(r.status)])
+        .inc();
+    m.pendo_sink_request_duration
+        .observe(r.elapsed.as_secs_f64());
+}
+
 /// Whether a refused item is worth sending again record by record: it merged several records
 /// and Pendo refused its content (`rejected`, e.g. one record's field that does not exist), so
 /// the other records may be fine. Not for `missing` (the entity is unknown to every record) nor
@@ -163,10 +175,7 @@ impl PendoDeliveryContext {
             loop {
                 retry.attempt_of(batch.len()).await;
                 let r = self.client.post(&url, batch.body()).await;
-                let status = r.status.map_or_else(|| "none".into(), |s| s.to_string());
-                m.pendo_sink_requests.with_label_values(&[&status]).inc();
-                m.pendo_sink_request_duration
-                    .observe(r.elapsed.as_secs_f64());
+                answered(&r);
                 let retry_reason = match r.outcome() {
                     Outcome::Success => {
                         let sent: Vec<&str> = batch.writes.iter().map(|w| w.id.as_str()).collect();

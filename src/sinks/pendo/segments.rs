@@ -387,10 +387,7 @@ impl PendoDeliveryContext {
                 Request::Post(url, body) => self.client.post(url, body.to_vec()).await,
                 Request::Patch(url, body) => self.client.patch(url, body.to_vec()).await,
             };
-            let status = r.status.map_or_else(|| "none".into(), |s| s.to_string());
-            m.pendo_sink_requests.with_label_values(&[&status]).inc();
-            m.pendo_sink_request_duration
-                .observe(r.elapsed.as_secs_f64());
+            super::delivery::answered(&r);
             match r.outcome() {
                 Outcome::Success | Outcome::Invalid => {
                     m.pendo_sink_backpressure.set(0);
@@ -682,7 +679,7 @@ impl PendoDeliveryContext {
             let r = self.client.get(&url).await;
             metrics()
                 .pendo_sink_requests
-                .with_label_values(&[&r.status.map_or_else(|| "none".into(), |s| s.to_string())])
+                .with_label_values(&[&crate::http::outcome::status_label(r.status)])
                 .inc();
             match r.outcome() {
                 Outcome::Success => {

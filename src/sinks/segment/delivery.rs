@@ -73,9 +73,7 @@ impl DeliveryContext {
                 m.segment_batch_bytes.observe(body.len() as f64);
                 let r = self.client.send(body, self.gzip).await;
                 m.segment_request_duration.observe(r.elapsed.as_secs_f64());
-                let status = r
-                    .status
-                    .map_or_else(|| "none".to_string(), |s| s.to_string());
+                let status = crate::http::outcome::status_label(r.status);
                 m.segment_requests.with_label_values(&[&status]).inc();
                 match r.outcome() {
                     Outcome::Success => {

@@ -53,11 +53,11 @@ impl SendResult {
 
     /// A one-line description for logs and the DLQ (status or error, and the body excerpt).
     pub fn describe(&self) -> String {
-        match (self.status, &self.error) {
-            (Some(s), _) => format!("HTTP {s}: {}", self.body_excerpt),
-            (None, Some(e)) => format!("no response: {e}"),
-            (None, None) => "no response".to_string(),
-        }
+        crate::http::outcome::describe_answer(
+            self.status,
+            self.error.as_deref(),
+            &self.body_excerpt,
+        )
     }
 }
 

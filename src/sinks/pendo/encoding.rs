@@ -150,16 +150,20 @@ impl<T: Coalesced> CoalescedItems<T> {
         Self { items, index }
     }
 
-    /// The item of `id`, to merge a record into.
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut T> {
-        let i = *self.index.get(id)?;
-        Some(&mut self.items[i])
-    }
-
-    /// Adds an item of an id not present yet.
-    pub fn push(&mut self, item: T) {
-        self.index.insert(item.id().to_string(), self.items.len());
-        self.items.push(item);
+    /// Adds `item`, or merges it with `merge` into the item of the same id; returns whether it
+    /// merged.
+    pub fn add(&mut self, item: T, merge: impl FnOnce(&mut T, T)) -> bool {
+        match self.index.get(item.id()) {
+            Some(&i) => {
+                merge(&mut self.items[i], item);
+                true
+            }
+            None => {
+                self.index.insert(item.id().to_string(), self.items.len());
+                self.items.push(item);
+                false
+            }
+        }
     }
 
     /// The items, in order.
@@ -243,20 +247,18 @@ impl GroupBatch {
 
     /// Merges `u` in; returns whether it was coalesced into an existing item.
     pub fn push(&mut self, u: PendoMetadataUpdate, c: Contributor) -> bool {
-        if let Some(w) = self.writes.get_mut(&u.entity_id) {
-            w.values.extend(u.values);
-            w.list_changes.extend(u.list_changes);
-            w.contributors.push(c);
-            return true;
-        }
-        self.writes.push(EntityWrite {
+        let write = EntityWrite {
             id: u.entity_id,
             values: u.values,
             contributors: vec![c],
             list_changes: u.list_changes,
             list_state: None,
-        });
-        false
+        };
+        self.writes.add(write, |w, later| {
+            w.values.extend(later.values);
+            w.list_changes.extend(later.list_changes);
+            w.contributors.extend(later.contributors);
+        })
     }
 
     /// Items in the request.

@@ -92,17 +92,15 @@ impl SegmentMembershipChanges {
     /// Merges `c` in (last write per visitor wins); returns whether it was coalesced.
     pub fn push(&mut self, c: PendoSegmentChange, contributor: Contributor) -> bool {
         self.name = c.segment_name;
-        if let Some(v) = self.visitors.get_mut(&c.visitor_id) {
-            v.member = c.member;
-            v.contributors.push(contributor);
-            return true;
-        }
-        self.visitors.push(VisitorChange {
+        let change = VisitorChange {
             visitor_id: c.visitor_id,
             member: c.member,
             contributors: vec![contributor],
-        });
-        false
+        };
+        self.visitors.add(change, |v, later| {
+            v.member = later.member;
+            v.contributors.extend(later.contributors);
+        })
     }
 
     /// Distinct visitors.

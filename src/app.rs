@@ -22,10 +22,10 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::health::Readiness;
+use crate::internal_events::{RoleEnded, RoleRestartScheduled, RoleStarted, emit};
 use crate::kafka::consumer_loop::LoopError;
 use crate::kafka::failover::is_transient_kafka_error;
 use crate::kafka::transactional_output::TxnError;
-use crate::metrics::metrics;
 use crate::ops_server;
 use crate::shutdown::Shutdown;
 
@@ -118,10 +118,10 @@ fn start_roles(
     let mut runs: HashMap<String, RoleRun> = HashMap::new();
     for role in roles {
         let name = role.name;
-        metrics().role_up.with_label_values(&[&name]).set(1);
-        // Exported at 0 from the start, so `increase()` sees the first restart.
-        metrics().role_restarts.with_label_values(&[&name]);
-        tracing::info!(role = %name, "starting role");
+        emit(RoleStarted {
+            role: &name,
+            restart: false,
+        });
         let fut = (role.start)(env.clone());
         runs.insert(
             name.clone(),
@@ -163,15 +163,12 @@ fn restart_role(
         .saturating_mul(1 << run.failures_in_a_row.min(5))
         .min(backoff.max);
     run.failures_in_a_row += 1;
-    metrics().role_restarts.with_label_values(&[&name]).inc();
-    tracing::warn!(
-        role = %name,
-        error = %format!("{e:#}"),
-        restart_in = ?pause,
-        failures_in_a_row = run.failures_in_a_row,
-        "role failed on a Kafka failover; restarting it with new clients \
-         (uncommitted work is re-read from the last commit)"
-    );
+    emit(RoleRestartScheduled {
+        role: &name,
+        error: e,
+        pause,
+        failures_in_a_row: run.failures_in_a_row,
+    });
     let (start, env, shutdown) = (run.start.clone(), env.clone(), env.shutdown.clone());
     run.started = Instant::now() + pause;
     set.spawn(async move {
@@ -179,8 +176,10 @@ fn restart_role(
             _ = shutdown.wait() => return (name, Ok(())),
             _ = tokio::time::sleep(pause) => {}
         }
-        metrics().role_up.with_label_values(&[&name]).set(1);
-        tracing::info!(role = %name, "restarting role");
+        emit(RoleStarted {
+            role: &name,
+            restart: true,
+        });
         let result = start(env).await;
         (name, result)
     });
@@ -238,7 +237,7 @@ pub async fn run_roles_until(
                     Ok(pair) => pair,
                     Err(e) => ("<unknown>".to_string(), Err(anyhow::anyhow!("role task panicked: {e}"))),
                 };
-                metrics().role_up.with_label_values(&[&name]).set(0);
+                emit(RoleEnded { role: &name });
                 match result {
                     Ok(()) if shutdown.is_triggered() => tracing::info!(role = %name, "role stopped"),
                     Ok(()) => {

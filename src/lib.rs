@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod idmap;
 pub mod inspect;
+pub mod internal_events;
 pub mod kafka;
 pub mod logging;
 pub mod mapping_preview;

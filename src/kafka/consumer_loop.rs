@@ -51,6 +51,10 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
+use crate::internal_events::{
+    CommitFinished, CommitResult, ConsumeFailed, ConsumerLoopStopped, DiscardCause,
+    TransactionDiscarded, TransactionOutcomeUnknown, emit,
+};
 use crate::kafka::context::{
     LoopContext, RebalanceEvent, RevocationBarrier, TopicPartition, set_paused_lag,
 };
@@ -310,11 +314,11 @@ pub async fn run_consumer_loop<P: RecordProcessor>(
     match result {
         Ok(()) => state.finish().await,
         Err(e) => {
-            metrics()
-                .errors
-                .with_label_values(&[role, error_kind(&e)])
-                .inc();
-            tracing::error!(role, error = %e, "consumer loop stopped; uncommitted work will be re-read after restart");
+            emit(ConsumerLoopStopped {
+                role,
+                kind: error_kind(&e),
+                error: &e,
+            });
             Err(e)
         }
     }
@@ -580,8 +584,7 @@ impl<P: RecordProcessor> ConsumerLoop<P> {
                 Err(e) => return Err(txn_error(role, e)),
             }
             self.txn_open = false;
-            tracing::info!(role, "open transaction aborted after a rebalance");
-            self.discard_aborted().await?;
+            self.discard_aborted(DiscardCause::Rebalance).await?;
             return Ok(true);
         }
         Ok(false)
@@ -590,12 +593,9 @@ impl<P: RecordProcessor> ConsumerLoop<P> {
     /// After an aborted transaction: nothing of it is visible, so forget its offsets, drop the
     /// processor's buffered work and re-read every still-assigned partition from its last
     /// commit.
-    async fn discard_aborted(&mut self) -> Result<(), LoopError> {
+    async fn discard_aborted(&mut self, cause: DiscardCause<'_>) -> Result<(), LoopError> {
         let role = self.spec.role;
-        metrics()
-            .commits
-            .with_label_values(&[role, "aborted"])
-            .inc();
+        emit(TransactionDiscarded { role, cause });
         self.stats.aborts += 1;
         let all: Vec<TopicPartition> = self.pending.next.keys().cloned().collect();
         self.processor.partitions_revoked(&all);
@@ -674,13 +674,16 @@ impl<P: RecordProcessor> ConsumerLoop<P> {
         let out = output.clone();
         let result = bounded(timeout, 2, move || out.commit(&tpl, &group, timeout)).await;
         self.txn_open = false;
-        let m = metrics();
-        m.commit_duration
-            .with_label_values(&[role])
-            .observe(started.elapsed().as_secs_f64());
+        emit(CommitFinished {
+            role,
+            elapsed: started.elapsed(),
+            result: match result {
+                Ok(()) => CommitResult::Committed,
+                Err(_) => CommitResult::NotCommitted,
+            },
+        });
         match result {
             Ok(()) => {
-                m.commits.with_label_values(&[role, "ok"]).inc();
                 self.stats.commits += 1;
                 self.consumer
                     .context()
@@ -688,12 +691,11 @@ impl<P: RecordProcessor> ConsumerLoop<P> {
                 self.pending.clear();
             }
             Err(TxnError::Abortable(reason)) => {
-                tracing::warn!(role, error = %reason, "transaction aborted; re-reading from the last commit");
-                self.discard_aborted().await?;
+                self.discard_aborted(DiscardCause::Aborted(&reason)).await?;
             }
             Err(TxnError::Stuck(reason)) => {
                 renew_producer(role, &output, timeout, &reason).await?;
-                self.discard_aborted().await?;
+                self.discard_aborted(DiscardCause::Settled).await?;
             }
             Err(fatal) => return Err(txn_error(role, fatal)),
         }
@@ -714,19 +716,16 @@ async fn commit_offsets(
     let result = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
         .await
         .expect("commit task panicked");
-    let m = metrics();
-    m.commit_duration
-        .with_label_values(&[role])
-        .observe(started.elapsed().as_secs_f64());
-    match &result {
-        Ok(()) => {
-            m.commits.with_label_values(&[role, "ok"]).inc();
-            stats.commits += 1;
-        }
-        Err(e) => {
-            m.commits.with_label_values(&[role, "error"]).inc();
-            tracing::warn!(role, error = %e, "offset commit failed; will retry");
-        }
+    emit(CommitFinished {
+        role,
+        elapsed: started.elapsed(),
+        result: match &result {
+            Ok(()) => CommitResult::Committed,
+            Err(e) => CommitResult::OffsetsRefused(e),
+        },
+    });
+    if result.is_ok() {
+        stats.commits += 1;
     }
     result
 }
@@ -757,14 +756,14 @@ fn handle_consume_error(role: &'static str, e: KafkaError) -> Result<(), LoopErr
         e.rdkafka_error_code(),
         Some(rdkafka::types::RDKafkaErrorCode::Fatal)
     );
-    metrics()
-        .errors
-        .with_label_values(&[role, if fatal { "consume_fatal" } else { "consume" }])
-        .inc();
+    emit(ConsumeFailed {
+        role,
+        error: &e,
+        fatal,
+    });
     if fatal {
         return Err(LoopError::Kafka { role, source: e });
     }
-    tracing::warn!(role, error = %e, "consumer error (retrying)");
     Ok(())
 }
 
@@ -813,13 +812,7 @@ async fn renew_producer(
     timeout: Duration,
     reason: &str,
 ) -> Result<(), LoopError> {
-    tracing::warn!(
-        role,
-        error = %reason,
-        "transaction outcome unknown (broker failover?); replacing the transactional producer \
-         and re-reading from the last commit"
-    );
-    metrics().commits.with_label_values(&[role, "stuck"]).inc();
+    emit(TransactionOutcomeUnknown { role, reason });
     let out = output.clone();
     bounded(timeout, 1, move || {
         out.renew(timeout).map_err(|e| {

@@ -9,6 +9,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::health::ReadinessHandle;
+use crate::internal_events::{PartitionsRebalanced, RebalanceKind, emit};
 use crate::metrics::metrics;
 
 /// A partition of a topic, as the loop tracks it.
@@ -181,11 +182,10 @@ impl ConsumerContext for LoopContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let parts = partitions(tpl);
-                tracing::info!(role = self.role, partitions = ?parts, "partitions revoked");
-                metrics()
-                    .rebalances
-                    .with_label_values(&[self.role, "revoke"])
-                    .inc();
+                emit(PartitionsRebalanced {
+                    role: self.role,
+                    kind: RebalanceKind::Revoked(&parts),
+                });
                 {
                     let mut in_txn = self.committed_in_txn.lock().expect("committed lock");
                     for tp in &parts {
@@ -206,11 +206,10 @@ impl ConsumerContext for LoopContext {
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
-                tracing::error!(role = self.role, error = %e, "rebalance error");
-                metrics()
-                    .rebalances
-                    .with_label_values(&[self.role, "error"])
-                    .inc();
+                emit(PartitionsRebalanced {
+                    role: self.role,
+                    kind: RebalanceKind::Failed(e),
+                });
             }
         }
     }
@@ -218,11 +217,10 @@ impl ConsumerContext for LoopContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = partitions(tpl);
-            tracing::info!(role = self.role, partitions = ?parts, "partitions assigned");
-            metrics()
-                .rebalances
-                .with_label_values(&[self.role, "assign"])
-                .inc();
+            emit(PartitionsRebalanced {
+                role: self.role,
+                kind: RebalanceKind::Assigned(&parts),
+            });
             self.push(RebalanceEvent::Assigned(parts));
             self.readiness.set_ready(true);
         }

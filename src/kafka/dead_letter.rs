@@ -9,11 +9,11 @@
 
 use std::borrow::Cow;
 
+use crate::internal_events::{DeadLettered, emit};
 use crate::kafka::consumer_loop::ProcessError;
 use crate::kafka::headers;
 use crate::kafka::record_size::{budget, cut_str, record_bytes};
 use crate::kafka::transactional_output::TransactionalOutput;
-use crate::metrics::metrics;
 
 /// Longest `dlq-detail`: enough to explain, never a copy of the payload.
 pub const MAX_DETAIL_BYTES: usize = 1024;
@@ -268,11 +268,12 @@ impl<'a> DeadLetter<'a> {
     /// Counts the dead letter in `dead_letters{stage,reason}` (and a cut one in
     /// `dead_letters_cut`), once it is written.
     pub fn count(&self, role: &str, reason: &str) {
-        let m = metrics();
-        m.dead_letters.with_label_values(&[role, reason]).inc();
-        if self.was_cut() {
-            m.dead_letters_cut.with_label_values(&[role]).inc();
-        }
+        emit(DeadLettered {
+            role,
+            reason,
+            count: 1,
+            cut: self.was_cut(),
+        });
     }
 }
 

@@ -47,11 +47,14 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
 use crate::health::ReadinessHandle;
+use crate::internal_events::{
+    AppenderJobsEnded, AppenderTransactionEnded, CommitUndecided, TransactionsInitFailed,
+    UndecidedOutcomeLearnt, UndecidedTransactionsExpired, emit,
+};
 use crate::kafka::transactional_output::{commit_transaction_until, flush_deliveries};
 use crate::kafka::undecided::{
-    Dropped, Recall, RecordPosition, UndecidedId, UndecidedRecords, committed_at,
+    Recall, RecordPosition, UndecidedId, UndecidedRecords, committed_at,
 };
-use crate::metrics::metrics;
 
 /// One record to append.
 #[derive(Debug, Clone)]
@@ -205,12 +208,16 @@ impl TransactionalAppender {
         if !self.undecided.is_empty() {
             let fingerprints = fingerprints(&self.undecided, &records);
             let (recall, dropped) = self.undecided.recall(&fingerprints);
-            count_dropped(self.role, &dropped);
-            let jobs = |result: &str| {
-                metrics()
-                    .appender_jobs
-                    .with_label_values(&[self.role, result])
-                    .inc()
+            emit(UndecidedTransactionsExpired {
+                role: self.role,
+                count: dropped.undecided,
+            });
+            let jobs = |result| {
+                emit(AppenderJobsEnded {
+                    role: self.role,
+                    result,
+                    count: 1,
+                })
             };
             match recall {
                 Recall::Unknown => {}
@@ -252,10 +259,11 @@ impl TransactionalAppender {
                     .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    metrics()
-                        .appender_jobs
-                        .with_label_values(&[self.role, "withdrawn"])
-                        .inc();
+                    emit(AppenderJobsEnded {
+                        role: self.role,
+                        result: "withdrawn",
+                        count: 1,
+                    });
                     return Err(AppendError::Unavailable(
                         "timed out waiting for Kafka".into(),
                     ));
@@ -285,23 +293,6 @@ fn fingerprints<'a>(
         .into_iter()
         .map(|r| memory.fingerprint(&r.topic, r.key.as_deref(), &r.payload))
         .collect()
-}
-
-/// Counts transactions dropped from the undecided memory before their outcome was learnt.
-fn count_dropped(role: &'static str, dropped: &Dropped) {
-    if dropped.undecided > 0 {
-        metrics()
-            .undecided_transactions
-            .with_label_values(&[role, "expired"])
-            .inc_by(dropped.undecided as u64);
-        tracing::error!(
-            role,
-            transactions = dropped.undecided,
-            "outcome of undecided commits never learnt (Kafka unreachable for the whole \
-             retention, or the memory is full): retries of their events are written and may be \
-             stored twice"
-        );
-    }
 }
 
 /// Remembers where the first record of the open transaction was written: one position tells the
@@ -501,10 +492,11 @@ impl Worker {
             return None; // withdrawn by its caller, who already answered 503
         }
         if job.enqueued.elapsed() > self.settings.job_deadline {
-            metrics()
-                .appender_jobs
-                .with_label_values(&[self.role(), "expired"])
-                .inc();
+            emit(AppenderJobsEnded {
+                role: self.role(),
+                result: "expired",
+                count: 1,
+            });
             let _ = job.reply.send(Err(AppendError::Unavailable(
                 "timed out waiting for Kafka".into(),
             )));
@@ -546,13 +538,13 @@ impl Worker {
             let timeout = self.settings.txn_timeout.max(Duration::from_secs(5));
             match committed_at(&self.reader, position, timeout) {
                 Ok(Some(committed)) => {
-                    let outcome = if committed { "committed" } else { "aborted" };
-                    metrics()
-                        .undecided_transactions
-                        .with_label_values(&[role, outcome])
-                        .inc();
-                    tracing::warn!(role, outcome, topic = %position.topic, partition = position.partition,
-                        offset = position.offset, "outcome of an undecided commit learnt; retries of its events are answered by it");
+                    emit(UndecidedOutcomeLearnt {
+                        role,
+                        committed,
+                        topic: &position.topic,
+                        partition: position.partition,
+                        offset: position.offset,
+                    });
                     self.undecided.resolve(u.id, committed);
                 }
                 Ok(None) | Err(_) => still.push(u),
@@ -579,12 +571,11 @@ impl Worker {
             }
             Err(e) => {
                 self.readiness.set_ready(false);
-                metrics()
-                    .errors
-                    .with_label_values(&[self.role(), "txn_init"])
-                    .inc();
-                tracing::warn!(role = self.role(), error = %e, undecided = self.unresolved.len(),
-                    "cannot initialise transactions; retrying");
+                emit(TransactionsInitFailed {
+                    role: self.role(),
+                    error: &e,
+                    undecided: self.unresolved.len(),
+                });
                 Err(e)
             }
         }
@@ -668,7 +659,6 @@ impl Worker {
 
     /// Commits (or, after a failure, aborts) the batch's transaction and answers its jobs.
     fn finish(&mut self, batch: Batch) {
-        let m = metrics();
         let role = self.role();
         let outcome = match batch.failure {
             // Records not delivered: the commit is never sent, so nothing becomes visible.
@@ -690,30 +680,28 @@ impl Worker {
         // it. A new producer bumps the epoch (late requests are refused) and, with the same
         // `transactional.id`, has the coordinator abort this transaction. The same settles an
         // undecided commit, which librdkafka cannot abort.
-        let (reason, result, reuse) = match outcome {
-            TxnOutcome::Committed => (None, "committed", true),
-            TxnOutcome::NotCommitted { reason, settled } => (Some(reason), "aborted", settled),
-            TxnOutcome::Unknown(reason) => (Some(reason), "unknown", false),
+        let (reason, unknown, reuse) = match outcome {
+            TxnOutcome::Committed => (None, false, true),
+            TxnOutcome::NotCommitted { reason, settled } => (Some(reason), false, settled),
+            TxnOutcome::Unknown(reason) => (Some(reason), true, false),
         };
         match reason {
             None => {
-                m.transactions.with_label_values(&[role, "committed"]).inc();
-                m.transaction_records
-                    .with_label_values(&[role])
-                    .observe(batch.records as f64);
+                emit(AppenderTransactionEnded::Committed {
+                    role,
+                    records: batch.records,
+                });
                 for j in batch.jobs {
                     let _ = j.reply.send(Ok(()));
                 }
             }
             Some(reason) => {
-                m.transactions.with_label_values(&[role, result]).inc();
-                if result == "unknown" {
-                    tracing::error!(role, error = %reason, jobs = batch.jobs.len(),
-                        "Kafka did not decide the commit in time: answering 503, so the senders \
-                         resend; if the coordinator committed it after all, those events are stored twice");
-                } else {
-                    tracing::warn!(role, error = %reason, jobs = batch.jobs.len(), "transaction failed; aborting");
-                }
+                emit(AppenderTransactionEnded::Failed {
+                    role,
+                    reason: &reason,
+                    unknown,
+                    jobs: batch.jobs.len(),
+                });
                 // Not committed, so the transaction can only end aborted: answer first, then
                 // abort (which may block while the broker is away) or replace the producer.
                 for j in batch.jobs {
@@ -744,17 +732,20 @@ impl Worker {
             Err(e) => e,
         };
         let role = self.role();
-        metrics()
-            .appender_jobs
-            .with_label_values(&[role, "commit_undecided"])
-            .inc_by(jobs.len() as u64);
-        tracing::warn!(role, error = %e, jobs = jobs.len(), wait_ms = self.settings.decision_wait.as_millis() as u64,
-            "commit not answered in time; waiting for the coordinator's decision before answering");
+        emit(CommitUndecided {
+            role,
+            error: &e,
+            jobs: jobs.len(),
+            wait: self.settings.decision_wait,
+        });
         // From now on a sender that gave up waiting may resend: its retry is held, not written,
         // until this commit is decided.
         let fingerprints = fingerprints(&self.undecided, jobs.iter().flat_map(|j| &j.records));
         let (id, dropped) = self.undecided.register(fingerprints);
-        count_dropped(role, &dropped);
+        emit(UndecidedTransactionsExpired {
+            role,
+            count: dropped.undecided,
+        });
         let outcome = match commit_transaction_until(
             producer,
             Instant::now() + self.settings.decision_wait,

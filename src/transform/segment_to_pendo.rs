@@ -57,63 +57,78 @@ pub enum UnmappedUserPolicy {
     Dlq,
 }
 
-/// Which Pendo fields an audience membership writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FieldMode {
-    /// One boolean field per audience, `<prefix><audience_key>`: stateless and idempotent, but
-    /// each audience's field must be created in Pendo first.
-    PerAudienceBoolean,
-    /// One list field (`audience_list_field`) of the visitor's or account's current audience
-    /// keys: one Pendo field for all audiences. The update carries the membership delta; the
-    /// Pendo sink keeps the current lists as state and writes them whole.
-    AudienceList,
-    /// Both: the boolean field per audience and the list field.
-    Both,
-}
-
-impl FieldMode {
-    /// Whether the per-audience boolean field is written.
-    pub fn writes_boolean(self) -> bool {
-        matches!(self, FieldMode::PerAudienceBoolean | FieldMode::Both)
-    }
-
-    /// Whether the list field is written (the Pendo sink then keeps membership state).
-    pub fn writes_list(self) -> bool {
-        matches!(self, FieldMode::AudienceList | FieldMode::Both)
-    }
-
-    /// The configuration value.
-    pub fn name(self) -> &'static str {
-        match self {
-            FieldMode::PerAudienceBoolean => "per_audience_boolean",
-            FieldMode::AudienceList => "audience_list",
-            FieldMode::Both => "both",
+/// Declares a setting that chooses one of two outputs, or both: the enum (configured by the
+/// given names), one predicate per output, and `name()` for messages. Written once because
+/// `field_mode` and `audience_target` are both this shape.
+macro_rules! one_or_both {
+    (
+        $(#[$meta:meta])* $name:ident {
+            $(#[$first_doc:meta])* $first:ident = $first_name:literal, $writes_first:ident;
+            $(#[$second_doc:meta])* $second:ident = $second_name:literal, $writes_second:ident;
+            $(#[$both_doc:meta])* Both;
         }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+        pub enum $name {
+            $(#[$first_doc])*
+            #[serde(rename = $first_name)]
+            $first,
+            $(#[$second_doc])*
+            #[serde(rename = $second_name)]
+            $second,
+            $(#[$both_doc])*
+            #[serde(rename = "both")]
+            Both,
+        }
+
+        impl $name {
+            #[doc = concat!("Whether `", $first_name, "` (or `both`) is chosen.")]
+            pub fn $writes_first(self) -> bool {
+                matches!(self, $name::$first | $name::Both)
+            }
+
+            #[doc = concat!("Whether `", $second_name, "` (or `both`) is chosen.")]
+            pub fn $writes_second(self) -> bool {
+                matches!(self, $name::$second | $name::Both)
+            }
+
+            /// The configuration value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $name::$first => $first_name,
+                    $name::$second => $second_name,
+                    $name::Both => "both",
+                }
+            }
+        }
+    };
+}
+
+one_or_both! {
+    /// Which Pendo fields an audience membership writes.
+    FieldMode {
+        /// One boolean field per audience, `<prefix><audience_key>`: stateless and idempotent, but
+        /// each audience's field must be created in Pendo first.
+        PerAudienceBoolean = "per_audience_boolean", writes_boolean;
+        /// One list field (`audience_list_field`) of the visitor's or account's current audience
+        /// keys: one Pendo field for all audiences. The update carries the membership delta; the
+        /// Pendo sink keeps the current lists as state and writes them whole.
+        AudienceList = "audience_list", writes_list;
+        /// Both: the boolean field per audience and the list field.
+        Both;
     }
 }
 
-/// Where an audience's membership is written in Pendo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AudienceTarget {
-    /// A metadata field per audience (`field_mode`), via `canonical.pendo-updates`.
-    Field,
-    /// A Pendo Segment per audience (visitors only), via `canonical.pendo-segment-changes`.
-    PendoSegment,
-    /// Both.
-    Both,
-}
-
-impl AudienceTarget {
-    /// Whether the metadata field is written.
-    pub fn writes_field(self) -> bool {
-        matches!(self, AudienceTarget::Field | AudienceTarget::Both)
-    }
-
-    /// Whether the Pendo Segment is written.
-    pub fn writes_segment(self) -> bool {
-        matches!(self, AudienceTarget::PendoSegment | AudienceTarget::Both)
+one_or_both! {
+    /// Where an audience's membership is written in Pendo.
+    AudienceTarget {
+        /// A metadata field per audience (`field_mode`), via `canonical.pendo-updates`.
+        Field = "field", writes_field;
+        /// A Pendo Segment per audience (visitors only), via `canonical.pendo-segment-changes`.
+        PendoSegment = "pendo_segment", writes_segment;
+        /// Both.
+        Both;
     }
 }
 
@@ -429,39 +444,22 @@ impl SegmentToPendo {
             });
         let computation_key = personas.and_then(|p| str_at(p, "computation_key"));
 
-        // (entity, audience key, membership)
-        let (entity, key, member) = match call_type.to_ascii_lowercase().as_str() {
-            "track" => match track_membership(event, computation_key) {
-                Ok(Some(membership)) => membership,
-                Ok(None) => {
-                    return self.map_rules(
-                        event,
-                        named_visitor.as_deref(),
-                        ts_ms,
-                        received_at,
-                        ids,
-                        mappings,
-                    );
-                }
-                Err(outcome) => return outcome,
-            },
-            t @ ("identify" | "group") => {
-                if personas.is_none() {
-                    return self.map_rules(
-                        event,
-                        named_visitor.as_deref(),
-                        ts_ms,
-                        received_at,
-                        ids,
-                        mappings,
-                    );
-                }
-                match trait_membership(event, t, computation_key) {
-                    Ok(membership) => membership,
-                    Err(outcome) => return outcome,
-                }
+        // (entity, audience key, membership); `None`: not an audience event, the rules decide.
+        let audience = match call_type.to_ascii_lowercase().as_str() {
+            "track" => track_membership(event, computation_key),
+            t @ ("identify" | "group") if personas.is_some() => {
+                trait_membership(event, t, computation_key).map(Some)
             }
+            "identify" | "group" => Ok(None),
             _ => return SegmentOutcome::Ignored { mappings },
+        };
+        let (entity, key, member) = match audience {
+            Ok(Some(membership)) => membership,
+            Ok(None) => {
+                let visitor = named_visitor.as_deref();
+                return self.map_rules(event, visitor, ts_ms, received_at, ids, mappings);
+            }
+            Err(outcome) => return outcome,
         };
 
         let entity_id = match entity {

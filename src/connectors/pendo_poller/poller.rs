@@ -15,6 +15,7 @@ use super::rows::{self, ApiRecord, RowError};
 use super::state::{PollerState, StateUpdate};
 use super::usage::{self, UsageSubject, UsageTally};
 use crate::health::ReadinessHandle;
+use crate::internal_events::{DeadLetterCut, PendoRowDeadLettered, emit};
 use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::headers;
 use crate::kafka::record_size::cut_str;
@@ -146,11 +147,12 @@ impl Step {
         if state.rejected(&fp) || self.updates.contains(&StateUpdate::Rejected { fp }) {
             return;
         }
-        tracing::warn!(source, reason = e.reason, detail = %cut_str(&e.detail, 512), "unusable Pendo row dead-lettered");
-        metrics()
-            .dead_letters
-            .with_label_values(&[STAGE, e.reason])
-            .inc();
+        emit(PendoRowDeadLettered {
+            role: STAGE,
+            source,
+            reason: e.reason,
+            detail: cut_str(&e.detail, 512),
+        });
         self.records.push(OutRecord {
             dest: Dest::Dlq,
             key: source.to_string(),
@@ -844,7 +846,7 @@ fn write_transaction(
                     DeadLetter::from_parts(Some(r.key.as_bytes()), &r.value, h).fit(dlq_limit);
                 out.send(topic, letter.key(), letter.payload(), &letter.headers())?;
                 if letter.was_cut() {
-                    metrics().dead_letters_cut.with_label_values(&[STAGE]).inc();
+                    emit(DeadLetterCut { role: STAGE });
                 }
                 continue;
             }

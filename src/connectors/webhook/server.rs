@@ -26,6 +26,7 @@
 //! own. A rejected body larger than one record is dead-lettered in parts (see
 //! [`dead_letter_parts`]), never dropped.
 
+use crate::internal_events::{WebhookAnswered, WebhookBodyDeadLettered, WebhookRejected, emit};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -317,15 +318,15 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let m = metrics();
     let role = e.role;
     let received = Instant::now();
     // Refused before anything is read when every request slot is taken; the slot itself is
     // taken once the body is in (see `handle_admitted`).
     let reply = if e.in_flight.available_permits() == 0 {
-        m.webhook_rejects
-            .with_label_values(&[role, "overloaded"])
-            .inc();
+        emit(WebhookRejected {
+            role,
+            reason: "overloaded",
+        });
         overloaded(&e)
     } else {
         handle_admitted(&e, token, &headers, body, received).await
@@ -333,9 +334,10 @@ async fn handle(
     if reply.status == StatusCode::OK {
         e.metrics.ok.inc();
     } else {
-        m.webhook_requests
-            .with_label_values(&[role, reply.status.as_str()])
-            .inc();
+        emit(WebhookAnswered {
+            role,
+            status: reply.status.as_str(),
+        });
     }
     let mut response = (reply.status, axum::Json(reply.body)).into_response();
     if let Some(s) = reply.retry_after {
@@ -488,9 +490,8 @@ async fn handle_admitted(
     body: Body,
     received: Instant,
 ) -> Reply {
-    let m = metrics();
     let role = e.role;
-    let reject = |reason: &str| m.webhook_rejects.with_label_values(&[role, reason]).inc();
+    let reject = |reason| emit(WebhookRejected { role, reason });
 
     if !authorized(e, token.as_deref(), headers) {
         reject("auth");
@@ -564,9 +565,8 @@ async fn handle_admitted(
 
 /// Splits an authenticated body into events and appends them to Kafka in one transaction.
 async fn store(e: &WebhookEndpoint, headers: &HeaderMap, bytes: Bytes, received: Instant) -> Reply {
-    let m = metrics();
     let role = e.role;
-    let reject = |reason: &str| m.webhook_rejects.with_label_values(&[role, reason]).inc();
+    let reject = |reason| emit(WebhookRejected { role, reason });
 
     let request_id = request_id(headers);
     let content_type = headers
@@ -764,11 +764,13 @@ async fn rejected_body(
         Ok(()) => {
             // Counted with every other stage's dead letters, so one DLQ-rate panel and alert
             // covers the webhooks too.
-            metrics()
-                .dead_letters
-                .with_label_values(&[e.role, err.reason_label()])
-                .inc_by(kept as u64);
-            tracing::warn!(role = e.role, request_id, error = %reason, dead_letters = kept, "body rejected and dead-lettered");
+            emit(WebhookBodyDeadLettered {
+                role: e.role,
+                request_id,
+                reason: err.reason_label(),
+                error: &reason,
+                kept,
+            });
             Reply {
                 status,
                 body: serde_json::json!({ "error": reason, "request_id": request_id }),

@@ -28,7 +28,7 @@ pub use consumer::{
 pub use dead_letter::{DeadLetterCut, DeadLettered, PendoRowDeadLettered, WebhookBodyDeadLettered};
 pub use rebalance::{PartitionsRebalanced, RebalanceKind};
 pub use role::{RoleEnded, RoleRestartScheduled, RoleStarted};
-pub use webhook::{WebhookAnswered, WebhookRejected};
+pub use webhook::{WebhookRequest, WebhookRequestEvent};
 
 /// Something that happened, emitted once: its metrics and its log line.
 pub trait InternalEvent {

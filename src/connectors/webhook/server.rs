@@ -26,7 +26,7 @@
 //! own. A rejected body larger than one record is dead-lettered in parts (see
 //! [`dead_letter_parts`]), never dropped.
 
-use crate::internal_events::{WebhookAnswered, WebhookBodyDeadLettered, WebhookRejected, emit};
+use crate::internal_events::{WebhookBodyDeadLettered, WebhookRequest, WebhookRequestEvent, emit};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -323,10 +323,7 @@ async fn handle(
     // Refused before anything is read when every request slot is taken; the slot itself is
     // taken once the body is in (see `handle_admitted`).
     let reply = if e.in_flight.available_permits() == 0 {
-        emit(WebhookRejected {
-            role,
-            reason: "overloaded",
-        });
+        rejected(role, "overloaded");
         overloaded(&e)
     } else {
         handle_admitted(&e, token, &headers, body, received).await
@@ -334,9 +331,9 @@ async fn handle(
     if reply.status == StatusCode::OK {
         e.metrics.ok.inc();
     } else {
-        emit(WebhookAnswered {
+        emit(WebhookRequest {
             role,
-            status: reply.status.as_str(),
+            event: WebhookRequestEvent::Answered(reply.status.as_str()),
         });
     }
     let mut response = (reply.status, axum::Json(reply.body)).into_response();
@@ -491,7 +488,7 @@ async fn handle_admitted(
     received: Instant,
 ) -> Reply {
     let role = e.role;
-    let reject = |reason| emit(WebhookRejected { role, reason });
+    let reject = |reason| rejected(role, reason);
 
     if !authorized(e, token.as_deref(), headers) {
         reject("auth");
@@ -563,10 +560,18 @@ async fn handle_admitted(
     reply
 }
 
+/// Counts a request of `role` refused for `reason`.
+fn rejected(role: &str, reason: &str) {
+    emit(WebhookRequest {
+        role,
+        event: WebhookRequestEvent::Rejected(reason),
+    });
+}
+
 /// Splits an authenticated body into events and appends them to Kafka in one transaction.
 async fn store(e: &WebhookEndpoint, headers: &HeaderMap, bytes: Bytes, received: Instant) -> Reply {
     let role = e.role;
-    let reject = |reason| emit(WebhookRejected { role, reason });
+    let reject = |reason| rejected(role, reason);
 
     let request_id = request_id(headers);
     let content_type = headers

@@ -8,13 +8,15 @@
 //! (the webhook's per-request handles, the consumer loop's per-record counts) stay as cached
 //! handles; this module holds the events that carry a reason, an outcome or a log line.
 //!
-//! Neutral like [`crate::metrics`]: it imports no role, and every role may use it.
+//! Neutral like [`crate::metrics`]: it imports no role (only `metrics` and `http`'s `Outcome`),
+//! and every role may use it.
 
 mod appender;
 mod consumer;
 mod dead_letter;
 mod rebalance;
 mod role;
+mod sink;
 mod webhook;
 
 pub use appender::{
@@ -28,6 +30,7 @@ pub use consumer::{
 pub use dead_letter::{DeadLetterCut, DeadLettered, PendoRowDeadLettered, WebhookBodyDeadLettered};
 pub use rebalance::{PartitionsRebalanced, RebalanceKind};
 pub use role::{RoleEnded, RoleRestartScheduled, RoleStarted};
+pub use sink::{PendoWriteRetried, SegmentDeliveryRetried};
 pub use webhook::{WebhookRequest, WebhookRequestEvent};
 
 /// Something that happened, emitted once: its metrics and its log line.

@@ -18,6 +18,7 @@ use super::config::metadata_url;
 use super::encoding::{Contributor, EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
 use crate::http::outcome::Outcome;
 use crate::http::retry::Pacing;
+use crate::internal_events::{PendoWriteRetried, emit};
 use crate::kafka::record_size::{fits, record_bytes};
 use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
@@ -242,29 +243,16 @@ impl PendoDeliveryContext {
                     }
                     outcome => outcome.as_str(),
                 };
-                m.pendo_sink_retries
-                    .with_label_values(&[retry_reason])
-                    .inc();
-                m.pendo_sink_backpressure.set(1);
                 let wait = retry.after_failure(r.retry_after);
-                let retry_in_s = wait.delay.as_secs_f64();
-                match r.outcome() {
-                    _ if wait.peer_asked => {
-                        tracing::warn!(role = self.role, seconds = retry_in_s, answer = %r.describe(),
-                            "Pendo asked to retry later; the sink pauses")
-                    }
-                    Outcome::AuthFailure => {
-                        tracing::error!(role = self.role, answer = %r.describe(), retry_in_s,
-                        "Pendo refuses the integration key: check pendo.integration_key (it needs write access) \
-                         and pendo.region (a key works only in its own region); nothing is dropped, retrying")
-                    }
-                    Outcome::Misconfigured => {
-                        tracing::error!(role = self.role, answer = %r.describe(), retry_in_s,
-                        "Pendo's endpoint refuses the request: check pendo.region / pendo.base_url; retrying")
-                    }
-                    _ => tracing::warn!(role = self.role, answer = %r.describe(),
-                        retry_in_s, "Pendo write failed; retrying"),
-                }
+                emit(PendoWriteRetried {
+                    role: self.role,
+                    request: "metadata",
+                    reason: retry_reason,
+                    outcome: r.outcome(),
+                    answer: &r.describe(),
+                    retry_in: wait.delay,
+                    peer_asked: wait.peer_asked,
+                });
                 wait.elapse().await;
             }
         }

@@ -44,6 +44,7 @@ use super::delivery::PendoDeliveryContext;
 use super::encoding::{Coalesced, CoalescedItems, Contributor};
 use crate::http::outcome::Outcome;
 use crate::http::retry::Retry;
+use crate::internal_events::{PendoWriteRetried, emit};
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::metrics::metrics;
@@ -397,22 +398,18 @@ impl PendoDeliveryContext {
                     return r;
                 }
                 outcome => {
-                    m.pendo_sink_retries
-                        .with_label_values(&[outcome.as_str()])
-                        .inc();
-                    m.pendo_sink_backpressure.set(1);
                     let wait = retry.after_failure(r.retry_after);
-                    let delay = wait.delay;
+                    emit(PendoWriteRetried {
+                        role: self.role,
+                        request: what,
+                        reason: outcome.as_str(),
+                        outcome,
+                        answer: &r.describe(),
+                        retry_in: wait.delay,
+                        peer_asked: wait.peer_asked,
+                    });
                     if wait.peer_asked {
                         continue;
-                    }
-                    if matches!(outcome, Outcome::AuthFailure | Outcome::Misconfigured) {
-                        tracing::error!(role = self.role, request = what, answer = %r.describe(),
-                            retry_in_s = delay.as_secs_f64(),
-                            "Pendo refuses the Pendo Segment request: check pendo.integration_key (write access), pendo.region / pendo.base_url; nothing is dropped, retrying");
-                    } else {
-                        tracing::warn!(role = self.role, request = what, answer = %r.describe(),
-                            retry_in_s = delay.as_secs_f64(), "Pendo Segment write failed; retrying");
                     }
                     wait.elapse().await;
                 }

@@ -16,6 +16,7 @@ use super::encoding::EncodedEvent;
 use super::service::SegmentClient;
 use crate::http::outcome::Outcome;
 use crate::http::retry::Pacing;
+use crate::internal_events::{SegmentDeliveryRetried, emit};
 use crate::kafka::headers;
 use crate::metrics::metrics;
 use crate::sinks::dead_letter::SinkDeadLetters;
@@ -112,26 +113,14 @@ impl DeliveryContext {
                         break;
                     }
                     outcome => {
-                        m.segment_retries
-                            .with_label_values(&[outcome.as_str()])
-                            .inc();
-                        m.segment_sink_backpressure.set(1);
                         let wait = retry.after_failure(r.retry_after);
-                        let retry_in_s = wait.delay.as_secs_f64();
-                        if wait.peer_asked {
-                            m.segment_retry_after_pauses.inc();
-                            tracing::warn!(
-                                role = self.role,
-                                seconds = retry_in_s,
-                                "Segment asked to retry later; the sink pauses"
-                            );
-                        } else if outcome.needs_operator() {
-                            tracing::error!(role = self.role, answer = %r.describe(), retry_in_s,
-                                "Segment refuses the requests (write key, endpoint?); nothing is dropped, retrying");
-                        } else {
-                            tracing::warn!(role = self.role, answer = %r.describe(), retry_in_s,
-                                "Segment delivery failed; retrying");
-                        }
+                        emit(SegmentDeliveryRetried {
+                            role: self.role,
+                            outcome,
+                            answer: &r.describe(),
+                            retry_in: wait.delay,
+                            peer_asked: wait.peer_asked,
+                        });
                         wait.elapse().await;
                     }
                 }

@@ -30,7 +30,7 @@ pub use consumer::{
 pub use dead_letter::{DeadLetterCut, DeadLettered, PendoRowDeadLettered, WebhookBodyDeadLettered};
 pub use rebalance::{PartitionsRebalanced, RebalanceKind};
 pub use role::{RoleEnded, RoleRestartScheduled, RoleStarted};
-pub use sink::{PendoWriteRetried, SegmentDeliveryRetried};
+pub use sink::{FailedAttempt, PendoWriteRetried, SegmentDeliveryRetried};
 pub use webhook::{WebhookRequest, WebhookRequestEvent};
 
 /// Something that happened, emitted once: its metrics and its log line.

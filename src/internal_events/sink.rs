@@ -8,42 +8,49 @@ use super::InternalEvent;
 use crate::http::outcome::Outcome;
 use crate::metrics::metrics;
 
+/// One failed attempt of an HTTP request that will be sent again (both sinks).
+pub struct FailedAttempt<'a> {
+    /// What the attempt came to.
+    pub outcome: Outcome,
+    /// The peer's answer, described.
+    pub answer: &'a dyn Display,
+    /// The wait before the next attempt.
+    pub retry_in: Duration,
+    /// Whether the peer asked for the wait (`Retry-After`): every sender of the client pauses.
+    pub peer_asked: bool,
+}
+
 /// A Segment request will be sent again: `segment_retries{reason}`, the backpressure gauge at
 /// 1, a `Retry-After` pause counted in `segment_retry_after_pauses`; an error when only an
 /// operator can fix it (write key, endpoint), a warning otherwise.
 pub struct SegmentDeliveryRetried<'a> {
     /// The sink role.
     pub role: &'a str,
-    /// What the attempt came to.
-    pub outcome: Outcome,
-    /// Segment's answer, described.
-    pub answer: &'a dyn Display,
-    /// The wait before the next attempt.
-    pub retry_in: Duration,
-    /// Whether Segment asked for the wait (`Retry-After`): every sender pauses.
-    pub peer_asked: bool,
+    /// The attempt.
+    pub attempt: FailedAttempt<'a>,
 }
 
 impl InternalEvent for SegmentDeliveryRetried<'_> {
     fn emit(self) {
         let m = metrics();
+        let a = self.attempt;
         m.segment_retries
-            .with_label_values(&[self.outcome.as_str()])
+            .with_label_values(&[a.outcome.as_str()])
             .inc();
         m.segment_sink_backpressure.set(1);
-        let (role, retry_in_s) = (self.role, self.retry_in.as_secs_f64());
-        if self.peer_asked {
+        let (role, retry_in_s) = (self.role, a.retry_in.as_secs_f64());
+        if a.peer_asked {
             m.segment_retry_after_pauses.inc();
             tracing::warn!(
                 role,
                 seconds = retry_in_s,
                 "Segment asked to retry later; the sink pauses"
             );
-        } else if self.outcome.needs_operator() {
-            tracing::error!(role, answer = %self.answer, retry_in_s,
+        } else if a.outcome.needs_operator() {
+            tracing::error!(role, answer = %a.answer, retry_in_s,
                 "Segment refuses the requests (write key, endpoint?); nothing is dropped, retrying");
         } else {
-            tracing::warn!(role, answer = %self.answer, retry_in_s, "Segment delivery failed; retrying");
+            tracing::warn!(role, answer = %a.answer, retry_in_s, "Segment delivery failed; retrying");
         }
     }
 }
@@ -58,14 +65,8 @@ pub struct PendoWriteRetried<'a> {
     pub request: &'a str,
     /// The `reason` label: the outcome, or a finer reason the caller found.
     pub reason: &'a str,
-    /// What the attempt came to.
-    pub outcome: Outcome,
-    /// Pendo's answer, described.
-    pub answer: &'a dyn Display,
-    /// The wait before the next attempt.
-    pub retry_in: Duration,
-    /// Whether Pendo asked for the wait (`Retry-After`).
-    pub peer_asked: bool,
+    /// The attempt.
+    pub attempt: FailedAttempt<'a>,
 }
 
 impl InternalEvent for PendoWriteRetried<'_> {
@@ -73,10 +74,10 @@ impl InternalEvent for PendoWriteRetried<'_> {
         let m = metrics();
         m.pendo_sink_retries.with_label_values(&[self.reason]).inc();
         m.pendo_sink_backpressure.set(1);
-        let (role, request, answer) = (self.role, self.request, self.answer);
-        let retry_in_s = self.retry_in.as_secs_f64();
-        match self.outcome {
-            _ if self.peer_asked => {
+        let (role, request, a) = (self.role, self.request, self.attempt);
+        let (answer, retry_in_s) = (a.answer, a.retry_in.as_secs_f64());
+        match a.outcome {
+            _ if a.peer_asked => {
                 tracing::warn!(role, request, seconds = retry_in_s, answer = %answer,
                 "Pendo asked to retry later; the sink pauses")
             }
@@ -107,10 +108,12 @@ mod tests {
         for (outcome, peer_asked) in [(Outcome::AuthFailure, false), (Outcome::Retry, true)] {
             emit(SegmentDeliveryRetried {
                 role: "ie-sink-test",
-                outcome,
-                answer: &"401",
-                retry_in: Duration::from_millis(10),
-                peer_asked,
+                attempt: FailedAttempt {
+                    outcome,
+                    answer: &"401",
+                    retry_in: Duration::from_millis(10),
+                    peer_asked,
+                },
             });
         }
         let after = (
@@ -130,10 +133,12 @@ mod tests {
                 role: "ie-sink-test",
                 request: "metadata",
                 reason: "ie_test_reason",
-                outcome,
-                answer: &"404",
-                retry_in: Duration::from_millis(10),
-                peer_asked: false,
+                attempt: FailedAttempt {
+                    outcome,
+                    answer: &"404",
+                    retry_in: Duration::from_millis(10),
+                    peer_asked: false,
+                },
             });
         }
         assert_eq!(retries.get(), 2);

@@ -18,7 +18,7 @@ use super::config::metadata_url;
 use super::encoding::{Contributor, EntityWrite, GroupBatch, ItemFailure, PendoJob, parse_outcome};
 use crate::http::outcome::Outcome;
 use crate::http::retry::Pacing;
-use crate::internal_events::{PendoWriteRetried, emit};
+use crate::internal_events::{FailedAttempt, PendoWriteRetried, emit};
 use crate::kafka::record_size::{fits, record_bytes};
 use crate::kafka::topics::TopicId;
 use crate::metrics::metrics;
@@ -248,10 +248,12 @@ impl PendoDeliveryContext {
                     role: self.role,
                     request: "metadata",
                     reason: retry_reason,
-                    outcome: r.outcome(),
-                    answer: &r.describe(),
-                    retry_in: wait.delay,
-                    peer_asked: wait.peer_asked,
+                    attempt: FailedAttempt {
+                        outcome: r.outcome(),
+                        answer: &r.describe(),
+                        retry_in: wait.delay,
+                        peer_asked: wait.peer_asked,
+                    },
                 });
                 wait.elapse().await;
             }

@@ -44,7 +44,7 @@ use super::delivery::PendoDeliveryContext;
 use super::encoding::{Coalesced, CoalescedItems, Contributor};
 use crate::http::outcome::Outcome;
 use crate::http::retry::Retry;
-use crate::internal_events::{PendoWriteRetried, emit};
+use crate::internal_events::{FailedAttempt, PendoWriteRetried, emit};
 use crate::kafka::metadata::ROLE_TOPIC_WAIT;
 use crate::kafka::read_to_end::{StartAt, read_to_end};
 use crate::metrics::metrics;
@@ -403,10 +403,12 @@ impl PendoDeliveryContext {
                         role: self.role,
                         request: what,
                         reason: outcome.as_str(),
-                        outcome,
-                        answer: &r.describe(),
-                        retry_in: wait.delay,
-                        peer_asked: wait.peer_asked,
+                        attempt: FailedAttempt {
+                            outcome,
+                            answer: &r.describe(),
+                            retry_in: wait.delay,
+                            peer_asked: wait.peer_asked,
+                        },
                     });
                     if wait.peer_asked {
                         continue;

@@ -16,7 +16,7 @@ use super::encoding::EncodedEvent;
 use super::service::SegmentClient;
 use crate::http::outcome::Outcome;
 use crate::http::retry::Pacing;
-use crate::internal_events::{SegmentDeliveryRetried, emit};
+use crate::internal_events::{FailedAttempt, SegmentDeliveryRetried, emit};
 use crate::kafka::headers;
 use crate::metrics::metrics;
 use crate::sinks::dead_letter::SinkDeadLetters;
@@ -116,10 +116,12 @@ impl DeliveryContext {
                         let wait = retry.after_failure(r.retry_after);
                         emit(SegmentDeliveryRetried {
                             role: self.role,
-                            outcome,
-                            answer: &r.describe(),
-                            retry_in: wait.delay,
-                            peer_asked: wait.peer_asked,
+                            attempt: FailedAttempt {
+                                outcome,
+                                answer: &r.describe(),
+                                retry_in: wait.delay,
+                                peer_asked: wait.peer_asked,
+                            },
                         });
                         wait.elapse().await;
                     }

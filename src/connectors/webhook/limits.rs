@@ -50,7 +50,10 @@ pub struct WebhookLimits {
     /// Transactional producers taking turns (one collects while another commits).
     pub transaction_producers: usize,
     /// Pause of a producer between its commit and its next transaction, in ms (lets the broker
-    /// finish the commit markers; see `kafka/transactional_appender.rs`).
+    /// finish the commit markers; see `kafka/transactional_appender.rs`). It also sets how many
+    /// transactions a busy webhook asks of the broker: 15 ms (was 4) cut them enough that the
+    /// whole forward path on one 2-core machine went from ~10,000 to ~12,300 events/s, while
+    /// the webhook alone stayed within its targets (24,000 events/s, p99 24 ms).
     pub transaction_cooldown_ms: u64,
     /// A transaction commits once it holds this many events...
     pub max_transaction_records: usize,
@@ -71,7 +74,7 @@ impl Default for WebhookLimits {
             retry_after_seconds: 5,
             linger_ms: 3,
             transaction_producers: 2,
-            transaction_cooldown_ms: 4,
+            transaction_cooldown_ms: 15,
             max_transaction_records: 20_000,
             max_transaction_bytes: 16 * 1024 * 1024,
         }

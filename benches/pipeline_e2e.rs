@@ -4,11 +4,18 @@
 //! to the webhook to the moment the Segment server accepted its call (p50/p99/max), what
 //! arrived, and each role's peak RSS. `--rate 0` is saturation: every connection sends its next
 //! event as soon as the previous one is answered, and the delivered rate (accepted events over
-//! load plus drain time) is the forward path's capacity on this machine.
+//! load plus drain time) is the forward path's capacity on this machine. The load starts 3 s
+//! before the measured seconds; those events must arrive too, but their latencies (groups
+//! joining, first transactions) are not in the percentiles.
+//!
+//! `--find-max` is the saturation mode: the capacity at `--rate 0`, then the highest offered
+//! rate (from that capacity down in 5% steps) at which everything arrives with p99 < 1 s and at
+//! least 97% of the offered rate is carried, then the latency table at 1,000, 5,000 and that
+//! rate. Each run has its own topics, roles and Segment server.
 //!
 //! ```sh
 //! scripts/kafka-local start
-//! cargo bench --bench pipeline_e2e -- [--rate 2000 | --rate 0] [--seconds 30] [--connections 64]
+//! cargo bench --bench pipeline_e2e -- [--rate 2000 | --rate 0 | --find-max] [--seconds 30] [--connections 64]
 //! ```
 
 #[path = "../tests/support/segment_server.rs"]
@@ -27,6 +34,10 @@ use segment_server::{SegmentServerConfig, SegmentTestServer};
 use serde_json::Value;
 
 const SECRET: &str = "bench-webhook-secret";
+/// The load runs this long before the measured `--seconds`: its events are sent, counted and
+/// must arrive, but their latencies (consumer groups joining, first metadata and transactions)
+/// are left out of the percentiles.
+const WARM_UP_SECONDS: u64 = 3;
 const AUTHORIZATION: &str = "Bearer bench-webhook-secret";
 
 /// Synthetic Pendo events (four kinds, `synthetic_pendo`) serialised once, each cut around the
@@ -193,6 +204,305 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[i - 1]
 }
 
+/// What one run measured.
+struct RunReport {
+    offered: u64,
+    seconds: u64,
+    connections: u64,
+    accepted: usize,
+    refused: u64,
+    load_seconds: f64,
+    distinct: usize,
+    arrived: bool,
+    /// p50, p99, max in ms.
+    latency: (i64, i64, i64),
+    drain: Duration,
+    rss: Vec<(&'static str, f64)>,
+}
+
+impl RunReport {
+    fn achieved(&self) -> f64 {
+        self.accepted as f64 / self.load_seconds
+    }
+
+    fn delivered(&self) -> f64 {
+        self.accepted as f64 / (self.load_seconds + self.drain.as_secs_f64())
+    }
+
+    /// The saturation mode's criterion: everything arrived, p99 under 1 s, and the offered rate
+    /// was carried (at least 97% of it accepted; a fixed-rate run that falls behind is not
+    /// "sustained").
+    fn sustained(&self) -> bool {
+        self.arrived && self.latency.1 < 1_000 && self.achieved() >= 0.97 * self.offered as f64
+    }
+
+    fn print(&self) {
+        let (p50, p99, max) = self.latency;
+        println!();
+        let offered = if self.offered == 0 {
+            "saturation (no pacing)".to_string()
+        } else {
+            format!("{} events/s", self.offered)
+        };
+        println!(
+            "| end to end at {offered} for {} s (+{WARM_UP_SECONDS} s warm-up), {} connections | value |",
+            self.seconds, self.connections
+        );
+        println!("| --- | ---: |");
+        println!(
+            "| events accepted by pendo-webhook (200) / refused | {} / {} |",
+            self.accepted, self.refused
+        );
+        println!("| achieved rate | {:.0} events/s |", self.achieved());
+        println!(
+            "| distinct messageIds at the Segment server | {} (all arrived: {}) |",
+            self.distinct, self.arrived
+        );
+        println!(
+            "| latency webhook request -> Segment accepted, p50 / p99 / max | {p50} / {p99} / {max} ms |"
+        );
+        println!(
+            "| drain after the load stopped | {:.1} s |",
+            self.drain.as_secs_f64()
+        );
+        println!(
+            "| delivered rate (accepted / (load + drain)) | {:.0} events/s |",
+            self.delivered()
+        );
+        for (name, mib) in &self.rss {
+            println!("| peak RSS {name} | {mib:.0} MiB |");
+        }
+    }
+}
+
+/// One run on fresh topics, roles and Segment server: `rate` events/s (0: saturation) for
+/// `seconds` over `connections` keep-alive connections.
+async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections: u64) -> RunReport {
+    let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
+    let tag = format!("{}-{run_id}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("pendo-segment-e2e-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("e2e-{tag}");
+    let webhook_port = free_port();
+    let base = format!(
+        "[kafka]\nbootstrap_servers = \"{servers}\"\ngroup_id_prefix = \"{prefix}\"\n\
+         [topics]\nprefix = \"{prefix}.\"\npartitions = 6\nreplication_factor = 1\n\
+         [pendo_webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\nsecrets = [\"{SECRET}\"]\n\
+         [segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n",
+        server.url(),
+        server.write_key()
+    );
+    let config: Config =
+        toml::from_str(&format!("{base}[observability]\nlog_level = \"warn\"\n")).unwrap();
+    config.validate().unwrap();
+    let admin = TopicAdmin::new(&client_config::admin(&config), Duration::from_secs(30)).unwrap();
+    let plan = admin
+        .plan(&desired_topics(&config))
+        .await
+        .expect("is Kafka running? scripts/kafka-local start");
+    admin.apply(&plan, false).await.unwrap();
+
+    let roles = [
+        Role::start("pendo-webhook", &base, &dir),
+        Role::start("transform-pendo", &base, &dir),
+        Role::start("segment-sink", &base, &dir),
+    ];
+    let http = reqwest::Client::new();
+    for r in &roles {
+        r.wait_ready(&http).await;
+    }
+
+    // Fixed-rate load: each connection sends its share of `rate` events per second, one
+    // event per request, each carrying its send time. The bodies are rendered from
+    // templates made before the clock starts, so the load generator (which shares the 2
+    // cores with the pipeline) spends its time on HTTP, not on building JSON.
+    let url = format!("http://127.0.0.1:{webhook_port}/webhooks/pendo");
+    let templates = Arc::new(BodyTemplates::new(1024));
+    let sent = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let load_started_ms = epoch_ms();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (http, url, sent, refused, templates) = (
+            http.clone(),
+            url.clone(),
+            sent.clone(),
+            refused.clone(),
+            templates.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            // Saturation (rate 0): no pacing, the next request as soon as one is answered.
+            let mut tick = (rate > 0).then(|| {
+                let per_conn = rate as f64 / connections as f64;
+                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
+                // A request answered later than its connection's interval must not lower the
+                // offered rate: missed ticks fire at once (`Burst`) until the connection caught up.
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut i = c as usize;
+            while started.elapsed() < Duration::from_secs(WARM_UP_SECONDS + seconds) {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let body = templates.render(i, epoch_ms());
+                let ok = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("authorization", AUTHORIZATION)
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ok {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                i += connections as usize;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+    let accepted = sent.load(Ordering::Relaxed) as usize;
+    let drain_start = Instant::now();
+    let arrived = server
+        .wait_for_distinct(accepted, Duration::from_secs(300))
+        .await;
+    let drain = drain_start.elapsed();
+    let base_instant = Instant::now();
+    let base_epoch = epoch_ms();
+    let measured_from = load_started_ms + WARM_UP_SECONDS as i64 * 1000;
+    let mut latencies: Vec<i64> = server
+        .events()
+        .iter()
+        .filter_map(|e| {
+            let sent = e.item["properties"]["sent_at_ms"].as_i64()?;
+            if sent < measured_from {
+                return None;
+            }
+            let at = base_epoch - base_instant.duration_since(e.received_at).as_millis() as i64;
+            Some(at - sent)
+        })
+        .collect();
+    latencies.sort_unstable();
+    let report = RunReport {
+        offered: rate,
+        seconds,
+        connections,
+        accepted,
+        refused: refused.load(Ordering::Relaxed),
+        load_seconds,
+        distinct: server.distinct_count(),
+        arrived,
+        latency: (
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(0),
+        ),
+        drain,
+        rss: roles.iter().map(|r| (r.name, r.peak_rss_mib())).collect(),
+    };
+    drop(roles);
+    // The next run gets fresh topics; these go, so runs do not pile partitions on the broker.
+    let names: Vec<String> = desired_topics(&config)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let deleter: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config::admin(&config).create().unwrap();
+    let _ = deleter
+        .delete_topics(&names, &rdkafka::admin::AdminOptions::new())
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+/// The saturation mode (`--find-max`): the capacity at `--rate 0`, then fixed offered rates
+/// from that capacity down in 5% steps until one is sustained ([`RunReport::sustained`]), then
+/// the latency table at 1,000, 5,000 and that rate.
+async fn find_max(servers: &str, seconds: u64, connections: u64) {
+    let saturation = run(servers, 0, 0, seconds, connections).await;
+    saturation.print();
+    let capacity = saturation.delivered();
+    // Down from the capacity in 5% steps to the first sustained rate; if the capacity itself
+    // is sustained, up in 5% steps while the next is sustained too.
+    let offered_at = |factor: f64| (capacity * factor / 100.0).floor() as u64 * 100;
+    let mut best: Option<RunReport> = None;
+    let mut id = 0;
+    for step in 0..8 {
+        id += 1;
+        let r = run(
+            servers,
+            id,
+            offered_at(1.0 - 0.05 * step as f64),
+            seconds,
+            connections,
+        )
+        .await;
+        r.print();
+        if r.sustained() {
+            best = Some(r);
+            if step == 0 {
+                for up in 1..=4 {
+                    id += 1;
+                    let r = run(
+                        servers,
+                        id,
+                        offered_at(1.0 + 0.05 * up as f64),
+                        seconds,
+                        connections,
+                    )
+                    .await;
+                    r.print();
+                    if !r.sustained() {
+                        break;
+                    }
+                    best = Some(r);
+                }
+            }
+            break;
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, offered) in [1_000u64, 5_000].into_iter().enumerate() {
+        let r = run(servers, 100 + i, offered, seconds, connections).await;
+        r.print();
+        rows.push(r);
+    }
+    println!();
+    println!(
+        "saturation: {:.0} events/s delivered with no pacing (p99 {} ms)",
+        capacity, saturation.latency.1
+    );
+    match &best {
+        Some(b) => println!(
+            "highest sustained offered rate (everything arrived, p99 < 1 s, >= 97% carried): {} events/s",
+            b.offered
+        ),
+        None => println!("no offered rate down to 65% of the capacity was sustained"),
+    }
+    println!();
+    println!(
+        "| offered, {seconds} s, {connections} conn. | achieved | all arrived | p50 | p99 | max |"
+    );
+    println!("| ---: | ---: | --- | ---: | ---: | ---: |");
+    for r in rows.iter().chain(best.as_ref()) {
+        let (p50, p99, max) = r.latency;
+        println!(
+            "| {} events/s | {:.0}/s | {} | {p50} ms | {p99} ms | {max} ms |",
+            r.offered,
+            r.achieved(),
+            if r.arrived { "yes" } else { "NO" },
+        );
+    }
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     // `cargo test --benches` runs this binary without `--bench`: do nothing then.
@@ -206,149 +516,10 @@ fn main() {
     let servers =
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async move {
-        let server = SegmentTestServer::start(SegmentServerConfig::default()).await;
-        let dir = std::env::temp_dir().join(format!("pendo-segment-e2e-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let prefix = format!("e2e-{}", std::process::id());
-        let webhook_port = free_port();
-        let base = format!(
-            "[kafka]\nbootstrap_servers = \"{servers}\"\ngroup_id_prefix = \"{prefix}\"\n\
-             [topics]\nprefix = \"{prefix}.\"\npartitions = 6\nreplication_factor = 1\n\
-             [pendo_webhook]\nlisten = \"127.0.0.1:{webhook_port}\"\nsecrets = [\"{SECRET}\"]\n\
-             [segment]\nregion = \"us\"\nendpoint = \"{}\"\nwrite_key = \"{}\"\n",
-            server.url(),
-            server.write_key()
-        );
-        let config: Config =
-            toml::from_str(&format!("{base}[observability]\nlog_level = \"warn\"\n")).unwrap();
-        config.validate().unwrap();
-        let admin =
-            TopicAdmin::new(&client_config::admin(&config), Duration::from_secs(30)).unwrap();
-        let plan = admin
-            .plan(&desired_topics(&config))
-            .await
-            .expect("is Kafka running? scripts/kafka-local start");
-        admin.apply(&plan, false).await.unwrap();
-
-        let roles = [
-            Role::start("pendo-webhook", &base, &dir),
-            Role::start("transform-pendo", &base, &dir),
-            Role::start("segment-sink", &base, &dir),
-        ];
-        let http = reqwest::Client::new();
-        for r in &roles {
-            r.wait_ready(&http).await;
-        }
-
-        // Fixed-rate load: each connection sends its share of `rate` events per second, one
-        // event per request, each carrying its send time. The bodies are rendered from
-        // templates made before the clock starts, so the load generator (which shares the 2
-        // cores with the pipeline) spends its time on HTTP, not on building JSON.
-        let url = format!("http://127.0.0.1:{webhook_port}/webhooks/pendo");
-        let templates = Arc::new(BodyTemplates::new(1024));
-        let sent = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..connections {
-            let (http, url, sent, refused, templates) = (
-                http.clone(),
-                url.clone(),
-                sent.clone(),
-                refused.clone(),
-                templates.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                // Saturation (rate 0): no pacing, the next request as soon as one is answered.
-                let mut tick = (rate > 0).then(|| {
-                    let per_conn = rate as f64 / connections as f64;
-                    let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
-                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    t
-                });
-                let mut i = c as usize;
-                while started.elapsed() < Duration::from_secs(seconds) {
-                    if let Some(t) = tick.as_mut() {
-                        t.tick().await;
-                    }
-                    let body = templates.render(i, epoch_ms());
-                    let ok = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("authorization", AUTHORIZATION)
-                        .body(body)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200);
-                    if ok {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    i += connections as usize;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let load_seconds = started.elapsed().as_secs_f64();
-        let accepted = sent.load(Ordering::Relaxed) as usize;
-        let drain_start = Instant::now();
-        let arrived = server
-            .wait_for_distinct(accepted, Duration::from_secs(300))
-            .await;
-        let drain = drain_start.elapsed();
-        let base_instant = Instant::now();
-        let base_epoch = epoch_ms();
-        let mut latencies: Vec<i64> = server
-            .events()
-            .iter()
-            .filter_map(|e| {
-                let sent = e.item["properties"]["sent_at_ms"].as_i64()?;
-                let at = base_epoch - base_instant.duration_since(e.received_at).as_millis() as i64;
-                Some(at - sent)
-            })
-            .collect();
-        latencies.sort_unstable();
-        println!();
-        let offered = if rate == 0 {
-            "saturation (no pacing)".to_string()
-        } else {
-            format!("{rate} events/s")
-        };
-        println!("| end to end at {offered} for {seconds} s, {connections} connections | value |");
-        println!("| --- | ---: |");
-        println!(
-            "| events accepted by pendo-webhook (200) / refused | {accepted} / {} |",
-            refused.load(Ordering::Relaxed)
-        );
-        println!(
-            "| achieved rate | {:.0} events/s |",
-            accepted as f64 / load_seconds
-        );
-        println!(
-            "| distinct messageIds at the Segment server | {} (all arrived: {arrived}) |",
-            server.distinct_count()
-        );
-        println!(
-            "| latency webhook request -> Segment accepted, p50 / p99 / max | {} / {} / {} ms |",
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.99),
-            latencies.last().copied().unwrap_or(0)
-        );
-        println!(
-            "| drain after the load stopped | {:.1} s |",
-            drain.as_secs_f64()
-        );
-        println!(
-            "| delivered rate (accepted / (load + drain)) | {:.0} events/s |",
-            accepted as f64 / (load_seconds + drain.as_secs_f64())
-        );
-        for r in &roles {
-            println!("| peak RSS {} | {:.0} MiB |", r.name, r.peak_rss_mib());
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    });
+    if argv.iter().any(|a| a == "--find-max") {
+        rt.block_on(find_max(&servers, seconds, connections));
+    } else {
+        rt.block_on(run(&servers, 0, rate, seconds, connections))
+            .print();
+    }
 }

@@ -26,7 +26,6 @@
 //! own. A rejected body larger than one record is dead-lettered in parts (see
 //! [`dead_letter_parts`]), never dropped.
 
-use crate::internal_events::{WebhookBodyDeadLettered, WebhookRequest, WebhookRequestEvent, emit};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +46,7 @@ use super::body::{BodyError, split_events};
 use super::listener::{self, HttpLimits};
 use super::signature::{SignatureSecrets, parse_hex_signature};
 use crate::config::MAX_RAW_RECORD_BYTES;
+use crate::internal_events::{WebhookBodyDeadLettered, WebhookRequest, WebhookRequestEvent, emit};
 use crate::kafka::headers;
 use crate::kafka::transactional_appender::{AppendError, OutRecord, TransactionalAppender};
 use crate::metrics::metrics;

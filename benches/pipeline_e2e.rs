@@ -18,6 +18,8 @@
 //! cargo bench --bench pipeline_e2e -- [--rate 2000 | --rate 0 | --find-max] [--seconds 30] [--connections 64]
 //! ```
 
+#[path = "support/mini_http.rs"]
+mod mini_http;
 #[path = "../tests/support/segment_server.rs"]
 mod segment_server;
 #[path = "../tests/support/synthetic_pendo.rs"]
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mini_http::{MiniHttp, render_post};
 use pendo_segment::config::Config;
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::topics::{TopicAdmin, desired_topics};
@@ -38,7 +41,7 @@ const SECRET: &str = "bench-webhook-secret";
 /// must arrive, but their latencies (consumer groups joining, first metadata and transactions)
 /// are left out of the percentiles.
 const WARM_UP_SECONDS: u64 = 3;
-const AUTHORIZATION: &str = "Bearer bench-webhook-secret";
+const AUTHORIZATION: &str = "authorization: Bearer bench-webhook-secret";
 
 /// Synthetic Pendo events (four kinds, `synthetic_pendo`) serialised once, each cut around the
 /// values a request must vary (`uniqueId`, `timestamp`: the messageId of some kinds hashes the
@@ -86,7 +89,9 @@ impl BodyTemplates {
             .collect();
         let templates = Self { events };
         for i in 0..4 {
-            let event: Value = serde_json::from_str(&templates.render(i, 123)).unwrap();
+            let mut body = Vec::new();
+            templates.render(i, 123, &mut body);
+            let event: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(event["uniqueId"], format!("e2e-{i}").as_str());
             assert_eq!(event["timestamp"], 1_764_330_000 + i as i64);
             assert_eq!(event["properties"]["sent_at_ms"], 123);
@@ -94,21 +99,21 @@ impl BodyTemplates {
         templates
     }
 
-    /// The body of request `i`: uniqueId `e2e-<i>`, timestamp `1764330000 + i` (seconds, as
-    /// `synthetic_pendo`), sent at `sent_at_ms`.
-    fn render(&self, i: usize, sent_at_ms: i64) -> String {
+    /// Appends the body of request `i` to `out`: uniqueId `e2e-<i>`, timestamp
+    /// `1764330000 + i` (seconds, as `synthetic_pendo`), sent at `sent_at_ms`.
+    fn render(&self, i: usize, sent_at_ms: i64, out: &mut Vec<u8>) {
+        use std::io::Write;
         let (texts, slots) = &self.events[i % self.events.len()];
-        let mut body = String::with_capacity(texts.iter().map(String::len).sum::<usize>() + 64);
         for (text, slot) in texts.iter().zip(slots) {
-            body.push_str(text);
+            out.extend_from_slice(text.as_bytes());
             match slot {
-                Slot::UniqueId => body.push_str(&format!("\"e2e-{i}\"")),
-                Slot::Timestamp => body.push_str(&(1_764_330_000 + i as i64).to_string()),
-                Slot::SentAt => body.push_str(&sent_at_ms.to_string()),
+                Slot::UniqueId => write!(out, "\"e2e-{i}\""),
+                Slot::Timestamp => write!(out, "{}", 1_764_330_000 + i as i64),
+                Slot::SentAt => write!(out, "{sent_at_ms}"),
             }
+            .expect("writing to a Vec");
         }
-        body.push_str(texts.last().expect("one more text than slots"));
-        body
+        out.extend_from_slice(texts.last().expect("one more text than slots").as_bytes());
     }
 }
 
@@ -313,10 +318,11 @@ async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections:
     }
 
     // Fixed-rate load: each connection sends its share of `rate` events per second, one
-    // event per request, each carrying its send time. The bodies are rendered from
-    // templates made before the clock starts, so the load generator (which shares the 2
-    // cores with the pipeline) spends its time on HTTP, not on building JSON.
-    let url = format!("http://127.0.0.1:{webhook_port}/webhooks/pendo");
+    // event per request, each carrying its send time. The load generator shares the 2 cores
+    // with the pipeline, so it spends as little as it can: bodies are rendered from templates
+    // made before the clock starts (no JSON work while it runs), and each connection is a
+    // `MiniHttp` keep-alive client on its own task (reqwest's cost about half a core at
+    // 12,000 requests/s).
     let templates = Arc::new(BodyTemplates::new(1024));
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -324,13 +330,7 @@ async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections:
     let load_started_ms = epoch_ms();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (http, url, sent, refused, templates) = (
-            http.clone(),
-            url.clone(),
-            sent.clone(),
-            refused.clone(),
-            templates.clone(),
-        );
+        let (sent, refused, templates) = (sent.clone(), refused.clone(), templates.clone());
         tasks.push(tokio::spawn(async move {
             // Saturation (rate 0): no pacing, the next request as soon as one is answered.
             let mut tick = (rate > 0).then(|| {
@@ -341,21 +341,28 @@ async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections:
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
+            let mut conn: Option<MiniHttp> = None;
+            let (mut body, mut request) = (Vec::with_capacity(2048), Vec::with_capacity(2560));
             let mut i = c as usize;
             while started.elapsed() < Duration::from_secs(WARM_UP_SECONDS + seconds) {
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
                 }
-                let body = templates.render(i, epoch_ms());
-                let ok = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("authorization", AUTHORIZATION)
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
-                if ok {
+                body.clear();
+                templates.render(i, epoch_ms(), &mut body);
+                request.clear();
+                render_post(&mut request, "/webhooks/pendo", &[AUTHORIZATION], &body);
+                if conn.is_none() {
+                    conn = MiniHttp::connect(webhook_port).await;
+                }
+                let status = match conn.as_mut() {
+                    Some(http) => http.request(&request).await,
+                    None => None,
+                };
+                if status.is_none() || conn.as_ref().is_some_and(MiniHttp::is_closing) {
+                    conn = None;
+                }
+                if status == Some(200) {
                     sent.fetch_add(1, Ordering::Relaxed);
                 } else {
                     refused.fetch_add(1, Ordering::Relaxed);
@@ -509,6 +516,34 @@ async fn find_max(servers: &str, seconds: u64, connections: u64) {
     }
 }
 
+/// Prints the broker's size before the runs: a broker holding thousands of partitions (test
+/// topics left behind) spends CPU on them that the roles on the same cores then lack.
+fn print_broker(servers: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .unwrap();
+    let metadata = client
+        .fetch_metadata(None, Duration::from_secs(30))
+        .expect("is Kafka running? scripts/kafka-local start");
+    let partitions: usize = metadata.topics().iter().map(|t| t.partitions().len()).sum();
+    println!();
+    println!("| broker before the runs | value |");
+    println!("| --- | ---: |");
+    println!("| brokers | {} |", metadata.brokers().len());
+    println!(
+        "| topics / partitions | {} / {partitions} |",
+        metadata.topics().len()
+    );
+    if partitions > 2_000 {
+        eprintln!(
+            "pipeline_e2e: the broker holds {partitions} partitions; its work on them takes CPU \
+             from the roles (a local dev broker: `scripts/kafka-local reset`)"
+        );
+    }
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     // `cargo test --benches` runs this binary without `--bench`: do nothing then.
@@ -521,6 +556,7 @@ fn main() {
     let connections = arg("--connections", 64);
     let servers =
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    print_broker(&servers);
     let rt = tokio::runtime::Runtime::new().unwrap();
     if argv.iter().any(|a| a == "--find-max") {
         rt.block_on(find_max(&servers, seconds, connections));

@@ -12,10 +12,14 @@
 //! its peak RSS is reported. Baseline: an idempotent `acks=all` FutureProducer with the same number of
 //! concurrent senders and the same payloads. Output: a markdown table.
 
+#[path = "support/mini_http.rs"]
+mod mini_http;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use mini_http::{MiniHttp, render_post};
 use pendo_segment::config::Config;
 use pendo_segment::kafka::client_config;
 use pendo_segment::kafka::topics::{TopicAdmin, desired_topics};
@@ -204,13 +208,8 @@ fn main() {
             payloads
                 .iter()
                 .map(|p| {
-                    let mut r = format!(
-                        "POST /webhooks/pendo HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
-                         authorization: Bearer {SECRET}\r\ncontent-length: {}\r\n\r\n",
-                        p.len()
-                    )
-                    .into_bytes();
-                    r.extend_from_slice(p);
+                    let mut r = Vec::new();
+                    render_post(&mut r, "/webhooks/pendo", &[&format!("authorization: Bearer {SECRET}")], p);
                     r
                 })
                 .collect(),
@@ -228,7 +227,12 @@ fn main() {
                     }
                     let Some(conn) = slot.as_mut() else { return false };
                     match conn.request(&requests[(i as usize) % requests.len()]).await {
-                        Some(status) => status == 200,
+                        Some(status) => {
+                            if conn.is_closing() {
+                                *slot = None;
+                            }
+                            status == 200
+                        }
                         None => {
                             *slot = None;
                             false
@@ -274,61 +278,6 @@ fn main() {
             );
         }
     });
-}
-
-/// One keep-alive HTTP/1.1 connection: writes a pre-rendered request, reads the status line,
-/// headers and a `content-length` body.
-struct MiniHttp {
-    stream: tokio::net::TcpStream,
-    buf: Vec<u8>,
-}
-
-impl MiniHttp {
-    async fn connect(port: u16) -> Option<Self> {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        stream.set_nodelay(true).ok()?;
-        Some(Self {
-            stream,
-            buf: Vec::with_capacity(1024),
-        })
-    }
-
-    async fn request(&mut self, request: &[u8]) -> Option<u16> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        self.stream.write_all(request).await.ok()?;
-        self.buf.clear();
-        loop {
-            let mut chunk = [0u8; 1024];
-            let n = self.stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = std::str::from_utf8(&self.buf[..end]).ok()?;
-            let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while self.buf.len() < end + 4 + length {
-                let n = self.stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(status);
-        }
-    }
 }
 
 unsafe extern "C" {

@@ -354,6 +354,11 @@ async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections:
                 render_post(&mut request, "/webhooks/pendo", &[AUTHORIZATION], &body);
                 if conn.is_none() {
                     conn = MiniHttp::connect(webhook_port).await;
+                    if conn.is_none() {
+                        // The webhook refuses connections: count the event as refused, and do
+                        // not spin on it (saturation mode has no pacing).
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 let status = match conn.as_mut() {
                     Some(http) => http.request(&request).await,

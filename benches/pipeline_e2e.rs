@@ -2,9 +2,11 @@
 //! `segment-sink`, each its own process (the release binary), on one broker, delivering into the
 //! Segment-compatible test server. Reports end-to-end latency from the moment an event is sent
 //! to the webhook to the moment the Segment server accepted its call (p50/p99/max), what
-//! arrived, and each role's peak RSS. `--rate 0` is saturation: every connection sends its next
-//! event as soon as the previous one is answered, and the delivered rate (accepted events over
-//! load plus drain time) is the forward path's capacity on this machine. The load starts 3 s
+//! arrived, and each role's peak RSS. A paced rate is spread evenly: each connection sends its
+//! share at a fixed interval, the connections' phases staggered across it. `--rate 0` is
+//! saturation: every connection sends its next event as soon as the previous one is answered,
+//! and the delivered rate (accepted events over load plus drain time) is the forward path's
+//! capacity on this machine. The load starts 3 s
 //! before the measured seconds; those events must arrive too, but their latencies (groups
 //! joining, first transactions) are not in the percentiles.
 //!
@@ -327,6 +329,7 @@ async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections:
     let sent = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let tick_origin = tokio::time::Instant::now();
     let load_started_ms = epoch_ms();
     let mut tasks = Vec::new();
     for c in 0..connections {
@@ -334,8 +337,12 @@ async fn run(servers: &str, run_id: usize, rate: u64, seconds: u64, connections:
         tasks.push(tokio::spawn(async move {
             // Saturation (rate 0): no pacing, the next request as soon as one is answered.
             let mut tick = (rate > 0).then(|| {
-                let per_conn = rate as f64 / connections as f64;
-                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
+                // Connection `c` starts `c / connections` of an interval late, so the offered
+                // load is smooth: with every connection on the same phase, 1,000 events/s over
+                // 512 connections arrived as bursts of 512 every 0.5 s.
+                let period = Duration::from_secs_f64(connections as f64 / rate as f64);
+                let phase = period.mul_f64(c as f64 / connections as f64);
+                let mut t = tokio::time::interval_at(tick_origin + phase, period);
                 // A request answered later than its connection's interval must not lower the
                 // offered rate: missed ticks fire at once (`Burst`) until the connection caught up.
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

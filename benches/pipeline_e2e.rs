@@ -6,9 +6,9 @@
 //! share at a fixed interval, the connections' phases staggered across it. `--rate 0` is
 //! saturation: every connection sends its next event as soon as the previous one is answered,
 //! and the delivered rate (accepted events over load plus drain time) is the forward path's
-//! capacity on this machine. The load starts 3 s
-//! before the measured seconds; those events must arrive too, but their latencies (groups
-//! joining, first transactions) are not in the percentiles.
+//! capacity on this machine. The load starts 3 s before the measured seconds; those events must
+//! arrive too, but their latencies (groups joining, first transactions) are not in the
+//! percentiles.
 //!
 //! `--find-max` is the saturation mode: the capacity at `--rate 0`, then the highest offered
 //! rate (from that capacity down in 5% steps) at which everything arrives with p99 < 1 s and at
